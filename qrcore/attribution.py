@@ -1,0 +1,232 @@
+"""Neuron attribution NA (paper Eq. 5): integrated gradients of the correct letter's probability with
+respect to every FFN neuron's activation f at the answer position.
+
+For template p and layer l, IG_l(f) = f * (1/m) * sum_{k=1..m} dP(alpha_k f)/df with alpha_k = k/m, where
+only f at the answer (last) position is scaled. NA = sum over templates of IG, divided by Z = max |sum|.
+
+The fast path exploits three facts: (1) scaling f at the last position leaves every earlier position
+unchanged, so their keys and values are computed once (a prefix KV cache); (2) the m scaled copies of
+all layers can go through together, packed as extra positions of one sequence that each attend to the
+prefix and to themselves only (a 4D mask, all at position id T-1); (3) a copy patched at layer l differs
+from the clean run only from layer l up, so one forward and one backward give every layer's gradient.
+`qrcore.oracle` keeps the textbook algorithm; tests check the two agree.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from qrcore.ffn import FFNSite, decoder_layers, ffn_sites, patch_ffn
+from qrcore.models import LoadedModel
+from qrcore.prompts import ChoicePrompt, query_prompts
+from qrcore.queries import Query
+from qrcore.results import QueryAttribution
+from qrcore.settings import AttributionSettings, PromptSettings
+
+Progress = Callable[[int, int], None]
+"""progress(done, total) is called after each forward/backward pass."""
+
+
+def riemann_alphas(steps: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(steps,) scaling factors k/m, k = 1..m, of the Riemann sum in Eq. 5."""
+    return torch.arange(1, steps + 1, dtype=dtype, device=device) / steps
+
+
+def normalise(igs: list[np.ndarray]) -> np.ndarray:
+    """NA = sum of the templates' IG scores divided by Z = max |sum| (Eq. 5); all zeros stay zeros."""
+    total = np.sum(igs, axis=0, dtype=np.float64)  # (layers, neurons)
+    z = np.abs(total).max()
+    return (total / z if z > 0 else total).astype(np.float32)
+
+
+def clean_pass(model: torch.nn.Module, sites: list[FFNSite], ids: torch.Tensor, cache: DynamicCache | None = None):
+    """Unedited forward of `ids` (after `cache`, if given).
+
+    Returns the output, f at the last position (layers, neurons) and each decoder layer's input there (layers, hidden).
+    """
+    f_rec: dict[int, torch.Tensor] = {}
+    h_rec: list[torch.Tensor] = []
+
+    def record(layer: int, f: torch.Tensor) -> torch.Tensor:
+        f_rec[layer] = f[0, -1].detach()  # (neurons,)
+        return f
+
+    def record_input(_module, args, kwargs):
+        h_rec.append((args[0] if args else kwargs["hidden_states"])[0, -1].detach())  # (hidden,)
+
+    kwargs = {} if cache is None else {"past_key_values": cache, "use_cache": True}
+    handles = [b.register_forward_pre_hook(record_input, with_kwargs=True) for b in decoder_layers(model)]
+    try:
+        with torch.no_grad(), patch_ffn(model, record, sites=sites):
+            out = model(ids, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, torch.stack([f_rec[s.layer] for s in sites]), torch.stack(h_rec)
+
+
+def prefix_kv(model: torch.nn.Module, prefix_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys and values of every layer for the positions before the answer position, computed once.
+
+    A config-less DynamicCache keeps every position in every layer; sliding windows are applied by the mask.
+    """
+    cache = DynamicCache()
+    with torch.no_grad():
+        model(prefix_ids, past_key_values=cache, use_cache=True)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def packed_mask(config, prefix: int, n: int, dtype: torch.dtype, device: torch.device):
+    """Additive 4D mask (1, 1, n, prefix + n): copy i sees the prefix and itself, never another copy.
+
+    Models with sliding-window layers get a dict by layer type, the window applied to the prefix.
+    """
+    lo = torch.finfo(dtype).min
+
+    def build(window: int | None) -> torch.Tensor:
+        mask = torch.full((n, prefix + n), lo, dtype=dtype, device=device)
+        start = 0 if window is None else max(0, prefix + 1 - window)
+        mask[:, start:prefix] = 0
+        mask[:, prefix:].fill_diagonal_(0)
+        return mask[None, None]  # (1, 1, n, prefix + n)
+
+    types = getattr(config, "layer_types", None)
+    if not types:
+        return build(None)
+    window = getattr(config, "sliding_window", None)
+    return {t: build(window if "sliding" in t else None) for t in set(types)}
+
+
+class NeuronAttribution:
+    """NA of every FFN neuron for a query, captum-style: build once, call `attribute()` per query."""
+
+    def __init__(self, lm: LoadedModel, settings: AttributionSettings = AttributionSettings(),
+                 prompt_settings: PromptSettings = PromptSettings(), max_copies: int = 4096):
+        self.lm = lm
+        self.settings = settings
+        self.prompt_settings = prompt_settings
+        self.sites = ffn_sites(lm.model)
+        self.blocks = decoder_layers(lm.model)
+        self.max_copies = max_copies
+        """Most scaled copies in one pass; layers are split into passes to bound memory."""
+
+    @property
+    def layer_chunks(self) -> list[range]:
+        """Layer ranges attributed together in one packed pass."""
+        per = max(1, self.max_copies // self.settings.steps)
+        n = len(self.sites)
+        return [range(a, min(a + per, n)) for a in range(0, n, per)]
+
+    def prompts(self, query: Query) -> list[ChoicePrompt]:
+        """The query's multi-choice prompts for this model."""
+        limit = getattr(self.lm.model.config, "max_position_embeddings", None)
+        return query_prompts(query, self.lm.tokenizer, self.prompt_settings, limit)
+
+    def attribute(self, query: Query, progress: Progress | None = None) -> QueryAttribution:
+        """NA, answer-position activations and answer probabilities of one query (Eq. 5)."""
+        start = time.perf_counter()
+        prompts = self.prompts(query)
+        total, done = len(prompts) * len(self.layer_chunks), 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if progress:
+                progress(done, total)
+
+        igs, acts, probs, hits = [], [], [], []
+        for prompt in prompts:
+            ig, f0, letter_probs = self.ig_prompt(prompt, tick)
+            igs.append(ig)
+            acts.append(f0)
+            probs.append(letter_probs[prompt.correct])
+            hits.append(float(np.argmax(letter_probs) == prompt.correct))
+        return QueryAttribution(query.id, normalise(igs), np.mean(acts, axis=0, dtype=np.float32),
+                                float(np.mean(probs)), float(np.mean(hits)), time.perf_counter() - start)
+
+    def ig_prompt(self, prompt: ChoicePrompt, on_pass: Callable[[], None] = lambda: None):
+        """Raw IG of one prompt (layers, neurons), f at the answer position, and each letter's probability."""
+        model, steps = self.lm.model, self.settings.steps
+        ids = torch.tensor([prompt.input_ids], device=self.lm.device)  # (1, T)
+        prefix = ids.shape[1] - 1
+        kv = prefix_kv(model, ids[:, :-1])
+        out, f0, h0 = clean_pass(model, self.sites, ids[:, -1:], cache=DynamicCache(kv))  # (layers, neurons|hidden)
+        letter_probs = out.logits[0, -1].float().softmax(-1)[list(prompt.letter_ids)]  # (options,)
+        alphas = riemann_alphas(steps, f0.dtype, f0.device)  # (m,)
+        ig = torch.zeros_like(f0, dtype=torch.float32)  # (layers, neurons)
+        for chunk in self.layer_chunks:
+            a, n = chunk.start, len(chunk) * steps
+            x = (alphas[None, :, None] * f0[chunk, None, :]).requires_grad_()  # (chunk, m, neurons)
+
+            def patch(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, rows, neurons), newest copies last
+                i = (layer - a) * steps
+                return torch.cat([f[:, :i], x[layer - a][None], f[:, i + steps:]], dim=1)
+
+            with enter_at_layer(self.blocks, h0, chunk, steps, prefix), \
+                    patch_ffn(model, patch, layers=list(chunk), sites=self.sites):
+                logits = model(input_ids=ids[:, -1:].expand(1, n),
+                               position_ids=torch.full((1, n), prefix, device=ids.device),
+                               attention_mask=packed_mask(model.config, prefix, n, f0.dtype, ids.device),
+                               past_key_values=DynamicCache(kv), use_cache=True).logits[0]  # (n, vocab)
+            p = (logits[:, prompt.target_id].float() - logits.float().logsumexp(-1)).exp().sum()
+            (grad,) = torch.autograd.grad(p, x)  # (chunk, m, neurons)
+            ig[chunk] = (f0[chunk] * grad.mean(1)).float()
+            on_pass()
+        return ig.cpu().numpy(), f0.float().cpu().numpy(), letter_probs.cpu().numpy()
+
+
+def _shrink(value, n: int, prefix: int, rows: int):
+    """Cut a decoder layer's argument from n packed copies to the first `rows`: masks, positions, rotary tables."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_shrink(v, n, prefix, rows) for v in value)
+    if isinstance(value, dict):
+        return {k: _shrink(v, n, prefix, rows) for k, v in value.items()}
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.ndim == 4 and tuple(value.shape[-2:]) == (n, prefix + n):
+        return value[..., :rows, : prefix + rows]  # attention mask
+    if value.ndim <= 2 and value.shape[-1] == n:
+        return value[..., :rows]  # position ids, cache positions
+    if value.ndim == 3 and value.shape[1] == n:
+        return value[:, :rows]  # rotary cos / sin
+    return value
+
+
+@contextmanager
+def enter_at_layer(blocks: torch.nn.ModuleList, h0: torch.Tensor, chunk: range, steps: int, prefix: int):
+    """Copies patched at layer l join the packed sequence only at layer l, from the clean residual h0[l].
+
+    Below l they would equal the clean run, so computing them there is wasted work; this halves the cost.
+    Rows stay ordered by patch layer, so layer l sees the copies of layers a..l, its own m copies last.
+    """
+    a, b, n = chunk.start, chunk.stop, len(chunk) * steps
+
+    def make_hook(k: int):
+        def hook(_module, args, kwargs):
+            in_args = bool(args)
+            hidden = args[0] if in_args else kwargs["hidden_states"]  # (1, rows in, hidden)
+            kept = hidden[:, : max(0, min(k, b) - a) * steps]
+            if k < b:  # below the chunk: a stand-in block of clean rows, dropped at layer a
+                kept = torch.cat([kept, h0[k].expand(1, steps, -1)], dim=1)
+            rows = kept.shape[1]
+            rest = tuple(_shrink(v, n, prefix, rows) for v in args[1:])
+            kwargs = {k2: _shrink(v, n, prefix, rows) for k2, v in kwargs.items() if k2 != "hidden_states"}
+            if in_args:
+                return (kept, *rest), kwargs
+            return rest, {**kwargs, "hidden_states": kept}
+        return hook
+
+    handles = []
+    try:
+        for k, block in enumerate(blocks):
+            handles.append(block.register_forward_pre_hook(make_hook(k), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

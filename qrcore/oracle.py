@@ -1,0 +1,36 @@
+"""The textbook integrated-gradients neuron attribution (Dai et al.; the paper's released code), kept as the
+oracle for the fast path in `qrcore.attribution`: per layer, a full-sequence forward and backward of m
+scaled copies, the activation replaced at the last position. Slow and obviously right.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from qrcore.attribution import clean_pass, riemann_alphas
+from qrcore.ffn import ffn_sites, patch_ffn
+from qrcore.models import LoadedModel
+from qrcore.prompts import ChoicePrompt
+
+
+def ig_prompt_oracle(lm: LoadedModel, prompt: ChoicePrompt, steps: int) -> np.ndarray:
+    """Raw IG (layers, neurons) of one prompt, layer by layer with full sequences (Eq. 5)."""
+    model = lm.model
+    sites = ffn_sites(model)
+    ids = torch.tensor([prompt.input_ids], device=lm.device)  # (1, T)
+    _, f0, _ = clean_pass(model, sites, ids)  # (layers, neurons)
+    alphas = riemann_alphas(steps, f0.dtype, f0.device)  # (m,)
+    ig = np.zeros(f0.shape, dtype=np.float32)
+    for layer in range(len(sites)):
+        x = (alphas[:, None] * f0[layer]).requires_grad_()  # (m, neurons)
+
+        def patch(_layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (m, T, neurons)
+            return torch.cat([f[:, :-1], x[:, None]], dim=1)
+
+        with patch_ffn(model, patch, layers=[layer], sites=sites):
+            logits = model(ids.expand(steps, -1), use_cache=False).logits[:, -1]  # (m, vocab)
+        p = logits.float().softmax(-1)[:, prompt.target_id].sum()
+        (grad,) = torch.autograd.grad(p, x)  # (m, neurons)
+        ig[layer] = (f0[layer] * grad.mean(0)).float().cpu().numpy()
+    return ig

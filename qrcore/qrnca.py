@@ -1,0 +1,196 @@
+"""QRNCA selection (paper Sec. 4.3-4.5) and the Sec. 5.1 baselines on a sparse long table; no model, no database.
+
+The input of everything after `sparsify` is a long table with one row per stored (query, neuron):
+columns query_id (str), layer (int), neuron (int), na (float) and in_cluster (bool, the row belongs to
+the query's coarse cluster). Each query's coarse cluster is one cluster C; |C| is the number of queries
+of the run, passed explicitly because a query whose NA is nowhere positive has an empty cluster and no rows.
+
+Selection follows the paper and the authors' released code (github.com/tigerchen52/qrneuron):
+among a query's cluster neurons with NAICA > 0, take the top-v by NAICA, then drop the common neurons.
+Ties are broken by (layer, neuron) so every result is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import zlib
+
+import numpy as np
+import pandas as pd
+
+from qrcore.results import QueryAttribution
+from qrcore.settings import QRNCASettings
+
+METHODS = ("qrnca", "random", "activation", "kn", "qrnca_no_ica", "qrnca_with_common")
+"""QRNCA, the Sec. 5.1 baselines (random, activation, kn = Knowledge Neuron*) and two ablations."""
+
+QR_COLUMNS = ["query_id", "rank", "layer", "neuron", "score"]
+
+REASONS = {
+    "kept": "kept as QR neuron",
+    "not_cluster": "not in the coarse cluster (NA <= t x max NA)",
+    "not_positive": "NAICA <= 0 (in too many clusters)",
+    "beyond_v": "outside the top-v by NAICA",
+    "common": "common neuron (in more than u of all clusters)",
+}
+"""Why a stored neuron of a query is or is not one of its QR neurons, in the order the checks apply."""
+
+
+def coarse_cluster(na: np.ndarray, t: float) -> np.ndarray:
+    """Coarse cluster of one query (Sec. 4.3): the neurons whose NA exceeds t times the query's maximum NA."""
+    return na > t * na.max()  # (layers, neurons) bool
+
+
+def sparsify(attr: QueryAttribution, s: QRNCASettings) -> pd.DataFrame:
+    """Rows kept in the store for one query: its coarse cluster plus every neuron with NA above floor x max NA."""
+    in_cluster = coarse_cluster(attr.na, s.t)  # (layers, neurons)
+    keep = in_cluster | (attr.na > s.floor * attr.na.max())  # (layers, neurons)
+    layer, neuron = np.nonzero(keep)  # (rows,) each, row-major order
+    return pd.DataFrame({
+        "query_id": attr.query_id,
+        "layer": layer.astype(np.int16),
+        "neuron": neuron.astype(np.int32),
+        "na": attr.na[keep].astype(np.float32),
+        "in_cluster": in_cluster[keep],
+    })
+
+
+def cluster_counts(sparse: pd.DataFrame) -> pd.DataFrame:
+    """For every stored neuron, the number of clusters (queries' coarse clusters) containing it; 0 if only above the floor."""
+    counts = sparse.groupby(["layer", "neuron"], sort=True)["in_cluster"].sum()
+    return counts.astype(np.int64).rename("n_clusters").reset_index()
+
+
+def ica(n_in: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Inverse cluster attribution, Eq. 6: ICA(n) = ln(|C| / (count_n + 1)), low for neurons found in many clusters."""
+    return np.log(n_clusters / (np.asarray(n_in, dtype=np.float64) + 1.0))
+
+
+def is_common(n_in: np.ndarray, n_clusters: int, u: float) -> np.ndarray:
+    """Common neurons (Sec. 4.4): in more than u x |C| clusters (u x |C| rounded to 9 decimals against float noise)."""
+    return np.asarray(n_in) > round(u * n_clusters, 9)
+
+
+def common_neurons(counts: pd.DataFrame, n_clusters: int, u: float) -> pd.DataFrame:
+    """The common neurons (Sec. 4.4) of `cluster_counts` rows, with frequency = count / |C|, most frequent first."""
+    common = counts.loc[is_common(counts["n_clusters"].to_numpy(), n_clusters, u), ["layer", "neuron", "n_clusters"]]
+    common = common.assign(frequency=common["n_clusters"] / n_clusters)
+    return common.sort_values(["n_clusters", "layer", "neuron"], ascending=[False, True, True], ignore_index=True)
+
+
+def neuron_stats(sparse: pd.DataFrame, n_clusters: int, u: float) -> pd.DataFrame:
+    """Per stored neuron of a run: cluster count, ICA (Eq. 6) and the common flag (Sec. 4.4)."""
+    stats = cluster_counts(sparse)
+    n_in = stats["n_clusters"].to_numpy()  # (neurons,)
+    return stats.assign(ica=ica(n_in, n_clusters), is_common=is_common(n_in, n_clusters, u))
+
+
+def naica(sparse: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
+    """Eq. 7 per (query, neuron) row: the rows with their neuron's n_clusters, ica, is_common and NAICA = NA x ICA."""
+    rows = sparse.merge(stats, on=["layer", "neuron"], how="left", sort=False)
+    return rows.assign(naica=rows["na"].to_numpy(np.float64) * rows["ica"].to_numpy())
+
+
+def candidate_rank(rows: pd.DataFrame, score: str) -> np.ndarray:
+    """Per-query rank (1 = highest `score`, ties by layer, neuron) of cluster rows with score > 0; 0 for other rows."""
+    eligible = rows["in_cluster"].to_numpy() & (rows[score].to_numpy() > 0)  # (rows,)
+    return _rank_within_query(rows, score, eligible)
+
+
+def explain(rows: pd.DataFrame, v: int) -> pd.DataFrame:
+    """`naica` rows with naica_rank, kept (a QR neuron: top-v by NAICA minus common, Sec. 4.5) and the reason why not."""
+    rank = candidate_rank(rows, "naica")  # (rows,)
+    reason = np.select(
+        [~rows["in_cluster"].to_numpy(), rank == 0, rank > v, rows["is_common"].to_numpy()],
+        [REASONS["not_cluster"], REASONS["not_positive"], REASONS["beyond_v"], REASONS["common"]],
+        REASONS["kept"],
+    )  # (rows,)
+    return rows.assign(naica_rank=rank, kept=reason == REASONS["kept"], reason=reason)
+
+
+def qr_neurons(
+    sparse: pd.DataFrame,
+    groups: Mapping[str, str],
+    s: QRNCASettings,
+    method: str = "qrnca",
+    *,
+    activations: pd.DataFrame | None = None,
+    shape: tuple[int, int] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """QR neurons of every query by `method` (one of METHODS), as rows query_id, rank (from 1), layer, neuron, score.
+
+    `groups` maps every query of the run to its group; its size is |C|. "qrnca" is Sec. 4.5 (top-v by NAICA minus
+    common neurons); "qrnca_no_ica" ranks by NA instead, "qrnca_with_common" keeps common neurons. The baselines
+    take per query as many neurons as QRNCA kept: "kn" the cluster neurons by NA, "activation" the highest of
+    `activations` (query_id, layer, neuron, activation), "random" uniform neurons of `shape` = (layers, neurons),
+    seeded by `seed` and the query id (score NaN).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    rows = naica(sparse, neuron_stats(sparse, len(groups), s.u))
+    if method in ("qrnca", "qrnca_with_common", "qrnca_no_ica"):
+        score = "na" if method == "qrnca_no_ica" else "naica"
+        keep = _in_range(candidate_rank(rows, score), s.v)  # (rows,)
+        if method != "qrnca_with_common":
+            keep &= ~rows["is_common"].to_numpy()
+        return _ranked(rows.loc[keep], score)
+    quota = qr_neurons(sparse, groups, s, "qrnca")["query_id"].value_counts()  # query_id -> count
+    if method == "kn":
+        return _top_per_query(rows, "na", rows["in_cluster"].to_numpy(), quota)
+    if method == "activation":
+        if activations is None:
+            raise ValueError("the activation baseline needs the per-query top activations")
+        return _top_per_query(activations, "activation", np.ones(len(activations), bool), quota)
+    if shape is None:
+        raise ValueError("the random baseline needs the model shape (layers, neurons)")
+    return _random_neurons(quota, shape, seed)
+
+
+def _rank_within_query(rows: pd.DataFrame, score: str, eligible: np.ndarray) -> np.ndarray:
+    """1-based rank by descending `score` (ties: layer, neuron) within each query among `eligible` rows; 0 elsewhere."""
+    codes = pd.factorize(rows["query_id"])[0]  # (rows,)
+    idx = np.flatnonzero(eligible)  # (eligible,)
+    order = idx[np.lexsort((rows["neuron"].to_numpy()[idx], rows["layer"].to_numpy()[idx],
+                            -rows[score].to_numpy(np.float64)[idx], codes[idx]))]  # (eligible,) sorted
+    sorted_codes = codes[order]  # (eligible,)
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]  # first position of each query's block
+    block_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))  # (eligible,)
+    rank = np.zeros(len(rows), np.int64)  # (rows,)
+    rank[order] = np.arange(len(order)) - block_start + 1
+    return rank
+
+
+def _in_range(rank: np.ndarray, limit: np.ndarray | int) -> np.ndarray:
+    """Rows ranked 1..limit (limit a scalar or per row)."""
+    return (rank >= 1) & (rank <= limit)
+
+
+def _ranked(rows: pd.DataFrame, score: str) -> pd.DataFrame:
+    """Selected rows as QR_COLUMNS, re-ranked 1.. per query by descending score (ties: layer, neuron)."""
+    rank = _rank_within_query(rows, score, np.ones(len(rows), bool))  # (rows,)
+    out = pd.DataFrame({"query_id": rows["query_id"].to_numpy(), "rank": rank, "layer": rows["layer"].to_numpy(np.int64),
+                        "neuron": rows["neuron"].to_numpy(np.int64), "score": rows[score].to_numpy(np.float64)},
+                       columns=QR_COLUMNS)
+    return out.sort_values(["query_id", "rank"], ignore_index=True)
+
+
+def _top_per_query(rows: pd.DataFrame, score: str, eligible: np.ndarray, quota: pd.Series) -> pd.DataFrame:
+    """The `quota[query]` highest-`score` eligible rows of each query (queries absent from quota get none)."""
+    limit = rows["query_id"].map(quota).fillna(0).to_numpy(np.int64)  # (rows,)
+    keep = _in_range(_rank_within_query(rows, score, eligible), limit)  # (rows,)
+    return _ranked(rows.loc[keep], score)
+
+
+def _random_neurons(quota: pd.Series, shape: tuple[int, int], seed: int) -> pd.DataFrame:
+    """`quota[query]` distinct uniform neurons per query over all layers x neurons; same seed and id, same neurons."""
+    ids, ranks, flats = [np.empty(0, object)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for query_id, k in sorted(quota.items()):
+        rng = np.random.default_rng([seed, zlib.crc32(str(query_id).encode())])
+        flats.append(rng.choice(shape[0] * shape[1], size=int(k), replace=False))  # (k,) flat neuron indices
+        ids.append(np.full(k, query_id, object))
+        ranks.append(np.arange(1, k + 1))
+    flat = np.concatenate(flats)  # (selected,)
+    return pd.DataFrame({"query_id": np.concatenate(ids).astype(str), "rank": np.concatenate(ranks),
+                         "layer": flat // shape[1], "neuron": flat % shape[1], "score": np.full(len(flat), np.nan)},
+                        columns=QR_COLUMNS)
