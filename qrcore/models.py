@@ -153,9 +153,10 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
     kwargs: dict = {"dtype": dtypes[spec.dtype]}
     if spec.device == "auto":
         kwargs["device_map"] = "auto"
+    offline = local or _offline() or not _hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local or _offline())
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local or _offline(), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, **kwargs)
     except (OSError, ValueError) as err:
         if local:
             raise QRNError(f"cannot load model from {source}: {str(err).splitlines()[0]}") from err
@@ -166,6 +167,17 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
         model.to(spec.device)
     model.eval()
     return LoadedModel(model, tokenizer, spec, _fingerprint(model))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection; checked once so an offline miss fails fast."""
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _offline() -> bool:

@@ -14,15 +14,15 @@ from qrcore.models import LoadedModel
 from qrcore.prompts import ChoicePrompt
 
 
-def ig_prompt_oracle(lm: LoadedModel, prompt: ChoicePrompt, steps: int) -> np.ndarray:
-    """Raw IG (layers, neurons) of one prompt, layer by layer with full sequences (Eq. 5)."""
+def ig_prompt_oracle(lm: LoadedModel, prompt: ChoicePrompt, steps: int, layers: list[int] | None = None) -> np.ndarray:
+    """Raw IG (layers, neurons) of one prompt, layer by layer with full sequences (Eq. 5); rows not in `layers` stay 0."""
     model = lm.model
     sites = ffn_sites(model)
     ids = torch.tensor([prompt.input_ids], device=lm.device)  # (1, T)
     _, f0, _ = clean_pass(model, sites, ids)  # (layers, neurons)
     alphas = riemann_alphas(steps, f0.dtype, f0.device)  # (m,)
     ig = np.zeros(f0.shape, dtype=np.float32)
-    for layer in range(len(sites)):
+    for layer in range(len(sites)) if layers is None else layers:
         x = (alphas[:, None] * f0[layer]).requires_grad_()  # (m, neurons)
 
         def patch(_layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (m, T, neurons)

@@ -6,7 +6,7 @@ import torch
 
 from qrcore.models import LoadedModel, ModelSpec, _fingerprint
 
-ARCHITECTURES = ("llama", "qwen2", "gemma3", "gpt2")
+ARCHITECTURES = ("llama", "qwen2", "gemma3", "phi3", "gpt2")
 
 
 def tiny_config(arch: str, vocab_size: int):

@@ -1,0 +1,85 @@
+"""The fast IG path agrees with the oracle, satisfies completeness, and NA is normalised (Eq. 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qrcore.attribution import NeuronAttribution, normalise
+from qrcore.editing import letter_probs
+from qrcore.oracle import ig_prompt_oracle
+from qrcore.queries import make_query
+from qrcore.settings import AttributionSettings
+from qrcore.tiny import ARCHITECTURES
+
+QUERY = make_query("What is the capital of France?", ["Berlin", "Paris", "Rome", "Madrid"], "Paris")
+
+
+def agreement(fast: np.ndarray, ref: np.ndarray) -> float:
+    """max |fast - oracle| relative to the largest absolute oracle score."""
+    return float(np.abs(fast - ref).max() / np.abs(ref).max())
+
+
+@pytest.mark.parametrize("arch,max_copies", [(a, 4096) for a in ARCHITECTURES] + [("llama", 32), ("gemma3", 16)])
+def test_fast_path_matches_oracle(tiny, arch, max_copies):
+    lm = tiny(arch)
+    attr = NeuronAttribution(lm, max_copies=max_copies)
+    prompt = attr.prompts(QUERY)[1]
+    fast, f0, probs = attr.ig_prompt(prompt)
+    ref = ig_prompt_oracle(lm, prompt, 16)
+    assert np.abs(ref).max() > 0
+    assert agreement(fast, ref) < 1e-4
+    assert np.allclose(probs, letter_probs(lm, [prompt])[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_completeness_per_layer(tiny, arch):
+    """sum_n IG_l(n) ~ P(f_l as is) - P(f_l zeroed at the answer position), for every layer l."""
+    lm = tiny(arch)
+    attr = NeuronAttribution(lm, AttributionSettings(steps=1024))  # Riemann error shrinks as 1/m
+    prompt = attr.prompts(QUERY)[0]
+    ig, _, _ = attr.ig_prompt(prompt)
+    full = float(letter_probs(lm, [prompt])[0, prompt.correct])
+    n = ig.shape[1]
+    for layer in range(ig.shape[0]):
+        zeroed = letter_probs(lm, [prompt], {(layer, i): 0.0 for i in range(n)})[0, prompt.correct]
+        delta = full - float(zeroed)
+        assert abs(delta) > 0
+        assert float(ig[layer].sum()) == pytest.approx(delta, rel=0.01)
+
+
+def test_attribute_normalises_and_reports_progress(tiny):
+    lm = tiny("llama")
+    attr = NeuronAttribution(lm, max_copies=32)
+    calls = []
+    result = attr.attribute(QUERY, lambda done, total: calls.append((done, total)))
+    assert result.na.shape == (4, 96) and result.na.dtype == np.float32
+    assert np.abs(result.na).max() == pytest.approx(1.0)
+    assert calls == [(i, 6) for i in range(1, 7)]  # 3 templates x 2 layer chunks
+    assert 0 < result.correct_prob < 1 and result.accuracy in (0, 1 / 3, 2 / 3, 1)
+
+
+def test_normalise_sums_templates_then_divides_by_max_abs():
+    a = np.array([[1.0, -4.0]], dtype=np.float32)
+    b = np.array([[1.0, 2.0]], dtype=np.float32)
+    assert normalise([a, b]).tolist() == [[1.0, -1.0]]
+    assert normalise([np.zeros((1, 2))]).tolist() == [[0.0, 0.0]]
+
+
+@pytest.mark.slow
+def test_fast_path_matches_oracle_on_smollm2(smollm2):
+    attr = NeuronAttribution(smollm2)
+    prompt = attr.prompts(QUERY)[0]
+    fast, _, _ = attr.ig_prompt(prompt)
+    layers = [0, 14, 29]
+    ref = ig_prompt_oracle(smollm2, prompt, 16, layers)
+    assert agreement(fast[layers], ref[layers]) < 1e-4
+
+
+@pytest.mark.slow
+def test_smollm2_answers_multiple_choice(smollm2):
+    """The default model puts clear mass on the right letter for an easy question (README's example)."""
+    attr = NeuronAttribution(smollm2)
+    probs = letter_probs(smollm2, attr.prompts(QUERY))
+    assert probs.sum(axis=1).min() > 0.7  # the letters take most of the probability
+    assert all(p.shape == (4,) for p in probs)
