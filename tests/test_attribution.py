@@ -32,9 +32,13 @@ def test_fast_path_matches_oracle(tiny, arch, max_copies):
     assert np.allclose(probs, letter_probs(lm, [prompt])[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gpt2"])
 def test_completeness_per_layer(tiny, arch):
-    """sum_n IG_l(n) ~ P(f_l as is) - P(f_l zeroed at the answer position), for every layer l."""
+    """sum_n IG_l(n) ~ P(f_l as is) - P(f_l zeroed at the answer position), for every layer l.
+
+    Not for Gemma: its post-FFN RMSNorm makes P constant in a common scale alpha > 0 of the whole layer's f
+    and jump at alpha = 0, so the path integral (about 0) differs from the endpoint difference by design.
+    """
     lm = tiny(arch)
     attr = NeuronAttribution(lm, AttributionSettings(steps=1024))  # Riemann error shrinks as 1/m
     prompt = attr.prompts(QUERY)[0]

@@ -1,0 +1,67 @@
+"""Fig. 5 heatmaps for the explorer: wide FFN maps max-pooled into at most a few hundred columns, as plotly figures.
+
+A browser cannot draw 32 x 11008 cells quickly, so each row is cut into equal bins of neighbouring neurons and
+each bin shows its strongest neuron (largest |score|, sign kept), whose index the hover names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+import plotly.graph_objects as go
+
+MAX_COLS = 512
+"""Default column limit of a drawn heatmap."""
+COLORSCALE = "RdBu_r"
+"""Diverging: NAICA can be negative (negative NA, or ICA < 0 for a neuron in every cluster)."""
+
+
+class Binned(NamedTuple):
+    """A (layers, neurons) map pooled into (layers, bins)."""
+
+    values: np.ndarray
+    """(layers, bins) float: each bin's score of largest magnitude, sign kept."""
+    edges: np.ndarray
+    """(bins + 1,) int: bin b covers neurons edges[b] .. edges[b + 1] - 1."""
+    top: np.ndarray
+    """(layers, bins) int: the neuron whose score each bin shows."""
+
+
+def bin_heatmap(matrix: np.ndarray, max_cols: int = MAX_COLS) -> Binned:
+    """Max-pool |score| over runs of neighbouring neurons so that at most `max_cols` columns remain."""
+    n_layers, n = matrix.shape
+    width = max(1, -(-n // max_cols))  # ceil
+    bins = -(-n // width)
+    padded = np.zeros((n_layers, bins * width), dtype=matrix.dtype)  # (layers, bins * width)
+    padded[:, :n] = matrix
+    blocks = padded.reshape(n_layers, bins, width)  # (layers, bins, width)
+    pick = np.abs(blocks).argmax(axis=-1)  # (layers, bins), first neuron on ties, so never a padding cell
+    values = np.take_along_axis(blocks, pick[..., None], axis=-1)[..., 0]  # (layers, bins)
+    edges = np.minimum(np.arange(bins + 1) * width, n)  # (bins + 1,)
+    return Binned(values, edges, edges[:-1][None, :] + pick)
+
+
+def heatmap_figure(binned: Binned, first_layer: int = 0, title: str = "", zmax: float | None = None,
+                   labels: Mapping[tuple[int, int], str] | None = None, height: int = 420) -> go.Figure:
+    """A plotly heatmap of `binned` (rows from `first_layer` up) whose hover names layer, neuron, score and label.
+
+    `labels` maps (layer, neuron) to text such as the neuron's top vocabulary tokens; `zmax` fixes the colour range
+    (shared by side-by-side maps), else it is the largest |score|.
+    """
+    layers = np.arange(first_layer, first_layer + binned.values.shape[0])  # (layers,)
+    labels = labels or {}
+    text = np.array([[labels.get((int(l), int(n)), "") for n in row] for l, row in zip(layers, binned.top)],
+                    dtype=object)  # (layers, bins)
+    custom = np.stack([binned.top.astype(object), text], axis=-1)  # (layers, bins, 2)
+    if zmax is None:
+        zmax = float(np.abs(binned.values).max()) or 1.0
+    fig = go.Figure(go.Heatmap(
+        z=binned.values, x=binned.edges[:-1], y=layers, customdata=custom, colorscale=COLORSCALE,
+        zmid=0.0, zmin=-zmax, zmax=zmax, colorbar={"title": {"text": "NAICA"}, "thickness": 12},
+        hovertemplate="layer %{y}<br>neuron %{customdata[0]}<br>score %{z:.4g}<br>%{customdata[1]}<extra></extra>",
+    ))
+    fig.update_layout(title=title, height=height, margin={"l": 50, "r": 10, "t": 40 if title else 10, "b": 40},
+                      xaxis_title="neuron", yaxis_title="layer")
+    return fig
