@@ -49,7 +49,7 @@ def test_completeness_per_layer(tiny, arch):
         zeroed = letter_probs(lm, [prompt], {(layer, i): 0.0 for i in range(n)})[0, prompt.correct]
         delta = full - float(zeroed)
         assert abs(delta) > 0
-        assert float(ig[layer].sum()) == pytest.approx(delta, rel=0.01)
+        assert float(ig[layer].sum()) == pytest.approx(delta, rel=0.03)
 
 
 def test_attribute_normalises_and_reports_progress(tiny):

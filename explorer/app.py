@@ -1,0 +1,31 @@
+"""QR Neuron Explorer: `streamlit run explorer/app.py` — browse and edit the query-relevant neurons of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from qrcore.errors import QRNError
+
+import state
+import views
+
+PAGES = Path(__file__).parent / "pages"
+
+st.set_page_config(page_title="QR Neuron Explorer", page_icon=":material/neurology:", layout="wide")
+views.keep_synced()
+navigation = st.navigation([
+    st.Page(PAGES / "heatmaps.py", title="Heatmaps", icon=":material/grid_on:", url_path="heatmaps", default=True),
+    st.Page(PAGES / "overlap.py", title="Overlap and layers", icon=":material/join_inner:", url_path="overlap"),
+    st.Page(PAGES / "common.py", title="Common neurons", icon=":material/hub:", url_path="common"),
+    st.Page(PAGES / "query_lab.py", title="Query lab", icon=":material/science:", url_path="lab"),
+    st.Page(PAGES / "methods.py", title="Methods", icon=":material/leaderboard:", url_path="methods"),
+    st.Page(PAGES / "data.py", title="Data and models", icon=":material/database:", url_path="data"),
+])
+st.sidebar.caption(f"Model **{state.model_name()}** · store `{state.db_path()}`")
+try:
+    state.startup(state.db_path())
+    navigation.run()
+except QRNError as err:
+    st.error(str(err))

@@ -1,0 +1,62 @@
+"""Heatmaps (Fig. 5): NAICA summed over a group's queries, layer by neuron; two groups side by side or their difference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from qrcore import store
+from qrcore.heatmap import bin_heatmap, heatmap_figure
+
+import state
+import views
+
+MODES = ("one group", "side by side", "difference")
+TOKEN_CELLS = 256
+"""Hover shows vocabulary tokens for this many strongest cells of the view (projecting every cell takes seconds)."""
+
+st.title("Heatmaps")
+run = views.require_run()
+groups = state.read(store.heatmap_groups, run.id)
+left, middle, right = st.columns([2, 2, 3])
+mode = views.synced(middle.radio, "Show", "mode", options=MODES, horizontal=True)
+group = views.synced(left.selectbox, "Group", "group", options=groups)
+other = views.synced(left.selectbox, "Second group", "group_b", options=groups, index=min(1, len(groups) - 1),
+                     disabled=mode == MODES[0])
+last = run.n_layers - 1
+lo, hi = views.synced(right.slider, "Layers", "layers", min_value=0, max_value=last, value=(0, last),
+                      parse=lambda s: tuple(int(v) for v in s.split("-")), dump=lambda v: f"{v[0]}-{v[1]}")
+st.caption(f"Run **{run.name}** · {run.n_layers} layers x {run.n_neurons} neurons · wide layers are max-pooled "
+           "into at most 512 columns (each shows its strongest neuron; hover names it).")
+
+
+def view(name: str) -> np.ndarray:
+    """The group's map restricted to the chosen layers."""
+    return state.read(store.heatmap, run.id, name)[lo:hi + 1]
+
+
+def labels(*binned_maps) -> dict[tuple[int, int], str]:
+    """Token hover text for the strongest cells of the maps, when the run's model is the app's model."""
+    if not run.on_app_model:
+        return {}
+    cells = {(lo + int(l), int(b.top[l, c])): abs(float(b.values[l, c]))
+             for b in binned_maps for l, c in zip(*np.nonzero(b.values))}
+    strongest = sorted(cells, key=cells.__getitem__, reverse=True)[:TOKEN_CELLS]
+    return views.hover_labels(sorted(strongest))
+
+
+maps = {group: view(group)} if mode == MODES[0] else \
+    {f"{group} − {other}": view(group) - view(other)} if mode == MODES[2] else {group: view(group), other: view(other)}
+binned = {title: bin_heatmap(m) for title, m in maps.items()}
+hover = labels(*binned.values())
+zmax = max(float(np.abs(b.values).max()) for b in binned.values()) or 1.0
+for column, (title, b) in zip(st.columns(len(binned)), binned.items()):
+    column.plotly_chart(heatmap_figure(b, lo, title, zmax, hover), width="stretch", key=f"fig-{title}")
+
+st.subheader("Strongest neurons in view")
+first = next(iter(maps.values()))
+flat = np.argsort(-np.abs(first), axis=None)[:20]
+layers, neurons = np.unravel_index(flat, first.shape)
+top = pd.DataFrame({"layer": layers + lo, "neuron": neurons, "score": first[layers, neurons]})
+views.neuron_table(top.loc[top["score"] != 0], run.on_app_model)

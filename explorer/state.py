@@ -1,0 +1,169 @@
+"""The explorer's access to its model and store, and every st.cache_resource / st.cache_data wrapper.
+
+Pages call these and draw. The model comes from $QRN_MODEL (default smollm2; "tiny-<arch>" builds a seeded tiny
+model) and the store from $QRN_DB (default cache/qrn.duckdb). An open DuckDB connection locks the file against
+`qrn run`, so no connection is kept: each read opens the store read-only and closes it, and reads are cached
+under the file's modification stamp, so that any write, by this app or by a run elsewhere, makes them stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import os
+from pathlib import Path
+import tempfile
+import threading
+from typing import TypeVar
+
+import numpy as np
+import streamlit as st
+
+from qrcore import store
+from qrcore.attribution import NeuronAttribution
+from qrcore.datasets import import_file
+from qrcore.editing import check_neurons, generate, letter_probs
+from qrcore.ffn import ffn_sites
+from qrcore.models import DEFAULT_MODEL, LoadedModel, ModelSpec, load_model, resolve
+from qrcore.prompts import ChoicePrompt
+from qrcore.queries import Query
+from qrcore.results import QueryAttribution
+
+MODEL_ENV = "QRN_MODEL"
+SEED_ENV = "QRN_SEED"
+"""Set to 0 to skip loading the shipped default run into the store at start-up (tests, benchmarks)."""
+R = TypeVar("R")
+Neuron = tuple[int, int]
+EditKey = tuple[tuple[int, int, float], ...]
+"""A hashable edit: sorted (layer, neuron, multiplier) triples."""
+
+
+def model_name() -> str:
+    """The app's model: $QRN_MODEL or the embedded default."""
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
+def db_path() -> str:
+    """The app's store: $QRN_DB or cache/qrn.duckdb."""
+    return store.default_db()
+
+
+@st.cache_resource(show_spinner="Preparing the store…")
+def startup(db: str) -> None:
+    """Once per process and store: load the shipped default run into it (`qrcore.seed`) unless $QRN_SEED is 0."""
+    if os.environ.get(SEED_ENV, "1") != "0":
+        from qrcore.seed import ensure_default_store
+
+        ensure_default_store(db)
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
+def model(name: str) -> LoadedModel:
+    """The model `name`; "tiny-<arch>" is qrcore.tiny's seeded random model with the default model's tokenizer."""
+    if name.startswith("tiny-"):
+        from transformers import AutoTokenizer
+
+        from qrcore.tiny import tiny_model
+
+        return tiny_model(name.removeprefix("tiny-"), AutoTokenizer.from_pretrained(resolve(DEFAULT_MODEL)[0]))
+    return load_model(ModelSpec(name))
+
+
+@st.cache_resource
+def _model_lock(name: str) -> threading.Lock:
+    """Edits hook the shared model's modules, so two sessions must not run it at once."""
+    return threading.Lock()
+
+
+def has_store() -> bool:
+    """Whether the store file exists yet."""
+    return Path(db_path()).exists()
+
+
+def _stamp(db: str) -> tuple[int, ...]:
+    """Modification times of the store and its write-ahead log: a new stamp means the cached reads are stale."""
+    return tuple(os.stat(p).st_mtime_ns if os.path.exists(p) else 0 for p in (db, f"{db}.wal"))
+
+
+def read(reader: Callable[..., R], *args: object) -> R:
+    """`reader(con, *args)` (a qrcore.store reader) on a short read-only connection, cached until the store changes."""
+    db = db_path()
+    return _read(db, _stamp(db), f"{reader.__module__}.{reader.__qualname__}", args, _reader=reader)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _read(db: str, stamp: tuple[int, ...], name: str, args: tuple, _reader: Callable[..., R]) -> R:
+    """The cached body of `read`, keyed by store, stamp, reader name and arguments."""
+    with store.connect(db, read_only=True) as con:
+        return _reader(con, *args)
+
+
+def import_dataset(filename: str, data: bytes, name: str) -> int:
+    """Parse an uploaded .json/.csv dataset and store it as dataset `name`; the number of queries, or QRNError."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(filename).name
+        path.write_bytes(data)
+        queries = import_file(path, name)
+    with store.connect(db_path()) as con:
+        store.upsert_dataset(con, name, f"upload:{Path(filename).name}", queries)
+    return len(queries)
+
+
+def start_run(dataset: str, name: str | None, progress: Callable[[int, int, str], None]) -> str:
+    """Compute a run of the app's model on `dataset` into the store (qrcore.runner); returns its id."""
+    from qrcore.runner import run_dataset
+
+    return run_dataset(model(model_name()), dataset, db=db_path(), name=name, progress=progress)
+
+
+def shape(name: str) -> tuple[int, int]:
+    """(layers, neurons per layer) of model `name`."""
+    sites = ffn_sites(model(name).model)
+    return len(sites), sites[0].n_neurons
+
+
+def check(name: str, neurons: list[Neuron]) -> None:
+    """QRNError naming a layer or neuron index outside model `name`."""
+    check_neurons(model(name), neurons)
+
+
+def edit_key(neurons: list[Neuron], multiplier: float) -> EditKey:
+    """The hashable edit that scales every neuron in `neurons` by `multiplier`."""
+    return tuple(sorted((layer, neuron, round(multiplier, 4)) for layer, neuron in neurons))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def prompts(name: str, query: Query) -> list[ChoicePrompt]:
+    """The query's multi-choice prompts for model `name` (QRNError for a prompt over the context)."""
+    return NeuronAttribution(model(name)).prompts(query)
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def option_probs(name: str, query: Query, edit: EditKey = ()) -> np.ndarray:
+    """(prompts, options) probability of each option letter after each of the query's prompts, under `edit`."""
+    lm, chosen = model(name), prompts(name, query)
+    with _model_lock(name):
+        return letter_probs(lm, chosen, {(layer, neuron): m for layer, neuron, m in edit})
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def attribution(name: str, query: Query, _progress: Callable[[int, int], None] | None = None) -> QueryAttribution:
+    """NA of every neuron of model `name` for the query (a few seconds per query on the default model)."""
+    with _model_lock(name):
+        return NeuronAttribution(model(name)).attribute(query, _progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def answer(name: str, question: str, edit: EditKey = ()) -> str:
+    """The free-form greedy answer of model `name` to `question` under `edit`."""
+    with _model_lock(name):
+        return generate(model(name), question, {(layer, neuron): m for layer, neuron, m in edit})
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def vocab_tokens(name: str, neurons: tuple[Neuron, ...], k: int = 8) -> dict[Neuron, list[str]]:
+    """Top-k vocabulary tokens of each neuron's value vector (Table 5) under model `name`."""
+    from qrcore.vocab import project_neurons
+
+    with _model_lock(name):
+        frame = project_neurons(model(name), list(neurons), k)
+    return {(int(l), int(n)): list(t) for l, n, t in frame.itertuples(index=False)}

@@ -1,0 +1,166 @@
+"""Widgets shared by the pages: the run picker, choices mirrored in the page link, query picker, neuron tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+import html
+from typing import Any
+import zlib
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from qrcore import store
+from qrcore.errors import QRNError
+from qrcore.queries import Query
+
+import state
+
+SYNCED = "_synced_keys"
+"""Session-state key of the set of widget keys that `synced` mirrors in the link."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """The finished run the pages show."""
+
+    id: str
+    name: str
+    model: str
+    dataset: str
+    n_layers: int
+    n_neurons: int
+
+    @property
+    def on_app_model(self) -> bool:
+        """Whether the run was computed with the app's model, so its neurons can be projected and edited."""
+        return self.model == state.model_name()
+
+
+def _valid(value: Any, options: Sequence[Any] | None) -> bool:
+    """Whether a widget with `options` can take `value` (a list for multiselects)."""
+    if options is None:
+        return True
+    return all(v in options for v in value) if isinstance(value, list) else value in options
+
+
+def synced(widget: Callable[..., Any], label: str, key: str, *, options: Sequence[Any] | None = None,
+           parse: Callable[[str], Any] = str, dump: Callable[[Any], str] = str, **kwargs: Any) -> Any:
+    """Render `widget` whose value lives in session state `key` and in the page link as ?key=..., so views can be shared.
+
+    The link seeds the value on first load; a value the widget can no longer take (e.g. a removed run) is dropped.
+    """
+    st.session_state.setdefault(SYNCED, set()).add(key)
+    if key not in st.session_state and key in st.query_params:
+        try:
+            value = parse(st.query_params[key])
+        except (ValueError, TypeError):
+            value = None
+        if value is not None and _valid(value, options):
+            st.session_state[key] = value
+    if key in st.session_state and not _valid(st.session_state[key], options):
+        del st.session_state[key]
+    value = widget(label, key=key, **kwargs) if options is None else widget(label, options, key=key, **kwargs)
+    st.query_params[key] = dump(value)
+    return value
+
+
+def keep_synced() -> None:
+    """Keep the synced choices of pages not shown now (Streamlit drops a widget's state when it is not drawn)."""
+    for key in st.session_state.get(SYNCED, set()):
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def pick_run() -> Run | None:
+    """Sidebar choice of a finished run of the store; None (with a hint) when there is none."""
+    runs = state.read(store.list_runs) if state.has_store() else pd.DataFrame(columns=["name", "status"])
+    finished = runs.loc[runs["status"] == "finished"].set_index("name", drop=False)
+    if finished.empty:
+        st.sidebar.info(f"No finished run in {state.db_path()} yet: start one on *Data and models* or with `qrn run`.")
+        return None
+    label = {n: f"{n} · {r.model} · {r.dataset}" for n, r in finished.iterrows()}
+    name = synced(st.sidebar.selectbox, "Run", "run", options=list(finished.index), format_func=label.__getitem__)
+    row = finished.loc[name]
+    info = state.read(store.run_info, row["run_id"])
+    return Run(row["run_id"], name, row["model"], row["dataset"], info.n_layers, info.n_neurons)
+
+
+def require_run() -> Run:
+    """The run picked in the sidebar; stops the page with a hint if there is none."""
+    run = pick_run()
+    if run is None:
+        st.info("This page shows a finished run. Compute one on the *Data and models* page or with `qrn run`.")
+        st.stop()
+    return run
+
+
+@contextmanager
+def inline_errors() -> Iterator[None]:
+    """Show a QRNError raised inside the block as an inline error; the rest of the page still renders."""
+    try:
+        yield
+    except QRNError as err:
+        st.error(str(err))
+
+
+def run_queries(run: Run) -> dict[str, Query]:
+    """The queries of the run's dataset by id, in dataset order."""
+    return {q.id: q for q in state.read(store.load_queries, run.dataset)}
+
+
+def pick_query(queries: dict[str, Query], where: Any = st) -> Query:
+    """A selectbox of the queries (synced as ?query=...), labelled by group and question."""
+    def label(qid: str) -> str:
+        q = queries[qid]
+        return f"{qid} · {q.group} · {q.question[:70]}"
+
+    return queries[synced(where.selectbox, "Query", "query", options=list(queries), format_func=label)]
+
+
+def neuron_label(neuron: tuple[int, int]) -> str:
+    """'layer:neuron', the form neurons take in widgets and links."""
+    return f"{neuron[0]}:{neuron[1]}"
+
+
+def parse_neuron(label: str) -> tuple[int, int]:
+    """Inverse of `neuron_label`; ValueError for anything else."""
+    layer, neuron = label.split(":")
+    return int(layer), int(neuron)
+
+
+def with_tokens(frame: pd.DataFrame, model_ok: bool, k: int = 8) -> pd.DataFrame:
+    """`frame` (with layer, neuron columns) plus each neuron's top vocabulary tokens, if its model is the app's."""
+    if not model_ok or frame.empty:
+        return frame
+    neurons = tuple(zip(frame["layer"].astype(int), frame["neuron"].astype(int)))
+    tokens = state.vocab_tokens(state.model_name(), neurons, k)
+    return frame.assign(tokens=[" ".join(repr(t) for t in tokens[n]) for n in neurons])
+
+
+def neuron_table(frame: pd.DataFrame, model_ok: bool, **kwargs: Any) -> None:
+    """A neuron table with vocabulary tokens; without them a caption says why."""
+    st.dataframe(with_tokens(frame, model_ok), hide_index=True, width="stretch", **kwargs)
+    if not model_ok:
+        st.caption(f"Vocabulary tokens need the run's model; the app runs {state.model_name()} "
+                   f"(set {state.MODEL_ENV} to the run's model to see them).")
+
+
+def hover_labels(neurons: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """Hover text per neuron: its top vocabulary tokens, HTML-escaped for plotly."""
+    tokens = state.vocab_tokens(state.model_name(), tuple(neurons), 6)
+    return {n: "tokens: " + html.escape(" ".join(repr(t) for t in tokens[n])) for n in neurons}
+
+
+def control_neurons(neurons: Sequence[tuple[int, int]], n_neurons: int, seed: int = 0) -> list[tuple[int, int]]:
+    """As many random neurons as given, each from the same layer as its counterpart and outside the selection; seeded."""
+    chosen = set(neurons)
+    rng = np.random.default_rng([seed, zlib.crc32(",".join(map(neuron_label, sorted(chosen))).encode())])
+    out: list[tuple[int, int]] = []
+    for layer, _ in sorted(chosen):
+        free = np.setdiff1d(np.arange(n_neurons), [n for l, n in chosen | set(out) if l == layer])
+        out.append((layer, int(rng.choice(free))))
+    return out
