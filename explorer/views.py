@@ -40,28 +40,27 @@ class Run:
         return self.model == state.model_name()
 
 
-def _valid(value: Any, options: Sequence[Any] | None) -> bool:
-    """Whether a widget with `options` can take `value` (a list for multiselects)."""
-    if options is None:
-        return True
-    return all(v in options for v in value) if isinstance(value, list) else value in options
-
-
 def synced(widget: Callable[..., Any], label: str, key: str, *, options: Sequence[Any] | None = None,
-           parse: Callable[[str], Any] = str, dump: Callable[[Any], str] = str, **kwargs: Any) -> Any:
+           valid: Callable[[Any], bool] = lambda _: True, parse: Callable[[str], Any] = str,
+           dump: Callable[[Any], str] = str, **kwargs: Any) -> Any:
     """Render `widget` whose value lives in session state `key` and in the page link as ?key=..., so views can be shared.
 
-    The link seeds the value on first load; a value the widget can no longer take (e.g. a removed run) is dropped.
+    The link seeds the value on first load; a value the widget cannot take (not among `options`, a list for a
+    multiselect, or failing `valid`) is dropped for the widget's default.
     """
+    def ok(value: Any) -> bool:
+        members = value if isinstance(value, list) else [value]
+        return (options is None or all(v in options for v in members)) and valid(value)
+
     st.session_state.setdefault(SYNCED, set()).add(key)
     if key not in st.session_state and key in st.query_params:
         try:
             value = parse(st.query_params[key])
         except (ValueError, TypeError):
             value = None
-        if value is not None and _valid(value, options):
+        if value is not None and ok(value):
             st.session_state[key] = value
-    if key in st.session_state and not _valid(st.session_state[key], options):
+    if key in st.session_state and not ok(st.session_state[key]):
         del st.session_state[key]
     value = widget(label, key=key, **kwargs) if options is None else widget(label, options, key=key, **kwargs)
     st.query_params[key] = dump(value)

@@ -26,7 +26,8 @@ other = views.synced(left.selectbox, "Second group", "group_b", options=groups, 
                      disabled=mode == MODES[0])
 last = run.n_layers - 1
 lo, hi = views.synced(right.slider, "Layers", "layers", min_value=0, max_value=last, value=(0, last),
-                      parse=lambda s: tuple(int(v) for v in s.split("-")), dump=lambda v: f"{v[0]}-{v[1]}")
+                      valid=lambda v: 0 <= v[0] <= v[1] <= last, parse=lambda s: tuple(map(int, s.split("-"))),
+                      dump=lambda v: f"{v[0]}-{v[1]}")
 st.caption(f"Run **{run.name}** · {run.n_layers} layers x {run.n_neurons} neurons · wide layers are max-pooled "
            "into at most 512 columns (each shows its strongest neuron; hover names it).")
 

@@ -1,0 +1,32 @@
+"""Common neurons (Sec. 4.4) and, per query, why each of its high-NA neurons is or is not a QR neuron."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from qrcore import store
+
+import state
+import views
+
+st.title("Common neurons")
+run = views.require_run()
+common = state.read(store.common_neurons, run.id)
+u = state.read(store.run_info, run.id).settings.qrnca.u
+st.caption(f"Neurons in more than u = {u:g} of the run's clusters (one coarse cluster per query). "
+           "They fire for almost any query, so QRNCA drops them from every query's QR neurons.")
+views.neuron_table(common, run.on_app_model, column_config={"frequency": st.column_config.ProgressColumn(
+    "frequency", format="%.2f", min_value=0.0, max_value=1.0)})
+
+st.subheader("Why a query's neurons are (not) QR neurons")
+query = views.pick_query(views.run_queries(run))
+with views.inline_errors():
+    rows = state.read(store.query_neurons, run.id, query.id)
+    kept = int(rows["kept"].sum())
+    st.caption(f"Every stored neuron of {query.id!r} (its coarse cluster and NA above the storage floor), by NAICA = "
+               f"NA x ICA. {kept} kept as QR neurons.")
+    views.neuron_table(rows, run.on_app_model, column_config={
+        "kept": st.column_config.CheckboxColumn("QR neuron"), "in_cluster": st.column_config.CheckboxColumn("cluster"),
+        "is_common": st.column_config.CheckboxColumn("common"), "na": st.column_config.NumberColumn("NA", format="%.3f"),
+        "ica": st.column_config.NumberColumn("ICA", format="%.3f"),
+        "naica": st.column_config.NumberColumn("NAICA", format="%.3f"), "reason": st.column_config.TextColumn("why")})

@@ -1,0 +1,172 @@
+"""Query lab (Sec. 5): a query's answer probabilities, its QR neurons, and what scaling them does, beside a control."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from qrcore import store
+from qrcore.errors import QRNError
+from qrcore.queries import Query, make_query
+from qrcore.topk import top_neurons
+
+import state
+import views
+
+SOURCES = ("dataset", "custom")
+DEFAULT_NEURONS = 10
+"""How many of its best QR neurons are selected when a query is opened."""
+CUSTOM = {"q_text": "What is the capital of France?", "q_options": "Paris\nLondon\nBerlin\nMadrid", "q_answer": "Paris"}
+
+st.title("Query lab")
+name = state.model_name()
+run = views.pick_run()
+source = views.synced(st.radio, "Question", "source", options=SOURCES if run else SOURCES[1:], horizontal=True,
+                      format_func={"dataset": "from the run's dataset", "custom": "my own"}.__getitem__)
+
+
+def custom_query() -> Query:
+    """The question typed in (QRNError naming what is wrong with it)."""
+    for key, text in CUSTOM.items():
+        st.session_state.setdefault(key, text)
+    question = st.text_input("Question", key="q_text")
+    left, right = st.columns(2)
+    options = left.text_area("Options, one per line", key="q_options", height=130)
+    answer = right.text_input("Correct answer (one of the options)", key="q_answer")
+    return make_query(question, [o for o in options.splitlines() if o.strip()], answer)
+
+
+def qr_table(query: Query) -> pd.DataFrame:
+    """The query's QR neurons: from the run for a dataset query, top NA of a live attribution for a custom one."""
+    if source == "dataset":
+        return state.read(store.qr_neurons, run.id, "qrnca", query.id)[["rank", "layer", "neuron", "score"]]
+    done = st.session_state.setdefault("attributed", set())
+    if st.button("Run QRNCA", type="primary", help="Attribute every neuron (integrated gradients, Eq. 5)."):
+        bar = st.progress(0.0, "Attributing…")
+        state.attribution(name, query, lambda i, n: bar.progress(i / n, f"Attributing… pass {i} of {n}"))
+        bar.empty()
+        done.add(query)
+    if query not in done:
+        st.info("Press *Run QRNCA* to rank this question's neurons by NA, or add neurons by layer and index below.")
+        return pd.DataFrame(columns=["rank", "layer", "neuron", "score"])
+    result = state.attribution(name, query)
+    top = pd.DataFrame(top_neurons(result.na, 20), columns=["layer", "neuron", "score"])
+    st.caption(f"Top neurons by NA ({result.seconds:.1f} s; mean P(correct) {result.correct_prob:.3f}). A single "
+               "custom question has no clusters to compare with, so this is NA without ICA.")
+    return top.assign(rank=range(1, len(top) + 1))[["rank", "layer", "neuron", "score"]]
+
+
+def default_labels(table: pd.DataFrame) -> list[str]:
+    """The neurons selected when a query is opened: its best QR neurons."""
+    return [views.neuron_label(n) for n in zip(table["layer"], table["neuron"])][:DEFAULT_NEURONS]
+
+
+def choose_neurons(query: Query, table: pd.DataFrame, n_layers: int, n_neurons: int) -> list[tuple[int, int]]:
+    """Multiselect of neurons from the table or added by layer and index; the selection is synced as ?neurons=3:17,..."""
+    def valid(label: str) -> bool:
+        try:
+            layer, neuron = views.parse_neuron(label)
+        except ValueError:
+            return False
+        return 0 <= layer < n_layers and 0 <= neuron < n_neurons
+
+    opened = f"{source}:{hash(query)}:{len(table)}"
+    if st.session_state.get("lab_opened") != opened:
+        if "lab_opened" in st.session_state or "neurons" not in st.query_params:
+            st.session_state["neurons"] = default_labels(table)
+        st.session_state["lab_opened"] = opened
+    left, middle, right = st.columns(3, vertical_alignment="bottom")
+    layer = int(left.number_input(f"Layer (0-{n_layers - 1})", min_value=0, step=1, key="add_layer"))
+    index = int(middle.number_input(f"Neuron index (0-{n_neurons - 1})", min_value=0, step=1, key="add_index"))
+    if right.button("Add neuron"):
+        try:
+            state.check(name, [(layer, index)])
+            st.session_state["neurons"] = [*st.session_state.get("neurons", []), views.neuron_label((layer, index))]
+        except QRNError as err:
+            st.error(str(err))
+    linked = [] if "neurons" in st.session_state else st.query_params.get("neurons", "").split(",")
+    table_labels = [views.neuron_label(n) for n in zip(table["layer"], table["neuron"])]
+    options = [n for n in dict.fromkeys([*table_labels, *st.session_state.get("neurons", []), *linked]) if valid(n)]
+    labels = views.synced(st.multiselect, "Neurons to edit", "neurons", options=options,
+                          parse=lambda s: [n for n in s.split(",") if n], dump=",".join)
+    return [views.parse_neuron(label) for label in labels]
+
+
+def reset(defaults: list[str]) -> None:
+    """Back to the query's default neurons, unedited."""
+    st.session_state["neurons"] = defaults
+    st.session_state["mult"] = 1.0
+
+
+def show_probs(query: Query, neurons: list[tuple[int, int]], mult: float, n_neurons: int) -> None:
+    """Answer probabilities unedited, under the edit and under the same edit of a seeded random control set."""
+    prompt = state.prompts(name, query)[0]
+    control = views.control_neurons(neurons, n_neurons)
+    probs = {"original": state.option_probs(name, query),
+             "edited": state.option_probs(name, query, state.edit_key(neurons, mult)),
+             "control": state.option_probs(name, query, state.edit_key(control, mult))}
+    correct = {k: float(p[0, prompt.correct]) for k, p in probs.items()}
+    cols = st.columns(3)
+    cols[0].metric("P(correct), template 1", f"{correct['original']:.4f}")
+    cols[1].metric(f"Edited ({len(neurons)} neurons x {mult:g})", f"{correct['edited']:.4f}",
+                   f"{correct['edited'] - correct['original']:+.4f}")
+    cols[2].metric(f"Control ({len(control)} random neurons, same layers)", f"{correct['control']:.4f}",
+                   f"{correct['control'] - correct['original']:+.4f}")
+    options = [f"{l}. {t}" if t else l for l, t in zip(prompt.letters, prompt.options or [""] * len(prompt.letters))]
+    options[prompt.correct] += " ✓"
+    long = pd.DataFrame([(k, o, float(v)) for k, p in probs.items() for o, v in zip(options, p[0])],
+                        columns=["setting", "option", "probability"])
+    fig = px.bar(long, x="option", y="probability", color="setting", barmode="group", range_y=[0, 1],
+                 color_discrete_sequence=["#9aa5b1", "#2f6fdf", "#e8a33d"])
+    fig.update_layout(height=320, margin={"l": 40, "r": 10, "t": 10, "b": 40})
+    st.plotly_chart(fig, width="stretch", key="probs")
+    rows = [p.correct for p in state.prompts(name, query)]
+    means = {k: float(p[range(len(rows)), rows].mean()) for k, p in probs.items()}
+    st.caption("Mean P(correct) over the query's templates: " + " · ".join(f"{k} {v:.4f}" for k, v in means.items())
+               + (f" · control neurons: {', '.join(map(views.neuron_label, control))}" if control else ""))
+
+
+def show_answers(query: Query, edit: state.EditKey) -> None:
+    """Free-form greedy answers to the plain question, unedited and edited, on request."""
+    asked = (query.question, edit)
+    if st.button("Generate free-form answers", help="Greedy decoding of the question without options."):
+        st.session_state["answers_for"] = asked
+    if st.session_state.get("answers_for") != asked:
+        return
+    left, right = st.columns(2)
+    with st.spinner("Generating…"):
+        left.markdown("**Unedited**")
+        left.write(state.answer(name, query.question))
+        right.markdown("**Edited**")
+        right.write(state.answer(name, query.question, edit))
+
+
+try:
+    if source == "dataset":
+        if not run.on_app_model:
+            st.warning(f"Run {run.name!r} was computed with {run.model}; probabilities and edits use the app's model "
+                       f"{name} (set {state.MODEL_ENV} to the run's model).")
+        query = views.pick_query(views.run_queries(run))
+    else:
+        query = custom_query()
+    state.prompts(name, query)
+except QRNError as err:
+    st.error(str(err))
+    st.stop()
+
+n_layers, n_neurons = state.shape(name)
+st.subheader("QR neurons")
+table = qr_table(query)
+if not table.empty:
+    views.neuron_table(table, source == "custom" or run.on_app_model, height=240)
+st.subheader("Edit")
+neurons = choose_neurons(query, table, n_layers, n_neurons)
+left, right = st.columns([4, 1], vertical_alignment="bottom")
+mult = views.synced(left.slider, "Multiplier of the selected neurons' activation (0 suppresses, 1 leaves, 2 boosts)",
+                    "mult", min_value=0.0, max_value=4.0, step=0.1, value=1.0, parse=float,
+                    valid=lambda v: 0.0 <= v <= 4.0, dump=lambda v: f"{v:g}")
+right.button("Reset", on_click=reset, args=(default_labels(table),))
+show_probs(query, neurons, mult, n_neurons)
+st.subheader("Free-form answer")
+show_answers(query, state.edit_key(neurons, mult))
