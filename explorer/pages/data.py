@@ -1,0 +1,64 @@
+"""Data and models: the store's runs and models, importing a dataset file, and starting a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from qrcore import store
+from qrcore.datasets import BUILTIN
+from qrcore.errors import QRNError
+
+import state
+
+IMPORTED = "imported_datasets"
+"""Session-state list of the datasets imported in this session (offered for a run before one uses them)."""
+
+st.title("Data and models")
+st.caption(f"Store `{state.db_path()}` · the app's model is **{state.model_name()}** (set `{state.MODEL_ENV}` and "
+           "`QRN_DB` to change them).")
+runs = state.read(store.list_runs) if state.has_store() else pd.DataFrame(columns=["name", "model", "dataset"])
+
+st.subheader("Runs")
+if runs.empty:
+    st.info("No runs yet: start one below or with `qrn run`.")
+else:
+    st.dataframe(runs.drop(columns=["run_id", "settings_json"]), hide_index=True, width="stretch", column_config={
+        "n_done": st.column_config.NumberColumn("queries done"), "n_queries": st.column_config.NumberColumn("queries")})
+    st.subheader("Models")
+    models = runs.groupby("model").agg(runs=("name", "count"), datasets=("dataset", lambda d: ", ".join(sorted(set(d)))))
+    st.dataframe(models, width="stretch")
+
+st.subheader("Import a dataset")
+st.caption("The paper's JSON ({id: {sentences, obj_label, relation_name}}) or an MMLU-style CSV "
+           "(question, A, B, C, D, answer[, group]).")
+upload = st.file_uploader("Dataset file", type=["json", "csv"], key="upload")
+dataset_name = st.text_input("Dataset name", placeholder="the file name without extension", key="dataset_name")
+if st.button("Import", disabled=upload is None):
+    name = dataset_name.strip() or Path(upload.name).stem
+    try:
+        n = state.import_dataset(upload.name, upload.getvalue(), name)
+        st.session_state.setdefault(IMPORTED, []).append(name)
+        st.success(f"Stored {n} queries as dataset {name!r}.")
+    except QRNError as err:
+        st.error(str(err))
+
+st.subheader("Start a run")
+datasets = list(dict.fromkeys([*BUILTIN, *runs["dataset"], *st.session_state.get(IMPORTED, [])]))
+left, right = st.columns(2)
+dataset = left.selectbox("Dataset", datasets, key="run_dataset")
+run_name = right.text_input("Run name", placeholder="derived from model and dataset", key="run_name")
+st.caption(f"Attributes every query with {state.model_name()} (about 5 s a query for the default model on a CPU) "
+           "and computes the run's QR neurons; a run that stopped resumes where it was.")
+if st.button("Start run", type="primary"):
+    bar = st.progress(0.0, "Starting…")
+    try:
+        state.start_run(dataset, run_name.strip() or None,
+                        lambda done, total, query_id: bar.progress(done / total, f"{done} of {total} · {query_id}"))
+        st.success("Run finished; pick it in the sidebar.")
+    except QRNError as err:
+        st.error(str(err))
+    finally:
+        bar.empty()

@@ -1,0 +1,71 @@
+"""A small finished store for the explorer tests: a tiny model, two groups, synthetic attributions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from qrcore import store
+from qrcore.models import LoadedModel
+from qrcore.queries import Query
+from qrcore.results import QueryAttribution
+from qrcore.settings import RunSettings
+
+MODEL = "tiny-llama"
+RUN = "tiny-run"
+DATASET = "tiny-set"
+QUERIES = [
+    Query(id="sci-1", group="science", question="What gas do plants absorb?", answer="Carbon dioxide",
+          distractors=("Oxygen", "Nitrogen", "Helium")),
+    Query(id="sci-2", group="science", question="What is the boiling point of water at sea level?", answer="100 C",
+          distractors=("50 C", "80 C", "120 C")),
+    Query(id="sci-3", group="science", question="Which planet is closest to the Sun?", answer="Mercury",
+          distractors=("Venus", "Earth", "Mars")),
+    Query(id="geo-1", group="geography", question="What is the capital of France?", answer="Paris",
+          distractors=("London", "Berlin", "Madrid")),
+    Query(id="geo-2", group="geography", question="Which river flows through Cairo?", answer="Nile",
+          distractors=("Amazon", "Danube", "Thames")),
+    Query(id="geo-3", group="geography", question="What is the largest ocean?", answer="Pacific",
+          distractors=("Atlantic", "Indian", "Arctic")),
+]
+
+
+def synthetic_attribution(query: Query, shape: tuple[int, int], rng: np.random.Generator) -> QueryAttribution:
+    """NA with a few strong neurons shared within the query's group, a couple shared by all, and noise."""
+    na = rng.normal(0.0, 0.05, shape).astype(np.float32)  # (layers, neurons)
+    band = 0 if query.group == "science" else 2
+    for layer, neuron in zip(band + rng.integers(0, 2, 8), rng.integers(0, 24, 8)):
+        na[layer, neuron] += rng.uniform(0.4, 1.0)
+    na[1, 50] += 0.6  # common to every query
+    na[3, 7] += 0.5
+    na /= np.abs(na).max()
+    return QueryAttribution(query.id, na, rng.uniform(0.0, 2.0, shape).astype(np.float32), 0.3, 1.0, 0.1)
+
+
+def seed_store(path: Path, lm: LoadedModel) -> str:
+    """A finished run of `lm` on QUERIES with evaluations, written through qrcore.store; returns the run id."""
+    rng = np.random.default_rng(0)
+    config = lm.model.config
+    shape = (config.num_hidden_layers, config.intermediate_size)
+    settings = RunSettings()
+    with store.connect(path) as con:
+        model_id = store.upsert_model(con, lm.fingerprint, MODEL, config.model_type, *shape, config.to_json_string())
+        dataset_id = store.upsert_dataset(con, DATASET, "test", QUERIES)
+        run_id = store.get_or_create_run(con, RUN, model_id, dataset_id, settings)
+        for query in QUERIES:
+            store.write_query(con, run_id, synthetic_attribution(query, shape, rng), settings.qrnca)
+        store.finalize_run(con, run_id)
+        for method in ("qrnca", "kn", "random"):
+            rows = pd.DataFrame({"group_name": ["geography", "science"], "metric": "pcr",
+                                 "value": rng.uniform(1.0, 5.0, 2)})
+            store.write_evaluations(con, run_id, method, "suppress", rows)
+    return run_id
+
+
+def row_counts(path: Path) -> dict[str, int]:
+    """Rows per table of the store, to check that a failed action changed nothing."""
+    with store.connect(path, read_only=True) as con:
+        tables = [r[0] for r in con.execute(store.LIST_TABLES).fetchall()]
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}

@@ -1,0 +1,188 @@
+"""The Streamlit explorer through streamlit.testing's AppTest: a tiny model and a small seeded store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+import shutil
+import sys
+import types
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest_explorer import MODEL, RUN, row_counts, seed_store
+
+APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
+PAGES = ("heatmaps", "overlap", "common", "query_lab", "methods", "data")
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory, tiny) -> Path:
+    """A finished tiny-llama run in a store of its own, shared by the module's tests (read-only)."""
+    path = tmp_path_factory.mktemp("store") / "qrn.duckdb"
+    seed_store(path, tiny("llama"))
+    return path
+
+
+@pytest.fixture
+def db(seeded: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of the seeded store, and the app pointed at it and at the tiny model."""
+    path = tmp_path / "qrn.duckdb"
+    shutil.copy(seeded, path)
+    monkeypatch.setenv("QRN_DB", str(path))
+    monkeypatch.setenv("QRN_MODEL", MODEL)
+    monkeypatch.setenv("QRN_SEED", "0")
+    return path
+
+
+def page(name: str, **params: str) -> AppTest:
+    """The app opened on page `name` (a file under explorer/pages), with link parameters `params`."""
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update(params)
+    at.run()
+    return at.switch_page(f"pages/{name}.py").run()
+
+
+def errors(at: AppTest) -> list[str]:
+    """The texts of the inline errors on the page."""
+    return [e.value for e in at.error]
+
+
+def button(at: AppTest, label: str):
+    """The button labelled `label`."""
+    return next(b for b in at.button if b.label == label)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders(db, name):
+    at = page(name)
+    assert not at.exception, at.exception
+    assert not at.error, errors(at)
+    assert at.title[0].value
+
+
+def test_link_parameters_choose_the_view_and_follow_changes(db):
+    at = page("heatmaps", run=RUN, group="science", mode="side by side", layers="1-3")
+    assert at.selectbox(key="group").value == "science"
+    assert at.slider(key="layers").value == (1, 3)
+    assert len(at.get("plotly_chart")) == 2
+    at.selectbox(key="group").set_value("geography").run()
+    assert at.query_params["group"] == "geography" and at.query_params["run"] == RUN
+
+
+def test_heatmap_difference_and_bad_link_values_fall_back(db):
+    at = page("heatmaps", mode="difference", group="nope", layers="3-99")
+    assert not at.exception and not at.error
+    assert at.selectbox(key="group").value in ("geography", "science")
+    assert at.slider(key="layers").value == (0, 3)
+
+
+def test_query_lab_slider_changes_probabilities(db):
+    at = page("query_lab", query="geo-1")
+    assert len(at.multiselect(key="neurons").value) > 0
+    before = [m.value for m in at.metric]
+    at.slider(key="mult").set_value(4.0).run()
+    after = [m.value for m in at.metric]
+    assert not at.exception
+    assert after[0] == before[0] and after[1] != before[1]
+    assert at.query_params["mult"] == "4"
+    button(at, "Reset").click().run()
+    assert at.slider(key="mult").value == 1.0 and [m.value for m in at.metric] == before
+
+
+def test_query_lab_link_restores_neurons_and_multiplier(db):
+    at = page("query_lab", query="sci-2", neurons="0:5,3:95", mult="0")
+    assert at.multiselect(key="neurons").value == ["0:5", "3:95"]
+    assert at.slider(key="mult").value == 0.0
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("q_text", "  ", "the question is empty"),
+    ("q_options", "Paris\nLondon\nparis", "appears twice"),
+    ("q_answer", "Rome", "is not among the options"),
+])
+def test_bad_custom_question_shows_the_error_inline(db, field, value, message):
+    at = page("query_lab", source="custom")
+    at.text_area(key=field).set_value(value).run() if field == "q_options" else \
+        at.text_input(key=field).set_value(value).run()
+    assert not at.exception
+    assert any(message in e for e in errors(at)), errors(at)
+
+
+def test_custom_question_runs_qrnca_live(db):
+    at = page("query_lab", source="custom")
+    button(at, "Run QRNCA").click().run()
+    assert not at.exception and not at.error
+    assert len(at.multiselect(key="neurons").value) == 10
+    button(at, "Generate free-form answers").click().run()
+    assert not at.exception and len(at.markdown) >= 2
+
+
+def test_neuron_out_of_range_shows_the_error_inline(db):
+    at = page("query_lab")
+    selected = at.multiselect(key="neurons").value
+    at.number_input(key="add_layer").set_value(99)
+    button(at, "Add neuron").click().run()
+    assert any("layer 99 is out of range" in e for e in errors(at)), errors(at)
+    at.number_input(key="add_layer").set_value(2)
+    at.number_input(key="add_index").set_value(500)
+    button(at, "Add neuron").click().run()
+    assert any("neuron 500 is out of range" in e for e in errors(at)), errors(at)
+    assert at.multiselect(key="neurons").value == selected
+    at.number_input(key="add_index").set_value(17)
+    button(at, "Add neuron").click().run()
+    assert at.multiselect(key="neurons").value == [*selected, "2:17"]
+
+
+@pytest.mark.parametrize(("filename", "content", "message"), [
+    ("notes.json", b'{"a": 1}', "record 'a': not a JSON object"),
+    ("table.csv", b"x,y\n1,2\n", "column 'question' is missing"),
+    ("broken.json", b"{not json", "not valid JSON"),
+])
+def test_bad_upload_shows_the_error_and_leaves_the_store_unchanged(db, filename, content, message):
+    before = row_counts(db)
+    at = page("data")
+    at.file_uploader(key="upload").set_value((filename, content, "text/plain")).run()
+    button(at, "Import").click().run()
+    assert not at.exception
+    assert any(message in e for e in errors(at)), errors(at)
+    assert row_counts(db) == before
+
+
+def test_upload_stores_the_dataset_and_offers_it_for_a_run(db, monkeypatch):
+    calls = []
+
+    def run_dataset(lm, dataset, db=None, name=None, progress=None):
+        progress(1, 1, "q-2")
+        calls.append((dataset, db, name))
+        return "run-id"
+
+    monkeypatch.setitem(sys.modules, "qrcore.runner", types.SimpleNamespace(run_dataset=run_dataset))
+    before = row_counts(db)
+    at = page("data")
+    csv = b"question,A,B,C,D,answer\nWhat is 2+2?,3,4,5,6,B\n"
+    at.file_uploader(key="upload").set_value(("quiz.csv", csv, "text/csv")).run()
+    button(at, "Import").click().run()
+    assert not at.error, errors(at)
+    assert row_counts(db)["datasets"] == before["datasets"] + 1 and row_counts(db)["queries"] == before["queries"] + 1
+    at.selectbox(key="run_dataset").set_value("quiz").run()
+    button(at, "Start run").click().run()
+    assert calls == [("quiz", str(db), None)] and at.success
+
+
+def test_startup_loads_the_default_run_once(db, monkeypatch):
+    seen = []
+    monkeypatch.setitem(sys.modules, "qrcore.seed", types.SimpleNamespace(ensure_default_store=seen.append))
+    monkeypatch.setenv("QRN_SEED", "1")
+    page("methods").run()
+    assert seen == [str(db)]
+
+
+def test_missing_store_explains_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("QRN_DB", str(tmp_path / "none.duckdb"))
+    monkeypatch.setenv("QRN_MODEL", MODEL)
+    monkeypatch.setenv("QRN_SEED", "0")
+    for name in ("heatmaps", "data"):
+        at = page(name)
+        assert not at.exception and not at.error
+        assert at.info
