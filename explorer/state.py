@@ -1,6 +1,6 @@
 """The explorer's access to its model and store, and every st.cache_resource / st.cache_data wrapper.
 
-Pages call these and draw. The model comes from $QRN_MODEL (default smollm2; "tiny-<arch>" builds a seeded tiny
+Pages call these and draw (only `attribution` draws, its own progress bar). The model comes from $QRN_MODEL (default smollm2; "tiny-<arch>" builds a seeded tiny
 model) and the store from $QRN_DB (default cache/qrn.duckdb). An open DuckDB connection locks the file against
 `qrn run`, so no connection is kept: each read opens the store read-only and closes it, and reads are cached
 under the file's modification stamp, so that any write, by this app or by a run elsewhere, makes them stale.
@@ -146,10 +146,17 @@ def option_probs(name: str, query: Query, edit: EditKey = ()) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def attribution(name: str, query: Query, _progress: Callable[[int, int], None] | None = None) -> QueryAttribution:
-    """NA of every neuron of model `name` for the query (a few seconds per query on the default model)."""
+def attribution(name: str, query: Query) -> QueryAttribution:
+    """NA of every neuron of model `name` for the query, with a progress bar while it runs (seconds on a CPU).
+
+    The bar is made inside so that a cache hit replays it (as an empty element) instead of failing.
+    """
+    bar = st.progress(0.0, "Attributing…")
     with _model_lock(name):
-        return NeuronAttribution(model(name)).attribute(query, _progress)
+        result = NeuronAttribution(model(name)).attribute(
+            query, lambda done, total: bar.progress(done / total, f"Attributing… pass {done} of {total}"))
+    bar.empty()
+    return result
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -69,6 +69,144 @@ def cmd_bench_attribution(args: argparse.Namespace) -> None:
     bench_attribution(_load(args), n_queries=args.queries, oracle_prompts=args.oracle_prompts, steps=args.steps)
 
 
+def _settings(args: argparse.Namespace):
+    """RunSettings from the --templates/--seed/--steps/--t/--u/--v arguments."""
+    from qrcore.settings import AttributionSettings, PromptSettings, QRNCASettings, RunSettings
+
+    if args.steps < 1 or args.templates < 1 or args.v < 1 or not (0 < args.t < 1 and 0 < args.u <= 1):
+        raise QRNError("settings out of range: need --steps, --templates, --v >= 1, 0 < --t < 1 and 0 < --u <= 1.")
+    return RunSettings(PromptSettings(args.templates, args.seed), AttributionSettings(args.steps),
+                       QRNCASettings(t=args.t, u=args.u, v=args.v))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Batch-attribute a dataset into the store (resumable), then compute QRNCA for the run."""
+    from tqdm import tqdm
+
+    from qrcore.runner import resolve_dataset, run_dataset
+
+    settings = _settings(args)
+    groups = args.groups.split(",") if args.groups else None
+    resolve_dataset(args.dataset, args.db)  # a bad dataset name fails before the model loads
+    lm = _load(args)
+    with tqdm(desc=f"qrn run {args.dataset}", unit="query") as bar:
+        def progress(done: int, total: int, query_id: str) -> None:
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(query_id)
+            bar.refresh()
+
+        run_id = run_dataset(lm, args.dataset, args.db, args.name, settings, groups, args.per_group, progress)
+    print(f"run {run_id} finished in store {args.db or 'cache/qrn.duckdb'}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    """Validate a dataset file and store it under a name."""
+    from pathlib import Path
+
+    from qrcore import store
+    from qrcore.datasets import dataset_stats, import_file
+
+    queries = import_file(args.file, args.name)
+    name = args.name or Path(args.file).stem
+    with store.writer_lock(args.db), store.connect(args.db) as con:
+        store.upsert_dataset(con, name, str(args.file), queries)
+    print(f"imported {len(queries)} queries as dataset {name!r}")
+    print(dataset_stats(queries).to_string(index=False))
+
+
+def cmd_data_stats(args: argparse.Namespace) -> None:
+    """Accuracy of the model on a dataset, per group (mean over templates)."""
+    from qrcore.accuracy import dataset_accuracy
+    from qrcore.runner import resolve_dataset
+
+    _, _, queries = resolve_dataset(args.dataset, args.db)
+    from qrcore.report import markdown
+
+    table = dataset_accuracy(_load(args), queries, args.seed)
+    print(markdown(table, ".3f") if args.markdown else table.to_string(index=False))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Tables 4, 6 and 7 for a finished run; stored in the run's evaluations."""
+    from tqdm import tqdm
+
+    from qrcore.evaluate import evaluate_run
+
+    lm = _load(args)
+    with tqdm(desc="evaluate", unit="edit") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        evaluate_run(lm, args.run, args.db, args.per_group, args.seed, progress)
+    cmd_report(args)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Write the run's tables (PCR, flip rates, prediction, data) as Markdown and CSV."""
+    from qrcore.report import write_report
+
+    for path in write_report(args.run, args.db, args.out):
+        print(path)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Write runs as Parquet (e.g. the shipped default runs)."""
+    from qrcore import store
+
+    with store.connect(args.db, read_only=True) as con:
+        counts = store.export_runs(con, args.run, args.out)
+    print(", ".join(f"{t}: {n}" for t, n in counts.items()))
+
+
+def cmd_bench_store(args: argparse.Namespace) -> None:
+    """Reader latency on a synthetic 10,000-query store of a 32 x 11008 model."""
+    import tempfile
+    from pathlib import Path
+
+    from qrcore.bench_store import bench_store, build_synthetic_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "synthetic.duckdb"
+        build_synthetic_store(path, n_queries=args.queries)
+        bench_store(path)
+
+
+def cmd_bench_explorer(args: argparse.Namespace) -> None:
+    """Slider latency on the model and heatmap page time on a 32 x 11008 store."""
+    from qrcore.bench_explorer import bench_explorer
+
+    bench_explorer(args.db)
+
+
+def cmd_explore(args: argparse.Namespace) -> None:
+    """Start the Streamlit explorer on localhost."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
+    env = {**os.environ, "QRN_MODEL": args.model, **({"QRN_DB": args.db} if args.db else {})}
+    raise SystemExit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)],
+                                     env=env, cwd=app.parents[1]))
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """Settings of a run: prompts, attribution, QRNCA (all part of the cache key)."""
+    p.add_argument("--templates", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0, help="option shuffling and sampling seed")
+    p.add_argument("--steps", type=int, default=16, help="Riemann steps m (Eq. 5)")
+    p.add_argument("--t", type=float, default=0.2, help="coarse cluster threshold (Sec. 4.3)")
+    p.add_argument("--u", type=float, default=0.3, help="common-neuron threshold (Sec. 4.4)")
+    p.add_argument("--v", type=int, default=20, help="top-v before removing common neurons (Sec. 4.5)")
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    """--db: the DuckDB store."""
+    p.add_argument("--db", default=None, help="DuckDB store (default $QRN_DB or cache/qrn.duckdb)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all subcommands."""
     parser = argparse.ArgumentParser(prog="qrn", description="Query-relevant neurons of LLMs (QRNCA).")
@@ -92,6 +230,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=16)
     _model_args(p)
     p.set_defaults(func=cmd_bench_attribution)
+
+    p = sub.add_parser("run", help="attribute a dataset into the store and compute QRNCA (resumable)")
+    p.add_argument("--dataset", required=True, help="domain, language, a .json/.csv file or an imported dataset")
+    p.add_argument("--groups", help="comma-separated groups to run (default all)")
+    p.add_argument("--per-group", type=int, help="at most this many queries of each group")
+    p.add_argument("--name", help="run name (default DATASET@MODEL)")
+    _run_args(p)
+    _model_args(p)
+    _db_arg(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("import", help="store a dataset file (paper JSON or MMLU-style CSV)")
+    p.add_argument("file")
+    p.add_argument("--name", help="dataset name (default: file stem)")
+    _db_arg(p)
+    p.set_defaults(func=cmd_import)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="what", required=True)
+    p = data.add_parser("stats", help="the model's accuracy per group")
+    p.add_argument("--dataset", default="domain")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--markdown", action="store_true")
+    _model_args(p)
+    _db_arg(p)
+    p.set_defaults(func=cmd_data_stats)
+
+    p = sub.add_parser("evaluate", help="PCR, flip rates and neuron-based prediction of a finished run")
+    p.add_argument("--run", required=True)
+    p.add_argument("--per-group", type=int, default=10, help="queries of each group edited (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="cache/reports")
+    _model_args(p)
+    _db_arg(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="write a run's tables as Markdown and CSV")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", default="cache/reports")
+    _db_arg(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="write runs as Parquet (remakes the shipped default runs)")
+    p.add_argument("--run", action="append", required=True)
+    p.add_argument("--out", required=True)
+    _db_arg(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("explore", help="open the explorer on localhost")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--port", type=int, default=8501)
+    _db_arg(p)
+    p.set_defaults(func=cmd_explore)
+
+    p = bench.add_parser("store", help="reader latency on a synthetic 32 x 11008 store")
+    p.add_argument("--queries", type=int, default=10_000)
+    p.set_defaults(func=cmd_bench_store)
+
+    p = bench.add_parser("explorer", help="slider latency and heatmap page time")
+    _db_arg(p)
+    p.set_defaults(func=cmd_bench_explorer)
     return parser
 
 

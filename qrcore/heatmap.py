@@ -64,4 +64,5 @@ def heatmap_figure(binned: Binned, first_layer: int = 0, title: str = "", zmax: 
     ))
     fig.update_layout(title=title, height=height, margin={"l": 50, "r": 10, "t": 40 if title else 10, "b": 40},
                       xaxis_title="neuron", yaxis_title="layer")
+    fig.update_yaxes(dtick=max(1, len(layers) // 16), tickformat="d")
     return fig

@@ -146,6 +146,8 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
     """Load model and tokenizer for `spec`, offline first; a missing model is a one-line QRNError."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if spec.name.startswith("tiny-"):
+        return _tiny(spec.name)
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if spec.dtype not in dtypes:
         raise QRNError(f"unknown dtype {spec.dtype!r}; choose one of {', '.join(dtypes)}.")
@@ -167,6 +169,19 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
         model.to(spec.device)
     model.eval()
     return LoadedModel(model, tokenizer, spec, _fingerprint(model))
+
+
+def _tiny(name: str) -> LoadedModel:
+    """'tiny-llama' etc.: a seeded random 4-layer model with the default model's tokenizer (tests, demos)."""
+    from transformers import AutoTokenizer
+
+    from qrcore.tiny import ARCHITECTURES, tiny_model
+
+    arch = name.removeprefix("tiny-")
+    if arch not in ARCHITECTURES:
+        raise QRNError(f"unknown tiny model {name!r}; choose one of {', '.join('tiny-' + a for a in ARCHITECTURES)}.")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_to_folder(_embedded_gguf(DEFAULT_MODEL)))
+    return tiny_model(arch, tokenizer)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -116,6 +116,19 @@ SELECT_QUERIES = """SELECT query_id, group_name, question, answer, distractors_j
     labels_json, meta_json FROM queries WHERE dataset_id = ? ORDER BY position"""
 FIND_MODEL = "SELECT 1 FROM models WHERE model_id = ?"
 RUN_BY_NAME = "SELECT run_id, model_id, dataset_id, settings_json, code_version FROM runs WHERE name = ?"
+RUN_DATASET = "SELECT dataset_id FROM runs WHERE run_id = ?"
+EXPORT_TABLES = ("models", "datasets", "queries", "runs", "query_results", "attributions", "top_activations",
+                 "neuron_stats", "qr_neurons", "heatmaps", "evaluations")
+_IN_RUNS = "(SELECT unnest(?::VARCHAR[]))"
+EXPORT_SELECT = {
+    "models": f"SELECT * FROM models WHERE model_id IN (SELECT model_id FROM runs WHERE run_id IN {_IN_RUNS})",
+    "datasets": f"SELECT * FROM datasets WHERE dataset_id IN (SELECT dataset_id FROM runs WHERE run_id IN {_IN_RUNS})",
+    "queries": f"SELECT * FROM queries WHERE dataset_id IN (SELECT dataset_id FROM runs WHERE run_id IN {_IN_RUNS})",
+    **{t: f"SELECT * FROM {t} WHERE run_id IN {_IN_RUNS}" for t in EXPORT_TABLES[3:]},
+}
+IMPORT_TABLE = {t: f"INSERT OR IGNORE INTO {t} SELECT * FROM read_parquet(?)" for t in EXPORT_TABLES[:4]} | {
+    t: f"INSERT INTO {t} SELECT * FROM read_parquet(?)" for t in EXPORT_TABLES[4:]}
+COUNT_RUNS = f"SELECT count(*) FROM runs WHERE run_id IN {_IN_RUNS}"
 RUN_NAME_BY_ID = "SELECT name FROM runs WHERE run_id = ?"
 INSERT_RUN = "INSERT INTO runs (run_id, name, model_id, dataset_id, settings_json, code_version, status) VALUES (?, ?, ?, ?, ?, ?, 'running')"
 RUN_INFO = """SELECT u.run_id, u.name, u.settings_json, u.status, u.n_clusters, m.n_layers, m.n_neurons
@@ -383,6 +396,36 @@ def run_info(con: duckdb.DuckDBPyConnection, run: str) -> RunInfo:
                        + (f"stored runs: {', '.join(names)}" if names else "compute one first (qrn run)"))
     run_id, name, settings_json, status, n_clusters, n_layers, n_neurons = row
     return RunInfo(run_id, name, RunSettings.from_json(settings_json), status, n_clusters, n_layers, n_neurons)
+
+
+def run_dataset_id(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
+    """The dataset id of a run."""
+    return con.execute(RUN_DATASET, [run_id]).fetchone()[0]
+
+
+def export_runs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], folder: str | os.PathLike) -> dict[str, int]:
+    """Write every row of the given runs (and their models, datasets and queries) as one Parquet file per table."""
+    ids = [run_info(con, r).run_id for r in runs]
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for table, sql in EXPORT_SELECT.items():
+        frame = con.execute(sql, [ids]).df()
+        frame.to_parquet(out / f"{table}.parquet", compression="zstd", index=False)
+        counts[table] = len(frame)
+    return counts
+
+
+def import_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike) -> bool:
+    """Load an `export_runs` folder in one transaction, unless its runs are already stored; True if loaded."""
+    folder = Path(folder)
+    ids = pd.read_parquet(folder / "runs.parquet", columns=["run_id"])["run_id"].tolist()
+    if con.execute(COUNT_RUNS, [ids]).fetchone()[0] == len(ids):
+        return False
+    with _transaction(con):
+        for table, sql in IMPORT_TABLE.items():
+            con.execute(sql, [str(folder / f"{table}.parquet")])
+    return True
 
 
 def list_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

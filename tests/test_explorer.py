@@ -7,10 +7,12 @@ import shutil
 import sys
 import types
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest_explorer import MODEL, RUN, row_counts, seed_store
+from qrcore.heatmap import bin_heatmap, heatmap_figure
 
 APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
 PAGES = ("heatmaps", "overlap", "common", "query_lab", "methods", "data")
@@ -33,6 +35,28 @@ def db(seeded: Path, tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("QRN_MODEL", MODEL)
     monkeypatch.setenv("QRN_SEED", "0")
     return path
+
+
+def test_bin_heatmap_keeps_each_bins_strongest_neuron_with_its_sign():
+    matrix = np.array([[0.1, -0.9, 0.3, 0.0, 0.2], [0.5, 0.4, 0.0, -0.6, 0.6]], np.float32)
+    binned = bin_heatmap(matrix, max_cols=2)
+    np.testing.assert_array_equal(binned.edges, [0, 3, 5])
+    np.testing.assert_allclose(binned.values, [[-0.9, 0.2], [0.5, -0.6]])
+    np.testing.assert_array_equal(binned.top, [[1, 4], [0, 3]])
+    same = bin_heatmap(matrix, max_cols=8)
+    np.testing.assert_array_equal(same.values, matrix)
+    np.testing.assert_array_equal(same.top, np.tile(np.arange(5), (2, 1)))
+
+
+def test_wide_heatmap_is_binned_to_at_most_max_cols_and_hovers_the_top_neuron():
+    matrix = np.random.default_rng(0).normal(size=(32, 11008)).astype(np.float32)
+    binned = bin_heatmap(matrix, 512)
+    assert binned.values.shape[1] <= 512 and binned.edges[-1] == 11008
+    rows = np.arange(32)[:, None]
+    np.testing.assert_array_equal(binned.values, matrix[rows, binned.top])
+    np.testing.assert_array_equal(np.abs(binned.values[:, -1]), np.abs(matrix[:, binned.edges[-2]:]).max(axis=1))
+    fig = heatmap_figure(binned, 0, "g", labels={(0, int(binned.top[0, 0])): "tokens: a b"})
+    assert fig.data[0].customdata[0][0][1] == "tokens: a b"
 
 
 def page(name: str, **params: str) -> AppTest:

@@ -13,7 +13,7 @@ st.title("Common neurons")
 run = views.require_run()
 common = state.read(store.common_neurons, run.id)
 u = state.read(store.run_info, run.id).settings.qrnca.u
-st.caption(f"Neurons in more than u = {u:g} of the run's clusters (one coarse cluster per query). "
+st.caption(f"Neurons in more than u = {u:.0%} of the run's clusters (one coarse cluster per query). "
            "They fire for almost any query, so QRNCA drops them from every query's QR neurons.")
 views.neuron_table(common, run.on_app_model, column_config={"frequency": st.column_config.ProgressColumn(
     "frequency", format="%.2f", min_value=0.0, max_value=1.0)})

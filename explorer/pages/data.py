@@ -13,8 +13,8 @@ from qrcore.errors import QRNError
 
 import state
 
+# Session-state list of the datasets imported in this session (offered for a run before one uses them).
 IMPORTED = "imported_datasets"
-"""Session-state list of the datasets imported in this session (offered for a run before one uses them)."""
 
 st.title("Data and models")
 st.caption(f"Store `{state.db_path()}` · the app's model is **{state.model_name()}** (set `{state.MODEL_ENV}` and "

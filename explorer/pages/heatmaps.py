@@ -7,14 +7,14 @@ import pandas as pd
 import streamlit as st
 
 from qrcore import store
-from qrcore.heatmap import bin_heatmap, heatmap_figure
+from qrcore.heatmap import MAX_COLS, bin_heatmap, heatmap_figure
 
 import state
 import views
 
 MODES = ("one group", "side by side", "difference")
+# Hover shows vocabulary tokens for this many strongest cells of the view (projecting every cell takes seconds).
 TOKEN_CELLS = 256
-"""Hover shows vocabulary tokens for this many strongest cells of the view (projecting every cell takes seconds)."""
 
 st.title("Heatmaps")
 run = views.require_run()
@@ -22,14 +22,16 @@ groups = state.read(store.heatmap_groups, run.id)
 left, middle, right = st.columns([2, 2, 3])
 mode = views.synced(middle.radio, "Show", "mode", options=MODES, horizontal=True)
 group = views.synced(left.selectbox, "Group", "group", options=groups)
-other = views.synced(left.selectbox, "Second group", "group_b", options=groups, index=min(1, len(groups) - 1),
+others = [g for g in groups if g != group] or groups
+other = views.synced(left.selectbox, "Second group", "group_b", options=groups, index=groups.index(others[0]),
                      disabled=mode == MODES[0])
 last = run.n_layers - 1
 lo, hi = views.synced(right.slider, "Layers", "layers", min_value=0, max_value=last, value=(0, last),
                       valid=lambda v: 0 <= v[0] <= v[1] <= last, parse=lambda s: tuple(map(int, s.split("-"))),
                       dump=lambda v: f"{v[0]}-{v[1]}")
 st.caption(f"Run **{run.name}** · {run.n_layers} layers x {run.n_neurons} neurons · wide layers are max-pooled "
-           "into at most 512 columns (each shows its strongest neuron; hover names it).")
+           f"into at most {MAX_COLS} columns, each showing its strongest neuron; hover names it, with its top "
+           f"vocabulary tokens for the {TOKEN_CELLS} strongest cells.")
 
 
 def view(name: str) -> np.ndarray:
@@ -47,16 +49,16 @@ def labels(*binned_maps) -> dict[tuple[int, int], str]:
     return views.hover_labels(sorted(strongest))
 
 
-maps = {group: view(group)} if mode == MODES[0] else \
-    {f"{group} − {other}": view(group) - view(other)} if mode == MODES[2] else {group: view(group), other: view(other)}
-binned = {title: bin_heatmap(m) for title, m in maps.items()}
-hover = labels(*binned.values())
-zmax = max(float(np.abs(b.values).max()) for b in binned.values()) or 1.0
-for column, (title, b) in zip(st.columns(len(binned)), binned.items()):
-    column.plotly_chart(heatmap_figure(b, lo, title, zmax, hover), width="stretch", key=f"fig-{title}")
+maps = [(group, view(group))] if mode == MODES[0] else [(f"{group} − {other}", view(group) - view(other))] \
+    if mode == MODES[2] else [(group, view(group)), (other, view(other))]
+binned = [bin_heatmap(m) for _, m in maps]
+hover = labels(*binned)
+zmax = max(float(np.abs(b.values).max()) for b in binned) or 1.0
+for i, (column, (title, _), b) in enumerate(zip(st.columns(len(maps)), maps, binned)):
+    column.plotly_chart(heatmap_figure(b, lo, title, zmax, hover), width="stretch", key=f"heatmap-{i}")
 
 st.subheader("Strongest neurons in view")
-first = next(iter(maps.values()))
+first = maps[0][1]
 flat = np.argsort(-np.abs(first), axis=None)[:20]
 layers, neurons = np.unravel_index(flat, first.shape)
 top = pd.DataFrame({"layer": layers + lo, "neuron": neurons, "score": first[layers, neurons]})

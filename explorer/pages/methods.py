@@ -10,11 +10,11 @@ from qrcore import qrnca, store
 import state
 import views
 
+# Explanations of the metrics the evaluations store; others are shown by their stored name.
 METRICS = {
     "pcr": "PCR: |mean change of P(correct) of the group's queries| / |mean change of the other groups'| when the "
            "group's neurons are edited (Table 4). Higher is more query-specific.",
 }
-"""Explanations of the metrics the evaluations store; others are shown by their stored name."""
 
 st.title("Methods")
 run = views.require_run()

@@ -15,8 +15,8 @@ import state
 import views
 
 SOURCES = ("dataset", "custom")
+# How many of its best QR neurons are selected when a query is opened.
 DEFAULT_NEURONS = 10
-"""How many of its best QR neurons are selected when a query is opened."""
 CUSTOM = {"q_text": "What is the capital of France?", "q_options": "Paris\nLondon\nBerlin\nMadrid", "q_answer": "Paris"}
 
 st.title("Query lab")
@@ -43,9 +43,6 @@ def qr_table(query: Query) -> pd.DataFrame:
         return state.read(store.qr_neurons, run.id, "qrnca", query.id)[["rank", "layer", "neuron", "score"]]
     done = st.session_state.setdefault("attributed", set())
     if st.button("Run QRNCA", type="primary", help="Attribute every neuron (integrated gradients, Eq. 5)."):
-        bar = st.progress(0.0, "Attributing…")
-        state.attribution(name, query, lambda i, n: bar.progress(i / n, f"Attributing… pass {i} of {n}"))
-        bar.empty()
         done.add(query)
     if query not in done:
         st.info("Press *Run QRNCA* to rank this question's neurons by NA, or add neurons by layer and index below.")
@@ -108,22 +105,22 @@ def show_probs(query: Query, neurons: list[tuple[int, int]], mult: float, n_neur
              "control": state.option_probs(name, query, state.edit_key(control, mult))}
     correct = {k: float(p[0, prompt.correct]) for k, p in probs.items()}
     cols = st.columns(3)
-    cols[0].metric("P(correct), template 1", f"{correct['original']:.4f}")
-    cols[1].metric(f"Edited ({len(neurons)} neurons x {mult:g})", f"{correct['edited']:.4f}",
-                   f"{correct['edited'] - correct['original']:+.4f}")
-    cols[2].metric(f"Control ({len(control)} random neurons, same layers)", f"{correct['control']:.4f}",
-                   f"{correct['control'] - correct['original']:+.4f}")
+    cols[0].metric("P(correct), template 1", f"{correct['original']:.4g}")
+    cols[1].metric(f"Edited ({len(neurons)} neurons x {mult:g})", f"{correct['edited']:.4g}",
+                   f"{correct['edited'] - correct['original']:+.3g}")
+    cols[2].metric(f"Control ({len(control)} random neurons, same layers)", f"{correct['control']:.4g}",
+                   f"{correct['control'] - correct['original']:+.3g}")
     options = [f"{l}. {t}" if t else l for l, t in zip(prompt.letters, prompt.options or [""] * len(prompt.letters))]
     options[prompt.correct] += " ✓"
     long = pd.DataFrame([(k, o, float(v)) for k, p in probs.items() for o, v in zip(options, p[0])],
                         columns=["setting", "option", "probability"])
-    fig = px.bar(long, x="option", y="probability", color="setting", barmode="group", range_y=[0, 1],
+    fig = px.bar(long, x="option", y="probability", color="setting", barmode="group",
                  color_discrete_sequence=["#9aa5b1", "#2f6fdf", "#e8a33d"])
     fig.update_layout(height=320, margin={"l": 40, "r": 10, "t": 10, "b": 40})
     st.plotly_chart(fig, width="stretch", key="probs")
     rows = [p.correct for p in state.prompts(name, query)]
     means = {k: float(p[range(len(rows)), rows].mean()) for k, p in probs.items()}
-    st.caption("Mean P(correct) over the query's templates: " + " · ".join(f"{k} {v:.4f}" for k, v in means.items())
+    st.caption("Mean P(correct) over the query's templates: " + " · ".join(f"{k} {v:.4g}" for k, v in means.items())
                + (f" · control neurons: {', '.join(map(views.neuron_label, control))}" if control else ""))
 
 
@@ -159,7 +156,7 @@ n_layers, n_neurons = state.shape(name)
 st.subheader("QR neurons")
 table = qr_table(query)
 if not table.empty:
-    views.neuron_table(table, source == "custom" or run.on_app_model, height=240)
+    views.neuron_table(table, source == "custom" or run.on_app_model)
 st.subheader("Edit")
 neurons = choose_neurons(query, table, n_layers, n_neurons)
 left, right = st.columns([4, 1], vertical_alignment="bottom")

@@ -1,0 +1,130 @@
+"""`qrn bench explorer`: the explorer's two speed targets, measured server-side.
+
+(a) A slider change in the query lab: `letter_probs` of one query's 3 prompts under a 10-neuron edit on the default
+model (target: the edit and its control under 300 ms), and the whole lab page re-run after a slider move.
+(b) The heatmap page on a synthetic 32 x 11008 store: fetch a group's map, bin it and build the plotly figure
+(target under 1 s), and the whole page run through streamlit's AppTest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+import os
+from pathlib import Path
+import statistics
+import time
+
+from qrcore import store
+from qrcore.bench_store import RUN_NAME, build_synthetic_store
+from qrcore.heatmap import bin_heatmap, heatmap_figure
+
+APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
+EDIT_NEURONS = 10
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of fn() in milliseconds over `repeats` calls, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+@contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Environment variables set for the block and restored after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def bench_edit(repeats: int = 7) -> dict[str, float]:
+    """(a) letter_probs under a 10-neuron edit of the default model, and the query lab's re-run after a slider move."""
+    from streamlit.testing.v1 import AppTest
+
+    from qrcore.attribution import NeuronAttribution
+    from qrcore.editing import letter_probs
+    from qrcore.models import load_model
+    from qrcore.queries import make_query
+
+    lm = load_model()
+    query = make_query("What is the capital of France?", ["Paris", "London", "Berlin", "Madrid"], "Paris")
+    prompts = NeuronAttribution(lm).prompts(query)
+    edit = {(3 * i, 97 * i): 2.0 for i in range(EDIT_NEURONS)}
+    out = {"probs_ms": _median_ms(lambda: letter_probs(lm, prompts, edit), repeats)}
+    neurons = ",".join(f"{layer}:{neuron}" for layer, neuron in edit)
+    with _env(QRN_MODEL="smollm2", QRN_SEED="0", QRN_DB=os.devnull + ".none"):
+        at = AppTest.from_file(str(APP), default_timeout=300)
+        at.query_params.update(source="custom", neurons=neurons, mult="1")
+        at.run()
+        at.switch_page("pages/query_lab.py").run()
+        times = []
+        for k in range(repeats):
+            at.slider(key="mult").set_value(round(0.1 * (k + 1), 1))
+            start = time.perf_counter()
+            at.run()
+            times.append((time.perf_counter() - start) * 1000.0)
+        if at.exception:
+            raise RuntimeError(f"query lab failed: {at.exception[0].message}")
+    out["lab_slider_ms"] = statistics.median(times)
+    return out
+
+
+def bench_heatmap(db_path: str | os.PathLike, repeats: int = 7) -> dict[str, float]:
+    """(b) fetch + bin + figure of one group's heatmap of a synthetic 32 x 11008 run, and the whole heatmap page."""
+    from streamlit.testing.v1 import AppTest
+
+    if not Path(db_path).exists():
+        build_synthetic_store(db_path)
+    with store.connect(db_path, read_only=True) as con:
+        run_id = store.run_info(con, RUN_NAME).run_id
+        group = store.heatmap_groups(con, run_id)[0]
+
+    def fetch_bin_draw() -> None:
+        with store.connect(db_path, read_only=True) as con:
+            matrix = store.heatmap(con, run_id, group)
+        heatmap_figure(bin_heatmap(matrix), title=group).to_json()
+
+    out = {"heatmap_ms": _median_ms(fetch_bin_draw, repeats)}
+    with _env(QRN_DB=str(db_path), QRN_SEED="0"):
+        at = AppTest.from_file(str(APP), default_timeout=120)
+        at.query_params.update(run=RUN_NAME, group=group)
+        start = time.perf_counter()
+        at.run()
+        out["heatmap_page_cold_ms"] = (time.perf_counter() - start) * 1000.0
+        times = []
+        for k in range(repeats):
+            at.slider(key="layers").set_value((k % 4, 31))
+            start = time.perf_counter()
+            at.run()
+            times.append((time.perf_counter() - start) * 1000.0)
+        if at.exception:
+            raise RuntimeError(f"heatmap page failed: {at.exception[0].message}")
+    out["heatmap_page_ms"] = statistics.median(times)
+    return out
+
+
+def bench_explorer(db_path: str | os.PathLike, repeats: int = 7) -> dict[str, float]:
+    """Both explorer speed targets; `db_path` holds (or receives) the synthetic 32 x 11008 store. Prints a table."""
+    result = {**bench_edit(repeats), **bench_heatmap(db_path, repeats)}
+    labels = {
+        "probs_ms": f"letter_probs, 3 prompts, {EDIT_NEURONS}-neuron edit, default model",
+        "lab_slider_ms": "query lab page re-run after a slider move (edit + control)",
+        "heatmap_ms": "heatmap 32 x 11008: fetch + bin + plotly figure",
+        "heatmap_page_cold_ms": "heatmap page, first run (cold caches)",
+        "heatmap_page_ms": "heatmap page re-run after a layer-range change",
+    }
+    for key, label in labels.items():
+        print(f"{label:<62} {result[key]:8.1f} ms")
+    return result

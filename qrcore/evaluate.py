@@ -1,0 +1,103 @@
+"""The paper's model-based evaluations of a finished run, stored in the run's evaluations table.
+
+- Table 4: boost (x2) or suppress (x0) a query's detected neurons at the answer position; percent change of the
+  correct letter's probability for the query itself (related) and for a query of another group (unrelated);
+  PCR = |related| / |unrelated| per method and group.
+- Table 6: flip rates of the predicted option under the same edits.
+- Table 7: neuron-based prediction of held-out queries' groups from the other queries' QR neurons.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qrcore import analysis, store
+from qrcore.attribution import NeuronAttribution, clean_pass
+from qrcore.editing import BOOST, SUPPRESS, letter_probs
+from qrcore.models import LoadedModel
+from qrcore.qrnca import METHODS
+
+EDITS = {"boost": BOOST, "suppress": SUPPRESS}
+
+
+def _correct_prob(probs: np.ndarray, correct: list[int]) -> float:
+    """Mean over templates of the correct letter's probability; probs is (templates, options)."""
+    return float(np.mean([p[c] for p, c in zip(probs, correct)]))
+
+
+def _activation(lm: LoadedModel, attr: NeuronAttribution, prompts) -> np.ndarray:
+    """(layers, neurons) activation f at the answer position, mean over the prompts."""
+    return np.mean([clean_pass(lm.model, attr.sites, torch.tensor([p.input_ids], device=lm.device))[1].float().cpu().numpy()
+                    for p in prompts], axis=0)
+
+
+def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: int | None = 10, seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Run Tables 4, 6 and 7 on up to per_group queries of each group; store and return the numbers."""
+    with store.connect(db, read_only=True) as con:
+        info = store.run_info(con, run)
+        queries = {q.id: q for q in store.load_queries(con, store.run_dataset_id(con, info.run_id))}
+        qr = {m: store.qr_neurons(con, info.run_id, m) for m in METHODS}
+    group = {qid: q.group for qid, q in queries.items()}
+    rng = random.Random(seed)
+    chosen: list[str] = []
+    for g in sorted(set(group.values())):
+        members = [qid for qid in queries if group[qid] == g and qid in set(qr["qrnca"]["query_id"])]
+        chosen += members[:per_group] if per_group else members
+    attr = NeuronAttribution(lm, info.settings.attribution, info.settings.prompt)
+    prompts = {qid: attr.prompts(queries[qid]) for qid in chosen}
+    correct = {qid: [p.correct for p in ps] for qid, ps in prompts.items()}
+    before = {qid: letter_probs(lm, ps) for qid, ps in prompts.items()}
+    control = {qid: rng.choice([c for c in chosen if group[c] != group[qid]]) for qid in chosen}
+    rows, total = [], len(chosen) * len(METHODS) * len(EDITS)
+    for m_i, method in enumerate(METHODS):
+        neurons = {qid: list(zip(part["layer"], part["neuron"])) for qid, part in qr[method].groupby("query_id")}
+        for e_i, (kind, mult) in enumerate(EDITS.items()):
+            related, unrelated, flips_before, flips_after, flips_correct = [], [], [], [], []
+            for i, qid in enumerate(chosen):
+                edit = {n: mult for n in neurons.get(qid, [])}
+                after = letter_probs(lm, prompts[qid], edit)
+                ctrl = control[qid]
+                related.append((group[qid], _correct_prob(before[qid], correct[qid]), _correct_prob(after, correct[qid])))
+                unrelated.append((_correct_prob(before[ctrl], correct[ctrl]),
+                                  _correct_prob(letter_probs(lm, prompts[ctrl], edit), correct[ctrl])))
+                flips_before += list(before[qid])
+                flips_after += list(after)
+                flips_correct += correct[qid]
+                if progress:
+                    progress((m_i * len(EDITS) + e_i) * len(chosen) + i + 1, total)
+            rel = pd.DataFrame(related, columns=["group_name", "before", "after"])
+            rel["change"] = analysis.percent_change(rel["before"].to_numpy(), rel["after"].to_numpy())
+            unrel = np.array(unrelated)  # (queries, 2)
+            rel["unrelated"] = analysis.percent_change(unrel[:, 0], unrel[:, 1])
+            for g, part in [*rel.groupby("group_name"), ("all", rel)]:
+                rows += [(method, kind, g, "related_change", float(part["change"].mean())),
+                         (method, kind, g, "unrelated_change", float(part["unrelated"].mean())),
+                         (method, kind, g, "pcr", analysis.pcr(part["change"].to_numpy(), part["unrelated"].to_numpy()))]
+            flips = analysis.flip_rates(np.array(flips_before), np.array(flips_after), np.array(flips_correct))
+            rows += [(method, kind, "all", "correct_to_incorrect", flips.correct_to_incorrect),
+                     (method, kind, "all", "incorrect_to_correct", flips.incorrect_to_correct)]
+    rows += _prediction_rows(lm, attr, chosen, prompts, group, qr)
+    frame = pd.DataFrame(rows, columns=["method", "evaluation", "group_name", "metric", "value"])
+    with store.connect(db) as con:
+        for (method, evaluation), part in frame.groupby(["method", "evaluation"]):
+            store.write_evaluations(con, info.run_id, method, evaluation, part[["group_name", "metric", "value"]])
+    return frame
+
+
+def _prediction_rows(lm, attr, chosen, prompts, group, qr) -> list[tuple]:
+    """Table 7: every 5th chosen query is held out; the others' QR neurons define each group's neuron set."""
+    held = chosen[::5]
+    acts = np.stack([_activation(lm, attr, prompts[qid]) for qid in held])  # (held, layers, neurons)
+    train = {qid: g for qid, g in group.items() if qid not in set(held)}
+    rows = []
+    for method in METHODS:
+        sets = analysis.group_neuron_sets(qr[method][qr[method]["query_id"].isin(train)], train)
+        result = analysis.neuron_prediction(sets, acts, [group[q] for q in held])
+        rows.append((method, "prediction", "all", "accuracy", result.accuracy))
+    return rows

@@ -1,0 +1,91 @@
+"""Batch runs (`qrn run`): attribute every query of a dataset into the store, resumably, then finalize QRNCA.
+
+Each finished query is written in its own transaction, so a killed run loses at most the query in flight
+and a rerun skips what is stored. A run with the same model, data and settings is a cache hit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from qrcore import store
+from qrcore.errors import QRNError
+from qrcore.models import LoadedModel
+from qrcore.queries import Query
+from qrcore.settings import RunSettings
+
+RunProgress = Callable[[int, int, str], None]
+"""progress(done, total, query_id) after each stored query."""
+
+
+def resolve_dataset(dataset: str, db: str | None = None) -> tuple[str, str, list[Query]]:
+    """(name, source, queries) of a built-in set, a dataset file, or a dataset already in the store."""
+    from qrcore.datasets import BUILTIN, import_file, load_builtin
+
+    if dataset in BUILTIN:
+        return dataset, "builtin", load_builtin(dataset)
+    path = Path(dataset)
+    if path.suffix and path.exists():
+        return path.stem, str(path), import_file(path)
+    with store.connect(db, read_only=True) as con:
+        try:
+            return dataset, "store", store.load_queries(con, dataset)
+        except QRNError:
+            raise QRNError(f"unknown dataset {dataset!r}; use one of {', '.join(BUILTIN)}, a .json/.csv file, "
+                           "or a dataset imported with `qrn import`.") from None
+
+
+def select_queries(queries: list[Query], groups: list[str] | None, per_group: int | None) -> list[Query]:
+    """The queries of the chosen groups, at most per_group of each, in dataset order."""
+    known = {q.group for q in queries}
+    unknown = sorted(set(groups or []) - known)
+    if unknown:
+        raise QRNError(f"unknown group(s) {', '.join(unknown)}; this dataset has {', '.join(sorted(known))}.")
+    counts: dict[str, int] = {}
+    out = []
+    for q in queries:
+        if groups and q.group not in groups:
+            continue
+        counts[q.group] = counts.get(q.group, 0) + 1
+        if per_group is None or counts[q.group] <= per_group:
+            out.append(q)
+    if not out:
+        raise QRNError("the dataset is empty; nothing to run.")
+    return out
+
+
+def run_dataset(lm: LoadedModel, dataset: str, db: str | None = None, name: str | None = None,
+                settings: RunSettings = RunSettings(), groups: list[str] | None = None,
+                per_group: int | None = None, progress: RunProgress | None = None) -> str:
+    """Attribute the dataset's (selected) queries not yet stored, then finalize; returns the run id."""
+    from qrcore.attribution import NeuronAttribution
+    from qrcore.ffn import ffn_sites
+    from qrcore.prompts import fill_distractors
+
+    ds_name, source, queries = resolve_dataset(dataset, db)
+    queries = select_queries(fill_distractors(queries, seed=settings.prompt.seed), groups, per_group)
+    if groups or per_group:
+        ds_name = f"{ds_name}[{','.join(groups or [])}:{per_group or 'all'}]"
+    sites = ffn_sites(lm.model)
+    with store.writer_lock(db):
+        with store.connect(db) as con:
+            store.upsert_model(con, lm.fingerprint, lm.spec.name, type(lm.model).__name__, len(sites),
+                               sites[0].n_neurons, lm.model.config.to_json_string())
+            dataset_id = store.upsert_dataset(con, ds_name, source, queries)
+            run_id = store.get_or_create_run(con, name or f"{ds_name}@{lm.spec.name}", lm.fingerprint, dataset_id, settings)
+            done = store.done_query_ids(con, run_id)
+            finished = store.run_info(con, run_id).status == "finished"
+        todo = [q for q in queries if q.id not in done]
+        if not todo and finished:
+            return run_id  # cache hit: no model forward
+        attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
+        for i, q in enumerate(todo, 1):
+            result = attr.attribute(q)
+            with store.connect(db) as con:
+                store.write_query(con, run_id, result, settings.qrnca)
+            if progress:
+                progress(len(done) + i, len(queries), q.id)
+        with store.connect(db) as con:
+            store.finalize_run(con, run_id, seed=settings.prompt.seed)
+    return run_id

@@ -1,0 +1,144 @@
+"""The explorer in a real browser: `streamlit run` driven through Debian's chromium by Playwright.
+
+Saves a screenshot of every page to docs/screenshots/. By default the app runs a tiny model on a seeded store;
+for the README, point QRN_SCREENSHOT_MODEL and QRN_SCREENSHOT_DB at the default model and its store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import os
+from pathlib import Path
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest_explorer import MODEL, seed_store
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "explorer" / "app.py"
+SHOTS = REPO / "docs" / "screenshots"
+CHROMIUM = Path("/usr/bin/chromium")
+PAGES = {"heatmaps": "", "overlap": "overlap", "common": "common", "lab": "lab", "methods": "methods", "data": "data"}
+"""Screenshot name -> URL path (the default page is served at /)."""
+IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
+METRIC = "[data-testid=stMetricValue]"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    """Wait until the Streamlit server answers its health check; fail with its log if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with code {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                if reply.read() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"streamlit did not answer on {url} within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny) -> Iterator[str]:
+    """`streamlit run explorer/app.py` on a free port (tiny model and seeded store unless QRN_SCREENSHOT_* say else)."""
+    env = {**os.environ, "QRN_MODEL": os.environ.get("QRN_SCREENSHOT_MODEL", MODEL)}
+    if "QRN_SCREENSHOT_DB" in os.environ:
+        env["QRN_DB"] = os.environ["QRN_SCREENSHOT_DB"]
+    else:
+        env["QRN_DB"] = str(tmp_path_factory.mktemp("store") / "qrn.duckdb")
+        env["QRN_SEED"] = "0"
+        seed_store(Path(env["QRN_DB"]), tiny("llama"))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
+                             "--server.headless", "true"], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://localhost:{port}"
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser(server: str):
+    """Headless chromium (Debian's), warmed up on the main page: Streamlit answers a first visit to another page
+    with a spurious 'Page not found' (streamlit/streamlit#9992)."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing; install it once with `apt-get update && apt-get install -y chromium` "
+                    "(as root), then rerun.")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        context = chromium.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        open_page(page, server, "")
+        page.close()
+        yield context
+        chromium.close()
+
+
+def open_page(page, server: str, path: str) -> None:
+    """Load a page and wait until its script has finished and its charts are drawn."""
+    page.goto(f"{server}/{path}")
+    settle(page)
+    assert not page.locator("[data-testid=stException]").count(), page.locator("[data-testid=stException]").inner_text()
+
+
+def settle(page) -> None:
+    """Wait for the script run to end and the charts and tables to appear."""
+    page.wait_for_selector(IDLE, timeout=120_000)
+    page.wait_for_function("() => !document.querySelector('[data-testid=stSkeleton]')", timeout=60_000)
+    page.wait_for_timeout(1500)
+
+
+def screenshot(page, name: str) -> None:
+    """The whole page (Streamlit scrolls inside its main pane, so the viewport is stretched to the content first)."""
+    height = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
+    page.set_viewport_size({"width": 1400, "height": max(900, height)})
+    page.wait_for_timeout(800)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+@pytest.mark.parametrize("name", [n for n in PAGES if n != "lab"])
+def test_page_opens_and_is_captured(browser, server, name):
+    page = browser.new_page()
+    open_page(page, server, PAGES[name])
+    assert page.locator("h1").first.inner_text()
+    screenshot(page, name)
+    page.close()
+
+
+def test_query_lab_slider_moves_the_probabilities(browser, server):
+    page = browser.new_page()
+    open_page(page, server, PAGES["lab"])
+    before = page.locator(METRIC).nth(1).inner_text()
+    page.locator("[data-testid=stSlider] input[type=range]").focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function("([sel, old]) => document.querySelectorAll(sel)[1]?.innerText !== old",
+                           arg=[METRIC, before], timeout=60_000)
+    settle(page)
+    assert "mult=2" in page.url
+    assert page.locator(METRIC).nth(1).inner_text() != before
+    screenshot(page, "lab")
+    page.close()

@@ -1,0 +1,123 @@
+"""A run end to end on a tiny model: store rows, cache hit, resume after a kill, evaluations, report, export."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from qrcore import store
+from qrcore.errors import QRNError
+from qrcore.evaluate import evaluate_run
+from qrcore.report import write_report
+from qrcore.runner import run_dataset
+from qrcore.settings import QRNCASettings, RunSettings
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """A finished run of two groups x 3 queries of the domain set on tiny-llama."""
+    db = str(tmp_path_factory.mktemp("run") / "qrn.duckdb")
+    calls = []
+    run_id = run_dataset(tiny("llama"), "domain", db, name="r", groups=["biology", "physics"], per_group=3,
+                         progress=lambda done, total, qid: calls.append((done, total)))
+    assert calls[-1] == (6, 6)
+    return db, run_id
+
+
+def test_run_stores_every_query_and_run_level_results(finished):
+    db, run_id = finished
+    with store.connect(db, read_only=True) as con:
+        assert len(store.done_query_ids(con, run_id)) == 6
+        info = store.run_info(con, run_id)
+        assert info.status == "finished" and info.n_clusters == 6
+        assert store.heatmap_groups(con, run_id) == ["biology", "physics"]
+        assert store.heatmap(con, run_id, "biology").shape == (4, 96)
+        qr = store.qr_neurons(con, run_id)
+        assert set(qr["query_id"]) <= store.done_query_ids(con, run_id) and len(qr) > 0
+
+
+def test_same_run_again_is_a_cache_hit_without_forward(finished, tiny, monkeypatch):
+    db, run_id = finished
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("model forward on a cache hit")
+
+    monkeypatch.setattr("qrcore.attribution.NeuronAttribution.attribute", forbidden)
+    assert run_dataset(tiny("llama"), "domain", db, name="r", groups=["biology", "physics"], per_group=3) == run_id
+
+
+def test_conflicting_settings_under_the_same_name_are_refused(finished, tiny):
+    db, _ = finished
+    other = RunSettings(qrnca=QRNCASettings(v=5))
+    with pytest.raises(QRNError, match=r"qrnca.v 20 -> 5"):
+        run_dataset(tiny("llama"), "domain", db, name="r", settings=other, groups=["biology", "physics"], per_group=3)
+
+
+def test_unknown_group_and_dataset_messages(finished, tiny):
+    db, _ = finished
+    with pytest.raises(QRNError, match=r"^unknown group\(s\) botany; this dataset has biology"):
+        run_dataset(tiny("llama"), "domain", db, groups=["botany"])
+    with pytest.raises(QRNError, match=r"^unknown dataset 'nope'; use one of domain, language"):
+        run_dataset(tiny("llama"), "nope", db)
+
+
+def test_evaluations_and_report(finished, tiny, tmp_path):
+    db, run_id = finished
+    frame = evaluate_run(tiny("llama"), run_id, db, per_group=3)
+    with store.connect(db, read_only=True) as con:
+        stored = store.evaluations(con, run_id)
+    assert len(stored) == len(frame) > 0
+    pcr = stored[(stored["metric"] == "pcr") & (stored["group_name"] == "all")]
+    assert set(pcr["method"]) == {"qrnca", "random", "activation", "kn", "qrnca_no_ica", "qrnca_with_common"}
+    suppress = stored[(stored["method"] == "qrnca") & (stored["evaluation"] == "suppress")
+                      & (stored["metric"] == "related_change") & (stored["group_name"] == "all")]
+    assert suppress["value"].iloc[0] != 0  # zeroing a query's own neurons moves its probability
+    paths = write_report(run_id, db, str(tmp_path))
+    assert "## pcr" in paths[0].read_text() and "qrnca" in paths[1].read_text()
+
+
+def test_export_and_import_round_trip(finished, tmp_path):
+    db, run_id = finished
+    with store.connect(db, read_only=True) as con:
+        counts = store.export_runs(con, [run_id], tmp_path / "export")
+        expected = store.heatmap(con, run_id, "physics")
+    assert counts["runs"] == 1 and counts["queries"] == 6
+    fresh = str(tmp_path / "fresh.duckdb")
+    with store.connect(fresh) as con:
+        assert store.import_runs(con, tmp_path / "export") is True
+        assert store.import_runs(con, tmp_path / "export") is False  # already there: nothing doubled
+        assert np.array_equal(store.heatmap(con, run_id, "physics"), expected)
+
+
+def test_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path):
+    db = str(tmp_path / "kill.duckdb")
+    cmd = [sys.executable, "-m", "qrcore.cli", "run", "--dataset", "domain", "--groups", "biology",
+           "--model", "tiny-llama", "--db", db, "--name", "k"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    done = 0
+    deadline = time.time() + 120
+    while done < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if os.path.exists(db):
+            try:
+                with store.connect(db, read_only=True, wait=0.2) as con:
+                    runs = store.list_runs(con)
+                    done = len(store.done_query_ids(con, runs["run_id"][0])) if len(runs) else 0
+            except QRNError:
+                pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 5 <= done < 55, "the run was not caught in the middle"
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with store.connect(db, read_only=True) as con:
+        run_id = store.list_runs(con)["run_id"][0]
+        assert len(store.done_query_ids(con, run_id)) == 55
+        rows = con.execute("SELECT count(*), count(DISTINCT (query_id, layer, neuron)) FROM attributions").fetchone()
+        assert rows[0] == rows[1]
+        assert store.run_info(con, run_id).status == "finished"
