@@ -17,11 +17,13 @@ from typing import TypeVar
 
 import numpy as np
 import streamlit as st
+import torch
+from transformers import DynamicCache
 
 from qrcore import store
-from qrcore.attribution import NeuronAttribution
+from qrcore.attribution import NeuronAttribution, prefix_kv
 from qrcore.datasets import import_file
-from qrcore.editing import check_neurons, generate, letter_probs
+from qrcore.editing import check_neurons, edited, generate
 from qrcore.ffn import ffn_sites
 from qrcore.models import DEFAULT_MODEL, LoadedModel, ModelSpec, load_model, resolve
 from qrcore.prompts import ChoicePrompt
@@ -137,12 +139,29 @@ def prompts(name: str, query: Query) -> list[ChoicePrompt]:
     return NeuronAttribution(model(name)).prompts(query)
 
 
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _prefix(name: str, input_ids: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys and values of a prompt's positions before the answer position, unedited (edits touch only the last)."""
+    lm = model(name)
+    with _model_lock(name):
+        return prefix_kv(lm.model, torch.tensor([input_ids[:-1]], device=lm.device))
+
+
 @st.cache_data(show_spinner=False, max_entries=1024)
 def option_probs(name: str, query: Query, edit: EditKey = ()) -> np.ndarray:
-    """(prompts, options) probability of each option letter after each of the query's prompts, under `edit`."""
-    lm, chosen = model(name), prompts(name, query)
-    with _model_lock(name):
-        return letter_probs(lm, chosen, {(layer, neuron): m for layer, neuron, m in edit})
+    """(prompts, options) probability of each option letter after each of the query's prompts, under `edit`.
+
+    Equals `qrcore.editing.letter_probs`; an edit scales f at the answer position only, so each prompt's prefix is
+    run once and cached, and a slider move costs one position per prompt (milliseconds instead of a second).
+    """
+    lm, out = model(name), []
+    for p in prompts(name, query):
+        kv = _prefix(name, p.input_ids)
+        with _model_lock(name), torch.no_grad(), edited(lm, {(layer, neuron): m for layer, neuron, m in edit}):
+            logits = lm.model(torch.tensor([p.input_ids[-1:]], device=lm.device), past_key_values=DynamicCache(kv),
+                              use_cache=True).logits[0, -1]  # (vocab,)
+        out.append(logits.float().softmax(-1)[list(p.letter_ids)].cpu().numpy())
+    return np.stack(out)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -63,7 +63,7 @@ def letter_probs(lm: LoadedModel, prompts: list[ChoicePrompt], edit: Edit | None
     with torch.no_grad(), edited(lm, edit or {}):
         for p in prompts:
             ids = torch.tensor([p.input_ids], device=lm.device)  # (1, T)
-            probs = lm.model(ids).logits[0, -1].float().softmax(-1)  # (vocab,)
+            probs = lm.model(ids, logits_to_keep=1).logits[0, -1].float().softmax(-1)  # (vocab,)
             out.append(probs[list(p.letter_ids)].cpu().numpy())
     return np.stack(out)
 

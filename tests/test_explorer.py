@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest_explorer import MODEL, RUN, row_counts, seed_store
+from conftest_explorer import MODEL, QUERIES, RUN, row_counts, seed_store
 from qrcore.heatmap import bin_heatmap, heatmap_figure
 
 APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
@@ -57,6 +57,24 @@ def test_wide_heatmap_is_binned_to_at_most_max_cols_and_hovers_the_top_neuron():
     np.testing.assert_array_equal(np.abs(binned.values[:, -1]), np.abs(matrix[:, binned.edges[-2]:]).max(axis=1))
     fig = heatmap_figure(binned, 0, "g", labels={(0, int(binned.top[0, 0])): "tokens: a b"})
     assert fig.data[0].customdata[0][0][1] == "tokens: a b"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_cached_prefix_probabilities_equal_letter_probs(arch, tiny, monkeypatch):
+    from qrcore.editing import letter_probs
+
+    monkeypatch.syspath_prepend(str(APP.parent))
+    import state
+
+    query = QUERIES[3]
+    lm = state.model(f"tiny-{arch}")
+    assert lm.fingerprint == tiny(arch).fingerprint
+    prompts = state.prompts(lm.spec.name, query)
+    results = []
+    for edit in ({}, {(0, 3): 0.0, (2, 40): 2.0, (3, 95): 4.0}):
+        results.append(state.option_probs(lm.spec.name, query, tuple((l, n, m) for (l, n), m in edit.items())))
+        np.testing.assert_allclose(results[-1], letter_probs(lm, prompts, edit), rtol=1e-4, atol=1e-9)
+    assert not np.allclose(results[0], results[1], rtol=1e-3, atol=0)
 
 
 def page(name: str, **params: str) -> AppTest:
