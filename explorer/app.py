@@ -16,7 +16,7 @@ PAGES = Path(__file__).parent / "pages"
 st.set_page_config(page_title="QR Neuron Explorer", page_icon=":material/neurology:", layout="wide")
 views.keep_synced()
 navigation = st.navigation([
-    st.Page(PAGES / "heatmaps.py", title="Heatmaps", icon=":material/grid_on:", url_path="heatmaps", default=True),
+    st.Page(PAGES / "heatmaps.py", title="Heatmaps", icon=":material/grid_on:", default=True),
     st.Page(PAGES / "overlap.py", title="Overlap and layers", icon=":material/join_inner:", url_path="overlap"),
     st.Page(PAGES / "common.py", title="Common neurons", icon=":material/hub:", url_path="common"),
     st.Page(PAGES / "query_lab.py", title="Query lab", icon=":material/science:", url_path="lab"),

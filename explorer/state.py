@@ -25,7 +25,7 @@ from qrcore.attribution import NeuronAttribution, prefix_kv
 from qrcore.datasets import import_file
 from qrcore.editing import check_neurons, edited, generate
 from qrcore.ffn import ffn_sites
-from qrcore.models import DEFAULT_MODEL, LoadedModel, ModelSpec, load_model, resolve
+from qrcore.models import DEFAULT_MODEL, LoadedModel, ModelSpec, load_model
 from qrcore.prompts import ChoicePrompt
 from qrcore.queries import Query
 from qrcore.results import QueryAttribution
@@ -60,13 +60,7 @@ def startup(db: str) -> None:
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
 def model(name: str) -> LoadedModel:
-    """The model `name`; "tiny-<arch>" is qrcore.tiny's seeded random model with the default model's tokenizer."""
-    if name.startswith("tiny-"):
-        from transformers import AutoTokenizer
-
-        from qrcore.tiny import tiny_model
-
-        return tiny_model(name.removeprefix("tiny-"), AutoTokenizer.from_pretrained(resolve(DEFAULT_MODEL)[0]))
+    """The model `name` (any `qrn --model` name; "tiny-<arch>" is a seeded random tiny model)."""
     return load_model(ModelSpec(name))
 
 
@@ -110,11 +104,13 @@ def import_dataset(filename: str, data: bytes, name: str) -> int:
     return len(queries)
 
 
-def start_run(dataset: str, name: str | None, progress: Callable[[int, int, str], None]) -> str:
+def start_run(dataset: str, run_name: str | None, progress: Callable[[int, int, str], None]) -> str:
     """Compute a run of the app's model on `dataset` into the store (qrcore.runner); returns its id."""
     from qrcore.runner import run_dataset
 
-    return run_dataset(model(model_name()), dataset, db=db_path(), name=name, progress=progress)
+    name = model_name()
+    with _model_lock(name):
+        return run_dataset(model(name), dataset, db=db_path(), name=run_name, progress=progress)
 
 
 def shape(name: str) -> tuple[int, int]:

@@ -150,7 +150,7 @@ def neuron_table(frame: pd.DataFrame, model_ok: bool, **kwargs: Any) -> None:
 
 def hover_labels(neurons: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
     """Hover text per neuron: its top vocabulary tokens, HTML-escaped for plotly."""
-    tokens = state.vocab_tokens(state.model_name(), tuple(neurons), 6)
+    tokens = state.vocab_tokens(state.model_name(), tuple(neurons))
     return {n: "tokens: " + html.escape(" ".join(repr(t) for t in tokens[n])) for n in neurons}
 
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import os
 from pathlib import Path
 import statistics
+import tempfile
 import time
 
 from qrcore import store
@@ -115,8 +116,15 @@ def bench_heatmap(db_path: str | os.PathLike, repeats: int = 7) -> dict[str, flo
     return out
 
 
-def bench_explorer(db_path: str | os.PathLike, repeats: int = 7) -> dict[str, float]:
-    """Both explorer speed targets; `db_path` holds (or receives) the synthetic 32 x 11008 store. Prints a table."""
+def bench_explorer(db_path: str | os.PathLike | None = None, repeats: int = 7) -> dict[str, float]:
+    """Both explorer speed targets, printed as a table.
+
+    `db_path` is a synthetic 32 x 11008 store of `qrcore.bench_store` (built there if missing; default: a temporary
+    one, about 10 s to build), not the store of real runs.
+    """
+    if db_path is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return bench_explorer(Path(tmp) / "synthetic.duckdb", repeats)
     result = {**bench_edit(repeats), **bench_heatmap(db_path, repeats)}
     labels = {
         "probs_ms": f"letter_probs, 3 prompts, {EDIT_NEURONS}-neuron edit, default model",

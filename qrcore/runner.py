@@ -55,18 +55,26 @@ def select_queries(queries: list[Query], groups: list[str] | None, per_group: in
     return out
 
 
-def run_dataset(lm: LoadedModel, dataset: str, db: str | None = None, name: str | None = None,
-                settings: RunSettings = RunSettings(), groups: list[str] | None = None,
-                per_group: int | None = None, progress: RunProgress | None = None) -> str:
-    """Attribute the dataset's (selected) queries not yet stored, then finalize; returns the run id."""
-    from qrcore.attribution import NeuronAttribution
-    from qrcore.ffn import ffn_sites
+def plan_queries(dataset: str, db: str | None = None, settings: RunSettings = RunSettings(),
+                 groups: list[str] | None = None, per_group: int | None = None) -> tuple[str, str, list[Query]]:
+    """(dataset name with the selection, source, queries) of a run: the selected queries with distractors filled in."""
     from qrcore.prompts import fill_distractors
 
     ds_name, source, queries = resolve_dataset(dataset, db)
     queries = select_queries(fill_distractors(queries, seed=settings.prompt.seed), groups, per_group)
     if groups or per_group:
         ds_name = f"{ds_name}[{','.join(groups or [])}:{per_group or 'all'}]"
+    return ds_name, source, queries
+
+
+def run_dataset(lm: LoadedModel, dataset: str, db: str | None = None, name: str | None = None,
+                settings: RunSettings = RunSettings(), groups: list[str] | None = None,
+                per_group: int | None = None, progress: RunProgress | None = None) -> str:
+    """Attribute the dataset's (selected) queries not yet stored, then finalize; returns the run id."""
+    from qrcore.attribution import NeuronAttribution
+    from qrcore.ffn import ffn_sites
+
+    ds_name, source, queries = plan_queries(dataset, db, settings, groups, per_group)
     sites = ffn_sites(lm.model)
     with store.writer_lock(db):
         with store.connect(db) as con:

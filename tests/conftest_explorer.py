@@ -58,10 +58,21 @@ def seed_store(path: Path, lm: LoadedModel) -> str:
             store.write_query(con, run_id, synthetic_attribution(query, shape, rng), settings.qrnca)
         store.finalize_run(con, run_id)
         for method in ("qrnca", "kn", "random"):
-            rows = pd.DataFrame({"group_name": ["geography", "science"], "metric": "pcr",
-                                 "value": rng.uniform(1.0, 5.0, 2)})
-            store.write_evaluations(con, run_id, method, "suppress", rows)
+            for evaluation, rows in synthetic_evaluations(rng).items():
+                store.write_evaluations(con, run_id, method, evaluation, rows)
     return run_id
+
+
+def synthetic_evaluations(rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+    """One method's numbers in the shape `qrcore.evaluate` stores: PCR and changes, flip rates, prediction."""
+    groups = ["geography", "science", "all"]
+    out = {}
+    for evaluation in ("boost", "suppress"):
+        rows = [(g, m, rng.uniform(1.0, 5.0)) for g in groups for m in ("pcr", "related_change", "unrelated_change")]
+        rows += [("all", m, rng.uniform(0.0, 0.5)) for m in ("correct_to_incorrect", "incorrect_to_correct")]
+        out[evaluation] = pd.DataFrame(rows, columns=["group_name", "metric", "value"])
+    out["prediction"] = pd.DataFrame({"group_name": ["all"], "metric": ["accuracy"], "value": [rng.uniform(0.3, 1)]})
+    return out
 
 
 def row_counts(path: Path) -> dict[str, int]:

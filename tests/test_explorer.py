@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 import shutil
-import sys
-import types
 
+import duckdb
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -191,33 +190,37 @@ def test_bad_upload_shows_the_error_and_leaves_the_store_unchanged(db, filename,
     assert row_counts(db) == before
 
 
-def test_upload_stores_the_dataset_and_offers_it_for_a_run(db, monkeypatch):
-    calls = []
-
-    def run_dataset(lm, dataset, db=None, name=None, progress=None):
-        progress(1, 1, "q-2")
-        calls.append((dataset, db, name))
-        return "run-id"
-
-    monkeypatch.setitem(sys.modules, "qrcore.runner", types.SimpleNamespace(run_dataset=run_dataset))
+def test_upload_stores_the_dataset_and_a_run_on_it_appears_in_the_sidebar(db):
     before = row_counts(db)
     at = page("data")
-    csv = b"question,A,B,C,D,answer\nWhat is 2+2?,3,4,5,6,B\n"
+    csv = b"question,A,B,C,D,answer\nWhat is 2+2?,3,4,5,6,B\nWhich is a colour?,red,dog,car,sun,A\n"
     at.file_uploader(key="upload").set_value(("quiz.csv", csv, "text/csv")).run()
     button(at, "Import").click().run()
     assert not at.error, errors(at)
-    assert row_counts(db)["datasets"] == before["datasets"] + 1 and row_counts(db)["queries"] == before["queries"] + 1
+    assert row_counts(db)["datasets"] == before["datasets"] + 1 and row_counts(db)["queries"] == before["queries"] + 2
     at.selectbox(key="run_dataset").set_value("quiz").run()
+    at.text_input(key="run_name").set_value("quiz-run")
     button(at, "Start run").click().run()
-    assert calls == [("quiz", str(db), None)] and at.success
+    assert not at.error and at.success, errors(at)
+    assert any(o.startswith("quiz-run ") for o in page("heatmaps").sidebar.selectbox(key="run").options)
 
 
 def test_startup_loads_the_default_run_once(db, monkeypatch):
     seen = []
-    monkeypatch.setitem(sys.modules, "qrcore.seed", types.SimpleNamespace(ensure_default_store=seen.append))
+    monkeypatch.setattr("qrcore.seed.ensure_default_store", seen.append)
     monkeypatch.setenv("QRN_SEED", "1")
     page("methods").run()
     assert seen == [str(db)]
+
+
+def test_methods_page_shows_the_papers_three_tables_or_the_command_to_make_them(db):
+    at = page("methods")
+    assert [h.value for h in at.subheader] == ["Probability change ratio (Table 4)", "Flip rates (Table 6)",
+                                                "Neuron-based prediction (Table 7)"]
+    with duckdb.connect(str(db)) as con:
+        con.execute("DELETE FROM evaluations")
+    at = page("methods")
+    assert not at.subheader and f"qrn evaluate --run {RUN}" in at.info[0].value
 
 
 def test_missing_store_explains_what_to_do(tmp_path, monkeypatch):

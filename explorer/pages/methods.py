@@ -1,7 +1,8 @@
-"""Methods (Sec. 5, Tables 4, 6, 7): QRNCA against the baselines, from the run's stored evaluations."""
+"""Methods (Sec. 5, Tables 4, 6, 7): QRNCA against the baselines, from the run's stored evaluations (`qrn evaluate`)."""
 
 from __future__ import annotations
 
+import pandas as pd
 import plotly.express as px
 import streamlit as st
 
@@ -10,30 +11,58 @@ from qrcore import qrnca, store
 import state
 import views
 
-# Explanations of the metrics the evaluations store; others are shown by their stored name.
-METRICS = {
-    "pcr": "PCR: |mean change of P(correct) of the group's queries| / |mean change of the other groups'| when the "
-           "group's neurons are edited (Table 4). Higher is more query-specific.",
-}
+FLIPS = {"correct_to_incorrect": "correct → incorrect", "incorrect_to_correct": "incorrect → correct"}
+CHANGES = {"related_change": "related queries", "unrelated_change": "unrelated queries"}
+
+
+def method_table(rows: pd.DataFrame, columns: str | list[str]) -> pd.DataFrame:
+    """Rows pivoted to one line per method (in qrnca.METHODS order) and one column per `columns` value."""
+    table = rows.pivot_table(index="method", columns=columns, values="value", aggfunc="first")
+    return table.sort_index(key=lambda idx: idx.map({m: i for i, m in enumerate(qrnca.METHODS)}.get))
+
+
+def show(table: pd.DataFrame, rows: pd.DataFrame, x: str, label: str, key: str, higher_is_better: bool = True) -> None:
+    """A method table (the best of each column highlighted, if higher is better) beside a grouped bar chart."""
+    left, right = st.columns([2, 3])
+    style = table.style.format("{:.3f}", na_rep="–")
+    left.dataframe(style.highlight_max(axis=0, color="#d6e4ff") if higher_is_better else style, width="stretch")
+    fig = px.bar(rows, x=x, y="value", color="method", barmode="group", labels={"value": label},
+                 category_orders={"method": list(table.index)})
+    right.plotly_chart(fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}),
+                       width="stretch", key=key)
+
 
 st.title("Methods")
 run = views.require_run()
 evaluations = state.read(store.evaluations, run.id)
 if evaluations.empty:
-    st.info(f"Run {run.name!r} has no evaluations yet. Compute them with `qrn evaluate --run {run.name}`; "
-            "this page then shows PCR, flip rates and neuron-based prediction per method.")
+    st.info(f"Run {run.name!r} has no evaluations yet. Compute them with `qrn evaluate --run {run.name}` "
+            "(PCR, flip rates and neuron-based prediction per method); this page then shows them.")
     st.stop()
+metric = evaluations["metric"]
 
-order = {m: i for i, m in enumerate(qrnca.METHODS)}
-for (evaluation, metric), rows in evaluations.groupby(["evaluation", "metric"], sort=True):
-    st.subheader(f"{evaluation} · {metric}")
-    if metric in METRICS:
-        st.caption(METRICS[metric])
-    table = rows.pivot_table(index="method", columns="group_name", values="value", aggfunc="first")
-    table = table.assign(mean=table.mean(axis=1)).sort_index(key=lambda idx: idx.map(lambda m: order.get(m, 99)))
-    left, right = st.columns([2, 3])
-    left.dataframe(table.style.format("{:.3f}").highlight_max(axis=0, color="#d6e4ff"), width="stretch")
-    right.plotly_chart(px.bar(rows, x="group_name", y="value", color="method", barmode="group",
-                              category_orders={"method": list(table.index)}, labels={"value": metric})
-                       .update_layout(height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}),
-                       width="stretch", key=f"{evaluation}-{metric}")
+pcr = evaluations.loc[metric == "pcr"]
+if not pcr.empty:
+    st.subheader("Probability change ratio (Table 4)")
+    st.caption("Edit a query's neurons (boost x2, suppress x0): |mean % change of P(correct) of the query| / |mean % "
+               "change of an unrelated query of another group|. Higher means the neurons are more query-specific.")
+    for evaluation, rows in pcr.groupby("evaluation"):
+        st.markdown(f"**{evaluation}**")
+        show(method_table(rows, "group_name"), rows, "group_name", "PCR", f"pcr-{evaluation}")
+    changes = evaluations.loc[metric.isin(CHANGES) & (evaluations["group_name"] == "all")]
+    with st.expander("Mean % change of P(correct), related and unrelated queries"):
+        st.dataframe(method_table(changes.assign(metric=changes["metric"].map(CHANGES)), ["evaluation", "metric"])
+                     .style.format("{:+.2f}", na_rep="–"), width="stretch")
+
+flips = evaluations.loc[metric.isin(FLIPS)]
+if not flips.empty:
+    st.subheader("Flip rates (Table 6)")
+    st.caption("Share of answers (argmax option) that flip when the query's neurons are suppressed or boosted.")
+    flips = flips.assign(case=flips["evaluation"] + ": " + flips["metric"].map(FLIPS))
+    show(method_table(flips, "case"), flips, "case", "flip rate", "flips", higher_is_better=False)
+
+prediction = evaluations.loc[evaluations["evaluation"] == "prediction"]
+if not prediction.empty:
+    st.subheader("Neuron-based prediction (Table 7)")
+    st.caption("Held-out queries' groups predicted from which group's QR neurons they activate most.")
+    show(method_table(prediction, "metric"), prediction, "metric", "accuracy", "prediction")

@@ -1,0 +1,161 @@
+"""Per-query Parquet shards of a data-parallel run (`qrcore.distributed`) and their merge into the store.
+
+A run folder <root>/<run_id>/ holds manifest.json (run name, model, dataset with its queries, settings and
+code version: all a merge needs to recreate the run in any store) and rank-<r>/<query id>.parquet, one file
+per finished query, written under a temporary name and renamed into place, so a killed process loses at most
+the query in flight. A shard's rows are the query's sparse attributions (kind 'sparse', value = NA) and top
+activations (kind 'top', value = activation); its Parquet metadata holds the query's result and the key it
+was made with (model fingerprint, dataset id, settings, code version), checked against the manifest on merge.
+Only the merge writes the store, in one transaction, so shards can come from any number of processes or nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+import json
+import os
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote, unquote
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qrcore import qrnca, store
+from qrcore.errors import QRNError
+from qrcore.models import LoadedModel, cache_dir
+from qrcore.queries import Query
+from qrcore.results import QueryAttribution
+from qrcore.settings import QRNCASettings, RunSettings
+
+MANIFEST = "manifest.json"
+KEY = ("model", "dataset", "settings", "code_version")
+"""What makes shards one run's: model fingerprint, dataset id, settings JSON, code version (as `store._run_diff` names them)."""
+RESULT = ("query_id", "correct_prob", "accuracy", "seconds")
+META = b"qrn"
+"""Parquet metadata entry of a shard: JSON of its KEY and RESULT fields."""
+COLUMNS = ["kind", "layer", "neuron", "value", "in_cluster"]
+
+
+def default_root() -> Path:
+    """Where run folders go unless --shards says otherwise: <cache>/runs."""
+    return cache_dir() / "runs"
+
+
+def make_manifest(lm: LoadedModel, run_name: str, ds_name: str, source: str, queries: list[Query],
+                  settings: RunSettings) -> dict:
+    """A run's manifest before it is stored: the rows `open_run` needs for its model, dataset and run."""
+    from qrcore.ffn import ffn_sites
+
+    sites = ffn_sites(lm.model)
+    return {"run_name": run_name, "model": lm.fingerprint, "settings": settings.to_json(),
+            "code_version": store.CODE_VERSION, "model_name": lm.spec.name, "architecture": type(lm.model).__name__,
+            "n_layers": len(sites), "n_neurons": sites[0].n_neurons, "config_json": lm.model.config.to_json_string(),
+            "dataset_name": ds_name, "dataset_source": source, "queries": [asdict(q) for q in queries]}
+
+
+def open_run(con: duckdb.DuckDBPyConnection, manifest: dict) -> dict:
+    """Store the manifest's model, dataset and run (no-ops when stored); returns it with 'run_id' and 'dataset' set.
+
+    QRNError, as for `qrn run`, when the run name is taken by another model, dataset or settings.
+    """
+    m = manifest
+    store.upsert_model(con, m["model"], m["model_name"], m["architecture"], m["n_layers"], m["n_neurons"],
+                       m["config_json"])
+    dataset_id = store.upsert_dataset(con, m["dataset_name"], m["dataset_source"], queries_of(m))
+    run_id = store.get_or_create_run(con, m["run_name"], m["model"], dataset_id, RunSettings.from_json(m["settings"]),
+                                     m["code_version"])
+    return {**m, "run_id": run_id, "dataset": dataset_id}
+
+
+def queries_of(manifest: dict) -> list[Query]:
+    """The manifest's queries, in dataset order."""
+    return [Query(**{k: tuple(v) if isinstance(v, list) else v for k, v in q.items()}) for q in manifest["queries"]]
+
+
+def key_of(manifest: dict) -> dict:
+    """The KEY fields of a stored manifest (what every shard of the run must carry)."""
+    return {k: manifest[k] for k in KEY}
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """Write manifest.json into the run folder, atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _replace(folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, ensure_ascii=False)))
+
+
+def read_manifest(folder: Path) -> dict:
+    """manifest.json of a run folder; QRNError if there is none."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise QRNError(f"{folder} is not a run folder (no {MANIFEST}); pass a folder made by a data-parallel qrn run")
+    return json.loads(path.read_text())
+
+
+def write_shard(folder: Path, rank: int, key: dict, attr: QueryAttribution, settings: QRNCASettings) -> Path:
+    """Write one query's sparse attributions (`qrnca.sparsify`) and top activations as rank's shard, atomically."""
+    sparse = qrnca.sparsify(attr, settings).rename(columns={"na": "value"}).assign(kind="sparse")
+    top = store.top_activations(attr).rename(columns={"activation": "value"}).assign(kind="top", in_cluster=False)
+    meta = {**key, **{k: getattr(attr, k) for k in RESULT}}
+    table = pa.Table.from_pandas(pd.concat([sparse, top])[COLUMNS], preserve_index=False)
+    path = Path(folder) / f"rank-{rank}" / f"{quote(attr.query_id, safe='')}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _replace(path, lambda tmp: pq.write_table(table.replace_schema_metadata({META: json.dumps(meta)}), tmp,
+                                              compression="zstd"))
+    return path
+
+
+def finished_shards(folder: Path) -> dict[str, Path]:
+    """query id -> shard of every finished query in the run folder, over all rank folders."""
+    return {unquote(p.stem): p for p in sorted(Path(folder).glob("rank-*/*.parquet"))}
+
+
+def read_shards(folder: Path, manifest: dict, paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(results, sparse, top) rows of the given shards, as `store.write_rows` takes them; QRNError for another run's shard."""
+    results, rows = [], []
+    for path in paths:
+        table = pq.read_table(path)
+        meta = json.loads(table.schema.metadata[META])
+        expected, got = [manifest[k] for k in KEY], [meta[k] for k in KEY]
+        if got != expected:
+            raise QRNError(f"shard {path.relative_to(folder)} was made with {store._run_diff(expected, got)}; "
+                           "merge only shards of one run")
+        results.append({k: meta[k] for k in RESULT})
+        rows.append(table.to_pandas().assign(query_id=meta["query_id"]))
+    long = pd.concat(rows, ignore_index=True)
+    sparse = long[long["kind"] == "sparse"].rename(columns={"value": "na"})
+    top = long[long["kind"] == "top"].rename(columns={"value": "activation"})
+    return (pd.DataFrame(results), sparse[["query_id", "layer", "neuron", "na", "in_cluster"]],
+            top[["query_id", "layer", "neuron", "activation"]])
+
+
+def merge_into(con: duckdb.DuckDBPyConnection, folder: Path) -> tuple[str, int]:
+    """Store the folder's shards of queries not yet stored in one transaction, then finalize; (run id, queries merged).
+
+    The caller holds the store's writer lock.
+    """
+    folder = Path(folder)
+    manifest = open_run(con, read_manifest(folder))
+    run_id = manifest["run_id"]
+    done = store.done_query_ids(con, run_id)
+    todo = [path for query_id, path in finished_shards(folder).items() if query_id not in done]
+    if todo:
+        store.write_rows(con, run_id, *read_shards(folder, manifest, todo))
+    if todo or store.run_info(con, run_id).status != "finished":
+        store.finalize_run(con, run_id, seed=RunSettings.from_json(manifest["settings"]).prompt.seed)
+    return run_id, len(todo)
+
+
+def merge_shards(folder: str | os.PathLike, db: str | None = None) -> tuple[str, int]:
+    """Merge a run folder (e.g. copied from a cluster) into the store at `db`; (run id, queries merged)."""
+    with store.writer_lock(db), store.connect(db) as con:
+        return merge_into(con, Path(folder))
+
+
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
+    """Call write(tmp) on a temporary name beside `path`, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
