@@ -1,9 +1,10 @@
 """The explorer's access to its model and store, and every st.cache_resource / st.cache_data wrapper.
 
-Pages call these and draw (only `attribution` draws, its own progress bar). The model comes from $QRN_MODEL (default smollm2; "tiny-<arch>" builds a seeded tiny
-model) and the store from $QRN_DB (default cache/qrn.duckdb). An open DuckDB connection locks the file against
-`qrn run`, so no connection is kept: each read opens the store read-only and closes it, and reads are cached
-under the file's modification stamp, so that any write, by this app or by a run elsewhere, makes them stale.
+Pages call these and draw (only `attribution` draws, its own progress bar). The model comes from $QRN_MODEL
+(default smollm2; "tiny-<arch>" is a seeded tiny model) and the store from $QRN_DB (default cache/qrn.duckdb).
+An open DuckDB connection locks the file against `qrn run`, so no connection is kept: each read opens the store
+read-only and closes it, and reads are cached under the file's modification stamp, so that any write, by this app
+or by a run elsewhere, makes them stale.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class Run:
 def synced(widget: Callable[..., Any], label: str, key: str, *, options: Sequence[Any] | None = None,
            valid: Callable[[Any], bool] = lambda _: True, parse: Callable[[str], Any] = str,
            dump: Callable[[Any], str] = str, **kwargs: Any) -> Any:
-    """Render `widget` whose value lives in session state `key` and in the page link as ?key=..., so views can be shared.
+    """Render `widget` with its value in session state `key` and in the page link as ?key=..., so views can be shared.
 
     The link seeds the value on first load; a value the widget cannot take (not among `options`, a list for a
     multiselect, or failing `valid`) is dropped for the widget's default.
@@ -155,7 +155,7 @@ def hover_labels(neurons: Sequence[tuple[int, int]]) -> dict[tuple[int, int], st
 
 
 def control_neurons(neurons: Sequence[tuple[int, int]], n_neurons: int, seed: int = 0) -> list[tuple[int, int]]:
-    """As many random neurons as given, each from the same layer as its counterpart and outside the selection; seeded."""
+    """As many random neurons as given, each from its counterpart's layer and outside the selection; seeded."""
     chosen = set(neurons)
     rng = np.random.default_rng([seed, zlib.crc32(",".join(map(neuron_label, sorted(chosen))).encode())])
     out: list[tuple[int, int]] = []

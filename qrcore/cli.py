@@ -80,24 +80,47 @@ def _settings(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    """Batch-attribute a dataset into the store (resumable), then compute QRNCA for the run."""
+    """Batch-attribute a dataset into the store (resumable), then compute QRNCA for the run.
+
+    Under accelerate launch or torchrun every process takes its share of the queries (`qrcore.distributed`);
+    --processes N starts N such processes on this machine.
+    """
     from tqdm import tqdm
 
-    from qrcore.runner import resolve_dataset, run_dataset
+    from qrcore import distributed
+    from qrcore.runner import plan_queries, run_dataset
 
     settings = _settings(args)
     groups = args.groups.split(",") if args.groups else None
-    resolve_dataset(args.dataset, args.db)  # a bad dataset name fails before the model loads
+    launched = distributed.world_size() > 1
+    if args.processes < 1 or (launched and args.processes > 1):
+        raise QRNError("--processes must be at least 1, and is left out under accelerate launch or torchrun "
+                       "(they start the processes).")
+    if not launched:
+        plan_queries(args.dataset, args.db, settings, groups, args.per_group)  # bad input fails before the model loads
+    if args.processes > 1:
+        given = {k.replace("_", "-"): v for k, v in vars(args).items()
+                 if k not in ("command", "func", "processes") and v not in (None, False)}
+        forward = [f"--{k}" if v is True else f"--{k}={v}" for k, v in given.items()]
+        if code := distributed.launch(["run", *forward], args.processes, args.device):
+            raise SystemExit(code)
+        return
+    args.device, main = distributed.start_process(args.device) if launched else (args.device or "cpu", True)
     lm = _load(args)
-    with tqdm(desc=f"qrn run {args.dataset}", unit="query") as bar:
+    with tqdm(desc=f"qrn run {args.dataset}", unit="query", disable=not main) as bar:
         def progress(done: int, total: int, query_id: str) -> None:
             bar.total = total
             bar.n = done
             bar.set_postfix_str(query_id)
             bar.refresh()
 
-        run_id = run_dataset(lm, args.dataset, args.db, args.name, settings, groups, args.per_group, progress)
-    print(f"run {run_id} finished in store {args.db or 'cache/qrn.duckdb'}")
+        if launched:
+            run_id = distributed.run_distributed(lm, args.dataset, args.db, args.name, settings, groups,
+                                                 args.per_group, args.shards, progress)
+        else:
+            run_id = run_dataset(lm, args.dataset, args.db, args.name, settings, groups, args.per_group, progress)
+    if main:
+        print(f"run {run_id} finished in store {args.db or 'cache/qrn.duckdb'}")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -173,6 +196,21 @@ def cmd_bench_store(args: argparse.Namespace) -> None:
         bench_store(path)
 
 
+def cmd_merge(args: argparse.Namespace) -> None:
+    """Merge a run folder of Parquet shards (e.g. copied from a cluster) into the store, then finalize."""
+    from qrcore.shards import merge_shards
+
+    run_id, n = merge_shards(args.folder, args.db)
+    print(f"merged {n} queries into run {run_id}")
+
+
+def cmd_bench_processes(args: argparse.Namespace) -> None:
+    """Queries per minute with 1 and 2 processes on this machine."""
+    from qrcore.distributed import bench_processes
+
+    bench_processes(args.model, args.queries)
+
+
 def cmd_bench_explorer(args: argparse.Namespace) -> None:
     """Slider latency on the model and heatmap page time on a 32 x 11008 store."""
     from qrcore.bench_explorer import bench_explorer
@@ -236,10 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", help="comma-separated groups to run (default all)")
     p.add_argument("--per-group", type=int, help="at most this many queries of each group")
     p.add_argument("--name", help="run name (default DATASET@MODEL)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="data-parallel processes on this machine, started through accelerate (default 1)")
+    p.add_argument("--shards", help="folder of the run folders of data-parallel runs (default $QRN_CACHE/runs, "
+                                    "cache/runs); shared by all nodes of a cluster run")
     _run_args(p)
     _model_args(p)
     _db_arg(p)
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, device=None)  # None: cpu, or each launched process's own accelerate device
 
     p = sub.add_parser("import", help="store a dataset file (paper JSON or MMLU-style CSV)")
     p.add_argument("file")
@@ -286,6 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("store", help="reader latency on a synthetic 32 x 11008 store")
     p.add_argument("--queries", type=int, default=10_000)
     p.set_defaults(func=cmd_bench_store)
+
+    p = bench.add_parser("processes", help="queries per minute with 1 and 2 processes")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--queries", type=int, default=8)
+    p.set_defaults(func=cmd_bench_processes)
+
+    p = sub.add_parser("merge", help="merge a run folder of shards into the store")
+    p.add_argument("folder")
+    _db_arg(p)
+    p.set_defaults(func=cmd_merge)
 
     p = bench.add_parser("explorer", help="slider latency and heatmap page time")
     _db_arg(p)

@@ -32,7 +32,7 @@ from qrcore.settings import QRNCASettings, RunSettings
 
 MANIFEST = "manifest.json"
 KEY = ("model", "dataset", "settings", "code_version")
-"""What makes shards one run's: model fingerprint, dataset id, settings JSON, code version (as `store._run_diff` names them)."""
+"""What makes shards one run's: model fingerprint, dataset id, settings JSON, code version (`store._run_diff` order)."""
 RESULT = ("query_id", "correct_prob", "accuracy", "seconds")
 META = b"qrn"
 """Parquet metadata entry of a shard: JSON of its KEY and RESULT fields."""
@@ -113,7 +113,7 @@ def finished_shards(folder: Path) -> dict[str, Path]:
 
 
 def read_shards(folder: Path, manifest: dict, paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(results, sparse, top) rows of the given shards, as `store.write_rows` takes them; QRNError for another run's shard."""
+    """(results, sparse, top) rows of the shards as `store.write_rows` takes them; QRNError for another run's shard."""
     results, rows = [], []
     for path in paths:
         table = pq.read_table(path)
@@ -141,6 +141,8 @@ def merge_into(con: duckdb.DuckDBPyConnection, folder: Path) -> tuple[str, int]:
     run_id = manifest["run_id"]
     done = store.done_query_ids(con, run_id)
     todo = [path for query_id, path in finished_shards(folder).items() if query_id not in done]
+    if not todo and not done:
+        raise QRNError(f"{folder} holds no finished query yet; nothing to merge")
     if todo:
         store.write_rows(con, run_id, *read_shards(folder, manifest, todo))
     if todo or store.run_info(con, run_id).status != "finished":

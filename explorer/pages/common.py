@@ -27,6 +27,7 @@ with views.inline_errors():
                f"NA x ICA. {kept} kept as QR neurons.")
     views.neuron_table(rows, run.on_app_model, column_config={
         "kept": st.column_config.CheckboxColumn("QR neuron"), "in_cluster": st.column_config.CheckboxColumn("cluster"),
-        "is_common": st.column_config.CheckboxColumn("common"), "na": st.column_config.NumberColumn("NA", format="%.3f"),
+        "is_common": st.column_config.CheckboxColumn("common"),
+        "na": st.column_config.NumberColumn("NA", format="%.3f"),
         "ica": st.column_config.NumberColumn("ICA", format="%.3f"),
         "naica": st.column_config.NumberColumn("NAICA", format="%.3f"), "reason": st.column_config.TextColumn("why")})

@@ -28,7 +28,8 @@ else:
     st.dataframe(runs.drop(columns=["run_id", "settings_json"]), hide_index=True, width="stretch", column_config={
         "n_done": st.column_config.NumberColumn("queries done"), "n_queries": st.column_config.NumberColumn("queries")})
     st.subheader("Models")
-    models = runs.groupby("model").agg(runs=("name", "count"), datasets=("dataset", lambda d: ", ".join(sorted(set(d)))))
+    models = runs.groupby("model").agg(runs=("name", "count"),
+                                       datasets=("dataset", lambda d: ", ".join(sorted(set(d)))))
     st.dataframe(models, width="stretch")
 
 st.subheader("Import a dataset")

@@ -1,4 +1,4 @@
-"""Heatmaps (Fig. 5): NAICA summed over a group's queries, layer by neuron; two groups side by side or their difference."""
+"""Heatmaps (Fig. 5): NAICA summed over a group's queries, layer by neuron; two groups side by side or subtracted."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ TOKEN_CELLS = 256
 st.title("Heatmaps")
 run = views.require_run()
 groups = state.read(store.heatmap_groups, run.id)
+if not groups:
+    st.info(f"Run {run.name!r} has no neuron with positive NAICA in any group, so there is nothing to draw.")
+    st.stop()
 left, middle, right = st.columns([2, 2, 3])
 mode = views.synced(middle.radio, "Show", "mode", options=MODES, horizontal=True)
 group = views.synced(left.selectbox, "Group", "group", options=groups)

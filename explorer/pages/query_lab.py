@@ -60,7 +60,7 @@ def default_labels(table: pd.DataFrame) -> list[str]:
 
 
 def choose_neurons(query: Query, table: pd.DataFrame, n_layers: int, n_neurons: int) -> list[tuple[int, int]]:
-    """Multiselect of neurons from the table or added by layer and index; the selection is synced as ?neurons=3:17,..."""
+    """Multiselect of neurons from the table or added by layer and index; synced in the link as ?neurons=3:17,..."""
     def valid(label: str) -> bool:
         try:
             layer, neuron = views.parse_neuron(label)
