@@ -9,16 +9,18 @@ or by a run elsewhere, makes them stale.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 import os
 from pathlib import Path
 import tempfile
 import threading
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import streamlit as st
 import torch
+from torch.nn.functional import pad
 from transformers import DynamicCache
 
 from qrcore import store
@@ -136,29 +138,62 @@ def prompts(name: str, query: Query) -> list[ChoicePrompt]:
     return NeuronAttribution(model(name)).prompts(query)
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
-def _prefix(name: str, input_ids: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Keys and values of a prompt's positions before the answer position, unedited (edits touch only the last)."""
-    lm = model(name)
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block (callers hold the model lock, so no other model work is running).
+
+    A one-position forward is memory-bound, so a second thread gains little, while on a busy two-core machine
+    OpenMP's waiting threads made a slider move take 2.6 s instead of 0.2 s (measured).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Prefixes(NamedTuple):
+    """A query's prompts up to (not including) the answer position, run once, as one left-padded batch."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    """Per layer, keys and values (prompts, heads, longest prefix, head dim), zero-padded on the left."""
+    mask: torch.Tensor
+    """(prompts, longest prefix + 1): 0 over the padding."""
+    positions: torch.Tensor
+    """(prompts, 1): the answer position of each prompt."""
+    last: torch.Tensor
+    """(prompts, 1): the token at the answer position."""
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _prefixes(name: str, query: Query) -> _Prefixes:
+    """The query's prompt prefixes under model `name`, unedited: an edit touches only the answer position."""
+    lm, chosen = model(name), prompts(name, query)
+    lengths = [len(p.input_ids) - 1 for p in chosen]
+    longest = max(lengths)
     with _model_lock(name):
-        return prefix_kv(lm.model, torch.tensor([input_ids[:-1]], device=lm.device))
+        kvs = [prefix_kv(lm.model, torch.tensor([p.input_ids[:-1]], device=lm.device)) for p in chosen]
+    kv = [tuple(torch.cat([pad(each[layer][i], (0, 0, longest - n, 0)) for each, n in zip(kvs, lengths)])
+                for i in (0, 1)) for layer in range(len(kvs[0]))]
+    mask = torch.tensor([[0] * (longest - n) + [1] * (n + 1) for n in lengths], device=lm.device)
+    return _Prefixes(kv, mask, torch.tensor([[n] for n in lengths], device=lm.device),
+                     torch.tensor([[p.input_ids[-1]] for p in chosen], device=lm.device))
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
 def option_probs(name: str, query: Query, edit: EditKey = ()) -> np.ndarray:
     """(prompts, options) probability of each option letter after each of the query's prompts, under `edit`.
 
-    Equals `qrcore.editing.letter_probs`; an edit scales f at the answer position only, so each prompt's prefix is
-    run once and cached, and a slider move costs one position per prompt (milliseconds instead of a second).
+    Equals `qrcore.editing.letter_probs`, but the prefixes are run once and cached, so a slider move costs one
+    position per prompt, all prompts in one batch (tens of milliseconds instead of a second).
     """
-    lm, out = model(name), []
-    for p in prompts(name, query):
-        kv = _prefix(name, p.input_ids)
-        with _model_lock(name), torch.no_grad(), edited(lm, {(layer, neuron): m for layer, neuron, m in edit}):
-            logits = lm.model(torch.tensor([p.input_ids[-1:]], device=lm.device), past_key_values=DynamicCache(kv),
-                              use_cache=True).logits[0, -1]  # (vocab,)
-        out.append(logits.float().softmax(-1)[list(p.letter_ids)].cpu().numpy())
-    return np.stack(out)
+    lm, pre = model(name), _prefixes(name, query)
+    with _model_lock(name), _one_thread(), torch.no_grad(), edited(lm, {(l, n): m for l, n, m in edit}):
+        logits = lm.model(pre.last, attention_mask=pre.mask, position_ids=pre.positions,
+                          past_key_values=DynamicCache(pre.kv), use_cache=True).logits[:, -1]  # (prompts, vocab)
+    probs = logits.float().softmax(-1).cpu().numpy()  # (prompts, vocab)
+    return np.stack([probs[i, list(p.letter_ids)] for i, p in enumerate(prompts(name, query))])
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -57,13 +57,35 @@ def edited(lm: LoadedModel, edit: Edit) -> Iterator[None]:
         yield
 
 
-def letter_probs(lm: LoadedModel, prompts: list[ChoicePrompt], edit: Edit | None = None) -> np.ndarray:
-    """(prompts, options) probability of each option letter token after each prompt, under `edit`."""
+PrefixKV = list[tuple[torch.Tensor, torch.Tensor]]
+"""Keys and values of every layer for a prompt's positions before the answer position."""
+
+
+def prefix_cache(lm: LoadedModel, prompts: list[ChoicePrompt]) -> list[PrefixKV]:
+    """Each prompt's prefix keys/values, computed once: edits act at the answer position only, so every later
+    `letter_probs` with this cache costs a one-token forward per prompt."""
+    from qrcore.attribution import prefix_kv
+
+    return [prefix_kv(lm.model, torch.tensor([p.input_ids[:-1]], device=lm.device)) for p in prompts]
+
+
+def letter_probs(lm: LoadedModel, prompts: list[ChoicePrompt], edit: Edit | None = None,
+                 cache: list[PrefixKV] | None = None) -> np.ndarray:
+    """(prompts, options) probability of each option letter token after each prompt, under `edit`.
+
+    With `cache` (from `prefix_cache`) only the answer position is run; without it, the whole prompt.
+    """
+    from transformers import DynamicCache
+
     out = []
     with torch.no_grad(), edited(lm, edit or {}):
-        for p in prompts:
+        for i, p in enumerate(prompts):
             ids = torch.tensor([p.input_ids], device=lm.device)  # (1, T)
-            probs = lm.model(ids, logits_to_keep=1).logits[0, -1].float().softmax(-1)  # (vocab,)
+            if cache is None:
+                logits = lm.model(ids, logits_to_keep=1).logits
+            else:
+                logits = lm.model(ids[:, -1:], past_key_values=DynamicCache(cache[i]), use_cache=True).logits
+            probs = logits[0, -1].float().softmax(-1)  # (vocab,)
             out.append(probs[list(p.letter_ids)].cpu().numpy())
     return np.stack(out)
 

@@ -18,7 +18,7 @@ import torch
 
 from qrcore import analysis, store
 from qrcore.attribution import NeuronAttribution, clean_pass
-from qrcore.editing import BOOST, SUPPRESS, letter_probs
+from qrcore.editing import BOOST, SUPPRESS, letter_probs, prefix_cache
 from qrcore.models import LoadedModel
 from qrcore.qrnca import METHODS
 
@@ -52,7 +52,8 @@ def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: in
     attr = NeuronAttribution(lm, info.settings.attribution, info.settings.prompt)
     prompts = {qid: attr.prompts(queries[qid]) for qid in chosen}
     correct = {qid: [p.correct for p in ps] for qid, ps in prompts.items()}
-    before = {qid: letter_probs(lm, ps) for qid, ps in prompts.items()}
+    kv = {qid: prefix_cache(lm, ps) for qid, ps in prompts.items()}
+    before = {qid: letter_probs(lm, ps, cache=kv[qid]) for qid, ps in prompts.items()}
     control = {qid: rng.choice([c for c in chosen if group[c] != group[qid]]) for qid in chosen}
     rows, total = [], len(chosen) * len(METHODS) * len(EDITS)
     for m_i, method in enumerate(METHODS):
@@ -61,11 +62,11 @@ def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: in
             related, unrelated, flips_before, flips_after, flips_correct = [], [], [], [], []
             for i, qid in enumerate(chosen):
                 edit = {n: mult for n in neurons.get(qid, [])}
-                after = letter_probs(lm, prompts[qid], edit)
+                after = letter_probs(lm, prompts[qid], edit, kv[qid])
                 ctrl = control[qid]
                 related.append((group[qid], _correct_prob(before[qid], correct[qid]), _correct_prob(after, correct[qid])))
                 unrelated.append((_correct_prob(before[ctrl], correct[ctrl]),
-                                  _correct_prob(letter_probs(lm, prompts[ctrl], edit), correct[ctrl])))
+                                  _correct_prob(letter_probs(lm, prompts[ctrl], edit, kv[ctrl]), correct[ctrl])))
                 flips_before += list(before[qid])
                 flips_after += list(after)
                 flips_correct += correct[qid]

@@ -91,3 +91,17 @@ def test_smollm2_answers_multiple_choice(smollm2):
     probs = letter_probs(smollm2, attr.prompts(QUERY))
     assert probs.sum(axis=1).min() > 0.7  # the letters take most of the probability
     assert all(p.shape == (4,) for p in probs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_cached_letter_probs_match_full_forward_under_edits(tiny, arch):
+    """The prefix-cache path of letter_probs (used by sliders and evaluations) equals a full forward."""
+    from qrcore.editing import prefix_cache
+
+    lm = tiny(arch)
+    prompts = NeuronAttribution(lm).prompts(QUERY)
+    edit = {(0, 3): 0.0, (1, 7): 2.0, (3, 95): 4.0}
+    cache = prefix_cache(lm, prompts)
+    for e in ({}, edit):
+        assert np.allclose(letter_probs(lm, prompts, e, cache), letter_probs(lm, prompts, e), rtol=1e-4, atol=1e-9)
+    assert not np.allclose(letter_probs(lm, prompts, edit, cache), letter_probs(lm, prompts, {}, cache), rtol=1e-3)
