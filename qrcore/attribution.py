@@ -82,19 +82,25 @@ def prefix_kv(model: torch.nn.Module, prefix_ids: torch.Tensor) -> list[tuple[to
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def packed_mask(config, prefix: int, n: int, dtype: torch.dtype, device: torch.device):
-    """Additive 4D mask (1, 1, n, prefix + n): copy i sees the prefix and itself, never another copy.
+def packed_mask(config, lengths: list[int], rows: list[int], dtype: torch.dtype, device: torch.device):
+    """Additive 4D mask (1, 1, n, P + n) for n packed answer positions after P cached prefix positions.
 
-    Models with sliding-window layers get a dict by layer type, the window applied to the prefix.
+    The cache holds prefixes of `lengths` one after another; packed row i sees only its own prefix
+    (number rows[i]) and itself, never another row. Models with sliding-window layers get a dict by layer
+    type, the window applied within each prefix.
     """
     lo = torch.finfo(dtype).min
+    length = torch.tensor(lengths, device=device)
+    end = length.cumsum(0)[torch.tensor(rows, device=device)]  # (n,) end of each row's prefix
+    start = end - length[torch.tensor(rows, device=device)]  # (n,)
+    col = torch.arange(int(length.sum()), device=device)  # (P,)
+    n = len(rows)
 
     def build(window: int | None) -> torch.Tensor:
-        mask = torch.full((n, prefix + n), lo, dtype=dtype, device=device)
-        start = 0 if window is None else max(0, prefix + 1 - window)
-        mask[:, start:prefix] = 0
-        mask[:, prefix:].fill_diagonal_(0)
-        return mask[None, None]  # (1, 1, n, prefix + n)
+        first = start if window is None else torch.maximum(start, end + 1 - window)  # (n,)
+        seen = (col[None] >= first[:, None]) & (col[None] < end[:, None])  # (n, P)
+        mask = torch.cat([seen, torch.eye(n, dtype=torch.bool, device=device)], dim=1)  # (n, P + n)
+        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, lo)[None, None]
 
     types = getattr(config, "layer_types", None)
     if not types:
@@ -172,7 +178,7 @@ class NeuronAttribution:
                     patch_ffn(model, patch, layers=list(chunk), sites=self.sites):
                 logits = model(input_ids=ids[:, -1:].expand(1, n),
                                position_ids=torch.full((1, n), prefix, device=ids.device),
-                               attention_mask=packed_mask(model.config, prefix, n, f0.dtype, ids.device),
+                               attention_mask=packed_mask(model.config, [prefix], [0] * n, f0.dtype, ids.device),
                                past_key_values=DynamicCache(kv), use_cache=True).logits[0]  # (n, vocab)
             p = (logits[:, prompt.target_id].float() - logits.float().logsumexp(-1)).exp().sum()
             (grad,) = torch.autograd.grad(p, x)  # (chunk, m, neurons)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -34,8 +35,9 @@ def check_neurons(lm: LoadedModel, neurons: Iterable[tuple[int, int]]) -> None:
 
 
 @contextmanager
-def edited(lm: LoadedModel, edit: Edit) -> Iterator[None]:
-    """Within the block, f of each edited neuron is multiplied at the last position of every forward.
+def edited(lm: LoadedModel, edit: Edit, every_position: bool = False) -> Iterator[None]:
+    """Within the block, f of each edited neuron is multiplied at the last position of every forward
+    (or at every position, for packed answer positions).
 
     During generation with a cache each step's input is the last position, so generated tokens are edited too.
     """
@@ -49,45 +51,59 @@ def edited(lm: LoadedModel, edit: Edit) -> Iterator[None]:
     scale = {l: torch.tensor(m, device=device) for l, (_, m) in by_layer.items()}
 
     def apply(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (batch, seq, neurons)
-        last = f[:, -1].clone()  # (batch, neurons)
-        last[:, index[layer]] = last[:, index[layer]] * scale[layer].to(f.dtype)
-        return torch.cat([f[:, :-1], last[:, None]], dim=1)
+        part = f if every_position else f[:, -1:]
+        part = part.clone()
+        part[..., index[layer]] = part[..., index[layer]] * scale[layer].to(f.dtype)
+        return part if every_position else torch.cat([f[:, :-1], part], dim=1)
 
     with patch_ffn(lm.model, apply, layers=sorted(by_layer)):
         yield
 
 
-PrefixKV = list[tuple[torch.Tensor, torch.Tensor]]
-"""Keys and values of every layer for a prompt's positions before the answer position."""
+@dataclass(frozen=True)
+class PackedPrefix:
+    """Several prompts' prefix keys/values laid one after another, for one packed forward of their answer positions."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    """Per layer (keys, values) of shape (1, kv heads, sum of lengths, head dim)."""
+    lengths: list[int]
+    """Prefix length of each prompt (its answer token's position id)."""
 
 
-def prefix_cache(lm: LoadedModel, prompts: list[ChoicePrompt]) -> list[PrefixKV]:
+def prefix_cache(lm: LoadedModel, prompts: list[ChoicePrompt]) -> PackedPrefix:
     """Each prompt's prefix keys/values, computed once: edits act at the answer position only, so every later
-    `letter_probs` with this cache costs a one-token forward per prompt."""
+    `letter_probs` with this cache costs one forward of len(prompts) packed positions."""
     from qrcore.attribution import prefix_kv
 
-    return [prefix_kv(lm.model, torch.tensor([p.input_ids[:-1]], device=lm.device)) for p in prompts]
+    per = [prefix_kv(lm.model, torch.tensor([p.input_ids[:-1]], device=lm.device)) for p in prompts]
+    kv = [tuple(torch.cat([c[layer][i] for c in per], dim=2) for i in (0, 1)) for layer in range(len(per[0]))]
+    return PackedPrefix(kv, [len(p.input_ids) - 1 for p in prompts])
 
 
 def letter_probs(lm: LoadedModel, prompts: list[ChoicePrompt], edit: Edit | None = None,
-                 cache: list[PrefixKV] | None = None) -> np.ndarray:
+                 cache: PackedPrefix | None = None) -> np.ndarray:
     """(prompts, options) probability of each option letter token after each prompt, under `edit`.
 
-    With `cache` (from `prefix_cache`) only the answer position is run; without it, the whole prompt.
+    With `cache` (from `prefix_cache`) only the answer positions run, packed into one forward (the same
+    4D-mask packing as the attribution's fast path); without it, each whole prompt runs on its own.
     """
-    from transformers import DynamicCache
+    if cache is None:
+        with torch.no_grad(), edited(lm, edit or {}):
+            rows = [lm.model(torch.tensor([p.input_ids], device=lm.device), logits_to_keep=1).logits[0, -1]
+                    for p in prompts]  # each (vocab,)
+    else:
+        from transformers import DynamicCache
 
-    out = []
-    with torch.no_grad(), edited(lm, edit or {}):
-        for i, p in enumerate(prompts):
-            ids = torch.tensor([p.input_ids], device=lm.device)  # (1, T)
-            if cache is None:
-                logits = lm.model(ids, logits_to_keep=1).logits
-            else:
-                logits = lm.model(ids[:, -1:], past_key_values=DynamicCache(cache[i]), use_cache=True).logits
-            probs = logits[0, -1].float().softmax(-1)  # (vocab,)
-            out.append(probs[list(p.letter_ids)].cpu().numpy())
-    return np.stack(out)
+        from qrcore.attribution import packed_mask
+
+        n = len(prompts)
+        ids = torch.tensor([[p.input_ids[-1] for p in prompts]], device=lm.device)  # (1, n)
+        dtype = cache.kv[0][0].dtype
+        with torch.no_grad(), edited(lm, edit or {}, every_position=True):
+            rows = lm.model(ids, position_ids=torch.tensor([cache.lengths], device=lm.device),
+                            attention_mask=packed_mask(lm.model.config, cache.lengths, list(range(n)), dtype, lm.device),
+                            past_key_values=DynamicCache(cache.kv), use_cache=True).logits[0]  # (n, vocab)
+    return np.stack([row.float().softmax(-1)[list(p.letter_ids)].cpu().numpy() for row, p in zip(rows, prompts)])
 
 
 def generate(lm: LoadedModel, question: str, edit: Edit | None = None, max_new_tokens: int = 48) -> str:

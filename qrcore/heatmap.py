@@ -43,12 +43,21 @@ def bin_heatmap(matrix: np.ndarray, max_cols: int = MAX_COLS) -> Binned:
     return Binned(values, edges, edges[:-1][None, :] + pick)
 
 
+def color_limit(maps: list[np.ndarray], percentile: float = 95.0) -> float:
+    """A shared colour range: the given percentile of the non-zero |scores|, so a few outliers do not wash out the rest.
+
+    Heatmaps of QR neurons are sparse and heavy-tailed; cells above the limit show the end colour, hover the value.
+    """
+    values = np.abs(np.concatenate([m[m != 0] for m in maps]))  # (non-zero cells,)
+    return float(np.percentile(values, percentile)) if values.size else 1.0
+
+
 def heatmap_figure(binned: Binned, first_layer: int = 0, title: str = "", zmax: float | None = None,
                    labels: Mapping[tuple[int, int], str] | None = None, height: int = 420) -> go.Figure:
     """A plotly heatmap of `binned` (rows from `first_layer` up) whose hover names layer, neuron, score and label.
 
     `labels` maps (layer, neuron) to text such as the neuron's top vocabulary tokens; `zmax` fixes the colour range
-    (shared by side-by-side maps), else it is the largest |score|.
+    (shared by side-by-side maps), else `color_limit` of this map.
     """
     layers = np.arange(first_layer, first_layer + binned.values.shape[0])  # (layers,)
     labels = labels or {}
@@ -56,7 +65,7 @@ def heatmap_figure(binned: Binned, first_layer: int = 0, title: str = "", zmax: 
                     dtype=object)  # (layers, bins)
     custom = np.stack([binned.top.astype(object), text], axis=-1)  # (layers, bins, 2)
     if zmax is None:
-        zmax = float(np.abs(binned.values).max()) or 1.0
+        zmax = color_limit([binned.values])
     fig = go.Figure(go.Heatmap(
         z=binned.values, x=binned.edges[:-1], y=layers, customdata=custom, colorscale=COLORSCALE,
         zmid=0.0, zmin=-zmax, zmax=zmax, colorbar={"title": {"text": "NAICA"}, "thickness": 12},
@@ -64,5 +73,5 @@ def heatmap_figure(binned: Binned, first_layer: int = 0, title: str = "", zmax: 
     ))
     fig.update_layout(title=title, height=height, margin={"l": 50, "r": 10, "t": 40 if title else 10, "b": 40},
                       xaxis_title="neuron", yaxis_title="layer")
-    fig.update_yaxes(dtick=max(1, len(layers) // 16), tickformat="d")
+    fig.update_yaxes(dtick=-(-len(layers) // 16), tickformat="d")
     return fig

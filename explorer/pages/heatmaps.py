@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from qrcore import store
-from qrcore.heatmap import MAX_COLS, bin_heatmap, heatmap_figure
+from qrcore.heatmap import MAX_COLS, bin_heatmap, color_limit, heatmap_figure
 
 import state
 import views
@@ -32,8 +32,10 @@ last = run.n_layers - 1
 lo, hi = views.synced(right.slider, "Layers", "layers", min_value=0, max_value=last, value=(0, last),
                       valid=lambda v: 0 <= v[0] <= v[1] <= last, parse=lambda s: tuple(map(int, s.split("-"))),
                       dump=lambda v: f"{v[0]}-{v[1]}")
+columns = right.select_slider("Columns", (128, 256, MAX_COLS), value=256, key="columns",
+                              help="Fewer columns pool more neurons into each, so sparse maps are easier to see.")
 st.caption(f"Run **{run.name}** · {run.n_layers} layers x {run.n_neurons} neurons · wide layers are max-pooled "
-           f"into at most {MAX_COLS} columns, each showing its strongest neuron; hover names it, with its top "
+           f"into at most {columns} columns, each showing its strongest neuron; hover names it, with its top "
            f"vocabulary tokens for the {TOKEN_CELLS} strongest cells.")
 
 
@@ -54,9 +56,9 @@ def labels(*binned_maps) -> dict[tuple[int, int], str]:
 
 maps = [(group, view(group))] if mode == MODES[0] else [(f"{group} − {other}", view(group) - view(other))] \
     if mode == MODES[2] else [(group, view(group)), (other, view(other))]
-binned = [bin_heatmap(m) for _, m in maps]
+binned = [bin_heatmap(m, columns) for _, m in maps]
 hover = labels(*binned)
-zmax = max(float(np.abs(b.values).max()) for b in binned) or 1.0
+zmax = color_limit([b.values for b in binned])
 for i, (column, (title, _), b) in enumerate(zip(st.columns(len(maps)), maps, binned)):
     column.plotly_chart(heatmap_figure(b, lo, title, zmax, hover), width="stretch", key=f"heatmap-{i}")
 
