@@ -9,24 +9,20 @@ or by a run elsewhere, makes them stale.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 import os
 from pathlib import Path
 import tempfile
 import threading
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import streamlit as st
-import torch
-from torch.nn.functional import pad
-from transformers import DynamicCache
 
 from qrcore import store
-from qrcore.attribution import NeuronAttribution, prefix_kv
+from qrcore.attribution import NeuronAttribution
 from qrcore.datasets import import_file
-from qrcore.editing import check_neurons, edited, generate
+from qrcore.editing import PackedPrefix, check_neurons, generate, letter_probs, prefix_cache
 from qrcore.ffn import ffn_sites
 from qrcore.models import DEFAULT_MODEL, LoadedModel, ModelSpec, load_model
 from qrcore.prompts import ChoicePrompt
@@ -107,13 +103,14 @@ def import_dataset(filename: str, data: bytes, name: str) -> int:
     return len(queries)
 
 
-def start_run(dataset: str, run_name: str | None, progress: Callable[[int, int, str], None]) -> str:
-    """Compute a run of the app's model on `dataset` into the store (qrcore.runner); returns its id."""
+def start_run(dataset: str, run_name: str | None, per_group: int | None,
+              progress: Callable[[int, int, str], None]) -> str:
+    """Compute a run of the app's model on `dataset` (at most `per_group` queries a group) into the store; its id."""
     from qrcore.runner import run_dataset
 
     name = model_name()
     with _model_lock(name):
-        return run_dataset(model(name), dataset, db=db_path(), name=run_name, progress=progress)
+        return run_dataset(model(name), dataset, db=db_path(), name=run_name, per_group=per_group, progress=progress)
 
 
 def shape(name: str) -> tuple[int, int]:
@@ -138,62 +135,23 @@ def prompts(name: str, query: Query) -> list[ChoicePrompt]:
     return NeuronAttribution(model(name)).prompts(query)
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch on one thread inside the block (callers hold the model lock, so no other model work is running).
-
-    A one-position forward is memory-bound, so a second thread gains little, while on a busy two-core machine
-    OpenMP's waiting threads made a slider move take 2.6 s instead of 0.2 s (measured).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-class _Prefixes(NamedTuple):
-    """A query's prompts up to (not including) the answer position, run once, as one left-padded batch."""
-
-    kv: list[tuple[torch.Tensor, torch.Tensor]]
-    """Per layer, keys and values (prompts, heads, longest prefix, head dim), zero-padded on the left."""
-    mask: torch.Tensor
-    """(prompts, longest prefix + 1): 0 over the padding."""
-    positions: torch.Tensor
-    """(prompts, 1): the answer position of each prompt."""
-    last: torch.Tensor
-    """(prompts, 1): the token at the answer position."""
-
-
 @st.cache_resource(show_spinner=False, max_entries=32)
-def _prefixes(name: str, query: Query) -> _Prefixes:
-    """The query's prompt prefixes under model `name`, unedited: an edit touches only the answer position."""
-    lm, chosen = model(name), prompts(name, query)
-    lengths = [len(p.input_ids) - 1 for p in chosen]
-    longest = max(lengths)
+def _prefixes(name: str, query: Query) -> PackedPrefix:
+    """The query's prompt prefixes under model `name`, run once: an edit touches only the answer position."""
     with _model_lock(name):
-        kvs = [prefix_kv(lm.model, torch.tensor([p.input_ids[:-1]], device=lm.device)) for p in chosen]
-    kv = [tuple(torch.cat([pad(each[layer][i], (0, 0, longest - n, 0)) for each, n in zip(kvs, lengths)])
-                for i in (0, 1)) for layer in range(len(kvs[0]))]
-    mask = torch.tensor([[0] * (longest - n) + [1] * (n + 1) for n in lengths], device=lm.device)
-    return _Prefixes(kv, mask, torch.tensor([[n] for n in lengths], device=lm.device),
-                     torch.tensor([[p.input_ids[-1]] for p in chosen], device=lm.device))
+        return prefix_cache(model(name), prompts(name, query))
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
 def option_probs(name: str, query: Query, edit: EditKey = ()) -> np.ndarray:
     """(prompts, options) probability of each option letter after each of the query's prompts, under `edit`.
 
-    Equals `qrcore.editing.letter_probs`, but the prefixes are run once and cached, so a slider move costs one
-    position per prompt, all prompts in one batch (tens of milliseconds instead of a second).
+    `qrcore.editing.letter_probs` over the cached prefixes, so a slider move costs one packed forward of the
+    answer positions (tens of milliseconds instead of a second).
     """
-    lm, pre = model(name), _prefixes(name, query)
-    with _model_lock(name), _one_thread(), torch.no_grad(), edited(lm, {(l, n): m for l, n, m in edit}):
-        logits = lm.model(pre.last, attention_mask=pre.mask, position_ids=pre.positions,
-                          past_key_values=DynamicCache(pre.kv), use_cache=True).logits[:, -1]  # (prompts, vocab)
-    probs = logits.float().softmax(-1).cpu().numpy()  # (prompts, vocab)
-    return np.stack([probs[i, list(p.letter_ids)] for i, p in enumerate(prompts(name, query))])
+    lm, cache = model(name), _prefixes(name, query)
+    with _model_lock(name):
+        return letter_probs(lm, prompts(name, query), {(l, n): m for l, n, m in edit}, cache)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -51,7 +51,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
                           "correct_prob_mean": result.correct_prob, "seconds": round(result.seconds, 3),
                           "top_neurons": [{"layer": l, "neuron": n, "score": round(s, 6)} for l, n, s in top]}))
         return
-    print(f"Answer probabilities (template 1, options as shown to the model):")
+    print("Answer probabilities (template 1, options as shown to the model):")
     for i, (letter, text, p) in enumerate(zip(prompts[0].letters, prompts[0].options, probs)):
         mark = "  <- correct" if i == prompts[0].correct else ""
         print(f"  {letter}. {text:<30} {p:.4f}{mark}")

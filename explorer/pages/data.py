@@ -48,15 +48,16 @@ if st.button("Import", disabled=upload is None):
 
 st.subheader("Start a run")
 datasets = list(dict.fromkeys([*BUILTIN, *runs["dataset"], *st.session_state.get(IMPORTED, [])]))
-left, right = st.columns(2)
+left, middle, right = st.columns([2, 1, 2])
 dataset = left.selectbox("Dataset", datasets, key="run_dataset")
+per_group = middle.number_input("Queries per group (0: all)", min_value=0, value=0, step=5, key="per_group")
 run_name = right.text_input("Run name", placeholder="derived from model and dataset", key="run_name")
 st.caption(f"Attributes every query with {state.model_name()} (about 5 s a query for the default model on a CPU) "
            "and computes the run's QR neurons; a run that stopped resumes where it was.")
 if st.button("Start run", type="primary"):
     bar = st.progress(0.0, "Starting…")
     try:
-        state.start_run(dataset, run_name.strip() or None,
+        state.start_run(dataset, run_name.strip() or None, int(per_group) or None,
                         lambda done, total, query_id: bar.progress(done / total, f"{done} of {total} · {query_id}"))
         st.success("Run finished; pick it in the sidebar.")
     except QRNError as err:
