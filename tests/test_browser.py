@@ -1,6 +1,6 @@
 """The explorer in a real browser: `streamlit run` driven through Debian's chromium by Playwright.
 
-Saves a screenshot of every page to docs/screenshots/. By default the app runs a tiny model on a seeded store;
+Saves a screenshot of every page to cache/screenshots/ (or $QRN_SCREENSHOT_DIR). By default the app runs a tiny model on a seeded store;
 for the README, point QRN_SCREENSHOT_MODEL and QRN_SCREENSHOT_DB at the default model and its store.
 """
 
@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "explorer" / "app.py"
-SHOTS = REPO / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("QRN_SCREENSHOT_DIR", REPO / "cache" / "screenshots"))
+"""Where screenshots go; the README's are made with QRN_SCREENSHOT_DIR=docs/screenshots."""
 CHROMIUM = Path("/usr/bin/chromium")
 PAGES = {"heatmaps": "", "overlap": "overlap", "common": "common", "lab": "lab", "methods": "methods", "data": "data"}
 """Screenshot name -> URL path (the default page is served at /)."""
