@@ -141,9 +141,15 @@ def resolve(name: str) -> tuple[str, bool]:
     return name, False
 
 
+PATH_DEPENDENT_CONFIG = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
+"""Config keys that depend on where or how a model was loaded, not on the model: left out of fingerprints."""
+
+
 def _fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the config and a strided sample of every parameter: equal weights give equal ids."""
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    """sha256 over the config and a strided sample of every parameter: equal weights give equal ids,
+    wherever the model was loaded from."""
+    config = {k: v for k, v in model.config.to_dict().items() if k not in PATH_DEPENDENT_CONFIG}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, p in sorted(model.state_dict().items()):
         flat = p.detach().reshape(-1)
         h.update(name.encode())
