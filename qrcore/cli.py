@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     """
     from tqdm import tqdm
 
-    from qrcore import distributed
+    from qrcore import distributed, store
     from qrcore.runner import plan_queries, run_dataset
 
     settings = _settings(args)
@@ -120,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         else:
             run_id = run_dataset(lm, args.dataset, args.db, args.name, settings, groups, args.per_group, progress)
     if main:
-        print(f"run {run_id} finished in store {args.db or 'cache/qrn.duckdb'}")
+        print(f"run {run_id} finished in store {args.db or store.default_db()}")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
