@@ -8,7 +8,7 @@ model (target: the edit and its control under 300 ms), and the whole lab page re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 import os
 from pathlib import Path
@@ -17,22 +17,11 @@ import tempfile
 import time
 
 from qrcore import store
-from qrcore.bench_store import RUN_NAME, build_synthetic_store
+from qrcore.bench_store import RUN_NAME, build_synthetic_store, median_ms
 from qrcore.heatmap import bin_heatmap, heatmap_figure
 
 APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
 EDIT_NEURONS = 10
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of fn() in milliseconds over `repeats` calls, after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
 
 
 @contextmanager
@@ -64,8 +53,8 @@ def bench_edit(repeats: int = 7) -> dict[str, float]:
     prompts = NeuronAttribution(lm).prompts(query)
     edit = {(3 * i, 97 * i): 2.0 for i in range(EDIT_NEURONS)}
     cache = prefix_cache(lm, prompts)
-    out = {"probs_ms": _median_ms(lambda: letter_probs(lm, prompts, edit), repeats),
-           "probs_cached_ms": _median_ms(lambda: letter_probs(lm, prompts, edit, cache), repeats)}
+    out = {"probs_ms": median_ms(lambda: letter_probs(lm, prompts, edit), repeats),
+           "probs_cached_ms": median_ms(lambda: letter_probs(lm, prompts, edit, cache), repeats)}
     neurons = ",".join(f"{layer}:{neuron}" for layer, neuron in edit)
     with _env(QRN_MODEL="smollm2", QRN_SEED="0", QRN_DB=os.devnull + ".none"):
         at = AppTest.from_file(str(APP), default_timeout=300)
@@ -99,7 +88,7 @@ def bench_heatmap(db_path: str | os.PathLike, repeats: int = 7) -> dict[str, flo
             matrix = store.heatmap(con, run_id, group)
         heatmap_figure(bin_heatmap(matrix), title=group).to_json()
 
-    out = {"heatmap_ms": _median_ms(fetch_bin_draw, repeats)}
+    out = {"heatmap_ms": median_ms(fetch_bin_draw, repeats)}
     with _env(QRN_DB=str(db_path), QRN_SEED="0"):
         at = AppTest.from_file(str(APP), default_timeout=120)
         at.query_params.update(run=RUN_NAME, group=group)

@@ -79,15 +79,15 @@ def bench_store(path: str | os.PathLike, repeats: int = 7, out: TextIO | None = 
             "qr_neurons (one query)": lambda: store.qr_neurons(con, info.run_id, "qrnca", query),
             "evaluations": lambda: store.evaluations(con, info.run_id),
         }
-        rows = [(name, _median_ms(fn, repeats)) for name, fn in cases.items()]
-    rows.insert(0, ("connect read-only + close", _median_ms(lambda: store.connect(path, read_only=True).close(), repeats)))
+        rows = [(name, median_ms(fn, repeats)) for name, fn in cases.items()]
+    rows.insert(0, ("connect read-only + close", median_ms(lambda: store.connect(path, read_only=True).close(), repeats)))
     table = pd.DataFrame(rows, columns=["reader", "ms"])
     if out is not None:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"), file=out)
     return table
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of fn() in milliseconds over `repeats` calls, after one untimed warm-up call."""
     fn()
     times = []
