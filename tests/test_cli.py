@@ -1,0 +1,81 @@
+"""Bad input: one line naming what is wrong and what to do, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qrcore import models
+from qrcore.cli import main
+from qrcore.errors import QRNError
+from qrcore.ffn import ffn_sites
+from qrcore.prompts import query_prompts
+from qrcore.queries import make_query
+
+OPTS = ["--option", "Paris", "--option", "Rome"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--question", "  ", *OPTS, "--answer", "Paris"], "the question is empty; write a question."),
+    (["--question", "Capital?", *OPTS, "--answer", "Oslo"],
+     "the answer 'Oslo' is not among the options ['Paris', 'Rome']; pass it as one of the options."),
+    (["--question", "Capital?", "--option", "Paris", "--answer", "Paris"], "1 option(s) given; give at least 2 options."),
+    (["--question", "Capital?", *[a for i in range(27) for a in ("--option", f"o{i}")], "--answer", "o1"],
+     "27 options given, more than the 26 letters A-Z; give at most 26."),
+    (["--question", "Capital?", *OPTS, "--option", "paris", "--answer", "Paris"],
+     "option 'Paris' appears twice; options must be distinct."),
+    (["--question", "Capital?", *OPTS, "--answer", "Paris", "--model", "./no/such/model"],
+     "model path ./no/such/model does not exist; check the path."),
+    (["--question", "Capital?", *OPTS, "--answer", "Paris", "--model", "missing.gguf"],
+     "GGUF file missing.gguf does not exist; check the path."),
+])
+def test_attribute_bad_input_prints_one_line_and_exits_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["attribute", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err == f"qrn: error: {message}\n"
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_unsupported_architecture_names_the_class_and_what_was_looked_for():
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.Linear(4, 4)
+
+    class Odd(torch.nn.Module):
+        config = type("C", (), {"num_hidden_layers": 2})()
+
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([Block(), Block()])
+
+    with pytest.raises(QRNError, match=r"^Odd: decoder layer 0 has no FFN submodule named one of \('mlp', 'feed_forward', 'ffn'\); "
+                                       r"this architecture is not supported\.$"):
+        ffn_sites(Odd())
+
+
+def test_prompt_over_the_context_is_an_error(tokenizer):
+    query = make_query("Why? " * 200, ["Yes", "No"], "Yes")
+    with pytest.raises(QRNError, match=r"^the prompt is \d+ tokens, over the model's context of 64; shorten"):
+        query_prompts(query, tokenizer, max_length=64)
+
+
+def test_partly_written_model_cache_is_redone_never_loaded(tmp_path, monkeypatch):
+    """A conversion folder without its completion marker (a killed conversion) is converted again."""
+    monkeypatch.setenv("QRN_CACHE", str(tmp_path))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    target = tmp_path / "models" / models._slug(gguf)
+    target.mkdir(parents=True)
+    (target / "model.safetensors").write_bytes(b"half")  # left by a killed conversion
+    calls = []
+
+    def fake_convert(src, dst):
+        calls.append(dst)
+        (dst / models.COMPLETE_MARKER).write_text("{}")
+        return dst
+
+    monkeypatch.setattr(models, "convert_gguf", fake_convert)
+    assert models.gguf_to_folder(gguf) == target and calls == [target]
+    assert models.gguf_to_folder(gguf) == target and calls == [target]  # complete now: not converted again
