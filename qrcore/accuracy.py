@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from qrcore.attribution import NeuronAttribution
-from qrcore.editing import letter_probs
+from qrcore.editing import correct_probs, letter_probs
 from qrcore.models import LoadedModel
 from qrcore.prompts import fill_distractors
 from qrcore.queries import Query
@@ -21,7 +21,7 @@ def dataset_accuracy(lm: LoadedModel, queries: list[Query], seed: int = 0) -> pd
         prompts = attr.prompts(q)
         probs = letter_probs(lm, prompts)  # (templates, options)
         right = [float(np.argmax(p) == c.correct) for p, c in zip(probs, prompts)]
-        rows.append((q.group, np.mean(right), np.mean([p[c.correct] for p, c in zip(probs, prompts)])))
+        rows.append((q.group, np.mean(right), correct_probs(probs, prompts).mean()))
     frame = pd.DataFrame(rows, columns=["group", "accuracy", "correct_prob"])
     table = frame.groupby("group", sort=False).agg(queries=("accuracy", "size"), accuracy=("accuracy", "mean"),
                                                    correct_prob=("correct_prob", "mean")).reset_index()

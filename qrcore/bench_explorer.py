@@ -8,7 +8,7 @@ model (target: the edit and its control under 300 ms), and the whole lab page re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 import os
 from pathlib import Path
@@ -39,6 +39,19 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _rerun_ms(at, move: Callable[[int], object], repeats: int, page: str) -> float:
+    """Median milliseconds of an AppTest re-run after move(k) changes a widget, over `repeats` moves."""
+    times = []
+    for k in range(repeats):
+        move(k)
+        start = time.perf_counter()
+        at.run()
+        times.append((time.perf_counter() - start) * 1000.0)
+    if at.exception:
+        raise RuntimeError(f"{page} failed: {at.exception[0].message}")
+    return statistics.median(times)
+
+
 def bench_edit(repeats: int = 7) -> dict[str, float]:
     """(a) letter_probs under a 10-neuron edit of the default model, and the query lab's re-run after a slider move."""
     from streamlit.testing.v1 import AppTest
@@ -61,15 +74,8 @@ def bench_edit(repeats: int = 7) -> dict[str, float]:
         at.query_params.update(source="custom", neurons=neurons, mult="1")
         at.run()
         at.switch_page("pages/query_lab.py").run()
-        times = []
-        for k in range(repeats):
-            at.slider(key="mult").set_value(round(0.1 * (k + 1), 1))
-            start = time.perf_counter()
-            at.run()
-            times.append((time.perf_counter() - start) * 1000.0)
-        if at.exception:
-            raise RuntimeError(f"query lab failed: {at.exception[0].message}")
-    out["lab_slider_ms"] = statistics.median(times)
+        out["lab_slider_ms"] = _rerun_ms(at, lambda k: at.slider(key="mult").set_value(round(0.1 * (k + 1), 1)),
+                                         repeats, "query lab")
     return out
 
 
@@ -95,15 +101,8 @@ def bench_heatmap(db_path: str | os.PathLike, repeats: int = 7) -> dict[str, flo
         start = time.perf_counter()
         at.run()
         out["heatmap_page_cold_ms"] = (time.perf_counter() - start) * 1000.0
-        times = []
-        for k in range(repeats):
-            at.slider(key="layers").set_value((k % 4, 31))
-            start = time.perf_counter()
-            at.run()
-            times.append((time.perf_counter() - start) * 1000.0)
-        if at.exception:
-            raise RuntimeError(f"heatmap page failed: {at.exception[0].message}")
-    out["heatmap_page_ms"] = statistics.median(times)
+        out["heatmap_page_ms"] = _rerun_ms(at, lambda k: at.slider(key="layers").set_value((k % 4, 31)),
+                                           repeats, "heatmap page")
     return out
 
 

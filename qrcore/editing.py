@@ -124,6 +124,11 @@ def letter_probs(lm: LoadedModel, prompts: list[ChoicePrompt], edit: Edit | None
     return np.stack([row.float().softmax(-1)[list(p.letter_ids)].cpu().numpy() for row, p in zip(rows, prompts)])
 
 
+def correct_probs(probs: np.ndarray, prompts: list[ChoicePrompt]) -> np.ndarray:
+    """(prompts,) probability of each prompt's correct letter, from `letter_probs` output (prompts, options)."""
+    return np.array([p[c.correct] for p, c in zip(probs, prompts)])
+
+
 def generate(lm: LoadedModel, question: str, edit: Edit | None = None, max_new_tokens: int = 48) -> str:
     """The model's free-form greedy answer to a plain question, under `edit`."""
     tok = lm.tokenizer

@@ -18,16 +18,11 @@ import torch
 
 from qrcore import analysis, store
 from qrcore.attribution import NeuronAttribution, clean_pass
-from qrcore.editing import BOOST, SUPPRESS, letter_probs, prefix_cache
+from qrcore.editing import BOOST, SUPPRESS, correct_probs, letter_probs, prefix_cache
 from qrcore.models import LoadedModel
 from qrcore.qrnca import METHODS
 
 EDITS = {"boost": BOOST, "suppress": SUPPRESS}
-
-
-def _correct_prob(probs: np.ndarray, correct: list[int]) -> float:
-    """Mean over templates of the correct letter's probability; probs is (templates, options)."""
-    return float(np.mean([p[c] for p, c in zip(probs, correct)]))
 
 
 def _activation(lm: LoadedModel, attr: NeuronAttribution, prompts) -> np.ndarray:
@@ -54,6 +49,11 @@ def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: in
     correct = {qid: [p.correct for p in ps] for qid, ps in prompts.items()}
     kv = {qid: prefix_cache(lm, ps) for qid, ps in prompts.items()}
     before = {qid: letter_probs(lm, ps, cache=kv[qid]) for qid, ps in prompts.items()}
+
+    def mean_correct(probs: np.ndarray, qid: str) -> float:
+        """Mean over the query's templates of the correct letter's probability."""
+        return float(correct_probs(probs, prompts[qid]).mean())
+
     control = {qid: rng.choice([c for c in chosen if group[c] != group[qid]]) for qid in chosen}
     rows, total = [], len(chosen) * len(METHODS) * len(EDITS)
     for m_i, method in enumerate(METHODS):
@@ -62,13 +62,13 @@ def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: in
             related, unrelated, flips_before, flips_after, flips_correct = [], [], [], [], []
             for i, qid in enumerate(chosen):
                 edit = {n: mult for n in neurons.get(qid, [])}
-                after = letter_probs(lm, prompts[qid], edit, kv[qid])
                 ctrl = control[qid]
-                related.append((group[qid], _correct_prob(before[qid], correct[qid]), _correct_prob(after, correct[qid])))
-                unrelated.append((_correct_prob(before[ctrl], correct[ctrl]),
-                                  _correct_prob(letter_probs(lm, prompts[ctrl], edit, kv[ctrl]), correct[ctrl])))
+                rel_after = letter_probs(lm, prompts[qid], edit, kv[qid])
+                ctrl_after = letter_probs(lm, prompts[ctrl], edit, kv[ctrl])
+                related.append((group[qid], mean_correct(before[qid], qid), mean_correct(rel_after, qid)))
+                unrelated.append((mean_correct(before[ctrl], ctrl), mean_correct(ctrl_after, ctrl)))
                 flips_before += list(before[qid])
-                flips_after += list(after)
+                flips_after += list(rel_after)
                 flips_correct += correct[qid]
                 if progress:
                     progress((m_i * len(EDITS) + e_i) * len(chosen) + i + 1, total)
