@@ -145,8 +145,21 @@ def flip_rates(before: np.ndarray, after: np.ndarray, correct: np.ndarray) -> Fl
     return FlipRates(float(lost), float(gained), n_correct, n_incorrect)
 
 
-def neuron_prediction(group_neurons: pd.DataFrame, activations: np.ndarray, truth: Sequence[str]) -> Prediction:
-    """Table 7: predict each held-out query's group as the one whose QR neurons have its highest mean activation.
+def answer_prediction(neurons: pd.DataFrame, option_activations: np.ndarray) -> int:
+    """Table 7: the option predicted from a domain's neurons, the one under which they are most active on average.
+
+    `neurons` holds the domain's neuron set (layer, neuron); `option_activations` is (options, layers, neurons),
+    the activations at the position of each option letter appended to the prompt (`evaluate.option_activations`).
+    Ties go to the first option.
+    """
+    means = option_activations[:, neurons["layer"].to_numpy(), neurons["neuron"].to_numpy()].mean(axis=1)  # (options,)
+    return int(np.argmax(means))
+
+
+def group_prediction(group_neurons: pd.DataFrame, activations: np.ndarray, truth: Sequence[str]) -> Prediction:
+    """Predict each held-out query's group as the one whose QR neurons have its highest mean activation.
+
+    Not the paper's Table 7 (that predicts answers, `answer_prediction`); a measure of how group-specific QR neurons are.
 
     `group_neurons` holds the training queries' QR neurons per group (`group_neuron_sets`: group_name, layer,
     neuron); `activations` is (queries, layers, neurons), the held-out queries' activations at the answer

@@ -1,8 +1,9 @@
 """Neuron attribution NA (paper Eq. 5): integrated gradients of the correct letter's probability with
 respect to every FFN neuron's activation f at the answer position.
 
-For template p and layer l, IG_l(f) = f * (1/m) * sum_{k=1..m} dP(alpha_k f)/df with alpha_k = k/m, where
-only f at the answer (last) position is scaled. NA = sum over templates of IG, divided by Z = max |sum|.
+For template p and layer l, IG_l(f) = f * (1/m) * sum_k dP(alpha_k f)/df over m points alpha_k of [0, 1]
+(`AttributionSettings.riemann`), where only f at the answer (last) position is scaled. This module returns each
+template's IG; `qrcore.qrnca.query_na` forms the coarse cluster and divides by Z to give NA.
 
 The fast path exploits three facts: (1) scaling f at the last position leaves every earlier position
 unchanged, so their keys and values are computed once (a prefix KV cache); (2) the m scaled copies of
@@ -33,16 +34,12 @@ Progress = Callable[[int, int], None]
 """progress(done, total) is called after each forward/backward pass."""
 
 
-def riemann_alphas(steps: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(steps,) scaling factors k/m, k = 1..m, of the Riemann sum in Eq. 5."""
-    return torch.arange(1, steps + 1, dtype=dtype, device=device) / steps
-
-
-def normalise(igs: list[np.ndarray]) -> np.ndarray:
-    """NA = sum of the templates' IG scores divided by Z = max |sum| (Eq. 5); all zeros stay zeros."""
-    total = np.sum(igs, axis=0, dtype=np.float64)  # (layers, neurons)
-    z = np.abs(total).max()
-    return (total / z if z > 0 else total).astype(np.float32)
+def riemann_alphas(settings: AttributionSettings, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(m,) scaling factors of the Riemann sum in Eq. 5: linspace(0, 1, m) (the authors' code) or k/m, k = 1..m (the text)."""
+    m = settings.steps
+    if settings.riemann == "linspace":
+        return torch.linspace(0, 1, m, dtype=dtype, device=device)
+    return torch.arange(1, m + 1, dtype=dtype, device=device) / m
 
 
 def clean_pass(model: torch.nn.Module, sites: list[FFNSite], ids: torch.Tensor, cache: DynamicCache | None = None):
@@ -135,7 +132,7 @@ class NeuronAttribution:
         return query_prompts(query, self.lm.tokenizer, self.prompt_settings, limit)
 
     def attribute(self, query: Query, progress: Progress | None = None) -> QueryAttribution:
-        """NA, answer-position activations and answer probabilities of one query (Eq. 5)."""
+        """Each template's IG (Eq. 5 before Z), answer-position activations and answer probabilities of one query."""
         start = time.perf_counter()
         prompts = self.prompts(query)
         total, done = len(prompts) * len(self.layer_chunks), 0
@@ -153,7 +150,7 @@ class NeuronAttribution:
             acts.append(f0)
             probs.append(letter_probs[prompt.correct])
             hits.append(float(np.argmax(letter_probs) == prompt.correct))
-        return QueryAttribution(query.id, normalise(igs), np.mean(acts, axis=0, dtype=np.float32),
+        return QueryAttribution(query.id, np.stack(igs), np.mean(acts, axis=0, dtype=np.float32),
                                 float(np.mean(probs)), float(np.mean(hits)), time.perf_counter() - start)
 
     def ig_prompt(self, prompt: ChoicePrompt, on_pass: Callable[[], None] = lambda: None):
@@ -164,7 +161,7 @@ class NeuronAttribution:
         kv = prefix_kv(model, ids[:, :-1])
         out, f0, h0 = clean_pass(model, self.sites, ids[:, -1:], cache=DynamicCache(kv))  # (layers, neurons|hidden)
         letter_probs = out.logits[0, -1].float().softmax(-1)[list(prompt.letter_ids)]  # (options,)
-        alphas = riemann_alphas(steps, f0.dtype, f0.device)  # (m,)
+        alphas = riemann_alphas(self.settings, f0.dtype, f0.device)  # (m,)
         ig = torch.zeros_like(f0, dtype=torch.float32)  # (layers, neurons)
         for chunk in self.layer_chunks:
             a, n = chunk.start, len(chunk) * steps

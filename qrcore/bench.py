@@ -42,7 +42,7 @@ def bench_attribution(lm: LoadedModel, n_queries: int = 2, oracle_prompts: int =
     slow, errors = [], []
     for p, ig in zip(prompts[:oracle_prompts], fast_ig):
         t = time.perf_counter()
-        ref = ig_prompt_oracle(lm, p, steps)
+        ref = ig_prompt_oracle(lm, p, attr.settings)
         slow.append(time.perf_counter() - t)
         errors.append(float(np.abs(ig - ref).max() / np.abs(ref).max()))
     slow_mem = peak_memory_mib(lm.device)

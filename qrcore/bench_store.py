@@ -41,7 +41,7 @@ def build_synthetic_store(path: str | os.PathLike, n_queries: int = 10_000, n_la
     q_idx = np.nonzero(keep)[0]  # (kept,)
     sparse = pd.DataFrame({"query_id": ids[q_idx], "layer": (flat[keep] // n_neurons).astype(np.int16),
                            "neuron": (flat[keep] % n_neurons).astype(np.int32), "na": na[keep],
-                           "in_cluster": (na > s.qrnca.t * top_value)[keep]})
+                           "in_cluster": (na > s.qrnca.t * top_value)[keep], "ig": None})
     top = sparse.groupby("query_id", sort=False).head(store.TOP_ACTIVATIONS)[["query_id", "layer", "neuron", "na"]]
     top = top.rename(columns={"na": "activation"}).assign(activation=lambda d: d["activation"] * 3.0)
     results = pd.DataFrame({"query_id": ids, "correct_prob": rng.uniform(0.2, 1.0, n_queries),

@@ -29,22 +29,21 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from qrcore.attribution import NeuronAttribution
+    from qrcore.qrnca import query_na
     from qrcore.queries import make_query
-    from qrcore.settings import AttributionSettings, PromptSettings
     from qrcore.topk import top_neurons
 
     query = make_query(args.question, args.option, args.answer)
-    if args.steps < 1 or args.templates < 1:
-        raise QRNError("--steps and --templates must be at least 1.")
+    settings = _settings(args)
     lm = _load(args)
-    attr = NeuronAttribution(lm, AttributionSettings(steps=args.steps), PromptSettings(templates=args.templates))
+    attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
     prompts = attr.prompts(query)
     with tqdm(total=len(prompts) * len(attr.layer_chunks), desc="attribution", unit="pass", disable=args.json) as bar:
         result = attr.attribute(query, lambda done, total: bar.update(done - bar.n))
     from qrcore.editing import letter_probs
 
     probs = letter_probs(lm, prompts[:1])[0]
-    top = top_neurons(result.na, args.top)
+    top = top_neurons(query_na(result.ig, settings.qrnca).na, args.top)
     if args.json:
         print(json.dumps({"options": list(prompts[0].options), "letters": list(prompts[0].letters),
                           "probs": probs.round(6).tolist(), "correct": prompts[0].correct,
@@ -70,13 +69,11 @@ def cmd_bench_attribution(args: argparse.Namespace) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    """RunSettings from the --templates/--seed/--steps/--t/--u/--v arguments."""
+    """RunSettings from the `_run_args` arguments; the settings dataclasses check the values (QRNError)."""
     from qrcore.settings import AttributionSettings, PromptSettings, QRNCASettings, RunSettings
 
-    if args.steps < 1 or args.templates < 1 or args.v < 1 or not (0 < args.t < 1 and 0 < args.u <= 1):
-        raise QRNError("settings out of range: need --steps, --templates, --v >= 1, 0 < --t < 1 and 0 < --u <= 1.")
-    return RunSettings(PromptSettings(args.templates, args.seed), AttributionSettings(args.steps),
-                       QRNCASettings(t=args.t, u=args.u, v=args.v))
+    return RunSettings(PromptSettings(args.templates, args.seed), AttributionSettings(args.steps, args.riemann),
+                       QRNCASettings(t=args.t, u=args.u, v=args.v, cluster=args.cluster, z=args.z))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -231,13 +228,21 @@ def cmd_explore(args: argparse.Namespace) -> None:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    """Settings of a run: prompts, attribution, QRNCA (all part of the cache key)."""
+    """Settings of a run: prompts, attribution, QRNCA (all part of the cache key); defaults from qrcore.settings."""
+    from qrcore.settings import CLUSTERS, NORMALISERS, RIEMANN, AttributionSettings, QRNCASettings
+
+    a, q = AttributionSettings(), QRNCASettings()
     p.add_argument("--templates", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="option shuffling and sampling seed")
-    p.add_argument("--steps", type=int, default=16, help="Riemann steps m (Eq. 5)")
-    p.add_argument("--t", type=float, default=0.2, help="coarse cluster threshold (Sec. 4.3)")
-    p.add_argument("--u", type=float, default=0.3, help="common-neuron threshold (Sec. 4.4)")
-    p.add_argument("--v", type=int, default=20, help="top-v before removing common neurons (Sec. 4.5)")
+    p.add_argument("--steps", type=int, default=a.steps, help="Riemann steps m (Eq. 5)")
+    p.add_argument("--riemann", choices=RIEMANN, default=a.riemann,
+                   help="Riemann points: linspace(0, 1, m) as in the authors' code, or k/m, k = 1..m, as in the text")
+    p.add_argument("--t", type=float, default=q.t, help="coarse cluster threshold (Sec. 4.3)")
+    p.add_argument("--cluster", choices=CLUSTERS, default=q.cluster,
+                   help="threshold each template and unite (the authors' code) or threshold the templates' sum")
+    p.add_argument("--z", choices=NORMALISERS, default=q.z, help="Z of Eq. 5 (see the README)")
+    p.add_argument("--u", type=float, default=q.u, help="common-neuron threshold (Sec. 4.4)")
+    p.add_argument("--v", type=int, default=q.v, help="top-v before removing common neurons (Sec. 4.5)")
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
@@ -254,9 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", required=True)
     p.add_argument("--option", action="append", default=[], help="an answer option (repeat for each)")
     p.add_argument("--answer", required=True, help="the correct option, as written in --option")
-    p.add_argument("--steps", type=int, default=16, help="Riemann steps m (Eq. 5)")
-    p.add_argument("--templates", type=int, default=3)
     p.add_argument("--top", type=int, default=20)
+    _run_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _model_args(p)
     p.set_defaults(func=cmd_attribute)

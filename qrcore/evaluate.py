@@ -4,7 +4,12 @@
   correct letter's probability for the query itself (related) and for a query of another group (unrelated);
   PCR = |related| / |unrelated| per method and group.
 - Table 6: flip rates of the predicted option under the same edits.
-- Table 7: neuron-based prediction of held-out queries' groups from the other queries' QR neurons.
+- Table 7: neuron-based answer prediction. Every fifth evaluated query of each group is held out; its group's neuron
+  set is the union of the QR neurons of the group's other queries; each option letter is appended to the prompt, and
+  the predicted option is the one under which that set is most active. Reported beside the model's own prompt-based
+  accuracy on the same held-out queries and chance.
+- Group prediction (ours, not in the paper): the held-out query's group is predicted as the group whose neuron set
+  is most active at the answer position.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+from transformers import DynamicCache
 
 from qrcore import analysis, store
-from qrcore.attribution import NeuronAttribution, clean_pass
+from qrcore.attribution import NeuronAttribution, clean_pass, packed_mask, prefix_kv
 from qrcore.editing import BOOST, SUPPRESS, correct_probs, letter_probs, prefix_cache
+from qrcore.ffn import FFNSite, patch_ffn
 from qrcore.models import LoadedModel
+from qrcore.prompts import ChoicePrompt
 from qrcore.qrnca import METHODS
 
 EDITS = {"boost": BOOST, "suppress": SUPPRESS}
@@ -31,9 +39,34 @@ def _activation(lm: LoadedModel, attr: NeuronAttribution, prompts) -> np.ndarray
                     for p in prompts], axis=0)
 
 
-def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: int | None = 10, seed: int = 0,
+def option_activations(lm: LoadedModel, sites: list[FFNSite], prompt: ChoicePrompt) -> np.ndarray:
+    """(options, layers, neurons) f at the position of each option letter appended to the prompt (Table 7).
+
+    The prompt's keys and values are computed once; the letters go through together as packed rows that each see
+    the prompt and themselves, all at position T. `qrcore.oracle.option_activations_oracle` is the plain version.
+    """
+    model = lm.model
+    ids = torch.tensor([prompt.input_ids], device=lm.device)  # (1, T)
+    length = ids.shape[1]
+    letters = torch.tensor([prompt.letter_ids], device=lm.device)  # (1, options)
+    n = letters.shape[1]
+    recorded: dict[int, torch.Tensor] = {}
+
+    def record(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, options, neurons)
+        recorded[layer] = f[0].detach()
+        return f
+
+    kv = prefix_kv(model, ids)
+    with torch.no_grad(), patch_ffn(model, record, sites=sites):
+        model(letters, position_ids=torch.full((1, n), length, device=lm.device),
+              attention_mask=packed_mask(model.config, [length], [0] * n, model.dtype, lm.device),
+              past_key_values=DynamicCache(kv), use_cache=True)
+    return torch.stack([recorded[s.layer] for s in sites], dim=1).float().cpu().numpy()  # (options, layers, neurons)
+
+
+def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: int | None = None, seed: int = 0,
                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """Run Tables 4, 6 and 7 on up to per_group queries of each group; store and return the numbers."""
+    """Run Tables 4, 6 and 7 on every query of the run (or up to per_group of each group); store and return them."""
     with store.connect(db, read_only=True) as con:
         info = store.run_info(con, run)
         queries = {q.id: q for q in store.load_queries(con, store.run_dataset_id(con, info.run_id))}
@@ -83,7 +116,9 @@ def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: in
             flips = analysis.flip_rates(np.array(flips_before), np.array(flips_after), np.array(flips_correct))
             rows += [(method, kind, "all", "correct_to_incorrect", flips.correct_to_incorrect),
                      (method, kind, "all", "incorrect_to_correct", flips.incorrect_to_correct)]
-    rows += _prediction_rows(lm, attr, chosen, prompts, group, qr)
+    held = [qid for g in sorted(set(group.values())) for qid in [c for c in chosen if group[c] == g][::5]]
+    rows += _group_prediction_rows(lm, attr, held, prompts, group, qr)
+    rows += _answer_prediction_rows(lm, attr, held, prompts, before, group, qr)
     frame = pd.DataFrame(rows, columns=["method", "evaluation", "group_name", "metric", "value"])
     with store.connect(db) as con:
         for (method, evaluation), part in frame.groupby(["method", "evaluation"]):
@@ -91,14 +126,36 @@ def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: in
     return frame
 
 
-def _prediction_rows(lm, attr, chosen, prompts, group, qr) -> list[tuple]:
-    """Table 7: every 5th chosen query is held out; the others' QR neurons define each group's neuron set."""
-    held = chosen[::5]
-    acts = np.stack([_activation(lm, attr, prompts[qid]) for qid in held])  # (held, layers, neurons)
+def _training_sets(qr: pd.DataFrame, group: dict[str, str], held: list[str]) -> pd.DataFrame:
+    """Each group's neuron set (group_name, layer, neuron): the QR neurons of its queries that are not held out."""
     train = {qid: g for qid, g in group.items() if qid not in set(held)}
+    return analysis.group_neuron_sets(qr[qr["query_id"].isin(train)], train)
+
+
+def _group_prediction_rows(lm, attr, held, prompts, group, qr) -> list[tuple]:
+    """Group prediction: each held-out query's group from its answer-position activations."""
+    acts = np.stack([_activation(lm, attr, prompts[qid]) for qid in held])  # (held, layers, neurons)
+    return [(method, "group_prediction", "all", "accuracy",
+             analysis.group_prediction(_training_sets(qr[method], group, held), acts, [group[q] for q in held]).accuracy)
+            for method in METHODS]
+
+
+def _answer_prediction_rows(lm, attr, held, prompts, before, group, qr) -> list[tuple]:
+    """Table 7: per method and group, neuron-based answer accuracy beside prompt-based accuracy and chance."""
+    sets = {m: dict(tuple(_training_sets(qr[m], group, held).groupby("group_name"))) for m in METHODS}
+    hits = []  # (group, method, neuron-based right, prompt-based right, chance) per held-out template
+    for qid in held:
+        for prompt, probs in zip(prompts[qid], before[qid]):
+            acts = option_activations(lm, attr.sites, prompt)  # (options, layers, neurons)
+            prompt_right = float(np.nanargmax(probs) == prompt.correct)
+            for method in METHODS:
+                neurons = sets[method].get(group[qid])
+                right = np.nan if neurons is None else float(analysis.answer_prediction(neurons, acts) == prompt.correct)
+                hits.append((group[qid], method, right, prompt_right, 1 / len(prompt.options)))
+    frame = pd.DataFrame(hits, columns=["group_name", "method", "accuracy", "prompt_accuracy", "chance"])
     rows = []
-    for method in METHODS:
-        sets = analysis.group_neuron_sets(qr[method][qr[method]["query_id"].isin(train)], train)
-        result = analysis.neuron_prediction(sets, acts, [group[q] for q in held])
-        rows.append((method, "prediction", "all", "accuracy", result.accuracy))
+    for (g, method), part in [*frame.groupby(["group_name", "method"]),
+                              *((("all", m), p) for m, p in frame.groupby("method"))]:
+        rows += [(method, "answer_prediction", g, metric, float(part[metric].mean()))
+                 for metric in ("accuracy", "prompt_accuracy", "chance")]
     return rows

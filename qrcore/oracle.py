@@ -1,6 +1,9 @@
-"""The textbook integrated-gradients neuron attribution (Dai et al.; the paper's released code), kept as the
-oracle for the fast path in `qrcore.attribution`: per layer, a full-sequence forward and backward of m
-scaled copies, the activation replaced at the last position. Slow and obviously right.
+"""Slow, obviously right versions of the engine's fast paths, kept as their oracles.
+
+- `ig_prompt_oracle`: the textbook integrated-gradients neuron attribution (Dai et al.; the paper's released code)
+  for `qrcore.attribution`: per layer, a full-sequence forward and backward of m scaled copies, the activation
+  replaced at the last position.
+- `option_activations_oracle`: for `qrcore.evaluate.option_activations`, one full forward per option letter.
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ from qrcore.attribution import clean_pass, riemann_alphas
 from qrcore.ffn import ffn_sites, patch_ffn
 from qrcore.models import LoadedModel
 from qrcore.prompts import ChoicePrompt
+from qrcore.settings import AttributionSettings
 
 
-def ig_prompt_oracle(lm: LoadedModel, prompt: ChoicePrompt, steps: int, layers: list[int] | None = None) -> np.ndarray:
+def ig_prompt_oracle(lm: LoadedModel, prompt: ChoicePrompt, settings: AttributionSettings,
+                     layers: list[int] | None = None) -> np.ndarray:
     """Raw IG (layers, neurons) of one prompt, layer by layer with full sequences (Eq. 5); rows not in `layers` stay 0."""
     model = lm.model
     sites = ffn_sites(model)
     ids = torch.tensor([prompt.input_ids], device=lm.device)  # (1, T)
     _, f0, _ = clean_pass(model, sites, ids)  # (layers, neurons)
-    alphas = riemann_alphas(steps, f0.dtype, f0.device)  # (m,)
+    steps = settings.steps
+    alphas = riemann_alphas(settings, f0.dtype, f0.device)  # (m,)
     ig = np.zeros(f0.shape, dtype=np.float32)
     for layer in range(len(sites)) if layers is None else layers:
         x = (alphas[:, None] * f0[layer]).requires_grad_()  # (m, neurons)
@@ -34,3 +40,13 @@ def ig_prompt_oracle(lm: LoadedModel, prompt: ChoicePrompt, steps: int, layers: 
         (grad,) = torch.autograd.grad(p, x)  # (m, neurons)
         ig[layer] = (f0[layer] * grad.mean(0)).float().cpu().numpy()
     return ig
+
+
+def option_activations_oracle(lm: LoadedModel, prompt: ChoicePrompt) -> np.ndarray:
+    """(options, layers, neurons) f at the last position of prompt + letter, one full forward per option letter."""
+    sites = ffn_sites(lm.model)
+    rows = []
+    for letter in prompt.letter_ids:
+        ids = torch.tensor([[*prompt.input_ids, letter]], device=lm.device)  # (1, T + 1)
+        rows.append(clean_pass(lm.model, sites, ids)[1].float().cpu().numpy())  # (layers, neurons)
+    return np.stack(rows)

@@ -2,8 +2,9 @@
 
 The input of everything after `sparsify` is a long table with one row per stored (query, neuron):
 columns query_id (str), layer (int), neuron (int), na (float) and in_cluster (bool, the row belongs to
-the query's coarse cluster). Each query's coarse cluster is one cluster C; |C| is the number of queries
-of the run, passed explicitly because a query whose NA is nowhere positive has an empty cluster and no rows.
+the query's coarse cluster); `sparsify` also gives ig, the templates' raw IG scores. Each query's coarse
+cluster is one cluster C; |C| is the number of queries of the run, passed explicitly because a query whose
+NA is nowhere positive has an empty cluster and no rows.
 
 Selection follows the paper and the authors' released code (github.com/tigerchen52/qrneuron):
 among a query's cluster neurons with NAICA > 0, take the top-v by NAICA, then drop the common neurons.
@@ -13,6 +14,7 @@ Ties are broken by (layer, neuron) so every result is deterministic.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 import zlib
 
 import numpy as np
@@ -36,22 +38,59 @@ REASONS = {
 """Why a stored neuron of a query is or is not one of its QR neurons, in the order the checks apply."""
 
 
-def coarse_cluster(na: np.ndarray, t: float) -> np.ndarray:
-    """Coarse cluster of one query (Sec. 4.3): the neurons whose NA exceeds t times the query's maximum NA."""
-    return na > t * na.max()  # (layers, neurons) bool
+@dataclass(frozen=True)
+class QueryNA:
+    """One query's NA (Eq. 5) and coarse cluster (Sec. 4.3) under a run's QRNCA settings."""
+
+    na: np.ndarray
+    """float32 (layers, neurons): the score divided by Z; a cluster neuron's score sums its above-threshold templates
+    (all templates with cluster="sum"), any other neuron's score sums all templates."""
+    in_cluster: np.ndarray
+    """bool (layers, neurons): the coarse cluster."""
+    above: np.ndarray
+    """bool (templates, layers, neurons): template p's IG exceeds t times that template's maximum."""
+
+
+def query_na(ig: np.ndarray, s: QRNCASettings) -> QueryNA:
+    """NA and coarse cluster of one query from its templates' IG (templates, layers, neurons) (Eq. 5, Sec. 4.3).
+
+    cluster="template" (the authors' code): each template is thresholded at t x its maximum, the cluster is the union,
+    and a cluster neuron's score is the sum of its above-threshold template scores. cluster="sum" (the text, read
+    literally): the templates are summed first and the sum is thresholded. Z is the sum of the cluster's scores
+    ("cluster_sum", the code), the sum of all neurons' summed scores ("all_sum", the text) or the largest absolute
+    score ("max_abs"); NA is 0 everywhere when Z <= 0, as in the code.
+    """
+    above = ig > s.t * ig.max(axis=(1, 2), keepdims=True)  # (templates, layers, neurons), compared in ig's dtype
+    total = ig.sum(axis=0, dtype=np.float64)  # (layers, neurons)
+    if s.cluster == "template":
+        in_cluster = above.any(axis=0)  # (layers, neurons)
+        score = np.where(in_cluster, (ig * above).sum(axis=0, dtype=np.float64), total)  # (layers, neurons)
+    else:
+        in_cluster = total > s.t * total.max()  # (layers, neurons)
+        score = total
+    z = {"cluster_sum": score[in_cluster].sum(), "all_sum": total.sum(), "max_abs": np.abs(score).max()}[s.z]
+    na = score / z if z > 0 else np.zeros_like(score)  # (layers, neurons)
+    return QueryNA(na.astype(np.float32), in_cluster, above)
 
 
 def sparsify(attr: QueryAttribution, s: QRNCASettings) -> pd.DataFrame:
-    """Rows kept in the store for one query: its coarse cluster plus every neuron with NA above floor x max NA."""
-    in_cluster = coarse_cluster(attr.na, s.t)  # (layers, neurons)
-    keep = in_cluster | (attr.na > s.floor * attr.na.max())  # (layers, neurons)
+    """Rows kept in the store for one query: its coarse cluster plus every neuron above floor x a template's maximum.
+
+    Each row keeps the templates' raw IG (a list), so clusters at other thresholds down to the floor can be redone.
+    """
+    q = query_na(attr.ig, s)
+    ig = attr.ig  # (templates, layers, neurons)
+    total = ig.sum(axis=0)  # (layers, neurons)
+    keep = (q.in_cluster | (ig > s.floor * ig.max(axis=(1, 2), keepdims=True)).any(axis=0)
+            | (total > s.floor * total.max()))  # (layers, neurons)
     layer, neuron = np.nonzero(keep)  # (rows,) each, row-major order
     return pd.DataFrame({
         "query_id": attr.query_id,
         "layer": layer.astype(np.int16),
         "neuron": neuron.astype(np.int32),
-        "na": attr.na[keep].astype(np.float32),
-        "in_cluster": in_cluster[keep],
+        "na": q.na[keep],
+        "in_cluster": q.in_cluster[keep],
+        "ig": list(ig[:, layer, neuron].T.astype(np.float32)),
     })
 
 

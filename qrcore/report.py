@@ -1,4 +1,4 @@
-"""`qrn report`: a run's tables (PCR, flip rates, neuron-based prediction) as Markdown and CSV files."""
+"""`qrn report`: a run's tables (PCR, flip rates, answer and group prediction) as Markdown and CSV files."""
 
 from __future__ import annotations
 
@@ -35,6 +35,17 @@ def metric_table(evals: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return part.pivot_table(index=["method", "evaluation"], columns="metric", values="value", sort=False).reset_index()
 
 
+def answer_prediction_table(evals: pd.DataFrame) -> pd.DataFrame:
+    """Table 7: rows the methods' neuron-based accuracy, then prompt-based accuracy and chance; columns the groups."""
+    part = evals[evals["evaluation"] == "answer_prediction"]
+    reference = part[part["method"] == METHODS[0]]
+    rows = pd.concat([part[part["metric"] == "accuracy"],
+                      reference[reference["metric"] != "accuracy"].assign(method=lambda d: d["metric"])])
+    order = [m for m in (*METHODS, "prompt_accuracy", "chance") if m in set(rows["method"])]
+    table = rows.pivot_table(index="method", columns="group_name", values="value", sort=False)
+    return table.reindex(order).reset_index()
+
+
 def write_report(run: str, db: str | None, out: str) -> list[Path]:
     """Write report.md and one CSV per table under out/<run name>/; returns the paths."""
     with store.connect(db, read_only=True) as con:
@@ -46,7 +57,8 @@ def write_report(run: str, db: str | None, out: str) -> list[Path]:
         "pcr": pcr_table(evals),
         "changes": metric_table(evals, ["related_change", "unrelated_change"]),
         "flips": metric_table(evals, ["correct_to_incorrect", "incorrect_to_correct"]),
-        "prediction": metric_table(evals, ["accuracy"]),
+        "answer_prediction": answer_prediction_table(evals),
+        "group_prediction": metric_table(evals[evals["evaluation"] == "group_prediction"], ["accuracy"]),
     }
     paths = []
     text = [f"# Run {info.name}", ""]

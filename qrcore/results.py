@@ -9,11 +9,13 @@ import numpy as np
 
 @dataclass(frozen=True)
 class QueryAttribution:
-    """Neuron attribution of one query, summed over its prompt templates (paper Eq. 5)."""
+    """Neuron attribution of one query: its prompt templates' IG scores and what the model answered (paper Eq. 5)."""
 
     query_id: str
-    na: np.ndarray
-    """float32 (layers, neurons): NA, the IG scores summed over templates and divided by Z = max |score|."""
+    ig: np.ndarray
+    """float32 (templates, layers, neurons): each template's IG scores (Eq. 5 before summation and Z).
+
+    `qrcore.qrnca.query_na` turns them into NA and the coarse cluster under a run's QRNCA settings."""
     activation: np.ndarray
     """float32 (layers, neurons): the attributed activation f at the answer position, mean over templates."""
     correct_prob: float

@@ -36,7 +36,7 @@ KEY = ("model", "dataset", "settings", "code_version")
 RESULT = ("query_id", "correct_prob", "accuracy", "seconds")
 META = b"qrn"
 """Parquet metadata entry of a shard: JSON of its KEY and RESULT fields."""
-COLUMNS = ["kind", "layer", "neuron", "value", "in_cluster"]
+COLUMNS = ["kind", "layer", "neuron", "value", "in_cluster", "ig"]
 
 
 def default_root() -> Path:
@@ -97,7 +97,8 @@ def read_manifest(folder: Path) -> dict:
 def write_shard(folder: Path, rank: int, key: dict, attr: QueryAttribution, settings: QRNCASettings) -> Path:
     """Write one query's sparse attributions (`qrnca.sparsify`) and top activations as rank's shard, atomically."""
     sparse = qrnca.sparsify(attr, settings).rename(columns={"na": "value"}).assign(kind="sparse")
-    top = store.top_activations(attr).rename(columns={"activation": "value"}).assign(kind="top", in_cluster=False)
+    top = store.top_activations(attr).rename(columns={"activation": "value"}).assign(kind="top", in_cluster=False,
+                                                                                   ig=None)
     meta = {**key, **{k: getattr(attr, k) for k in RESULT}}
     table = pa.Table.from_pandas(pd.concat([sparse, top])[COLUMNS], preserve_index=False)
     path = Path(folder) / f"rank-{rank}" / f"{quote(attr.query_id, safe='')}.parquet"
@@ -127,7 +128,7 @@ def read_shards(folder: Path, manifest: dict, paths: list[Path]) -> tuple[pd.Dat
     long = pd.concat(rows, ignore_index=True)
     sparse = long[long["kind"] == "sparse"].rename(columns={"value": "na"})
     top = long[long["kind"] == "top"].rename(columns={"value": "activation"})
-    return (pd.DataFrame(results), sparse[["query_id", "layer", "neuron", "na", "in_cluster"]],
+    return (pd.DataFrame(results), sparse[["query_id", "layer", "neuron", "na", "in_cluster", "ig"]],
             top[["query_id", "layer", "neuron", "activation"]])
 
 

@@ -41,7 +41,7 @@ from qrcore.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import QRNCASettings, RunSettings
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CODE_VERSION = f"{__version__}+schema{SCHEMA_VERSION}"
 """Part of every run id: results computed by another code or schema version are never mixed in."""
 APP = "qr-neuron-explorer"
@@ -83,7 +83,7 @@ SCHEMA_V1 = [
     # query_results: a row means the query is done (written with its attributions in one transaction).
     """CREATE TABLE query_results (run_id VARCHAR NOT NULL, query_id VARCHAR NOT NULL, correct_prob DOUBLE NOT NULL,
         accuracy DOUBLE NOT NULL, seconds DOUBLE NOT NULL, PRIMARY KEY (run_id, query_id))""",
-    # attributions: sparse NA per query, its coarse cluster plus NA above floor x max (qrnca.sparsify).
+    # attributions: sparse NA per query, its coarse cluster plus the neurons above the storage floor (qrnca.sparsify).
     """CREATE TABLE attributions (run_id VARCHAR NOT NULL, query_id VARCHAR NOT NULL, layer SMALLINT NOT NULL,
         neuron INTEGER NOT NULL, na REAL NOT NULL, in_cluster BOOLEAN NOT NULL)""",
     # top_activations: the TOP_ACTIVATIONS highest activations per query, for the activation baseline.
@@ -103,7 +103,12 @@ SCHEMA_V1 = [
         group_name VARCHAR NOT NULL, metric VARCHAR NOT NULL, value DOUBLE)""",
 ]
 
-MIGRATIONS: dict[int, list[str]] = {0: SCHEMA_V1}
+SCHEMA_V2 = [
+    # attributions.ig: the templates' raw IG scores of the row's neuron (NULL in runs stored before version 2).
+    "ALTER TABLE attributions ADD COLUMN ig FLOAT[]",
+]
+
+MIGRATIONS: dict[int, list[str]] = {0: SCHEMA_V1, 1: SCHEMA_V2}
 """Statements that take a store from version k to k + 1; version 0 is a new or empty store."""
 
 INSERT_MODEL = "INSERT OR IGNORE INTO models (model_id, name, architecture, n_layers, n_neurons, config_json) VALUES (?, ?, ?, ?, ?, ?)"
@@ -126,8 +131,9 @@ EXPORT_SELECT = {
     "queries": f"SELECT * FROM queries WHERE dataset_id IN (SELECT dataset_id FROM runs WHERE run_id IN {_IN_RUNS})",
     **{t: f"SELECT * FROM {t} WHERE run_id IN {_IN_RUNS}" for t in EXPORT_TABLES[3:]},
 }
-IMPORT_TABLE = {t: f"INSERT OR IGNORE INTO {t} SELECT * FROM read_parquet(?)" for t in EXPORT_TABLES[:4]} | {
-    t: f"INSERT INTO {t} SELECT * FROM read_parquet(?)" for t in EXPORT_TABLES[4:]}
+IMPORT_TABLE = {t: f"INSERT OR IGNORE INTO {t} BY NAME SELECT * FROM read_parquet(?)" for t in EXPORT_TABLES[:4]} | {
+    t: f"INSERT INTO {t} BY NAME SELECT * FROM read_parquet(?)" for t in EXPORT_TABLES[4:]}
+"""By column name, so exports of older schema versions (fewer columns) load too."""
 COUNT_RUNS = f"SELECT count(*) FROM runs WHERE run_id IN {_IN_RUNS}"
 RUN_NAME_BY_ID = "SELECT name FROM runs WHERE run_id = ?"
 INSERT_RUN = "INSERT INTO runs (run_id, name, model_id, dataset_id, settings_json, code_version, status) VALUES (?, ?, ?, ?, ?, ?, 'running')"
@@ -137,7 +143,7 @@ ALL_RUN_NAMES = "SELECT name FROM runs ORDER BY name"
 DONE_QUERIES = "SELECT query_id FROM query_results WHERE run_id = ?"
 DELETE_QUERY_ROWS = [f"DELETE FROM {table} WHERE run_id = ? AND query_id IN (SELECT query_id FROM {FRAME})"
                      for table in ("query_results", "attributions", "top_activations")]
-INSERT_ATTRIBUTIONS = f"INSERT INTO attributions SELECT ?, query_id, layer, neuron, na, in_cluster FROM {FRAME}"
+INSERT_ATTRIBUTIONS = f"INSERT INTO attributions SELECT ?, query_id, layer, neuron, na, in_cluster, ig FROM {FRAME}"
 INSERT_TOP = f"INSERT INTO top_activations SELECT ?, query_id, layer, neuron, activation FROM {FRAME}"
 INSERT_RESULTS = f"INSERT INTO query_results SELECT ?, query_id, correct_prob, accuracy, seconds FROM {FRAME}"
 MARK_RUNNING = "UPDATE runs SET status = 'running', finished = NULL WHERE run_id = ? AND status <> 'running'"
@@ -163,7 +169,7 @@ HEATMAP_GROUPS = "SELECT DISTINCT group_name FROM heatmaps WHERE run_id = ? ORDE
 SELECT_QR = "SELECT query_id, rank, layer, neuron, score FROM qr_neurons WHERE run_id = ? AND method = ? ORDER BY query_id, rank"
 SELECT_QR_QUERY = "SELECT query_id, rank, layer, neuron, score FROM qr_neurons WHERE run_id = ? AND method = ? AND query_id = ? ORDER BY rank"
 SELECT_COMMON = "SELECT layer, neuron, n_clusters FROM neuron_stats WHERE run_id = ? AND is_common"
-QUERY_ATTRIBUTIONS = "SELECT query_id, layer, neuron, na, in_cluster FROM attributions WHERE run_id = ? AND query_id = ?"
+QUERY_ATTRIBUTIONS = "SELECT query_id, layer, neuron, na, in_cluster, ig FROM attributions WHERE run_id = ? AND query_id = ?"
 QUERY_STATS = """SELECT s.layer, s.neuron, s.n_clusters, s.ica, s.is_common FROM neuron_stats s
     JOIN attributions a ON a.run_id = s.run_id AND a.layer = s.layer AND a.neuron = s.neuron
     WHERE a.run_id = ? AND a.query_id = ?"""

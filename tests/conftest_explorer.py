@@ -33,7 +33,7 @@ QUERIES = [
 
 
 def synthetic_attribution(query: Query, shape: tuple[int, int], rng: np.random.Generator) -> QueryAttribution:
-    """NA with a few strong neurons shared within the query's group, a couple shared by all, and noise."""
+    """One template's IG with a few strong neurons shared within the query's group, a couple shared by all, and noise."""
     na = rng.normal(0.0, 0.05, shape).astype(np.float32)  # (layers, neurons)
     band = 0 if query.group == "science" else 2
     for layer, neuron in zip(band + rng.integers(0, 2, 8), rng.integers(0, 24, 8)):
@@ -41,7 +41,7 @@ def synthetic_attribution(query: Query, shape: tuple[int, int], rng: np.random.G
     na[1, 50] += 0.6  # common to every query
     na[3, 7] += 0.5
     na /= np.abs(na).max()
-    return QueryAttribution(query.id, na, rng.uniform(0.0, 2.0, shape).astype(np.float32), 0.3, 1.0, 0.1)
+    return QueryAttribution(query.id, na[None], rng.uniform(0.0, 2.0, shape).astype(np.float32), 0.3, 1.0, 0.1)
 
 
 def seed_store(path: Path, lm: LoadedModel) -> str:
@@ -71,7 +71,10 @@ def synthetic_evaluations(rng: np.random.Generator) -> dict[str, pd.DataFrame]:
         rows = [(g, m, rng.uniform(1.0, 5.0)) for g in groups for m in ("pcr", "related_change", "unrelated_change")]
         rows += [("all", m, rng.uniform(0.0, 0.5)) for m in ("correct_to_incorrect", "incorrect_to_correct")]
         out[evaluation] = pd.DataFrame(rows, columns=["group_name", "metric", "value"])
-    out["prediction"] = pd.DataFrame({"group_name": ["all"], "metric": ["accuracy"], "value": [rng.uniform(0.3, 1)]})
+    out["answer_prediction"] = pd.DataFrame(
+        [(g, m, rng.uniform(0.25, 1)) for g in groups for m in ("accuracy", "prompt_accuracy", "chance")],
+        columns=["group_name", "metric", "value"])
+    out["group_prediction"] = pd.DataFrame({"group_name": ["all"], "metric": ["accuracy"], "value": [rng.uniform(0.3, 1)]})
     return out
 
 

@@ -84,13 +84,22 @@ def test_flip_rates_nan_without_queries_in_a_starting_state():
     assert rates.correct_to_incorrect == 1.0 and np.isnan(rates.incorrect_to_correct)
 
 
-def test_neuron_prediction_picks_group_with_highest_mean_activation():
+def test_answer_prediction_picks_the_option_under_which_the_domain_neurons_are_most_active():
+    neurons = pd.DataFrame({"layer": [0, 1], "neuron": [2, 0]})
+    acts = np.zeros((3, 2, 3))  # (options, layers, neurons)
+    acts[0, 0, 2], acts[0, 1, 0] = 1.0, 1.0  # mean 1.0
+    acts[1, 0, 2], acts[1, 1, 0], acts[1, 1, 1] = 3.0, 0.0, 9.0  # mean 1.5; neuron (1, 1) is not the domain's
+    acts[2, 0, 2], acts[2, 1, 0] = -1.0, 2.5  # mean 0.75
+    assert analysis.answer_prediction(neurons, acts) == 1
+
+
+def test_group_prediction_picks_group_with_highest_mean_activation():
     neurons = pd.DataFrame({"group_name": ["g1", "g2", "g2"], "layer": [0, 1, 1], "neuron": [0, 1, 2]})
     acts = np.zeros((3, 2, 3))
     acts[0, 0, 0], acts[0, 1, 1], acts[0, 1, 2] = 5, 1, 1  # g1 5 > g2 1
     acts[1, 0, 0], acts[1, 1, 1], acts[1, 1, 2] = 0, 2, 4  # g2 3
     acts[2, 0, 0], acts[2, 1, 1], acts[2, 1, 2] = 3, 4, 4  # g2 4 > g1 3
-    pred = analysis.neuron_prediction(neurons, acts, ["g1", "g2", "g1"])
+    pred = analysis.group_prediction(neurons, acts, ["g1", "g2", "g1"])
     assert pred.predicted == ("g1", "g2", "g2")
     assert pred.accuracy == pytest.approx(2 / 3)
 

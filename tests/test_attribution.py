@@ -1,11 +1,13 @@
-"""The fast IG path agrees with the oracle, satisfies completeness, and NA is normalised (Eq. 5)."""
+"""The fast IG path agrees with the oracle for both Riemann point sets and satisfies completeness (Eq. 5)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from qrcore.attribution import NeuronAttribution, normalise
+import torch
+
+from qrcore.attribution import NeuronAttribution, riemann_alphas
 from qrcore.editing import letter_probs
 from qrcore.oracle import ig_prompt_oracle
 from qrcore.queries import make_query
@@ -26,10 +28,29 @@ def test_fast_path_matches_oracle(tiny, arch, max_copies):
     attr = NeuronAttribution(lm, max_copies=max_copies)
     prompt = attr.prompts(QUERY)[1]
     fast, f0, probs = attr.ig_prompt(prompt)
-    ref = ig_prompt_oracle(lm, prompt, 16)
+    ref = ig_prompt_oracle(lm, prompt, attr.settings)
     assert np.abs(ref).max() > 0
     assert agreement(fast, ref) < 1e-4
     assert np.allclose(probs, letter_probs(lm, [prompt])[0], atol=1e-6)
+
+
+def test_riemann_points_are_the_codes_linspace_or_the_texts_right_sums():
+    def points(riemann: str) -> list[float]:
+        return riemann_alphas(AttributionSettings(4, riemann), torch.float32, torch.device("cpu")).tolist()
+
+    assert points("linspace") == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+    assert points("right") == pytest.approx([0.25, 0.5, 0.75, 1.0])
+
+
+def test_fast_path_matches_oracle_with_the_texts_points(tiny):
+    lm = tiny("llama")
+    attr = NeuronAttribution(lm, AttributionSettings(riemann="right"))
+    prompt = attr.prompts(QUERY)[0]
+    fast, _, _ = attr.ig_prompt(prompt)
+    ref = ig_prompt_oracle(lm, prompt, attr.settings)
+    default = ig_prompt_oracle(lm, prompt, AttributionSettings())
+    assert agreement(fast, ref) < 1e-4
+    assert agreement(default, ref) > 1e-3  # the two point sets give different sums
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gpt2"])
@@ -61,17 +82,10 @@ def test_attribute_normalises_and_reports_progress(tiny):
     attr = NeuronAttribution(lm, max_copies=32)
     calls = []
     result = attr.attribute(QUERY, lambda done, total: calls.append((done, total)))
-    assert result.na.shape == (4, 96) and result.na.dtype == np.float32
-    assert np.abs(result.na).max() == pytest.approx(1.0)
+    assert result.ig.shape == (3, 4, 96) and result.ig.dtype == np.float32  # (templates, layers, neurons)
+    assert np.abs(result.ig).max() > 0
     assert calls == [(i, 6) for i in range(1, 7)]  # 3 templates x 2 layer chunks
     assert 0 < result.correct_prob < 1 and result.accuracy in (0, 1 / 3, 2 / 3, 1)
-
-
-def test_normalise_sums_templates_then_divides_by_max_abs():
-    a = np.array([[1.0, -4.0]], dtype=np.float32)
-    b = np.array([[1.0, 2.0]], dtype=np.float32)
-    assert normalise([a, b]).tolist() == [[1.0, -1.0]]
-    assert normalise([np.zeros((1, 2))]).tolist() == [[0.0, 0.0]]
 
 
 @pytest.mark.slow
@@ -80,7 +94,7 @@ def test_fast_path_matches_oracle_on_smollm2(smollm2):
     prompt = attr.prompts(QUERY)[0]
     fast, _, _ = attr.ig_prompt(prompt)
     layers = [0, 14, 29]
-    ref = ig_prompt_oracle(smollm2, prompt, 16, layers)
+    ref = ig_prompt_oracle(smollm2, prompt, attr.settings, layers)
     assert agreement(fast[layers], ref[layers]) < 1e-4
 
 
@@ -119,5 +133,5 @@ def test_fast_path_matches_oracle_on_gemma3_270m():
     assert [lm.tokenizer.decode([i]) for i in prompt.letter_ids] == [" A", " B", " C", " D"]
     fast, _, _ = attr.ig_prompt(prompt)
     layers = [0, 17]
-    ref = ig_prompt_oracle(lm, prompt, 16, layers)
+    ref = ig_prompt_oracle(lm, prompt, attr.settings, layers)
     assert agreement(fast[layers], ref[layers]) < 1e-4

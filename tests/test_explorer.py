@@ -216,7 +216,9 @@ def test_startup_loads_the_default_run_once(db, monkeypatch):
 def test_methods_page_shows_the_papers_three_tables_or_the_command_to_make_them(db):
     at = page("methods")
     assert [h.value for h in at.subheader] == ["Probability change ratio (Table 4)", "Flip rates (Table 6)",
-                                                "Neuron-based prediction (Table 7)"]
+                                                "Neuron-based answer prediction (Table 7)", "Group prediction (ours)"]
+    (table,) = [d.value for d in at.dataframe if "prompt-based" in d.value.index]  # Table 7
+    assert list(table.index) == ["qrnca", "random", "kn", "prompt-based", "random guess"]
     with duckdb.connect(str(db)) as con:
         con.execute("DELETE FROM evaluations")
     at = page("methods")

@@ -78,8 +78,17 @@ def test_evaluations_and_report(finished, tiny, tmp_path):
     suppress = stored[(stored["method"] == "qrnca") & (stored["evaluation"] == "suppress")
                       & (stored["metric"] == "related_change") & (stored["group_name"] == "all")]
     assert suppress["value"].iloc[0] != 0  # zeroing a query's own neurons moves its probability
+    answers = stored[stored["evaluation"] == "answer_prediction"].pivot_table(
+        index=["method", "group_name"], columns="metric", values="value")
+    assert set(answers.index.get_level_values("method")) == set(pcr["method"])
+    assert (answers["chance"] == 0.25).all()  # four options
+    assert answers[["accuracy", "prompt_accuracy"]].stack().between(0, 1).all()
+    # every method's row holds the same prompt-based accuracy of the same held-out queries
+    assert answers["prompt_accuracy"].groupby("group_name").nunique().eq(1).all()
     paths = write_report(run_id, db, str(tmp_path))
-    assert "## pcr" in paths[0].read_text() and "qrnca" in paths[1].read_text()
+    report = paths[0].read_text()
+    assert "## pcr" in report and "## answer_prediction" in report and "prompt_accuracy" in report
+    assert "qrnca" in paths[1].read_text()
 
 
 def test_export_and_import_round_trip(finished, tmp_path):

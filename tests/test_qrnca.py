@@ -37,22 +37,59 @@ def picked(qr: pd.DataFrame) -> dict[str, list[tuple[int, int]]]:
 
 
 def test_coarse_cluster_is_strictly_above_t_times_max():
-    na = np.array([[1.0, 0.2], [0.21, -0.5]], np.float32)
-    assert qrnca.coarse_cluster(na, 0.2).tolist() == [[True, False], [True, False]]
+    ig = np.array([[[1.0, 0.2], [0.21, -0.5]]], np.float32)  # one template
+    assert qrnca.query_na(ig, QRNCASettings(t=0.2)).in_cluster.tolist() == [[True, False], [True, False]]
 
 
-def test_coarse_cluster_is_empty_when_no_na_is_positive():
-    assert not qrnca.coarse_cluster(np.array([[-1.0, -0.5]]), 0.2).any()
+def test_coarse_cluster_is_empty_and_na_zero_when_no_score_is_positive():
+    q = qrnca.query_na(np.array([[[-1.0, -0.5]]]), QRNCASettings())
+    assert not q.in_cluster.any() and not q.na.any()
 
 
-def test_sparsify_keeps_cluster_and_rows_above_floor():
-    na = np.array([[0.0, 0.5, 0.04], [1.0, 0.1, 0.06]], np.float32)
-    attr = QueryAttribution("q", na, np.zeros_like(na), 0.5, 1.0)
+# Two templates of three neurons. Template 1 is above 0.2 x 1.0 only at n0, template 2 only at n1; n2 is above
+# the threshold in neither template, but its sum over templates (0.3) is above 0.2 x the largest sum (1.1).
+IG2 = np.array([[[1.0, 0.1, 0.15]], [[0.0, 1.0, 0.15]]], np.float32)  # (templates, layers, neurons)
+
+
+def test_authors_cluster_is_the_union_of_per_template_clusters_with_above_threshold_scores_summed():
+    q = qrnca.query_na(IG2, QRNCASettings(t=0.2, cluster="template", z="cluster_sum"))
+    assert q.above.tolist() == [[[True, False, False]], [[False, True, False]]]
+    assert q.in_cluster.tolist() == [[True, True, False]]
+    # n0: 1.0 (template 2's 0.0 is not above), n1: 1.0 (template 1's 0.1 is not above); Z = 1.0 + 1.0.
+    # n2 is outside the cluster: its score is the plain sum 0.3, divided by the same Z.
+    assert q.na[0].tolist() == pytest.approx([0.5, 0.5, 0.15])
+
+
+def test_text_cluster_thresholds_the_sum_of_templates():
+    q = qrnca.query_na(IG2, QRNCASettings(t=0.2, cluster="sum", z="cluster_sum"))
+    assert q.in_cluster.tolist() == [[True, True, True]]  # sums 1.0, 1.1, 0.3 > 0.22
+    assert q.na[0].tolist() == pytest.approx([1.0 / 2.4, 1.1 / 2.4, 0.3 / 2.4])
+
+
+def test_z_is_the_cluster_sum_the_sum_of_all_or_the_largest_score():
+    ig = np.array([[[1.0, 0.5, 0.1, -0.2]]], np.float32)  # cluster at t = 0.2: the first two
+    na = {z: qrnca.query_na(ig, QRNCASettings(z=z)).na[0].tolist() for z in ("cluster_sum", "all_sum", "max_abs")}
+    assert na["cluster_sum"] == pytest.approx([1 / 1.5, 0.5 / 1.5, 0.1 / 1.5, -0.2 / 1.5])
+    assert na["all_sum"] == pytest.approx([1 / 1.4, 0.5 / 1.4, 0.1 / 1.4, -0.2 / 1.4])
+    assert na["max_abs"] == pytest.approx([1.0, 0.5, 0.1, -0.2])
+
+
+def test_na_is_zero_when_z_is_not_positive():
+    ig = np.array([[[1.0, -3.0]]], np.float32)  # all_sum Z = -2
+    assert not qrnca.query_na(ig, QRNCASettings(z="all_sum")).na.any()
+
+
+def test_sparsify_keeps_cluster_and_rows_above_a_templates_floor_with_their_ig():
+    ig = np.array([[[0.0, 0.5, 0.04], [1.0, 0.1, 0.06]],
+                   [[0.0, 0.0, 0.0], [0.0, 0.02, 1.0]]], np.float32)  # (2 templates, 2 layers, 3 neurons)
+    attr = QueryAttribution("q", ig, np.zeros_like(ig[0]), 0.5, 1.0)
     rows = qrnca.sparsify(attr, QRNCASettings(t=0.2, floor=0.05))
     assert rows["query_id"].tolist() == ["q"] * 4
     assert list(zip(rows["layer"], rows["neuron"])) == [(0, 1), (1, 0), (1, 1), (1, 2)]
-    assert rows["na"].tolist() == pytest.approx([0.5, 1.0, 0.1, 0.06])
-    assert rows["in_cluster"].tolist() == [True, True, False, False]
+    assert rows["in_cluster"].tolist() == [True, True, False, True]
+    # cluster scores: (0,1) 0.5, (1,0) 1.0, (1,2) 1.0 (template 2 only); Z = 2.5; (1,1) sums both templates
+    assert rows["na"].tolist() == pytest.approx([0.2, 0.4, 0.12 / 2.5, 0.4])
+    assert np.stack(rows["ig"]).ravel().tolist() == pytest.approx([0.5, 0.0, 1.0, 0.0, 0.1, 0.02, 0.06, 1.0])
 
 
 def test_cluster_counts_count_cluster_rows_only():

@@ -33,6 +33,7 @@ def test_shipped_runs_cover_both_builtin_datasets(seeded):
 @pytest.mark.slow
 def test_recomputed_sample_matches_shipped_attributions(seeded, smollm2):
     from qrcore.attribution import NeuronAttribution
+    from qrcore.qrnca import query_na
 
     with store.connect(seeded, read_only=True) as con:
         for run in ("domain-smollm2", "language-smollm2"):
@@ -42,5 +43,6 @@ def test_recomputed_sample_matches_shipped_attributions(seeded, smollm2):
             qid = sorted(store.done_query_ids(con, info.run_id))[0]
             shipped = store.query_neurons(con, info.run_id, qid)
             fresh = NeuronAttribution(smollm2, info.settings.attribution, info.settings.prompt).attribute(queries[qid])
-            recomputed = fresh.na[shipped["layer"].to_numpy(), shipped["neuron"].to_numpy()]
+            na = query_na(fresh.ig, info.settings.qrnca).na  # (layers, neurons)
+            recomputed = na[shipped["layer"].to_numpy(), shipped["neuron"].to_numpy()]
             assert np.allclose(recomputed, shipped["na"].to_numpy(), atol=1e-4)

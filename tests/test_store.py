@@ -19,8 +19,10 @@ from qrcore.results import QueryAttribution
 from qrcore.settings import QRNCASettings, RunSettings
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = RunSettings(qrnca=QRNCASettings(u=0.5, v=2))
 # The five queries of tests/test_qrnca.py as dense (2 layers, 3 neurons) NA maps; q1's (1, 2) is above the floor only.
+# Each map is one template's IG; with the summed cluster and Z = max |score| the stored NA equals the map itself,
+# so the hand-computed numbers below hold (tests/test_qrnca.py covers the other cluster and Z settings).
+SETTINGS = RunSettings(qrnca=QRNCASettings(u=0.5, v=2, cluster="sum", z="max_abs"))
 NA = {
     "q1": [[1.0, 0.6, 0.0], [0.3, 0.0, 0.1]],
     "q2": [[1.0, 0.0, 0.0], [0.0, 0.5, 0.0]],
@@ -36,8 +38,8 @@ TABLES = {"meta", "models", "datasets", "queries", "runs", "query_results", "att
 
 
 def attribution(query_id: str) -> QueryAttribution:
-    na = np.array(NA[query_id], np.float32)
-    return QueryAttribution(query_id, na, 2 * na, correct_prob=0.75, accuracy=1.0, seconds=0.5)
+    na = np.array(NA[query_id], np.float32)  # (layers, neurons), one template's IG
+    return QueryAttribution(query_id, na[None], 2 * na, correct_prob=0.75, accuracy=1.0, seconds=0.5)
 
 
 def new_run(con: duckdb.DuckDBPyConnection, name: str = "r1", settings: RunSettings = SETTINGS) -> str:
@@ -77,8 +79,8 @@ def test_new_store_has_all_tables_and_current_version(db):
         tables = {r[0] for r in con.execute(store.LIST_TABLES).fetchall()}
         meta = dict(con.execute(store.SELECT_META).fetchall())
     assert tables == TABLES
-    assert meta == {"app": "qr-neuron-explorer", "schema_version": "1"}
-    assert store.CODE_VERSION == "0.1.0+schema1"
+    assert meta == {"app": "qr-neuron-explorer", "schema_version": "2"}
+    assert store.CODE_VERSION == "0.1.0+schema2"
 
 
 def test_default_db_can_be_overridden_by_env(monkeypatch):
@@ -94,29 +96,41 @@ def test_v0_store_is_migrated_to_current(db):
         "INSERT INTO meta VALUES ('app', 'qr-neuron-explorer'), ('schema_version', '0')")
     with store.connect(db, read_only=True) as con:
         assert {r[0] for r in con.execute(store.LIST_TABLES).fetchall()} == TABLES
-        assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == "1"
+        assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == "2"
+
+
+def test_v1_store_gains_the_template_ig_column_and_keeps_its_rows(db):
+    db.parent.mkdir()
+    raw(db, store.CREATE_META, "INSERT INTO meta VALUES ('app', 'qr-neuron-explorer'), ('schema_version', '1')",
+        *store.SCHEMA_V1, "INSERT INTO attributions VALUES ('r', 'q', 1, 2, 0.5, true)")
+    with store.connect(db, read_only=True) as con:
+        assert con.execute("SELECT layer, neuron, na, in_cluster, ig FROM attributions").fetchall() == [
+            (1, 2, 0.5, True, None)]
 
 
 def test_migration_step_keeps_data(db, monkeypatch):
     with store.connect(db) as con:
         store.upsert_model(con, "m1", "tiny", "llama", 2, 3, "{}")
-    monkeypatch.setattr(store, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(store, "MIGRATIONS", {**store.MIGRATIONS, 1: ["ALTER TABLE models ADD COLUMN note VARCHAR DEFAULT 'n/a'"]})
+    current = store.SCHEMA_VERSION
+    monkeypatch.setattr(store, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setattr(store, "MIGRATIONS", {**store.MIGRATIONS,
+                                              current: ["ALTER TABLE models ADD COLUMN note VARCHAR DEFAULT 'n/a'"]})
     with store.connect(db) as con:
         assert con.execute("SELECT model_id, name, note FROM models").fetchall() == [("m1", "tiny", "n/a")]
-        assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == "2"
+        assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == str(current + 1)
 
 
 def test_failed_migration_leaves_store_unchanged(db, monkeypatch):
     store.connect(db).close()
-    monkeypatch.setattr(store, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(store, "MIGRATIONS", {**store.MIGRATIONS, 1: ["ALTER TABLE models ADD COLUMN note VARCHAR",
-                                                                      "SELECT * FROM no_such_table"]})
-    with pytest.raises(QRNError, match=r"could not upgrade .*qrn\.duckdb from store schema 1 to 2 \(Catalog Error"
-                                       r".*\); the file is unchanged"):
+    current = store.SCHEMA_VERSION
+    monkeypatch.setattr(store, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setattr(store, "MIGRATIONS", {**store.MIGRATIONS, current: ["ALTER TABLE models ADD COLUMN note VARCHAR",
+                                                                            "SELECT * FROM no_such_table"]})
+    with pytest.raises(QRNError, match=rf"could not upgrade .*qrn\.duckdb from store schema {current} to {current + 1} "
+                                       r"\(Catalog Error.*\); the file is unchanged"):
         store.connect(db)
     with duckdb.connect(str(db)) as con:
-        assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == "1"
+        assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == str(current)
         assert "note" not in [r[0] for r in con.execute("DESCRIBE models").fetchall()]
 
 
@@ -126,7 +140,7 @@ def test_newer_store_is_refused_untouched(db):
     before = fingerprint(db)
     with pytest.raises(QRNError) as err:
         store.connect(db)
-    assert str(err.value) == f"{db} has store schema 99, newer than this qrn's 1; upgrade qrn or pass another --db"
+    assert str(err.value) == f"{db} has store schema 99, newer than this qrn's 2; upgrade qrn or pass another --db"
     assert fingerprint(db) == before
 
 
@@ -207,13 +221,13 @@ def test_same_run_name_same_inputs_resumes(db):
 def test_run_name_with_other_settings_names_the_difference(db):
     with store.connect(db) as con:
         new_run(con)
-        other = RunSettings(qrnca=QRNCASettings(u=0.5, v=3, t=0.25))
+        other = RunSettings(qrnca=QRNCASettings(u=0.5, v=3, t=0.25, cluster="sum", z="max_abs"))
         with pytest.raises(QRNError) as err:
             new_run(con, settings=other)
         assert str(err.value) == ("run 'r1' already exists and differs in settings (qrnca.t 0.2 -> 0.25, "
                                   "qrnca.v 2 -> 3); choose another run name to compute a new run")
         dataset_id = store.upsert_dataset(con, "tiny", "test", QUERIES)
-        with pytest.raises(QRNError, match=r"differs in code version \(0\.1\.0\+schema1 -> 9\.9\)"):
+        with pytest.raises(QRNError, match=r"differs in code version \(0\.1\.0\+schema2 -> 9\.9\)"):
             store.get_or_create_run(con, "r1", "m" * 16, dataset_id, SETTINGS, code_version="9.9")
 
 
@@ -261,7 +275,7 @@ def test_write_query_is_all_or_nothing(db, monkeypatch):
 
 def test_top_activations_are_the_k_highest():
     acts = np.array([[1.0, 5.0, 3.0], [4.0, -1.0, 2.0]], np.float32)
-    top = store.top_activations(QueryAttribution("q", acts, acts, 0.5, 1.0), k=3)
+    top = store.top_activations(QueryAttribution("q", acts[None], acts, 0.5, 1.0), k=3)
     assert sorted(zip(top["activation"], top["layer"], top["neuron"]), reverse=True) == [
         (5.0, 0, 1), (4.0, 1, 0), (3.0, 0, 2)]
 
@@ -314,7 +328,7 @@ def test_query_neurons_explain_each_stored_neuron(db):
         rows = store.query_neurons(con, run_id, "q1")
         with pytest.raises(QRNError, match="run 'r1' has no stored neurons for query 'q9'"):
             store.query_neurons(con, run_id, "q9")
-    assert rows.columns.tolist() == ["layer", "neuron", "na", "in_cluster", "n_clusters", "ica", "is_common", "naica",
+    assert rows.columns.tolist() == ["layer", "neuron", "na", "in_cluster", "ig", "n_clusters", "ica", "is_common", "naica",
                                      "naica_rank", "kept", "reason"]
     assert list(zip(rows["layer"], rows["neuron"], rows["n_clusters"], rows["kept"], rows["reason"])) == [
         (0, 1, 2, True, qrnca.REASONS["kept"]),

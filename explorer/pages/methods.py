@@ -13,6 +13,7 @@ import views
 
 FLIPS = {"correct_to_incorrect": "correct → incorrect", "incorrect_to_correct": "incorrect → correct"}
 CHANGES = {"related_change": "related queries", "unrelated_change": "unrelated queries"}
+PREDICTION_REFERENCE = {"prompt_accuracy": "prompt-based", "chance": "random guess"}
 
 
 def method_table(rows: pd.DataFrame, columns: str | list[str]) -> pd.DataFrame:
@@ -61,8 +62,23 @@ if not flips.empty:
     flips = flips.assign(case=flips["evaluation"] + ": " + flips["metric"].map(FLIPS))
     show(method_table(flips, "case"), flips, "case", "flip rate", "flips", higher_is_better=False)
 
-prediction = evaluations.loc[evaluations["evaluation"] == "prediction"]
-if not prediction.empty:
-    st.subheader("Neuron-based prediction (Table 7)")
-    st.caption("Held-out queries' groups predicted from which group's QR neurons they activate most.")
-    show(method_table(prediction, "metric"), prediction, "metric", "accuracy", "prediction")
+answers = evaluations.loc[evaluations["evaluation"] == "answer_prediction"]
+if not answers.empty:
+    st.subheader("Neuron-based answer prediction (Table 7)")
+    st.caption("Every fifth query of each group is held out. Each option letter is appended to its prompt; the "
+               "predicted option is the one under which the group's neurons (the QR neurons of its other queries) "
+               "are most active. Prompt-based: the model's own answer on the same queries.")
+    reference = answers.loc[(answers["method"] == qrnca.METHODS[0]) & answers["metric"].isin(PREDICTION_REFERENCE)]
+    neuron_based = answers.loc[answers["metric"] == "accuracy"]
+    both = pd.concat([neuron_based, reference.assign(method=reference["metric"].map(PREDICTION_REFERENCE))])
+    show(both.pivot_table(index="method", columns="group_name", values="value", aggfunc="first")
+         .reindex([*qrnca.METHODS, *PREDICTION_REFERENCE.values()]).dropna(how="all"),
+         both, "group_name", "accuracy", "answer-prediction")
+
+groups = evaluations.loc[evaluations["evaluation"] == "group_prediction"]
+if not groups.empty:
+    st.subheader("Group prediction (ours)")
+    n_groups = evaluations.loc[evaluations["group_name"] != "all", "group_name"].nunique()
+    st.caption("Held-out queries' groups predicted from which group's QR neurons they activate most at the answer "
+               f"position; chance is 1/{n_groups} for {n_groups} groups.")
+    show(method_table(groups, "metric"), groups, "metric", "accuracy", "group-prediction")

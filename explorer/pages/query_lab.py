@@ -8,7 +8,9 @@ import streamlit as st
 
 from qrcore import store
 from qrcore.errors import QRNError
+from qrcore.qrnca import query_na
 from qrcore.queries import Query, make_query
+from qrcore.settings import QRNCASettings
 from qrcore.topk import top_neurons
 
 import state
@@ -48,7 +50,7 @@ def qr_table(query: Query) -> pd.DataFrame:
         st.info("Press *Run QRNCA* to rank this question's neurons by NA, or add neurons by layer and index below.")
         return pd.DataFrame(columns=["rank", "layer", "neuron", "score"])
     result = state.attribution(name, query)
-    top = pd.DataFrame(top_neurons(result.na, 20), columns=["layer", "neuron", "score"])
+    top = pd.DataFrame(top_neurons(query_na(result.ig, QRNCASettings()).na, 20), columns=["layer", "neuron", "score"])
     st.caption(f"Top neurons by NA ({result.seconds:.1f} s; mean P(correct) {result.correct_prob:.3f}). A single "
                "custom question has no clusters to compare with, so this is NA without ICA.")
     return top.assign(rank=range(1, len(top) + 1))[["rank", "layer", "neuron", "score"]]

@@ -1,0 +1,25 @@
+"""Table 7's option activations: the packed path equals one full forward per option letter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qrcore.attribution import NeuronAttribution
+from qrcore.evaluate import option_activations
+from qrcore.oracle import option_activations_oracle
+from qrcore.queries import make_query
+
+QUERY = make_query("Which gas do plants take in?", ["Oxygen", "Carbon dioxide", "Nitrogen", "Helium"], "Carbon dioxide")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_option_activations_match_one_full_forward_per_letter(tiny, arch):
+    lm = tiny(arch)
+    attr = NeuronAttribution(lm)
+    prompt = attr.prompts(QUERY)[0]
+    fast = option_activations(lm, attr.sites, prompt)  # (options, layers, neurons)
+    ref = option_activations_oracle(lm, prompt)
+    assert fast.shape == (4, len(attr.sites), attr.sites[0].n_neurons)
+    assert np.abs(fast - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert np.abs(fast[0] - fast[1]).max() > 1e-3 * np.abs(ref).max()  # each letter gives its own activations
