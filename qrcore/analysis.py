@@ -101,6 +101,15 @@ def layer_distribution(qr: pd.DataFrame, groups: Mapping[str, str], n_layers: in
     return pd.DataFrame(share, index=pd.Index(names, name="group_name"), columns=list(range(n_layers)))
 
 
+def qr_counts(qr: pd.DataFrame, groups: Mapping[str, str]) -> pd.DataFrame:
+    """Table 3: per group (and "all"), the queries and the mean number of QR neurons per query (0 for a query with none)."""
+    per_query = pd.Series(groups, name="group_name").to_frame()
+    per_query["qr_neurons"] = qr["query_id"].value_counts().reindex(per_query.index, fill_value=0)
+    table = per_query.groupby("group_name", sort=True)["qr_neurons"].agg(queries="size", mean_qr_neurons="mean")
+    table.loc["all"] = [len(per_query), per_query["qr_neurons"].mean()]
+    return table.reset_index()
+
+
 def percent_change(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     """Table 4: relative change of the correct-answer probability in percent, 100 (after - before) / before.
 

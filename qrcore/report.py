@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qrcore import store
+from qrcore import analysis, store
 from qrcore.qrnca import METHODS
 
 
@@ -51,9 +51,12 @@ def write_report(run: str, db: str | None, out: str) -> list[Path]:
     with store.connect(db, read_only=True) as con:
         info = store.run_info(con, run)
         evals = store.evaluations(con, info.run_id)
+        counts = analysis.qr_counts(store.qr_neurons(con, info.run_id), store.run_groups(con, info.run_id))
+        n_common = len(store.common_neurons(con, info.run_id))
     folder = Path(out) / info.name.replace("/", "_")
     folder.mkdir(parents=True, exist_ok=True)
     tables = {
+        "qr_neurons": counts,
         "pcr": pcr_table(evals),
         "changes": metric_table(evals, ["related_change", "unrelated_change"]),
         "flips": metric_table(evals, ["correct_to_incorrect", "incorrect_to_correct"]),
@@ -61,7 +64,8 @@ def write_report(run: str, db: str | None, out: str) -> list[Path]:
         "group_prediction": metric_table(evals[evals["evaluation"] == "group_prediction"], ["accuracy"]),
     }
     paths = []
-    text = [f"# Run {info.name}", ""]
+    text = [f"# Run {info.name}", "", f"Settings: {info.settings.summary()}", "",
+            f"{n_common} common neurons in {info.n_clusters} clusters.", ""]
     for name, frame in tables.items():
         path = folder / f"{name}.csv"
         frame.to_csv(path, index=False)

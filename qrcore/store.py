@@ -443,8 +443,8 @@ def heatmap(con: duckdb.DuckDBPyConnection, run_id: str, group: str) -> np.ndarr
     """Fig. 5: the (layers, neurons) float32 map of NAICA summed over the group's queries."""
     info = _finished(con, run_id)
     rows = con.execute(SELECT_HEATMAP, [info.run_id, group]).df()
-    if rows.empty and group not in heatmap_groups(con, info.run_id):
-        raise QRNError(f"run {info.name!r} has no group {group!r}; groups: {', '.join(heatmap_groups(con, info.run_id))}")
+    if rows.empty and group not in heatmaprun_groups(con, info.run_id):
+        raise QRNError(f"run {info.name!r} has no group {group!r}; groups: {', '.join(heatmaprun_groups(con, info.run_id))}")
     return analysis.to_dense(rows, info.n_layers, info.n_neurons)
 
 
@@ -456,13 +456,13 @@ def heatmap_groups(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
 def overlap(con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca") -> pd.DataFrame:
     """Fig. 2a: group x group Jaccard overlap of the groups' QR neurons (`analysis.overlap_matrix`)."""
     info = _finished(con, run_id)
-    return analysis.overlap_matrix(qr_neurons(con, info.run_id, method), _groups(con, info.run_id))
+    return analysis.overlap_matrix(qr_neurons(con, info.run_id, method), run_groups(con, info.run_id))
 
 
 def layer_distribution(con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca") -> pd.DataFrame:
     """Fig. 2b: per group, the share of its QR neurons in each layer (`analysis.layer_distribution`)."""
     info = _finished(con, run_id)
-    return analysis.layer_distribution(qr_neurons(con, info.run_id, method), _groups(con, info.run_id), info.n_layers)
+    return analysis.layer_distribution(qr_neurons(con, info.run_id, method), run_groups(con, info.run_id), info.n_layers)
 
 
 def common_neurons(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
@@ -513,7 +513,7 @@ def _finished(con: duckdb.DuckDBPyConnection, run_id: str) -> RunInfo:
     return info
 
 
-def _groups(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, str]:
+def run_groups(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, str]:
     """query_id -> group of the run's done queries."""
     return dict(con.execute(RUN_GROUPS, [run_id]).fetchall())
 

@@ -84,6 +84,14 @@ def test_flip_rates_nan_without_queries_in_a_starting_state():
     assert rates.correct_to_incorrect == 1.0 and np.isnan(rates.incorrect_to_correct)
 
 
+def test_qr_counts_average_qr_neurons_per_query_including_queries_with_none():
+    qr = qr_table([("q1", 0, 1), ("q1", 1, 2), ("q2", 0, 1), ("q3", 0, 0)])
+    table = analysis.qr_counts(qr, {"q1": "g1", "q2": "g1", "q3": "g2", "q4": "g2"})
+    assert table.to_dict("records") == [{"group_name": "g1", "queries": 2, "mean_qr_neurons": 1.5},
+                                        {"group_name": "g2", "queries": 2, "mean_qr_neurons": 0.5},
+                                        {"group_name": "all", "queries": 4, "mean_qr_neurons": 1.0}]
+
+
 def test_answer_prediction_picks_the_option_under_which_the_domain_neurons_are_most_active():
     neurons = pd.DataFrame({"layer": [0, 1], "neuron": [2, 0]})
     acts = np.zeros((3, 2, 3))  # (options, layers, neurons)

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest_explorer import MODEL, QUERIES, RUN, row_counts, seed_store
 from qrcore.heatmap import bin_heatmap, heatmap_figure
+from qrcore.settings import RunSettings
 
 APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
 PAGES = ("heatmaps", "overlap", "common", "query_lab", "methods", "data")
@@ -233,3 +234,9 @@ def test_missing_store_explains_what_to_do(tmp_path, monkeypatch):
         at = page(name)
         assert not at.exception and not at.error
         assert at.info
+
+
+def test_data_page_shows_each_runs_settings(db):
+    runs = page("data").dataframe[0].value
+    assert runs["settings"].tolist() == [RunSettings().summary()]
+    assert "cluster t=0.2 (template), Z=cluster_sum" in runs["settings"].iloc[0]

@@ -88,7 +88,9 @@ def test_evaluations_and_report(finished, tiny, tmp_path):
     paths = write_report(run_id, db, str(tmp_path))
     report = paths[0].read_text()
     assert "## pcr" in report and "## answer_prediction" in report and "prompt_accuracy" in report
-    assert "qrnca" in paths[1].read_text()
+    assert "## qr_neurons" in report and "common neurons in 6 clusters" in report
+    assert "IG m=16 (linspace points); cluster t=0.2 (template), Z=cluster_sum; common u=0.3; top-v=20" in report
+    assert "qrnca" in (tmp_path / "r" / "pcr.csv").read_text()
 
 
 def test_export_and_import_round_trip(finished, tmp_path):

@@ -10,6 +10,7 @@ import streamlit as st
 from qrcore import store
 from qrcore.datasets import BUILTIN
 from qrcore.errors import QRNError
+from qrcore.settings import RunSettings
 
 import state
 
@@ -25,7 +26,9 @@ st.subheader("Runs")
 if runs.empty:
     st.info("No runs yet: start one below or with `qrn run`.")
 else:
-    st.dataframe(runs.drop(columns=["run_id", "settings_json"]), hide_index=True, width="stretch", column_config={
+    settings = runs["settings_json"].map(lambda text: RunSettings.from_json(text).summary())
+    st.dataframe(runs.drop(columns=["run_id", "settings_json"]).assign(settings=settings), hide_index=True,
+                 width="stretch", column_config={
         "n_done": st.column_config.NumberColumn("queries done"), "n_queries": st.column_config.NumberColumn("queries")})
     st.subheader("Models")
     models = runs.groupby("model").agg(runs=("name", "count"),
