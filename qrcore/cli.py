@@ -151,8 +151,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     """Tables 4, 6 and 7 for a finished run; stored in the run's evaluations."""
     from tqdm import tqdm
 
+    from qrcore import store
     from qrcore.evaluate import evaluate_run
 
+    if args.if_missing:
+        with store.connect(args.db, read_only=True) as con:
+            if not store.evaluations(con, args.run).empty:
+                print(f"run {args.run!r} already has evaluations; nothing to do")
+                return
     lm = _load(args)
     with tqdm(desc="evaluate", unit="edit") as bar:
         def progress(done: int, total: int) -> None:
@@ -304,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="PCR, flip rates and neuron-based prediction of a finished run")
     p.add_argument("--run", required=True)
-    p.add_argument("--per-group", type=int, default=10, help="queries of each group edited (default 10)")
+    p.add_argument("--per-group", type=int, help="edit at most this many queries of each group (default all)")
+    p.add_argument("--if-missing", action="store_true", help="do nothing if the run already has evaluations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="cache/reports")
     _model_args(p)

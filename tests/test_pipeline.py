@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from qrcore import store
@@ -91,6 +92,21 @@ def test_evaluations_and_report(finished, tiny, tmp_path):
     assert "## qr_neurons" in report and "common neurons in 6 clusters" in report
     assert "IG m=16 (linspace points); cluster t=0.2 (template), Z=cluster_sum; common u=0.3; top-v=20" in report
     assert "qrnca" in (tmp_path / "r" / "pcr.csv").read_text()
+
+
+def test_evaluate_if_missing_keeps_existing_evaluations_without_loading_a_model(finished, capsys, monkeypatch):
+    from qrcore.cli import main
+
+    db, run_id = finished
+    with store.connect(db) as con:
+        store.write_evaluations(con, run_id, "qrnca", "boost",
+                                pd.DataFrame({"group_name": ["all"], "metric": ["pcr"], "value": [7.0]}))
+        before = store.evaluations(con, run_id)
+    monkeypatch.setattr("qrcore.cli._load", lambda args: pytest.fail("no model is needed"))
+    assert main(["evaluate", "--run", run_id, "--db", db, "--if-missing"]) in (0, None)
+    assert "already has evaluations; nothing to do" in capsys.readouterr().out
+    with store.connect(db, read_only=True) as con:
+        pd.testing.assert_frame_equal(store.evaluations(con, run_id), before)
 
 
 def test_export_and_import_round_trip(finished, tmp_path):
