@@ -443,8 +443,8 @@ def heatmap(con: duckdb.DuckDBPyConnection, run_id: str, group: str) -> np.ndarr
     """Fig. 5: the (layers, neurons) float32 map of NAICA summed over the group's queries."""
     info = _finished(con, run_id)
     rows = con.execute(SELECT_HEATMAP, [info.run_id, group]).df()
-    if rows.empty and group not in heatmaprun_groups(con, info.run_id):
-        raise QRNError(f"run {info.name!r} has no group {group!r}; groups: {', '.join(heatmaprun_groups(con, info.run_id))}")
+    if rows.empty and group not in heatmap_groups(con, info.run_id):
+        raise QRNError(f"run {info.name!r} has no group {group!r}; groups: {', '.join(heatmap_groups(con, info.run_id))}")
     return analysis.to_dense(rows, info.n_layers, info.n_neurons)
 
 
