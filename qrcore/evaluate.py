@@ -151,7 +151,7 @@ def _answer_prediction_rows(lm, attr, held, prompts, before, group, qr) -> list[
             for method in METHODS:
                 neurons = sets[method].get(group[qid])
                 right = np.nan if neurons is None else float(analysis.answer_prediction(neurons, acts) == prompt.correct)
-                hits.append((group[qid], method, right, prompt_right, 1 / len(prompt.options)))
+                hits.append((group[qid], method, right, prompt_right, 1 / len(prompt.letters)))
     frame = pd.DataFrame(hits, columns=["group_name", "method", "accuracy", "prompt_accuracy", "chance"])
     rows = []
     for (g, method), part in [*frame.groupby(["group_name", "method"]),

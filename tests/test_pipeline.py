@@ -15,6 +15,7 @@ import pytest
 from qrcore import store
 from qrcore.errors import QRNError
 from qrcore.evaluate import evaluate_run
+from qrcore.queries import Query
 from qrcore.report import write_report
 from qrcore.runner import run_dataset
 from qrcore.settings import QRNCASettings, RunSettings
@@ -148,3 +149,17 @@ def test_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path):
         rows = con.execute("SELECT count(*), count(DISTINCT (query_id, layer, neuron)) FROM attributions").fetchone()
         assert rows[0] == rows[1]
         assert store.run_info(con, run_id).status == "finished"
+
+
+def test_evaluate_a_run_of_ready_made_prompts(tiny, tmp_path):
+    """Imported prompts carry letters but no option texts: chance comes from the letters (3 here)."""
+    db = str(tmp_path / "qrn.duckdb")
+    queries = [Query(id=f"{g}{i}", group=g, question=f"Pick {g} {i}\n A. x\n B. y\n C. z\n", answer="y",
+                     prompts=(f"Pick {g} {i}\n A. x\n B. y\n C. z\n",), labels=("ABC"[i % 3],))
+               for g in ("g1", "g2") for i in range(3)]
+    with store.connect(db) as con:
+        store.upsert_dataset(con, "ready", "test", queries)
+    run_id = run_dataset(tiny("llama"), "ready", db, name="ready-run")
+    frame = evaluate_run(tiny("llama"), run_id, db)
+    chance = frame[(frame["evaluation"] == "answer_prediction") & (frame["metric"] == "chance")]["value"]
+    assert len(chance) > 0 and np.allclose(chance, 1 / 3)
