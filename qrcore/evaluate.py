@@ -19,8 +19,10 @@ import torch
 from qrcore import analysis, store
 from qrcore.attribution import NeuronAttribution, clean_pass
 from qrcore.editing import BOOST, SUPPRESS, correct_probs, letter_probs, prefix_cache
+from qrcore.errors import QRNError
 from qrcore.models import LoadedModel
 from qrcore.qrnca import METHODS
+from qrcore.queries import Query
 
 EDITS = {"boost": BOOST, "suppress": SUPPRESS}
 
@@ -31,19 +33,33 @@ def _activation(lm: LoadedModel, attr: NeuronAttribution, prompts) -> np.ndarray
                     for p in prompts], axis=0)
 
 
-def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: int | None = 10, seed: int = 0,
-                 progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """Run Tables 4, 6 and 7 on up to per_group queries of each group; store and return the numbers."""
+def plan_evaluation(run: str, db: str | None = None, per_group: int | None = 10
+                    ) -> tuple[store.RunInfo, dict[str, Query], dict[str, pd.DataFrame], list[str]]:
+    """The finished run, its queries by id, its QR neurons per method and the up to per_group queries of each group
+    to edit; a QRNError, before any model is loaded, for a run that cannot be evaluated."""
     with store.connect(db, read_only=True) as con:
-        info = store.run_info(con, run)
+        info = store.finished_run(con, run)
         queries = {q.id: q for q in store.load_queries(con, store.run_dataset_id(con, info.run_id))}
         qr = {m: store.qr_neurons(con, info.run_id, m) for m in METHODS}
     group = {qid: q.group for qid, q in queries.items()}
-    rng = random.Random(seed)
     chosen: list[str] = []
     for g in sorted(set(group.values())):
         members = [qid for qid in queries if group[qid] == g and qid in set(qr["qrnca"]["query_id"])]
         chosen += members[:per_group] if per_group else members
+    groups = sorted({group[qid] for qid in chosen})
+    if len(groups) < 2:
+        raise QRNError(f"run {info.name!r} has QR neurons of {len(groups)} group(s) ({', '.join(groups)}); PCR compares "
+                       "each query with a query of another group, so evaluate a run of at least two groups")
+    return info, queries, qr, chosen
+
+
+def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: int | None = 10, seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Run Tables 4, 6 and 7 on up to per_group queries of each group; store and return the numbers."""
+    info, queries, qr, chosen = plan_evaluation(run, db, per_group)
+    store.require_model(info, lm.spec.name, lm.fingerprint)
+    group = {qid: q.group for qid, q in queries.items()}
+    rng = random.Random(seed)
     attr = NeuronAttribution(lm, info.settings.attribution, info.settings.prompt)
     prompts = {qid: attr.prompts(queries[qid]) for qid in chosen}
     correct = {qid: [p.correct for p in ps] for qid, ps in prompts.items()}

@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from qrcore import store
+from qrcore.errors import QRNError
+from qrcore.outputs import make_folder
 from qrcore.qrnca import METHODS
 
 
@@ -38,10 +40,11 @@ def metric_table(evals: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 def write_report(run: str, db: str | None, out: str) -> list[Path]:
     """Write report.md and one CSV per table under out/<run name>/; returns the paths."""
     with store.connect(db, read_only=True) as con:
-        info = store.run_info(con, run)
+        info = store.finished_run(con, run)
         evals = store.evaluations(con, info.run_id)
-    folder = Path(out) / info.name.replace("/", "_")
-    folder.mkdir(parents=True, exist_ok=True)
+    if evals.empty:
+        raise QRNError(f"run {info.name!r} has no evaluations yet; compute them with `qrn evaluate --run {info.name}`")
+    folder = make_folder(Path(out) / info.name.replace("/", "_"))
     tables = {
         "pcr": pcr_table(evals),
         "changes": metric_table(evals, ["related_change", "unrelated_change"]),

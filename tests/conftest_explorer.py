@@ -1,9 +1,13 @@
-"""A small finished store for the explorer tests: a tiny model, two groups, synthetic attributions."""
+"""A small finished store for the explorer tests: a tiny model, two groups, synthetic attributions; what a reader
+sees of a Markdown body."""
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
+import re
 
+from markdown_it import MarkdownIt
 import numpy as np
 import pandas as pd
 
@@ -73,6 +77,20 @@ def synthetic_evaluations(rng: np.random.Generator) -> dict[str, pd.DataFrame]:
         out[evaluation] = pd.DataFrame(rows, columns=["group_name", "metric", "value"])
     out["prediction"] = pd.DataFrame({"group_name": ["all"], "metric": ["accuracy"], "value": [rng.uniform(0.3, 1)]})
     return out
+
+
+MARKDOWN = MarkdownIt("commonmark")
+"""CommonMark, as Streamlit renders Markdown (without its GitHub extensions, which the tests check separately)."""
+
+
+def rendered(markdown: str) -> str:
+    """The HTML of a Markdown body."""
+    return MARKDOWN.render(markdown)
+
+
+def shown(markdown: str) -> str:
+    """The text a reader sees of a Markdown body: tags dropped, entities decoded, invisible word joiners removed."""
+    return html.unescape(re.sub(r"<[^>]+>", "", rendered(markdown))).replace("\u2060", "").strip()
 
 
 def row_counts(path: Path) -> dict[str, int]:
