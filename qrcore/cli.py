@@ -166,11 +166,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     """Tables 4, 6 and 7 for a finished run; stored in the run's evaluations."""
     from tqdm import tqdm
 
+    from qrcore import store
     from qrcore.evaluate import evaluate_run, plan_evaluation
 
     _at_least_one(args, "per-group")
-    plan_evaluation(args.run, args.db, args.per_group)  # a run that cannot be evaluated fails before the model loads
+    info = plan_evaluation(args.run, args.db, args.per_group)[0]  # a run that cannot be evaluated fails before loading
     lm = _load(args)
+    store.require_model(info, lm.spec.name, lm.fingerprint)
     with tqdm(desc="evaluate", unit="edit") as bar:
         def progress(done: int, total: int) -> None:
             bar.total, bar.n = total, done

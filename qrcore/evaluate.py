@@ -48,8 +48,9 @@ def plan_evaluation(run: str, db: str | None = None, per_group: int | None = 10
         chosen += members[:per_group] if per_group else members
     groups = sorted({group[qid] for qid in chosen})
     if len(groups) < 2:
-        raise QRNError(f"run {info.name!r} has QR neurons of {len(groups)} group(s) ({', '.join(groups)}); PCR compares "
-                       "each query with a query of another group, so evaluate a run of at least two groups")
+        raise QRNError(f"run {info.name!r} has QR neurons in {len(groups)} group(s)"
+                       + (f" ({', '.join(groups)})" if groups else "") + "; PCR compares each query with a query of "
+                       "another group, so evaluate a run of at least two groups")
     return info, queries, qr, chosen
 
 

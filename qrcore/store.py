@@ -14,10 +14,10 @@ whole run by `writer_lock`, an flock on "<db>.lock" (left in place after the run
 holds is free).
 
 Damage (measured the same way): a DuckDB file cut short can still open and even take writes, failing only when
-a lost block is read. So `connect` compares the file's size with what its active database header says it holds
-before DuckDB opens it, and reads every table's metadata before anything is written; a damaged file is refused
-for reading and writing alike and never written (a refused read-write connection is closed without DuckDB's
-checkpoint). A new store and every migration are built in a temporary copy and moved into place only when
+a lost block is read, and a healthy file may end before the block count in its header (DuckDB cuts free blocks off
+its end). So `connect` reads every table's storage metadata and the catalog's, before anything is written, and
+compares the file's size with the last block they use; a damaged file is refused for reading and writing alike and
+never written (a refused read-write connection is closed without DuckDB's checkpoint). A new store and every migration are built in a temporary copy and moved into place only when
 complete, so a killed upgrade leaves the old file as it was.
 
 All SQL is in module constants; values are bound with `?` or come from a registered DataFrame.
@@ -37,7 +37,6 @@ import os
 from pathlib import Path
 import re
 import shutil
-import struct
 import time
 
 import duckdb
@@ -66,10 +65,8 @@ FRAME = "_frame"
 """Name under which a DataFrame is registered for one bulk INSERT."""
 DUCKDB_MAGIC = b"DUCK"
 """Bytes 8-11 of every DuckDB file."""
-DUCKDB_HEADER = 4096
-"""A DuckDB file starts with a main header and two database headers (the newer one is active) of this size."""
-DATABASE_HEADER = struct.Struct("<QQQQQQ")
-"""A database header's checksum, iteration, meta block, free list, block count and block size."""
+DUCKDB_HEADERS = 3 * 4096
+"""A DuckDB file starts with a main header and two database headers; block b lies at DUCKDB_HEADERS + b * size."""
 TEMP_INFIX = ".building-"
 """A store is built or upgraded in "<db dir>/.<db name>.building-<pid>" and then moved into place."""
 
@@ -79,8 +76,13 @@ SET_META = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
 SELECT_META = "SELECT key, value FROM meta"
 LIST_TABLES = ("SELECT table_name FROM information_schema.tables "
                "WHERE table_catalog = current_database() AND table_schema = 'main'")
-COUNT_ROWS = 'SELECT count(*) FROM "{table}"'
-"""Reads a table's row-group metadata; formatted only with table names from the store's own catalog."""
+BASE_TABLES = ("SELECT table_name FROM duckdb_tables() "
+               "WHERE database_name = current_database() AND schema_name = 'main'")
+LAST_TABLE_BLOCK = """SELECT coalesce(max(greatest(block_id, coalesce(list_max(additional_block_ids), -1))), -1)
+    FROM pragma_storage_info(?) WHERE persistent"""
+"""The last file block a table's stored segments use (reads the table's storage metadata)."""
+LAST_CATALOG_BLOCK = "SELECT coalesce(max(block_id), -1) FROM pragma_metadata_info()"
+BLOCK_SIZE = "SELECT block_size FROM pragma_database_size() WHERE database_name = current_database()"
 CHECKPOINT = "CHECKPOINT"
 NO_CHECKPOINT_ON_CLOSE = "PRAGMA disable_checkpoint_on_shutdown"
 
@@ -232,7 +234,6 @@ def connect(path: str | os.PathLike | None = None, read_only: bool = False, *,
             raise QRNError(f"{path} does not exist; compute a run first (qrn run) or pass another --db")
         path.parent.mkdir(parents=True, exist_ok=True)
         _create(path)
-    _check_size(path)
     con = _open(path, read_only, wait)
     try:
         version = _check_tables(con, path)
@@ -604,34 +605,10 @@ def _is_duckdb(path: Path) -> bool:
         return f.read(12)[8:] == DUCKDB_MAGIC
 
 
-def _check_size(path: Path) -> None:
-    """QRNError if a DuckDB file is shorter than its active database header says it is (a cut-short copy).
-
-    Files that are not DuckDB's are left to `_open`, which names them.
-    """
-    with path.open("rb") as f:
-        head = f.read(3 * DUCKDB_HEADER)
-    if head[8:12] != DUCKDB_MAGIC:
-        return
-    size = path.stat().st_size
-    if len(head) < 3 * DUCKDB_HEADER:
-        raise _damaged(path, f"the file is {size:,} bytes, shorter than DuckDB's {3 * DUCKDB_HEADER:,}-byte header")
-    headers = [DATABASE_HEADER.unpack_from(head, offset) for offset in (DUCKDB_HEADER, 2 * DUCKDB_HEADER)]
-    _, _, _, _, blocks, block_size = max(headers, key=lambda h: h[1])  # the newest iteration is active
-    expected = 3 * DUCKDB_HEADER + blocks * block_size
-    if size < expected:
-        raise _damaged(path, f"the file is {size:,} bytes but its header says it holds {expected:,}")
-
-
 def _check_tables(con: duckdb.DuckDBPyConnection, path: Path) -> int:
-    """The store's schema version (0 for an empty file) after reading every table's metadata; QRNError for a
-    foreign, damaged or newer file."""
-    try:
-        tables = [row[0] for row in con.execute(LIST_TABLES).fetchall()]
-        for table in tables:
-            con.execute(COUNT_ROWS.format(table=table)).fetchone()
-    except duckdb.Error as err:
-        raise _damaged(path, f"its tables cannot be read ({str(err).splitlines()[0]})") from None
+    """The store's schema version (0 for an empty file) after `_check_blocks`; QRNError for a foreign, damaged or
+    newer file."""
+    tables = [row[0] for row in con.execute(LIST_TABLES).fetchall()]
     if "meta" not in tables:
         if tables:
             raise QRNError(f"{path} is not a QR Neuron Explorer store (no meta table); "
@@ -644,6 +621,7 @@ def _check_tables(con: duckdb.DuckDBPyConnection, path: Path) -> int:
     if meta.get("app") != APP:
         raise QRNError(f"{path} is not a QR Neuron Explorer store (its meta table is not ours); "
                        "pass another --db or move the file away")
+    _check_blocks(con, path)
     version = meta.get("schema_version", "")
     if not version.isdigit():
         raise _damaged(path, f"its schema_version is {version!r}")
@@ -651,6 +629,20 @@ def _check_tables(con: duckdb.DuckDBPyConnection, path: Path) -> int:
         raise QRNError(f"{path} has store schema {version}, newer than this qrn's {SCHEMA_VERSION}; "
                        "upgrade qrn or pass another --db")
     return int(version)
+
+
+def _check_blocks(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Read every table's storage metadata; QRNError if that fails or uses a block beyond the end of the file."""
+    try:
+        last = con.execute(LAST_CATALOG_BLOCK).fetchone()[0]
+        for (table,) in con.execute(BASE_TABLES).fetchall():
+            last = max(last, con.execute(LAST_TABLE_BLOCK, [table]).fetchone()[0])
+        block_size = con.execute(BLOCK_SIZE).fetchone()[0]
+    except duckdb.Error as err:
+        raise _damaged(path, f"its tables cannot be read ({str(err).splitlines()[0]})") from None
+    size, needed = path.stat().st_size, DUCKDB_HEADERS + (last + 1) * block_size
+    if size < needed:
+        raise _damaged(path, f"the file is {size:,} bytes but its tables use blocks up to byte {needed:,}")
 
 
 def _close_unwritten(con: duckdb.DuckDBPyConnection) -> None:
