@@ -95,9 +95,17 @@ def keep_synced() -> None:
             st.session_state[key] = st.session_state[key]
 
 
+def list_runs() -> pd.DataFrame:
+    """The store's runs (none before the store exists); a store that cannot be read stops the page with its error."""
+    if not state.has_store():
+        return pd.DataFrame(columns=["run_id", "name", "model", "dataset", "status"])
+    with inline_errors(stop=True):
+        return state.read(store.list_runs)
+
+
 def pick_run() -> Run | None:
     """Sidebar choice of a finished run of the store; None (with a hint) when there is none."""
-    runs = state.read(store.list_runs) if state.has_store() else pd.DataFrame(columns=["name", "status"])
+    runs = list_runs()
     finished = runs.loc[runs["status"] == "finished"].set_index("name", drop=False)
     if finished.empty:
         st.sidebar.info(f"No finished run in {md(state.db_path())} yet: start one on *Data and models* or with `qrn run`.")
@@ -119,12 +127,14 @@ def require_run() -> Run:
 
 
 @contextmanager
-def inline_errors() -> Iterator[None]:
-    """Show a QRNError raised inside the block as an inline error; the rest of the page still renders."""
+def inline_errors(stop: bool = False) -> Iterator[None]:
+    """Show a QRNError raised inside the block as an inline error; the rest of the page still renders, unless `stop`."""
     try:
         yield
     except QRNError as err:
         st.error(md(err))
+        if stop:
+            st.stop()
 
 
 def run_queries(run: Run) -> dict[str, Query]:

@@ -94,9 +94,14 @@ def rendered(markdown: str) -> str:
     return MARKDOWN.render(markdown)
 
 
+def text_of(markdown: str) -> str:
+    """The text of a Markdown body as rendered: tags dropped, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", "", rendered(markdown))).strip()
+
+
 def shown(markdown: str) -> str:
-    """The text a reader sees of a Markdown body: tags dropped, entities decoded, invisible word joiners removed."""
-    return html.unescape(re.sub(r"<[^>]+>", "", rendered(markdown))).replace("\u2060", "").strip()
+    """The text a reader sees of a Markdown body (`text_of` without invisible word joiners)."""
+    return text_of(markdown).replace("\u2060", "")
 
 
 def row_counts(path: Path) -> dict[str, int]:

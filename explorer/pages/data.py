@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
-from qrcore import store
 from qrcore.datasets import BUILTIN
 from qrcore.errors import QRNError
 
@@ -20,7 +18,7 @@ IMPORTED = "imported_datasets"
 st.title("Data and models")
 st.caption(f"Store {views.md(state.db_path())} · the app's model is **{views.md(state.model_name())}** "
            f"(set `{state.MODEL_ENV}` and `QRN_DB` to change them).")
-runs = state.read(store.list_runs) if state.has_store() else pd.DataFrame(columns=["name", "model", "dataset"])
+runs = views.list_runs()
 
 st.subheader("Runs")
 if runs.empty:
