@@ -237,6 +237,8 @@ def connect(path: str | os.PathLike | None = None, read_only: bool = False, *,
     con = _open(path, read_only, wait)
     try:
         version = _check_tables(con, path)
+        if not read_only:
+            _remove_stale_temps(path)
         if version == SCHEMA_VERSION:
             return con
         if not read_only:
@@ -703,12 +705,16 @@ def _build(path: Path, version: int) -> None:
 
 
 def _temp_path(path: Path) -> Path:
-    """This process's temporary file for building the store at `path`; those of killed processes are removed."""
+    """This process's temporary file for building or upgrading the store at `path`."""
+    return path.with_name(f".{path.name}{TEMP_INFIX}{os.getpid()}")
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the temporary stores (and their logs) that killed processes left beside `path`."""
     for stale in path.parent.glob(f".{path.name}{TEMP_INFIX}*"):
         pid = stale.name.removeprefix(f".{path.name}{TEMP_INFIX}").split(".")[0]
         if pid.isdigit() and not _alive(int(pid)):
             stale.unlink(missing_ok=True)
-    return path.with_name(f".{path.name}{TEMP_INFIX}{os.getpid()}")
 
 
 def _alive(pid: int) -> bool:
