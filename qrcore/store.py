@@ -15,9 +15,10 @@ holds is free).
 
 Damage (measured the same way): a DuckDB file cut short can still open and even take writes, failing only when
 a lost block is read, and a healthy file may end before the block count in its header (DuckDB cuts free blocks off
-its end). So `connect` reads every table's storage metadata and the catalog's, before anything is written, and
-compares the file's size with the last block they use; a damaged file is refused for reading and writing alike and
-never written (a refused read-write connection is closed without DuckDB's checkpoint). A new store and every migration are built in a temporary copy and moved into place only when
+its end). So `connect` reads every table's storage metadata and the catalog's before anything is written, and
+compares the file's size with the last block they use (once per version of the file and process); a damaged file
+is refused for reading and writing alike and never written (a refused read-write connection is closed without
+DuckDB's checkpoint). A new store and every migration are built in a temporary copy and moved into place only when
 complete, so a killed upgrade leaves the old file as it was.
 
 All SQL is in module constants; values are bound with `?` or come from a registered DataFrame.
@@ -69,6 +70,8 @@ DUCKDB_HEADERS = 3 * 4096
 """A DuckDB file starts with a main header and two database headers; block b lies at DUCKDB_HEADERS + b * size."""
 TEMP_INFIX = ".building-"
 """A store is built or upgraded in "<db dir>/.<db name>.building-<pid>" and then moved into place."""
+_SOUND: set[tuple[int, int, int, int]] = set()
+"""(device, inode, size, mtime) of the store files `_check_blocks` passed in this process: not read again."""
 
 # meta(key, value): 'app' = APP and 'schema_version'; a file without it is not ours.
 CREATE_META = "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)"
@@ -253,7 +256,8 @@ def connect(path: str | os.PathLike | None = None, read_only: bool = False, *,
 
 
 def verify(path: str | os.PathLike | None = None) -> None:
-    """Refuse with a QRNError, writing nothing, a store that exists but is foreign, newer or damaged."""
+    """Refuse with a QRNError, writing nothing, a store that exists but is foreign, newer or damaged (an older one is
+    upgraded)."""
     if Path(path if path is not None else default_db()).exists():
         connect(path, read_only=True).close()
 
@@ -635,6 +639,10 @@ def _check_tables(con: duckdb.DuckDBPyConnection, path: Path) -> int:
 
 def _check_blocks(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Read every table's storage metadata; QRNError if that fails or uses a block beyond the end of the file."""
+    st = path.stat()
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if version in _SOUND:
+        return
     try:
         last = con.execute(LAST_CATALOG_BLOCK).fetchone()[0]
         for (table,) in con.execute(BASE_TABLES).fetchall():
@@ -642,9 +650,10 @@ def _check_blocks(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         block_size = con.execute(BLOCK_SIZE).fetchone()[0]
     except duckdb.Error as err:
         raise _damaged(path, f"its tables cannot be read ({str(err).splitlines()[0]})") from None
-    size, needed = path.stat().st_size, DUCKDB_HEADERS + (last + 1) * block_size
-    if size < needed:
-        raise _damaged(path, f"the file is {size:,} bytes but its tables use blocks up to byte {needed:,}")
+    needed = DUCKDB_HEADERS + (last + 1) * block_size
+    if st.st_size < needed:
+        raise _damaged(path, f"the file is {st.st_size:,} bytes but its tables use blocks up to byte {needed:,}")
+    _SOUND.add(version)
 
 
 def _close_unwritten(con: duckdb.DuckDBPyConnection) -> None:
@@ -681,7 +690,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, path: Path, version: int) -> None:
         shutil.copymode(path, tmp)
         _build(tmp, version)
         os.replace(tmp, path)
-    except duckdb.Error as err:
+    except (duckdb.Error, OSError) as err:
         raise QRNError(f"could not upgrade {path} from store schema {version} to {SCHEMA_VERSION} "
                        f"({str(err).splitlines()[0]}); the file is unchanged") from None
     finally:
