@@ -108,7 +108,8 @@ def pick_run() -> Run | None:
     runs = list_runs()
     finished = runs.loc[runs["status"] == "finished"].set_index("name", drop=False)
     if finished.empty:
-        st.sidebar.info(f"No finished run in {md(state.db_path())} yet: start one on *Data and models* or with `qrn run`.")
+        st.sidebar.info(f"No finished run in {md(state.db_path())} yet: start one on *Data and models* or with "
+                        "`qrn run`.")
         return None
     label = {n: f"{n} · {r.model} · {r.dataset}" for n, r in finished.iterrows()}
     name = synced(st.sidebar.selectbox, "Run", "run", options=list(finished.index), format_func=label.__getitem__)

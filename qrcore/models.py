@@ -160,7 +160,8 @@ def resolve(name: str) -> tuple[str, bool]:
             raise QRNError(f"{name} is a folder without config.json; pass a Hugging Face model folder, a .gguf file or a hub id.")
         return str(path), True
     if path.is_file():
-        raise QRNError(f"{name} is a file but not a .gguf model; pass a .gguf file, a Hugging Face model folder or a hub id.")
+        raise QRNError(f"{name} is a file but not a .gguf model; pass a .gguf file, a Hugging Face model folder or a "
+                       "hub id.")
     if name.startswith((".", "/", "~")):
         raise QRNError(f"model path {name} does not exist; check the path.")
     return name, False
@@ -212,8 +213,9 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
 
 
 def check_device(device: str) -> None:
-    """One-line QRNError unless `device` is cpu, auto, or a CUDA device this machine has."""
-    if device in ("cpu", "auto"):
+    """One-line QRNError unless `device` is cpu (or cpu:N, as accelerate names it), auto, or a CUDA device this
+    machine has."""
+    if device == "auto" or re.fullmatch(r"cpu(:\d+)?", device):
         return
     match = re.fullmatch(r"cuda(?::(\d+))?", device)
     if match is None:

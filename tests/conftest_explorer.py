@@ -78,7 +78,8 @@ def synthetic_evaluations(rng: np.random.Generator, groups: list[str]) -> dict[s
     """One method's numbers in the shape `qrcore.evaluate` stores: PCR and changes, flip rates, prediction."""
     out = {}
     for evaluation in ("boost", "suppress"):
-        rows = [(g, m, rng.uniform(1.0, 5.0)) for g in [*groups, "all"] for m in ("pcr", "related_change", "unrelated_change")]
+        rows = [(g, m, rng.uniform(1.0, 5.0)) for g in [*groups, "all"]
+                for m in ("pcr", "related_change", "unrelated_change")]
         rows += [("all", m, rng.uniform(0.0, 0.5)) for m in ("correct_to_incorrect", "incorrect_to_correct")]
         out[evaluation] = pd.DataFrame(rows, columns=["group_name", "metric", "value"])
     out["prediction"] = pd.DataFrame({"group_name": ["all"], "metric": ["accuracy"], "value": [rng.uniform(0.3, 1)]})

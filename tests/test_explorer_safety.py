@@ -17,7 +17,8 @@ from qrcore.queries import Query
 from test_explorer import APP, PAGES, button, db, errors, page  # noqa: F401 (db: a fixture)
 
 URL = "http://127.0.0.1:9"
-HOSTILE = f'![x]({URL}/x.png) [c]({URL}/c) <a href="{URL}/a">a</a> <img src="{URL}/i.png"> www.example.com me@example.com'
+HOSTILE = (f'![x]({URL}/x.png) [c]({URL}/c) <a href="{URL}/a">a</a> <img src="{URL}/i.png"> '
+           "www.example.com me@example.com")
 """Markdown image and link syntax, HTML tags and addresses GitHub Markdown links by itself."""
 MARKDOWN_ELEMENTS = ("markdown", "caption", "error", "warning", "info", "success", "title", "header", "subheader")
 """AppTest element lists whose values Streamlit renders as Markdown."""
@@ -109,6 +110,7 @@ def test_generated_answer_shows_as_text(db, monkeypatch):
 
     monkeypatch.setattr(state, "generate", lambda lm, question, edit=None: f"{question} -> {HOSTILE}")
     at = page("query_lab", source="custom")
+    at.text_input(key="q_text").set_value("Which answer does the generator give here?").run()  # not cached yet
     button(at, "Generate free-form answers").click().run()
     assert assert_shown_as_text(at) >= 2  # the unedited and the edited answer
 

@@ -39,7 +39,8 @@ DERIVED = {"neuron_stats": "layer, neuron, n_clusters, ica, is_common",
            "qr_neurons": "method, query_id, rank, layer, neuron, score",
            "heatmaps": "group_name, layer, neuron, score"}
 MIGRATION = ["ALTER TABLE attributions ADD COLUMN doubled REAL", "UPDATE attributions SET doubled = 2 * na",
-             "CREATE TABLE attribution_sums AS SELECT run_id, query_id, sum(na) AS total FROM attributions GROUP BY ALL"]
+             "CREATE TABLE attribution_sums AS SELECT run_id, query_id, sum(na) AS total FROM attributions "
+             "GROUP BY ALL"]
 """A schema version 2 for the migration phase: a new column filled from the old ones, and a new table."""
 
 

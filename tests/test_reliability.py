@@ -63,8 +63,9 @@ def work(seeded: Path, tmp_path: Path, monkeypatch) -> Path:
 def test_evaluate_with_another_model_is_refused_naming_both(work, tiny, capsys):
     before = snapshot(work)
     message = fails(["evaluate", "--run", RUN, "--model", "tiny-gpt2", "--db", "qrn.duckdb"], capsys)
-    assert message == (f"run {RUN!r} was computed with model {MODEL} ({tiny('llama').fingerprint}), not with tiny-gpt2 "
-                       f"({tiny('gpt2').fingerprint}); use the run's model (qrn --model, or QRN_MODEL for the explorer)")
+    assert message == (f"run {RUN!r} was computed with model {MODEL} ({tiny('llama').fingerprint}), not with "
+                       f"tiny-gpt2 ({tiny('gpt2').fingerprint}); use the run's model (qrn --model, or QRN_MODEL for "
+                       "the explorer)")
     assert snapshot(work) == before
 
 

@@ -51,8 +51,8 @@ left, middle, right = st.columns([2, 1, 2])
 dataset = left.selectbox("Dataset", datasets, key="run_dataset")
 per_group = middle.number_input("Queries per group (0: all)", min_value=0, value=0, step=5, key="per_group")
 run_name = right.text_input("Run name", placeholder="derived from model and dataset", key="run_name")
-st.caption(f"Attributes every query with {views.md(state.model_name())} (about 5 s a query for the default model on a CPU) "
-           "and computes the run's QR neurons; a run that stopped resumes where it was.")
+st.caption(f"Attributes every query with {views.md(state.model_name())} (about 5 s a query for the default model on a "
+           "CPU) and computes the run's QR neurons; a run that stopped resumes where it was.")
 if st.button("Start run", type="primary"):
     bar = st.progress(0.0, "Starting…")
     try:
