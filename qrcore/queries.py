@@ -3,10 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import re
+import unicodedata
 
 from qrcore.errors import QRNError
 
 MAX_OPTIONS = 26
+INVISIBLE = ("Cc", "Cf", "Zs", "Zl", "Zp")
+"""Unicode categories that show nothing: control and format (zero-width) characters, spaces, line separators."""
+OPTION_PATTERN = re.compile(r"^\s*\(?([A-Z])[.)]\s", re.MULTILINE)
+"""An option line of a ready-made prompt: "A. text", " (B) text"."""
+
+
+def blank(text: str) -> bool:
+    """Whether `text` shows nothing: empty, or only spaces, zero-width or other invisible characters."""
+    return all(unicodedata.category(c) in INVISIBLE for c in text)
+
+
+def option_problem(option: str) -> str | None:
+    """Why `option` cannot be one line of a prompt (empty or invisible, or several lines), or None if it can."""
+    if blank(option):
+        return "an option is empty; remove it or fill it in."
+    if option.splitlines() != [option]:
+        return f"option {option!r} contains a line break; write each option on one line."
+    return None
+
+
+def prompt_letters(prompt: str) -> tuple[str, ...]:
+    """The option letters a ready-made prompt shows (A-D if it shows none in the "A. text" form)."""
+    return tuple(OPTION_PATTERN.findall(prompt)) or tuple("ABCD")
 
 
 @dataclass(frozen=True)
@@ -43,17 +68,22 @@ class Query:
     def validate(self) -> None:
         """Raise QRNError with a one-line message if the query cannot be asked."""
         where = f"query {self.id!r}"
-        if not self.question.strip():
+        if blank(self.question):
             raise QRNError(f"{where}: the question is empty; write a question.")
         if self.prompts:
             if len(self.prompts) != len(self.labels):
                 raise QRNError(f"{where}: {len(self.prompts)} prompts but {len(self.labels)} labels; give one label per prompt.")
+            for i, (prompt, label) in enumerate(zip(self.prompts, self.labels), start=1):
+                if label not in prompt_letters(prompt):
+                    raise QRNError(f"{where}: label {label!r} of prompt {i} is not one of its options "
+                                   f"{', '.join(prompt_letters(prompt))}; give the letter of an option it shows.")
             return
-        if not self.answer.strip():
+        if blank(self.answer):
             raise QRNError(f"{where}: the answer is empty; give the correct answer.")
         opts = [o.strip() for o in self.options()]
-        if any(not o for o in opts):
-            raise QRNError(f"{where}: an option is empty; remove it or fill it in.")
+        problem = next(filter(None, map(option_problem, opts)), None)
+        if problem:
+            raise QRNError(f"{where}: {problem}")
         if len(set(o.casefold() for o in opts)) != len(opts):
             dup = next(o for o in opts if sum(p.casefold() == o.casefold() for p in opts) > 1)
             raise QRNError(f"{where}: option {dup!r} appears twice; options must be distinct.")
@@ -69,12 +99,15 @@ def make_query(question: str, options: list[str], answer: str, *, id: str = "cus
     The CLI's and the explorer's custom questions come through here, so both give the same messages.
     """
     opts = [o.strip() for o in options]
-    if not question.strip():
+    if blank(question):
         raise QRNError("the question is empty; write a question.")
     if len(opts) < 2:
         raise QRNError(f"{len(opts)} option(s) given; give at least 2 options.")
     if len(opts) > MAX_OPTIONS:
         raise QRNError(f"{len(opts)} options given, more than the {MAX_OPTIONS} letters A-Z; give at most {MAX_OPTIONS}.")
+    problem = next(filter(None, map(option_problem, opts)), None)
+    if problem:
+        raise QRNError(problem)
     seen = [o.casefold() for o in opts]
     dup = next((o for o, c in zip(opts, seen) if seen.count(c) > 1), None)
     if dup is not None:

@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from qrcore import analysis, store
+from qrcore.errors import QRNError
+from qrcore.outputs import make_folder
 from qrcore.qrnca import METHODS
 
 
@@ -49,12 +51,13 @@ def answer_prediction_table(evals: pd.DataFrame) -> pd.DataFrame:
 def write_report(run: str, db: str | None, out: str) -> list[Path]:
     """Write report.md and one CSV per table under out/<run name>/; returns the paths."""
     with store.connect(db, read_only=True) as con:
-        info = store.run_info(con, run)
+        info = store.finished_run(con, run)
         evals = store.evaluations(con, info.run_id)
         counts = analysis.qr_counts(store.qr_neurons(con, info.run_id), store.run_groups(con, info.run_id))
         n_common = len(store.common_neurons(con, info.run_id))
-    folder = Path(out) / info.name.replace("/", "_")
-    folder.mkdir(parents=True, exist_ok=True)
+    if evals.empty:
+        raise QRNError(f"run {info.name!r} has no evaluations yet; compute them with `qrn evaluate --run {info.name}`")
+    folder = make_folder(Path(out) / info.name.replace("/", "_"))
     tables = {
         "qr_neurons": counts,
         "pcr": pcr_table(evals),

@@ -26,14 +26,16 @@ def resolve_dataset(dataset: str, db: str | None = None) -> tuple[str, str, list
     if dataset in BUILTIN:
         return dataset, "builtin", load_builtin(dataset)
     path = Path(dataset)
-    if path.suffix and path.exists():
+    if path.suffix.lower() in (".json", ".csv") or (path.suffix and path.exists()):
         return path.stem, str(path), import_file(path)
-    with store.connect(db, read_only=True) as con:
-        try:
-            return dataset, "store", store.load_queries(con, dataset)
-        except QRNError:
-            raise QRNError(f"unknown dataset {dataset!r}; use one of {', '.join(BUILTIN)}, a .json/.csv file, "
-                           "or a dataset imported with `qrn import`.") from None
+    if Path(db or store.default_db()).exists():
+        with store.connect(db, read_only=True) as con:
+            try:
+                return dataset, "store", store.load_queries(con, dataset)
+            except QRNError:
+                pass
+    raise QRNError(f"unknown dataset {dataset!r}; use one of {', '.join(BUILTIN)}, a .json/.csv file, "
+                   "or a dataset imported with `qrn import`.")
 
 
 def select_queries(queries: list[Query], groups: list[str] | None, per_group: int | None) -> list[Query]:
@@ -57,10 +59,17 @@ def select_queries(queries: list[Query], groups: list[str] | None, per_group: in
 
 def plan_queries(dataset: str, db: str | None = None, settings: RunSettings = RunSettings(),
                  groups: list[str] | None = None, per_group: int | None = None) -> tuple[str, str, list[Query]]:
-    """(dataset name with the selection, source, queries) of a run: the selected queries with distractors filled in."""
-    from qrcore.prompts import fill_distractors
+    """(dataset name with the selection, source, queries) of a run: the selected queries with distractors filled in.
 
+    Bad settings, a refused store and queries that cannot be asked fail here, before a model is loaded.
+    """
+    from qrcore.prompts import check_templates, fill_distractors
+
+    check_templates(settings.prompt)
+    store.verify(db)
     ds_name, source, queries = resolve_dataset(dataset, db)
+    for q in queries:
+        q.validate()  # datasets stored before a check was added
     queries = select_queries(fill_distractors(queries, seed=settings.prompt.seed), groups, per_group)
     if groups or per_group:
         ds_name = f"{ds_name}[{','.join(groups or [])}:{per_group or 'all'}]"

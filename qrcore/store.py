@@ -13,6 +13,14 @@ retries for up to `wait` seconds while another process holds the file. Two write
 whole run by `writer_lock`, an flock on "<db>.lock" (left in place after the run; a lock file that nobody
 holds is free).
 
+Damage (measured the same way): a DuckDB file cut short can still open and even take writes, failing only when
+a lost block is read, and a healthy file may end before the block count in its header (DuckDB cuts free blocks off
+its end). So `connect` reads every table's storage metadata and the catalog's before anything is written, and
+compares the file's size with the last block they use (once per version of the file and process); a damaged file
+is refused for reading and writing alike and never written (a refused read-write connection is closed without
+DuckDB's checkpoint). A new store and every migration are built in a temporary copy and moved into place only when
+complete, so a killed upgrade leaves the old file as it was.
+
 All SQL is in module constants; values are bound with `?` or come from a registered DataFrame.
 Readers take a run's id or its name and need the run-level results of `finalize_run`.
 Tables have no foreign keys (DuckDB's make deletes order-dependent); every writer keeps them consistent.
@@ -29,6 +37,7 @@ import json
 import os
 from pathlib import Path
 import re
+import shutil
 import time
 
 import duckdb
@@ -37,6 +46,7 @@ import pandas as pd
 
 from qrcore import __version__, analysis, qrnca
 from qrcore.errors import QRNError
+from qrcore.outputs import make_folder
 from qrcore.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import QRNCASettings, RunSettings
@@ -54,6 +64,14 @@ LOCK_WAIT_S = 15.0
 """How long `connect` retries while another process has the file open (a run's finalize takes a few seconds)."""
 FRAME = "_frame"
 """Name under which a DataFrame is registered for one bulk INSERT."""
+DUCKDB_MAGIC = b"DUCK"
+"""Bytes 8-11 of every DuckDB file."""
+DUCKDB_HEADERS = 3 * 4096
+"""A DuckDB file starts with a main header and two database headers; block b lies at DUCKDB_HEADERS + b * size."""
+TEMP_INFIX = ".building-"
+"""A store is built or upgraded in "<db dir>/.<db name>.building-<pid>" and then moved into place."""
+_SOUND: set[tuple[int, int, int, int]] = set()
+"""(device, inode, size, mtime) of the store files `_check_blocks` passed in this process: not read again."""
 
 # meta(key, value): 'app' = APP and 'schema_version'; a file without it is not ours.
 CREATE_META = "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)"
@@ -61,6 +79,15 @@ SET_META = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
 SELECT_META = "SELECT key, value FROM meta"
 LIST_TABLES = ("SELECT table_name FROM information_schema.tables "
                "WHERE table_catalog = current_database() AND table_schema = 'main'")
+BASE_TABLES = ("SELECT table_name FROM duckdb_tables() "
+               "WHERE database_name = current_database() AND schema_name = 'main'")
+LAST_TABLE_BLOCK = """SELECT coalesce(max(greatest(block_id, coalesce(list_max(additional_block_ids), -1))), -1)
+    FROM pragma_storage_info(?) WHERE persistent"""
+"""The last file block a table's stored segments use (reads the table's storage metadata)."""
+LAST_CATALOG_BLOCK = "SELECT coalesce(max(block_id), -1) FROM pragma_metadata_info()"
+BLOCK_SIZE = "SELECT block_size FROM pragma_database_size() WHERE database_name = current_database()"
+CHECKPOINT = "CHECKPOINT"
+NO_CHECKPOINT_ON_CLOSE = "PRAGMA disable_checkpoint_on_shutdown"
 
 SCHEMA_V1 = [
     # models: one row per model fingerprint (config + weights), with the MLP shape the neuron maps use.
@@ -137,8 +164,10 @@ IMPORT_TABLE = {t: f"INSERT OR IGNORE INTO {t} BY NAME SELECT * FROM read_parque
 COUNT_RUNS = f"SELECT count(*) FROM runs WHERE run_id IN {_IN_RUNS}"
 RUN_NAME_BY_ID = "SELECT name FROM runs WHERE run_id = ?"
 INSERT_RUN = "INSERT INTO runs (run_id, name, model_id, dataset_id, settings_json, code_version, status) VALUES (?, ?, ?, ?, ?, ?, 'running')"
-RUN_INFO = """SELECT u.run_id, u.name, u.settings_json, u.status, u.n_clusters, m.n_layers, m.n_neurons
-    FROM runs u JOIN models m ON m.model_id = u.model_id WHERE u.run_id = ? OR u.name = ?"""
+RUN_INFO = """SELECT u.run_id, u.name, u.settings_json, u.status, u.n_clusters, m.n_layers, m.n_neurons,
+        u.model_id, m.name FROM runs u JOIN models m ON m.model_id = u.model_id WHERE u.run_id = ? OR u.name = ?"""
+RUN_PROGRESS = """SELECT (SELECT count(*) FROM query_results r WHERE r.run_id = u.run_id),
+        (SELECT count(*) FROM queries q WHERE q.dataset_id = u.dataset_id) FROM runs u WHERE u.run_id = ?"""
 ALL_RUN_NAMES = "SELECT name FROM runs ORDER BY name"
 DONE_QUERIES = "SELECT query_id FROM query_results WHERE run_id = ?"
 DELETE_QUERY_ROWS = [f"DELETE FROM {table} WHERE run_id = ? AND query_id IN (SELECT query_id FROM {FRAME})"
@@ -190,6 +219,10 @@ class RunInfo:
     """|C|, the number of queries when the run was finalized; None before."""
     n_layers: int
     n_neurons: int
+    model_id: str
+    """Fingerprint of the model that computed the run (config and weights, `qrcore.models`)."""
+    model_name: str
+    """The name the model was loaded under (--model)."""
 
 
 def default_db() -> str:
@@ -199,7 +232,8 @@ def default_db() -> str:
 
 def connect(path: str | os.PathLike | None = None, read_only: bool = False, *,
             wait: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
-    """Open the store at `path` (default `default_db()`), creating or upgrading it; refuse foreign files untouched.
+    """Open the store at `path` (default `default_db()`), creating or upgrading it; refuse foreign, newer or damaged
+    files untouched.
 
     Close the connection soon (use it in a `with` block): an open connection locks the file for other processes.
     """
@@ -208,26 +242,37 @@ def connect(path: str | os.PathLike | None = None, read_only: bool = False, *,
         if read_only:
             raise QRNError(f"{path} does not exist; compute a run first (qrn run) or pass another --db")
         path.parent.mkdir(parents=True, exist_ok=True)
+        _create(path)
     con = _open(path, read_only, wait)
     try:
-        version = _schema_version(con, path)
+        version = _check_tables(con, path)
+        if not read_only:
+            _remove_stale_temps(path)
         if version == SCHEMA_VERSION:
             return con
         if not read_only:
             _migrate(con, path, version)
-            return con
     except BaseException:
-        con.close()
+        _close_unwritten(con)
         raise
     con.close()
-    connect(path, read_only=False, wait=wait).close()  # upgrade with a short read-write connection
-    return _open(path, True, wait)
+    if read_only:
+        connect(path, wait=wait).close()  # upgrade with a short read-write connection
+    return connect(path, read_only, wait=wait)
+
+
+def verify(path: str | os.PathLike | None = None) -> None:
+    """Refuse with a QRNError, writing nothing, a store that exists but is foreign, newer or damaged (an older one is
+    upgraded)."""
+    if Path(path if path is not None else default_db()).exists():
+        connect(path, read_only=True).close()
 
 
 @contextmanager
 def writer_lock(path: str | os.PathLike | None = None) -> Iterator[None]:
     """Hold "<db>.lock" for a whole run so that a second `qrn run` on the same store stops with a clear message."""
     db = Path(path if path is not None else default_db())
+    verify(db)  # a refused store gets no lock file beside it
     lock = Path(f"{db}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -400,8 +445,26 @@ def run_info(con: duckdb.DuckDBPyConnection, run: str) -> RunInfo:
         names = [r[0] for r in con.execute(ALL_RUN_NAMES).fetchall()]
         raise QRNError(f"no run {run!r} in this store; "
                        + (f"stored runs: {', '.join(names)}" if names else "compute one first (qrn run)"))
-    run_id, name, settings_json, status, n_clusters, n_layers, n_neurons = row
-    return RunInfo(run_id, name, RunSettings.from_json(settings_json), status, n_clusters, n_layers, n_neurons)
+    run_id, name, settings_json, status, n_clusters, n_layers, n_neurons, model_id, model_name = row
+    return RunInfo(run_id, name, RunSettings.from_json(settings_json), status, n_clusters, n_layers, n_neurons,
+                   model_id, model_name)
+
+
+def finished_run(con: duckdb.DuckDBPyConnection, run: str) -> RunInfo:
+    """`run_info` of a run whose every query is stored and finalized; QRNError naming its progress otherwise."""
+    info = run_info(con, run)
+    if info.status != "finished":
+        done, total = con.execute(RUN_PROGRESS, [info.run_id]).fetchone()
+        raise QRNError(f"run {info.name!r} is unfinished ({done} of {total} queries done); "
+                       "finish it first: the same qrn run again resumes it")
+    return info
+
+
+def require_model(info: RunInfo, name: str, fingerprint: str) -> None:
+    """QRNError naming both models unless `fingerprint` is that of the model that computed the run."""
+    if fingerprint != info.model_id:
+        raise QRNError(f"run {info.name!r} was computed with model {info.model_name} ({info.model_id}), not with "
+                       f"{name} ({fingerprint}); use the run's model (qrn --model, or QRN_MODEL for the explorer)")
 
 
 def run_dataset_id(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
@@ -411,9 +474,8 @@ def run_dataset_id(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
 
 def export_runs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], folder: str | os.PathLike) -> dict[str, int]:
     """Write every row of the given runs (and their models, datasets and queries) as one Parquet file per table."""
-    ids = [run_info(con, r).run_id for r in runs]
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    ids = [finished_run(con, r).run_id for r in runs]
+    out = make_folder(folder)
     counts = {}
     for table, sql in EXPORT_SELECT.items():
         frame = con.execute(sql, [ids]).df()
@@ -524,12 +586,10 @@ def _open(path: Path, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as err:
+        except duckdb.Error as err:
             message = str(err)
             if "Could not set lock" not in message:
-                what = "not a DuckDB database" if "not a valid DuckDB database" in message else \
-                    f"unreadable by DuckDB {duckdb.__version__}: {message.splitlines()[0]}"
-                raise QRNError(f"{path} is {what}; pass another --db or move the file away") from None
+                raise _unreadable(path, message) from None
             if time.monotonic() >= deadline:
                 pid = re.search(r"PID (\d+)", message)
                 raise QRNError(f"{path} is in use by another process (pid {pid[1] if pid else 'unknown'}) for more "
@@ -537,9 +597,30 @@ def _open(path: Path, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection
             time.sleep(0.05)
 
 
-def _schema_version(con: duckdb.DuckDBPyConnection, path: Path) -> int:
-    """The store's schema version (0 for an empty file); QRNError for a foreign, damaged or newer file."""
-    tables = {row[0] for row in con.execute(LIST_TABLES).fetchall()}
+def _unreadable(path: Path, message: str) -> QRNError:
+    """The error for a file DuckDB refused to open: damaged if it is a DuckDB file, else not one or unreadable."""
+    if _is_duckdb(path):
+        return _damaged(path, f"DuckDB cannot open it ({message.splitlines()[0]})")
+    what = "not a DuckDB database" if "not a valid DuckDB database" in message else \
+        f"unreadable by DuckDB {duckdb.__version__}: {message.splitlines()[0]}"
+    return QRNError(f"{path} is {what}; pass another --db or move the file away")
+
+
+def _damaged(path: Path, what: str) -> QRNError:
+    """The one-line refusal of a damaged store."""
+    return QRNError(f"{path} is damaged: {what}; restore a copy or pass another --db")
+
+
+def _is_duckdb(path: Path) -> bool:
+    """Whether the file starts like a DuckDB database."""
+    with path.open("rb") as f:
+        return f.read(12)[8:] == DUCKDB_MAGIC
+
+
+def _check_tables(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """The store's schema version (0 for an empty file) after `_check_blocks`; QRNError for a foreign, damaged or
+    newer file."""
+    tables = [row[0] for row in con.execute(LIST_TABLES).fetchall()]
     if "meta" not in tables:
         if tables:
             raise QRNError(f"{path} is not a QR Neuron Explorer store (no meta table); "
@@ -547,22 +628,84 @@ def _schema_version(con: duckdb.DuckDBPyConnection, path: Path) -> int:
         return 0
     try:
         meta = dict(con.execute(SELECT_META).fetchall())
-    except duckdb.Error:
+    except (duckdb.BinderException, duckdb.CatalogException):
         meta = {}
     if meta.get("app") != APP:
         raise QRNError(f"{path} is not a QR Neuron Explorer store (its meta table is not ours); "
                        "pass another --db or move the file away")
+    _check_blocks(con, path)
     version = meta.get("schema_version", "")
     if not version.isdigit():
-        raise QRNError(f"{path} is a damaged store (schema_version {version!r}); move the file away to start a new one")
+        raise _damaged(path, f"its schema_version is {version!r}")
     if int(version) > SCHEMA_VERSION:
         raise QRNError(f"{path} has store schema {version}, newer than this qrn's {SCHEMA_VERSION}; "
                        "upgrade qrn or pass another --db")
     return int(version)
 
 
+def _check_blocks(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Read every table's storage metadata; QRNError if that fails or uses a block beyond the end of the file."""
+    st = path.stat()
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if version in _SOUND:
+        return
+    try:
+        last = con.execute(LAST_CATALOG_BLOCK).fetchone()[0]
+        for (table,) in con.execute(BASE_TABLES).fetchall():
+            last = max(last, con.execute(LAST_TABLE_BLOCK, [table]).fetchone()[0])
+        block_size = con.execute(BLOCK_SIZE).fetchone()[0]
+    except duckdb.Error as err:
+        raise _damaged(path, f"its tables cannot be read ({str(err).splitlines()[0]})") from None
+    needed = DUCKDB_HEADERS + (last + 1) * block_size
+    if st.st_size < needed:
+        raise _damaged(path, f"the file is {st.st_size:,} bytes but its tables use blocks up to byte {needed:,}")
+    _SOUND.add(version)
+
+
+def _close_unwritten(con: duckdb.DuckDBPyConnection) -> None:
+    """Close a connection to a refused file without DuckDB's checkpoint, which would write a pending log into it."""
+    try:
+        con.execute(NO_CHECKPOINT_ON_CLOSE)
+    except duckdb.Error:
+        pass  # a read-only connection never checkpoints
+    con.close()
+
+
+def _create(path: Path) -> None:
+    """Build a new, empty store in a temporary file and link it into place, unless another process was first."""
+    tmp = _temp_path(path)
+    try:
+        _build(tmp, 0)
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process created the store meanwhile: use that one
+    finally:
+        _remove_temp(tmp)
+
+
 def _migrate(con: duckdb.DuckDBPyConnection, path: Path, version: int) -> None:
-    """Apply MIGRATIONS from `version` up to SCHEMA_VERSION in one transaction; on failure the file is unchanged."""
+    """Upgrade a copy of the store from `version` to SCHEMA_VERSION and move it over the store when complete.
+
+    `con`, a read-write connection to the store, keeps other processes out meanwhile; its pending write-ahead log is
+    checkpointed first so that the copy holds every committed row. On failure the store is unchanged.
+    """
+    tmp = _temp_path(path)
+    try:
+        con.execute(CHECKPOINT)
+        shutil.copyfile(path, tmp)
+        shutil.copymode(path, tmp)
+        _build(tmp, version)
+        os.replace(tmp, path)
+    except (duckdb.Error, OSError) as err:
+        raise QRNError(f"could not upgrade {path} from store schema {version} to {SCHEMA_VERSION} "
+                       f"({str(err).splitlines()[0]}); the file is unchanged") from None
+    finally:
+        _remove_temp(tmp)
+
+
+def _build(path: Path, version: int) -> None:
+    """Apply MIGRATIONS from `version` up to SCHEMA_VERSION to the (temporary) store at `path` and checkpoint it."""
+    con = duckdb.connect(str(path))
     try:
         with _transaction(con):
             con.execute(CREATE_META)
@@ -571,9 +714,39 @@ def _migrate(con: duckdb.DuckDBPyConnection, path: Path, version: int) -> None:
                 for sql in MIGRATIONS[step]:
                     con.execute(sql)
             con.execute(SET_META, ["schema_version", str(SCHEMA_VERSION)])
-    except duckdb.Error as err:
-        raise QRNError(f"could not upgrade {path} from store schema {version} to {SCHEMA_VERSION} "
-                       f"({str(err).splitlines()[0]}); the file is unchanged") from None
+        con.execute(CHECKPOINT)
+    finally:
+        con.close()
+
+
+def _temp_path(path: Path) -> Path:
+    """This process's temporary file for building or upgrading the store at `path`."""
+    return path.with_name(f".{path.name}{TEMP_INFIX}{os.getpid()}")
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the temporary stores (and their logs) that killed processes left beside `path`."""
+    for stale in path.parent.glob(f".{path.name}{TEMP_INFIX}*"):
+        pid = stale.name.removeprefix(f".{path.name}{TEMP_INFIX}").split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
+
+
+def _remove_temp(tmp: Path) -> None:
+    """Remove a temporary store and its write-ahead log, if there."""
+    for p in (tmp, Path(f"{tmp}.wal")):
+        p.unlink(missing_ok=True)
 
 
 @contextmanager

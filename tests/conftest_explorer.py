@@ -1,9 +1,13 @@
-"""A small finished store for the explorer tests: a tiny model, two groups, synthetic attributions."""
+"""A small finished store for the explorer tests: a tiny model, two groups, synthetic attributions; what a reader
+sees of a Markdown body."""
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
+import re
 
+from markdown_it import MarkdownIt
 import numpy as np
 import pandas as pd
 
@@ -44,31 +48,38 @@ def synthetic_attribution(query: Query, shape: tuple[int, int], rng: np.random.G
     return QueryAttribution(query.id, na[None], rng.uniform(0.0, 2.0, shape).astype(np.float32), 0.3, 1.0, 0.1)
 
 
-def seed_store(path: Path, lm: LoadedModel) -> str:
-    """A finished run of `lm` on QUERIES with evaluations, written through qrcore.store; returns the run id."""
+def seed_store(path: Path, lm: LoadedModel, queries: list[Query] = QUERIES, run: str = RUN, dataset: str = DATASET,
+               done: int | None = None) -> str:
+    """A finished run of `lm` on `queries` with evaluations, written through qrcore.store; returns the run id.
+
+    With `done`, only the first `done` queries are stored and the run is left unfinished, as a killed run leaves it.
+    """
     rng = np.random.default_rng(0)
     config = lm.model.config
     shape = (config.num_hidden_layers, config.intermediate_size)
     settings = RunSettings()
     with store.connect(path) as con:
         model_id = store.upsert_model(con, lm.fingerprint, MODEL, config.model_type, *shape, config.to_json_string())
-        dataset_id = store.upsert_dataset(con, DATASET, "test", QUERIES)
-        run_id = store.get_or_create_run(con, RUN, model_id, dataset_id, settings)
-        for query in QUERIES:
+        dataset_id = store.upsert_dataset(con, dataset, "test", queries)
+        run_id = store.get_or_create_run(con, run, model_id, dataset_id, settings)
+        for query in queries[:done]:
             store.write_query(con, run_id, synthetic_attribution(query, shape, rng), settings.qrnca)
+        if done is not None:
+            return run_id
         store.finalize_run(con, run_id)
+        groups = sorted({q.group for q in queries})
         for method in ("qrnca", "kn", "random"):
-            for evaluation, rows in synthetic_evaluations(rng).items():
+            for evaluation, rows in synthetic_evaluations(rng, groups).items():
                 store.write_evaluations(con, run_id, method, evaluation, rows)
     return run_id
 
 
-def synthetic_evaluations(rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+def synthetic_evaluations(rng: np.random.Generator, groups: list[str]) -> dict[str, pd.DataFrame]:
     """One method's numbers in the shape `qrcore.evaluate` stores: PCR and changes, flip rates, prediction."""
-    groups = ["geography", "science", "all"]
     out = {}
     for evaluation in ("boost", "suppress"):
-        rows = [(g, m, rng.uniform(1.0, 5.0)) for g in groups for m in ("pcr", "related_change", "unrelated_change")]
+        rows = [(g, m, rng.uniform(1.0, 5.0)) for g in [*groups, "all"]
+                for m in ("pcr", "related_change", "unrelated_change")]
         rows += [("all", m, rng.uniform(0.0, 0.5)) for m in ("correct_to_incorrect", "incorrect_to_correct")]
         out[evaluation] = pd.DataFrame(rows, columns=["group_name", "metric", "value"])
     out["answer_prediction"] = pd.DataFrame(
@@ -76,6 +87,25 @@ def synthetic_evaluations(rng: np.random.Generator) -> dict[str, pd.DataFrame]:
         columns=["group_name", "metric", "value"])
     out["group_prediction"] = pd.DataFrame({"group_name": ["all"], "metric": ["accuracy"], "value": [rng.uniform(0.3, 1)]})
     return out
+
+
+MARKDOWN = MarkdownIt("commonmark")
+"""CommonMark, as Streamlit renders Markdown (without its GitHub extensions, which the tests check separately)."""
+
+
+def rendered(markdown: str) -> str:
+    """The HTML of a Markdown body."""
+    return MARKDOWN.render(markdown)
+
+
+def text_of(markdown: str) -> str:
+    """The text of a Markdown body as rendered: tags dropped, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", "", rendered(markdown))).strip()
+
+
+def shown(markdown: str) -> str:
+    """The text a reader sees of a Markdown body (`text_of` without invisible word joiners)."""
+    return text_of(markdown).replace("\u2060", "")
 
 
 def row_counts(path: Path) -> dict[str, int]:

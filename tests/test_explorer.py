@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest_explorer import MODEL, QUERIES, RUN, row_counts, seed_store
+from conftest_explorer import MODEL, QUERIES, RUN, row_counts, seed_store, shown
 from qrcore.heatmap import bin_heatmap, heatmap_figure
 from qrcore.settings import RunSettings
 
@@ -86,8 +86,8 @@ def page(name: str, **params: str) -> AppTest:
 
 
 def errors(at: AppTest) -> list[str]:
-    """The texts of the inline errors on the page."""
-    return [e.value for e in at.error]
+    """The texts of the inline errors on the page, as shown."""
+    return [shown(e.value) for e in at.error]
 
 
 def button(at: AppTest, label: str):
@@ -223,7 +223,7 @@ def test_methods_page_shows_the_papers_three_tables_or_the_command_to_make_them(
     with duckdb.connect(str(db)) as con:
         con.execute("DELETE FROM evaluations")
     at = page("methods")
-    assert not at.subheader and f"qrn evaluate --run {RUN}" in at.info[0].value
+    assert not at.subheader and f"qrn evaluate --run {RUN}" in shown(at.info[0].value)
 
 
 def test_missing_store_explains_what_to_do(tmp_path, monkeypatch):

@@ -23,8 +23,8 @@ query = views.pick_query(views.run_queries(run))
 with views.inline_errors():
     rows = state.read(store.query_neurons, run.id, query.id).sort_values("na", ascending=False, ignore_index=True)
     kept = int(rows["kept"].sum())
-    st.caption(f"Every stored neuron of {query.id!r} (its coarse cluster and NA above the storage floor), highest NA "
-               f"first; NAICA = NA x ICA. {kept} kept as QR neurons.")
+    st.caption(f"Every stored neuron of {views.md(repr(query.id))} (its coarse cluster and NA above the storage "
+               f"floor), highest NA first; NAICA = NA x ICA. {kept} kept as QR neurons.")
     views.neuron_table(rows, run.on_app_model, column_config={
         "kept": st.column_config.CheckboxColumn("QR neuron"), "in_cluster": st.column_config.CheckboxColumn("cluster"),
         "is_common": st.column_config.CheckboxColumn("common"),

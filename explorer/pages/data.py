@@ -4,23 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
-from qrcore import store
 from qrcore.datasets import BUILTIN
 from qrcore.errors import QRNError
 from qrcore.settings import RunSettings
 
 import state
+import views
 
 # Session-state list of the datasets imported in this session (offered for a run before one uses them).
 IMPORTED = "imported_datasets"
 
 st.title("Data and models")
-st.caption(f"Store `{state.db_path()}` · the app's model is **{state.model_name()}** (set `{state.MODEL_ENV}` and "
-           "`QRN_DB` to change them).")
-runs = state.read(store.list_runs) if state.has_store() else pd.DataFrame(columns=["name", "model", "dataset"])
+st.caption(f"Store {views.md(state.db_path())} · the app's model is **{views.md(state.model_name())}** "
+           f"(set `{state.MODEL_ENV}` and `QRN_DB` to change them).")
+runs = views.list_runs()
 
 st.subheader("Runs")
 if runs.empty:
@@ -45,9 +44,9 @@ if st.button("Import", disabled=upload is None):
     try:
         n = state.import_dataset(upload.name, upload.getvalue(), name)
         st.session_state.setdefault(IMPORTED, []).append(name)
-        st.success(f"Stored {n} queries as dataset {name!r}.")
+        st.success(f"Stored {n} queries as dataset {views.md(repr(name))}.")
     except QRNError as err:
-        st.error(str(err))
+        st.error(views.md(err))
 
 st.subheader("Start a run")
 datasets = list(dict.fromkeys([*BUILTIN, *runs["dataset"], *st.session_state.get(IMPORTED, [])]))
@@ -55,15 +54,16 @@ left, middle, right = st.columns([2, 1, 2])
 dataset = left.selectbox("Dataset", datasets, key="run_dataset")
 per_group = middle.number_input("Queries per group (0: all)", min_value=0, value=0, step=5, key="per_group")
 run_name = right.text_input("Run name", placeholder="derived from model and dataset", key="run_name")
-st.caption(f"Attributes every query with {state.model_name()} (about 5 s a query for the default model on a CPU) "
-           "and computes the run's QR neurons; a run that stopped resumes where it was.")
+st.caption(f"Attributes every query with {views.md(state.model_name())} (about 5 s a query for the default model on a "
+           "CPU) and computes the run's QR neurons; a run that stopped resumes where it was.")
 if st.button("Start run", type="primary"):
     bar = st.progress(0.0, "Starting…")
     try:
         state.start_run(dataset, run_name.strip() or None, int(per_group) or None,
-                        lambda done, total, query_id: bar.progress(done / total, f"{done} of {total} · {query_id}"))
+                        lambda done, total, query_id: bar.progress(done / total,
+                                                                   f"{done} of {total} · {views.md(query_id)}"))
         st.success("Run finished; pick it in the sidebar.")
     except QRNError as err:
-        st.error(str(err))
+        st.error(views.md(err))
     finally:
         bar.empty()

@@ -20,7 +20,8 @@ st.title("Heatmaps")
 run = views.require_run()
 groups = state.read(store.heatmap_groups, run.id)
 if not groups:
-    st.info(f"Run {run.name!r} has no neuron with positive NAICA in any group, so there is nothing to draw.")
+    st.info(f"Run {views.md(repr(run.name))} has no neuron with positive NAICA in any group, so there is nothing to "
+            "draw.")
     st.stop()
 left, middle, right = st.columns([2, 2, 3])
 mode = views.synced(middle.radio, "Show", "mode", options=MODES, horizontal=True)
@@ -34,9 +35,9 @@ lo, hi = views.synced(right.slider, "Layers", "layers", min_value=0, max_value=l
                       dump=lambda v: f"{v[0]}-{v[1]}")
 columns = right.select_slider("Columns", (128, 256, MAX_COLS), value=256, key="columns",
                               help="Fewer columns pool more neurons into each, so sparse maps are easier to see.")
-st.caption(f"Run **{run.name}** · {run.n_layers} layers x {run.n_neurons} neurons · wide layers are max-pooled "
-           f"into at most {columns} columns, each showing its strongest neuron; hover names it, with its top "
-           f"vocabulary tokens for the {TOKEN_CELLS} strongest cells.")
+st.caption(f"Run **{views.md(run.name)}** · {run.n_layers} layers x {run.n_neurons} neurons · wide layers are "
+           f"max-pooled into at most {columns} columns, each showing its strongest neuron; hover names it, with its "
+           f"top vocabulary tokens for the {TOKEN_CELLS} strongest cells.")
 
 
 def view(name: str) -> np.ndarray:
@@ -60,7 +61,7 @@ binned = [bin_heatmap(m, columns) for _, m in maps]
 hover = labels(*binned)
 zmax = color_limit([b.values for b in binned])
 for i, (column, (title, _), b) in enumerate(zip(st.columns(len(maps)), maps, binned)):
-    column.plotly_chart(heatmap_figure(b, lo, title, zmax, hover), width="stretch", key=f"heatmap-{i}")
+    column.plotly_chart(heatmap_figure(b, lo, views.plain(title), zmax, hover), width="stretch", key=f"heatmap-{i}")
 
 st.subheader("Strongest neurons in view")
 first = maps[0][1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -27,8 +29,9 @@ def show(table: pd.DataFrame, rows: pd.DataFrame, x: str, label: str, key: str, 
     left, right = st.columns([2, 3])
     style = table.style.format("{:.3f}", na_rep="–")
     left.dataframe(style.highlight_max(axis=0, color="#d6e4ff") if higher_is_better else style, width="stretch")
-    fig = px.bar(rows, x=x, y="value", color="method", barmode="group", labels={"value": label},
-                 category_orders={"method": list(table.index)})
+    shown = rows.assign(**{x: rows[x].map(views.plain), "method": rows["method"].map(views.plain)})
+    fig = px.bar(shown, x=x, y="value", color="method", barmode="group", labels={"value": label},
+                 category_orders={"method": [views.plain(m) for m in table.index]})
     right.plotly_chart(fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}),
                        width="stretch", key=key)
 
@@ -37,7 +40,8 @@ st.title("Methods")
 run = views.require_run()
 evaluations = state.read(store.evaluations, run.id)
 if evaluations.empty:
-    st.info(f"Run {run.name!r} has no evaluations yet. Compute them with `qrn evaluate --run {run.name}` "
+    st.info(f"Run {views.md(repr(run.name))} has no evaluations yet. Compute them with "
+            f"{views.md(f'qrn evaluate --run {shlex.quote(run.name)}')} "
             "(PCR, flip rates and neuron-based prediction per method); this page then shows them.")
     st.stop()
 metric = evaluations["metric"]
@@ -48,7 +52,7 @@ if not pcr.empty:
     st.caption("Edit a query's neurons (boost x2, suppress x0): |mean % change of P(correct) of the query| / |mean % "
                "change of an unrelated query of another group|. Higher means the neurons are more query-specific.")
     for evaluation, rows in pcr.groupby("evaluation"):
-        st.markdown(f"**{evaluation}**")
+        st.markdown(f"**{views.md(evaluation)}**")
         show(method_table(rows, "group_name"), rows, "group_name", "PCR", f"pcr-{evaluation}")
     changes = evaluations.loc[metric.isin(CHANGES) & (evaluations["group_name"] == "all")]
     with st.expander("Mean % change of P(correct), related and unrelated queries"):

@@ -112,7 +112,8 @@ def show_probs(query: Query, neurons: list[tuple[int, int]], mult: float, n_neur
                    f"{correct['edited'] - correct['original']:+.3g}")
     cols[2].metric(f"Control ({len(control)} random neurons, same layers)", f"{correct['control']:.4g}",
                    f"{correct['control'] - correct['original']:+.3g}")
-    options = [f"{l}. {t}" if t else l for l, t in zip(prompt.letters, prompt.options or [""] * len(prompt.letters))]
+    options = [views.plain(f"{l}. {t}" if t else l)
+               for l, t in zip(prompt.letters, prompt.options or [""] * len(prompt.letters))]
     options[prompt.correct] += " ✓"
     long = pd.DataFrame([(k, o, float(v)) for k, p in probs.items() for o, v in zip(options, p[0])],
                         columns=["setting", "option", "probability"])
@@ -136,29 +137,27 @@ def show_answers(query: Query, edit: state.EditKey) -> None:
     left, right = st.columns(2)
     with st.spinner("Generating…"):
         left.markdown("**Unedited**")
-        left.write(state.answer(name, query.question))
+        left.markdown(views.md(state.answer(name, query.question)))
         right.markdown("**Edited**")
-        right.write(state.answer(name, query.question, edit))
+        right.markdown(views.md(state.answer(name, query.question, edit)))
 
 
 try:
     if source == "dataset":
-        if not run.on_app_model:
-            st.warning(f"Run {run.name!r} was computed with {run.model}; probabilities and edits use the app's model "
-                       f"{name} (set {state.MODEL_ENV} to the run's model).")
+        store.require_model(state.read(store.run_info, run.id), name, state.model(name).fingerprint)
         query = views.pick_query(views.run_queries(run))
     else:
         query = custom_query()
     state.prompts(name, query)
 except QRNError as err:
-    st.error(str(err))
+    st.error(views.md(err))
     st.stop()
 
 n_layers, n_neurons = state.shape(name)
 st.subheader("QR neurons")
 table = qr_table(query)
 if not table.empty:
-    views.neuron_table(table, source == "custom" or run.on_app_model)
+    views.neuron_table(table, True)  # a run's queries are shown only on the run's own model
 st.subheader("Edit")
 neurons = choose_neurons(query, table, n_layers, n_neurons)
 left, right = st.columns([4, 1], vertical_alignment="bottom")

@@ -1,0 +1,46 @@
+"""User text in a real browser (issue 13): on a store whose names, questions and options hold Markdown image and link
+syntax, HTML tags and bare addresses, no page makes an image or a link from them, and the browser fetches nothing
+the text names. Uses test_browser's server and chromium."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import os
+
+import pytest
+
+from conftest_explorer import QUERIES, seed_store
+from test_browser import PAGES, browser, open_page, server  # noqa: F401 (fixtures)
+from test_explorer_safety import HOSTILE, URL, hostile
+
+pytestmark = pytest.mark.slow
+
+LINKS = """() => [...document.querySelectorAll('a, img, image')].map(e =>
+    e.getAttribute('href') || e.getAttribute('xlink:href') || e.getAttribute('src') || '')"""
+"""Where every link and image of the page points (HTML and SVG alike)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hostile_server_store(tmp_path_factory, tiny) -> Iterator[None]:
+    """Point test_browser's server at a hostile store (it reads QRN_SCREENSHOT_DB), before the server starts."""
+    path = tmp_path_factory.mktemp("hostile-browser") / "qrn.duckdb"
+    seed_store(path, tiny("llama"), [hostile(q) for q in QUERIES], run=f"run {HOSTILE}", dataset=f"set {HOSTILE}")
+    saved = {k: os.environ.get(k) for k in ("QRN_SCREENSHOT_DB", "QRN_SEED")}
+    os.environ.update(QRN_SCREENSHOT_DB=str(path), QRN_SEED="0")
+    yield
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_no_image_or_link_is_made_from_user_text(browser, server, name):
+    page = browser.new_page()
+    fetched: list[str] = []
+    page.on("request", lambda request: fetched.append(request.url))
+    open_page(page, server, PAGES[name] + ("?mode=side+by+side" if name == "heatmaps" else ""))
+    targets = page.evaluate(LINKS)
+    assert not [t for t in targets if "127.0.0.1:9" in t or "example.com" in t or t.startswith("mailto:")], targets
+    assert not [url for url in fetched if url.startswith(URL)], fetched
+    if name != "data":  # the run's name in the sidebar's picker, at least, shows as written
+        assert "![x](http://127.0.0.1:9/x.png)" in page.inner_text("body").replace("\u2060", "")
+    page.close()
