@@ -107,15 +107,23 @@ class LoadedModel:
         return self.model.get_input_embeddings().weight.device
 
 
-def _embedded_gguf(name: str) -> Path:
-    """Path of an embedded model's GGUF: the file in its package, or its chunks assembled under the cache folder."""
-    model = EMBEDDED[name]
-    paths = chunk_paths(name)
+def embedded_folder(name: str) -> Path:
+    """The safetensors folder of embedded model `name`, converted on first use.
+
+    Chunks are assembled into <cache>/gguf/ for the conversion and the assembled file is deleted after it, so the
+    cache holds one copy of the model; such a folder is keyed by the chunk packages' versions.
+    """
+    model, paths = EMBEDDED[name], chunk_paths(name)
     if len(paths) == 1:
-        return paths[0]
-    target = cache_dir() / "gguf" / model.file_name
-    if not (target.is_file() and target.stat().st_size == model.size):
-        assemble(paths, target, model.size)
+        return gguf_to_folder(paths[0])
+    key = hashlib.sha256(" ".join(c.requirement for c in model.chunks).encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{Path(model.file_name).stem}-{key}"
+    if not (target / COMPLETE_MARKER).is_file():
+        gguf = cache_dir() / "gguf" / model.file_name
+        if not (gguf.is_file() and gguf.stat().st_size == model.size):  # a half-written file is never converted
+            assemble(paths, gguf, model.size)
+        _converted(gguf, target)
+        gguf.unlink(missing_ok=True)
     return target
 
 
@@ -223,7 +231,11 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 
 def gguf_to_folder(gguf: Path) -> Path:
     """The safetensors folder for a GGUF file, converting it if no complete conversion is cached."""
-    target = cache_dir() / "models" / _slug(gguf)
+    return _converted(gguf, cache_dir() / "models" / _slug(gguf))
+
+
+def _converted(gguf: Path, target: Path) -> Path:
+    """`target`, after converting `gguf` into it unless a complete conversion is there."""
     if not (target / COMPLETE_MARKER).is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         convert_gguf(gguf, target)
@@ -232,20 +244,62 @@ def gguf_to_folder(gguf: Path) -> Path:
 
 def resolve(name: str) -> tuple[str, bool]:
     """Map a model name to (from_pretrained argument, local?) — converting GGUF files on the way."""
-    if name in EMBEDDED:
-        return str(gguf_to_folder(_embedded_gguf(name))), True
+    check_local(name)
     path = Path(name).expanduser()
+    if name in EMBEDDED:
+        return str(embedded_folder(name)), True
     if name.endswith(".gguf"):
-        if not path.is_file():
-            raise QRNError(f"GGUF file {name} does not exist; check the path.")
         return str(gguf_to_folder(path)), True
     if path.is_dir():
+        return str(path), True
+    return name, False
+
+
+def check_local(name: str) -> None:
+    """QRNError when `name` is an embedded model that is not fully installed, or a file or folder that is not there."""
+    path = Path(name).expanduser()
+    if name in EMBEDDED:
+        chunk_paths(name)
+    elif name.endswith(".gguf"):
+        if not path.is_file():
+            raise QRNError(f"GGUF file {name} does not exist; check the path.")
+    elif path.is_dir():
         if not (path / "config.json").is_file():
             raise QRNError(f"{name} is a folder without config.json; pass a Hugging Face model folder, a .gguf file or a hub id.")
-        return str(path), True
-    if name.startswith((".", "/", "~")):
+    elif name.startswith((".", "/", "~")):
         raise QRNError(f"model path {name} does not exist; check the path.")
-    return name, False
+
+
+def check_installed(name: str) -> None:
+    """QRNError saying what to install when model `name` cannot be loaded offline; quick: nothing is converted or loaded."""
+    if name.startswith("tiny-"):
+        _tiny_architecture(name)
+        return
+    check_local(name)
+    if _is_hub_id(name) and not _in_hub_cache(name):
+        raise _not_in_hub_cache(name)
+
+
+def _is_hub_id(name: str) -> bool:
+    """Whether `name` is a Hugging Face hub id (not an embedded model, a .gguf file or a folder)."""
+    return not (name in EMBEDDED or name.endswith(".gguf") or Path(name).expanduser().is_dir())
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the hub model `name` has a config in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _not_in_hub_cache(name: str) -> QRNError:
+    """The error for a hub model that is not cached and cannot be downloaded."""
+    return QRNError(f"model {name!r} is not in the local Hugging Face cache and cannot be downloaded here; "
+                    f"run `huggingface-cli download {name}` where there is internet, or pass a local folder "
+                    "or .gguf file with --model.")
 
 
 PATH_DEPENDENT_CONFIG = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
@@ -284,9 +338,7 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
     except (OSError, ValueError) as err:
         if local:
             raise QRNError(f"cannot load model from {source}: {str(err).splitlines()[0]}") from err
-        raise QRNError(f"model {spec.name!r} is not in the local Hugging Face cache and cannot be downloaded here; "
-                       f"run `huggingface-cli download {spec.name}` where there is internet, or pass a local folder "
-                       "or .gguf file with --model.") from err
+        raise _not_in_hub_cache(spec.name) from err
     if spec.device != "auto":
         model.to(spec.device)
     model.eval()
@@ -297,13 +349,20 @@ def _tiny(name: str) -> LoadedModel:
     """'tiny-llama' etc.: a seeded random 4-layer model with the default model's tokenizer (tests, demos)."""
     from transformers import AutoTokenizer
 
-    from qrcore.tiny import ARCHITECTURES, tiny_model
+    from qrcore.tiny import tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_folder(DEFAULT_MODEL))
+    return tiny_model(_tiny_architecture(name), tokenizer)
+
+
+def _tiny_architecture(name: str) -> str:
+    """The architecture of tiny model `name` ("tiny-llama" -> "llama"); QRNError for an unknown one."""
+    from qrcore.tiny import ARCHITECTURES
 
     arch = name.removeprefix("tiny-")
     if arch not in ARCHITECTURES:
         raise QRNError(f"unknown tiny model {name!r}; choose one of {', '.join('tiny-' + a for a in ARCHITECTURES)}.")
-    tokenizer = AutoTokenizer.from_pretrained(gguf_to_folder(_embedded_gguf(DEFAULT_MODEL)))
-    return tiny_model(arch, tokenizer)
+    return arch
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -15,6 +15,9 @@ from qrcore.settings import RunSettings
 
 MODEL = "tiny-llama"
 RUN = "tiny-run"
+DEEP_MODEL = "tiny-gemma3"
+"""A second model, deeper and wider than MODEL (6 x 128 against 4 x 96), for stores of two models."""
+DEEP_RUN = "tiny-deep-run"
 DATASET = "tiny-set"
 QUERIES = [
     Query(id="sci-1", group="science", question="What gas do plants absorb?", answer="Carbon dioxide",
@@ -44,16 +47,17 @@ def synthetic_attribution(query: Query, shape: tuple[int, int], rng: np.random.G
     return QueryAttribution(query.id, na, rng.uniform(0.0, 2.0, shape).astype(np.float32), 0.3, 1.0, 0.1)
 
 
-def seed_store(path: Path, lm: LoadedModel) -> str:
-    """A finished run of `lm` on QUERIES with evaluations, written through qrcore.store; returns the run id."""
+def seed_store(path: Path, lm: LoadedModel, run: str = RUN) -> str:
+    """A finished run `run` of `lm` on QUERIES with evaluations, written through qrcore.store; returns the run id."""
     rng = np.random.default_rng(0)
     config = lm.model.config
     shape = (config.num_hidden_layers, config.intermediate_size)
     settings = RunSettings()
     with store.connect(path) as con:
-        model_id = store.upsert_model(con, lm.fingerprint, MODEL, config.model_type, *shape, config.to_json_string())
+        model_id = store.upsert_model(con, lm.fingerprint, lm.spec.name, config.model_type, *shape,
+                                      config.to_json_string())
         dataset_id = store.upsert_dataset(con, DATASET, "test", QUERIES)
-        run_id = store.get_or_create_run(con, RUN, model_id, dataset_id, settings)
+        run_id = store.get_or_create_run(con, run, model_id, dataset_id, settings)
         for query in QUERIES:
             store.write_query(con, run_id, synthetic_attribution(query, shape, rng), settings.qrnca)
         store.finalize_run(con, run_id)

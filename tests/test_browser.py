@@ -1,7 +1,8 @@
 """The explorer in a real browser: `streamlit run` driven through Debian's chromium by Playwright.
 
-Saves a screenshot of every page to cache/screenshots/ (or $QRN_SCREENSHOT_DIR). By default the app runs a tiny model on a seeded store;
-for the README, point QRN_SCREENSHOT_MODEL and QRN_SCREENSHOT_DB at the default model and its store.
+Saves a screenshot of every page to cache/screenshots/ (or $QRN_SCREENSHOT_DIR). By default the app runs on a seeded store
+of two tiny models of different depth; for the README, point QRN_SCREENSHOT_MODEL and QRN_SCREENSHOT_DB at the default
+model and a store that holds its runs and those of a second model on the same dataset.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from conftest_explorer import MODEL, seed_store
+from conftest_explorer import DEEP_MODEL, DEEP_RUN, MODEL, seed_store
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,8 @@ APP = REPO / "explorer" / "app.py"
 SHOTS = Path(os.environ.get("QRN_SCREENSHOT_DIR", REPO / "cache" / "screenshots"))
 """Where screenshots go; the README's are made with QRN_SCREENSHOT_DIR=docs/screenshots."""
 CHROMIUM = Path("/usr/bin/chromium")
-PAGES = {"heatmaps": "", "overlap": "overlap", "common": "common", "lab": "lab", "methods": "methods", "data": "data"}
+PAGES = {"heatmaps": "", "overlap": "overlap", "common": "common", "lab": "lab", "methods": "methods",
+         "compare": "compare", "data": "data"}
 """Screenshot name -> URL path (the default page is served at /)."""
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
 METRIC = "[data-testid=stMetricValue]"
@@ -64,6 +66,7 @@ def server(tmp_path_factory, tiny) -> Iterator[str]:
         env["QRN_DB"] = str(tmp_path_factory.mktemp("store") / "qrn.duckdb")
         env["QRN_SEED"] = "0"
         seed_store(Path(env["QRN_DB"]), tiny("llama"))
+        seed_store(Path(env["QRN_DB"]), tiny("gemma3"), DEEP_RUN)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
                              "--server.headless", "true"], cwd=REPO, env=env, text=True,
@@ -145,4 +148,21 @@ def test_query_lab_slider_moves_the_probabilities(browser, server):
     settle(page)
     assert page.locator(METRIC).nth(1).inner_text() != before
     screenshot(page, "lab")
+    page.close()
+
+
+def test_model_picker_is_in_the_link_and_the_run_picker_follows(browser, server):
+    if "QRN_SCREENSHOT_DB" in os.environ:
+        pytest.skip("checks the seeded two-model store")
+    page = browser.new_page()
+    open_page(page, server, "")
+    page.get_by_role("combobox", name="Model").click()
+    page.get_by_role("option", name=f"{DEEP_MODEL} · 1 run(s)").click()
+    page.wait_for_function(f"() => new URLSearchParams(location.search).get('model') === '{DEEP_MODEL}'",
+                           timeout=60_000)
+    settle(page)
+    assert f"run={DEEP_RUN}" in page.url
+    open_page(page, server, f"compare?model={DEEP_MODEL}")
+    assert page.locator("h1").first.inner_text() == "Compare models"
+    assert page.locator("[data-testid=stPlotlyChart]").count() >= 5
     page.close()

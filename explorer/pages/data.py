@@ -12,13 +12,15 @@ from qrcore.datasets import BUILTIN
 from qrcore.errors import QRNError
 
 import state
+import views
 
 # Session-state list of the datasets imported in this session (offered for a run before one uses them).
 IMPORTED = "imported_datasets"
 
 st.title("Data and models")
-st.caption(f"Store `{state.db_path()}` · the app's model is **{state.model_name()}** (set `{state.MODEL_ENV}` and "
-           "`QRN_DB` to change them).")
+name = views.model()
+st.caption(f"Store `{state.db_path()}` (set `QRN_DB` to change it) · runs started here use **{name}**, the model "
+           "picked in the sidebar.")
 runs = state.read(store.list_runs) if state.has_store() else pd.DataFrame(columns=["name", "model", "dataset"])
 
 st.subheader("Runs")
@@ -30,6 +32,7 @@ else:
     st.subheader("Models")
     models = runs.groupby("model").agg(runs=("name", "count"),
                                        datasets=("dataset", lambda d: ", ".join(sorted(set(d)))))
+    models["installed here"] = [state.missing(m) or "yes" for m in models.index]
     st.dataframe(models, width="stretch")
 
 st.subheader("Import a dataset")
@@ -52,12 +55,12 @@ left, middle, right = st.columns([2, 1, 2])
 dataset = left.selectbox("Dataset", datasets, key="run_dataset")
 per_group = middle.number_input("Queries per group (0: all)", min_value=0, value=0, step=5, key="per_group")
 run_name = right.text_input("Run name", placeholder="derived from model and dataset", key="run_name")
-st.caption(f"Attributes every query with {state.model_name()} (about 5 s a query for the default model on a CPU) "
-           "and computes the run's QR neurons; a run that stopped resumes where it was.")
+st.caption(f"Attributes every query with {name} (on a 2-core CPU about 5 s a query for smollm2, a minute for "
+           "qwen2.5-coder-1.5b) and computes the run's QR neurons; a run that stopped resumes where it was.")
 if st.button("Start run", type="primary"):
     bar = st.progress(0.0, "Starting…")
     try:
-        state.start_run(dataset, run_name.strip() or None, int(per_group) or None,
+        state.start_run(name, dataset, run_name.strip() or None, int(per_group) or None,
                         lambda done, total, query_id: bar.progress(done / total, f"{done} of {total} · {query_id}"))
         st.success("Run finished; pick it in the sidebar.")
     except QRNError as err:

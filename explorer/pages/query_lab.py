@@ -20,7 +20,10 @@ DEFAULT_NEURONS = 10
 CUSTOM = {"q_text": "What is the capital of France?", "q_options": "Paris\nLondon\nBerlin\nMadrid", "q_answer": "Paris"}
 
 st.title("Query lab")
-name = state.model_name()
+name = views.model()
+if state.missing(name):
+    st.error(f"The query lab runs {name} live, and it is not installed here: {state.missing(name)}")
+    st.stop()
 run = views.pick_run()
 source = views.synced(st.radio, "Question", "source", options=SOURCES if run else SOURCES[1:], horizontal=True,
                       format_func={"dataset": "from the run's dataset", "custom": "my own"}.__getitem__)
@@ -141,9 +144,6 @@ def show_answers(query: Query, edit: state.EditKey) -> None:
 
 try:
     if source == "dataset":
-        if not run.on_app_model:
-            st.warning(f"Run {run.name!r} was computed with {run.model}; probabilities and edits use the app's model "
-                       f"{name} (set {state.MODEL_ENV} to the run's model).")
         query = views.pick_query(views.run_queries(run))
     else:
         query = custom_query()
@@ -156,7 +156,7 @@ n_layers, n_neurons = state.shape(name)
 st.subheader("QR neurons")
 table = qr_table(query)
 if not table.empty:
-    views.neuron_table(table, source == "custom" or run.on_app_model)
+    views.neuron_table(table, name)
 st.subheader("Edit")
 neurons = choose_neurons(query, table, n_layers, n_neurons)
 left, right = st.columns([4, 1], vertical_alignment="bottom")
