@@ -1,8 +1,10 @@
-"""Load a decoder LLM and its tokenizer offline: the embedded default, a .gguf file, a local folder or a hub id.
+"""Load a decoder LLM and its tokenizer offline: an embedded model, a .gguf file, a local folder or a hub id.
 
-GGUF files are de-quantized by transformers once and kept as safetensors under the cache folder, so
-later loads take about a second. A conversion is written to a temporary folder and renamed into place
-only when complete, so a killed conversion is redone, never loaded.
+Embedded models are GGUF files in PyPI packages, whole or cut into chunk packages that are joined in order
+(`EMBEDDED`). GGUF files are de-quantized by transformers once and kept as float32 safetensors under the cache
+folder; later loads memory-map them (about a second for SmolLM2, four for Qwen2.5-Coder-1.5B). Joined chunks and
+conversions are written under temporary names and renamed into place only when complete, so a killed assembly or
+conversion is redone, never loaded.
 """
 
 from __future__ import annotations

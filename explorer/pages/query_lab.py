@@ -21,8 +21,8 @@ CUSTOM = {"q_text": "What is the capital of France?", "q_options": "Paris\nLondo
 
 st.title("Query lab")
 name = views.model()
-if state.missing(name):
-    st.error(f"The query lab runs {name} live, and it is not installed here: {state.missing(name)}")
+if message := state.missing(name):
+    st.error(f"The query lab runs {name} live, and it is not installed here: {message}")
     st.stop()
 run = views.pick_run()
 source = views.synced(st.radio, "Question", "source", options=SOURCES if run else SOURCES[1:], horizontal=True,
