@@ -5,7 +5,8 @@ picker starts on $QRN_MODEL (default smollm2; "tiny-<arch>" is a seeded tiny mod
 cache/qrn.duckdb).
 An open DuckDB connection locks the file against `qrn run`, so no connection is kept: each read opens the store
 read-only and closes it, and reads are cached under the file's modification stamp, so that any write, by this app
-or by a run elsewhere, makes them stale.
+or by a run elsewhere, makes them stale. torch and transformers are imported by the functions that need them, so that
+a first start shows its progress bar within seconds.
 """
 
 from __future__ import annotations
@@ -15,21 +16,21 @@ import os
 from pathlib import Path
 import tempfile
 import threading
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import streamlit as st
 
 from qrcore import store
-from qrcore.attribution import NeuronAttribution
 from qrcore.datasets import import_file
-from qrcore.editing import PackedPrefix, check_neurons, generate, letter_probs, prefix_cache
-from qrcore.ffn import ffn_sites
 from qrcore.errors import QRNError
-from qrcore.models import DEFAULT_MODEL, LoadedModel, ModelSpec, check_installed, load_model
 from qrcore.prompts import ChoicePrompt
 from qrcore.queries import Query
 from qrcore.results import QueryAttribution
+
+if TYPE_CHECKING:
+    from qrcore.editing import PackedPrefix
+    from qrcore.models import LoadedModel
 
 MODEL_ENV = "QRN_MODEL"
 SEED_ENV = "QRN_SEED"
@@ -42,6 +43,8 @@ EditKey = tuple[tuple[int, int, float], ...]
 
 def model_name() -> str:
     """The model the app starts on: $QRN_MODEL or the embedded default."""
+    from qrcore.models import DEFAULT_MODEL
+
     return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
 
@@ -87,6 +90,8 @@ def _lock(key: str) -> threading.Lock:
 @st.cache_data(show_spinner=False, ttl=30)
 def missing(name: str) -> str | None:
     """What to install for model `name` (a one-line message), or None when it can be loaded here."""
+    from qrcore.models import check_installed
+
     try:
         check_installed(name)
     except QRNError as err:
@@ -97,6 +102,8 @@ def missing(name: str) -> str | None:
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
 def model(name: str) -> LoadedModel:
     """The model `name` (any `qrn --model` name; "tiny-<arch>" is a seeded random tiny model)."""
+    from qrcore.models import ModelSpec, load_model
+
     return load_model(ModelSpec(name))
 
 
@@ -145,12 +152,16 @@ def start_run(name: str, dataset: str, run_name: str | None, per_group: int | No
 
 def shape(name: str) -> tuple[int, int]:
     """(layers, neurons per layer) of model `name`."""
+    from qrcore.ffn import ffn_sites
+
     sites = ffn_sites(model(name).model)
     return len(sites), sites[0].n_neurons
 
 
 def check(name: str, neurons: list[Neuron]) -> None:
     """QRNError naming a layer or neuron index outside model `name`."""
+    from qrcore.editing import check_neurons
+
     check_neurons(model(name), neurons)
 
 
@@ -162,12 +173,16 @@ def edit_key(neurons: list[Neuron], multiplier: float) -> EditKey:
 @st.cache_data(show_spinner=False, max_entries=64)
 def prompts(name: str, query: Query) -> list[ChoicePrompt]:
     """The query's multi-choice prompts for model `name` (QRNError for a prompt over the context)."""
+    from qrcore.attribution import NeuronAttribution
+
     return NeuronAttribution(model(name)).prompts(query)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _prefixes(name: str, query: Query) -> PackedPrefix:
     """The query's prompt prefixes under model `name`, run once: an edit touches only the answer position."""
+    from qrcore.editing import prefix_cache
+
     with _lock(f"model:{name}"):
         return prefix_cache(model(name), prompts(name, query))
 
@@ -179,6 +194,8 @@ def option_probs(name: str, query: Query, edit: EditKey = ()) -> np.ndarray:
     `qrcore.editing.letter_probs` over the cached prefixes, so a slider move costs one packed forward of the
     answer positions (tens of milliseconds instead of a second).
     """
+    from qrcore.editing import letter_probs
+
     lm, cache = model(name), _prefixes(name, query)
     with _lock(f"model:{name}"):
         return letter_probs(lm, prompts(name, query), {(l, n): m for l, n, m in edit}, cache)
@@ -190,6 +207,8 @@ def attribution(name: str, query: Query) -> QueryAttribution:
 
     The bar is made inside so that a cache hit replays it (as an empty element) instead of failing.
     """
+    from qrcore.attribution import NeuronAttribution
+
     bar = st.progress(0.0, "Attributing…")
     with _lock(f"model:{name}"):
         result = NeuronAttribution(model(name)).attribute(
@@ -201,6 +220,8 @@ def attribution(name: str, query: Query) -> QueryAttribution:
 @st.cache_data(show_spinner=False, max_entries=64)
 def answer(name: str, question: str, edit: EditKey = ()) -> str:
     """The free-form greedy answer of model `name` to `question` under `edit`."""
+    from qrcore.editing import generate
+
     with _lock(f"model:{name}"):
         return generate(model(name), question, {(layer, neuron): m for layer, neuron, m in edit})
 

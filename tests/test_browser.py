@@ -8,6 +8,7 @@ model and a store that holds its runs and those of a second model on the same da
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 import os
 from pathlib import Path
 import socket
@@ -56,17 +57,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> Non
     pytest.fail(f"streamlit did not answer on {url} within {timeout:.0f} s")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny) -> Iterator[str]:
-    """`streamlit run explorer/app.py` on a free port (tiny model and seeded store unless QRN_SCREENSHOT_* say else)."""
-    env = {**os.environ, "QRN_MODEL": os.environ.get("QRN_SCREENSHOT_MODEL", MODEL)}
-    if "QRN_SCREENSHOT_DB" in os.environ:
-        env["QRN_DB"] = os.environ["QRN_SCREENSHOT_DB"]
-    else:
-        env["QRN_DB"] = str(tmp_path_factory.mktemp("store") / "qrn.duckdb")
-        env["QRN_SEED"] = "0"
-        seed_store(Path(env["QRN_DB"]), tiny("llama"))
-        seed_store(Path(env["QRN_DB"]), tiny("gemma3"), DEEP_RUN)
+@contextmanager
+def streamlit_server(env: dict[str, str]) -> Iterator[str]:
+    """`streamlit run explorer/app.py` on a free port with environment `env`; its URL."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
                              "--server.headless", "true"], cwd=REPO, env=env, text=True,
@@ -78,6 +71,34 @@ def server(tmp_path_factory, tiny) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def tiny_env(tmp_path_factory, tiny) -> dict[str, str]:
+    """The app's environment on a store of two tiny models' runs on one dataset (4 x 96 and 6 x 128)."""
+    db = tmp_path_factory.mktemp("store") / "qrn.duckdb"
+    seed_store(db, tiny("llama"))
+    seed_store(db, tiny("gemma3"), DEEP_RUN)
+    return {**os.environ, "QRN_MODEL": MODEL, "QRN_DB": str(db), "QRN_SEED": "0"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_env) -> Iterator[str]:
+    """The app on the tiny store, or on QRN_SCREENSHOT_DB with QRN_SCREENSHOT_MODEL (the README's screenshots)."""
+    env = tiny_env if "QRN_SCREENSHOT_DB" not in os.environ else {
+        **os.environ, "QRN_MODEL": os.environ.get("QRN_SCREENSHOT_MODEL", MODEL), "QRN_DB": os.environ["QRN_SCREENSHOT_DB"]}
+    with streamlit_server(env) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tiny_server(server, tiny_env) -> Iterator[str]:
+    """The app on the tiny two-model store: `server` itself, unless that one shows the screenshot store."""
+    if "QRN_SCREENSHOT_DB" not in os.environ:
+        yield server
+        return
+    with streamlit_server(tiny_env) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -151,18 +172,16 @@ def test_query_lab_slider_moves_the_probabilities(browser, server):
     page.close()
 
 
-def test_model_picker_is_in_the_link_and_the_run_picker_follows(browser, server):
-    if "QRN_SCREENSHOT_DB" in os.environ:
-        pytest.skip("checks the seeded two-model store")
+def test_model_picker_is_in_the_link_and_the_run_picker_follows(browser, tiny_server):
     page = browser.new_page()
-    open_page(page, server, "")
+    open_page(page, tiny_server, "")
     page.get_by_role("combobox", name="Model").click()
     page.get_by_role("option", name=f"{DEEP_MODEL} · 1 run(s)").click()
     page.wait_for_function(f"() => new URLSearchParams(location.search).get('model') === '{DEEP_MODEL}'",
                            timeout=60_000)
     settle(page)
     assert f"run={DEEP_RUN}" in page.url
-    open_page(page, server, f"compare?model={DEEP_MODEL}")
+    open_page(page, tiny_server, f"compare?model={DEEP_MODEL}")
     assert page.locator("h1").first.inner_text() == "Compare models"
     assert page.locator("[data-testid=stPlotlyChart]").count() >= 5
     page.close()

@@ -106,8 +106,8 @@ for r in (a, b):
         st.info(f"Run {r.name} of {r.model} has no evaluations yet; compute them with `qrn evaluate --run {r.name}`.")
 pcr = evaluations.loc[(evaluations["metric"] == "pcr") & (evaluations["group_name"] == "all")]
 flips = views.flip_cases(evaluations.loc[evaluations["metric"].isin(views.FLIPS)])
-for column, title, rows, case in zip(st.columns(2), ("PCR over all groups (Table 4)", "Flip rates (Table 6)"),
-                                     (pcr, flips), ("evaluation", "case")):
+for title, rows, case in (("PCR over all groups (Table 4)", pcr, "evaluation"), ("Flip rates (Table 6)", flips, "case")):
     if not rows.empty:
-        column.markdown(f"**{title}**")
-        column.dataframe(views.method_table(rows, ["model", case]).style.format("{:.2f}", na_rep="–"), width="stretch")
+        st.markdown(f"**{title}**")
+        table = views.method_table(rows, ["model", case]).reindex(columns=[a.model, b.model], level=0)
+        st.dataframe(table.style.format("{:.2f}", na_rep="–"), width="stretch")

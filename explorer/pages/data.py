@@ -55,7 +55,7 @@ left, middle, right = st.columns([2, 1, 2])
 dataset = left.selectbox("Dataset", datasets, key="run_dataset")
 per_group = middle.number_input("Queries per group (0: all)", min_value=0, value=0, step=5, key="per_group")
 run_name = right.text_input("Run name", placeholder="derived from model and dataset", key="run_name")
-st.caption(f"Attributes every query with {name} (on a 2-core CPU about 5 s a query for smollm2, a minute for "
+st.caption(f"Attributes every query with {name} (on a 2-core CPU about 5 s a query for smollm2, 30 s or more for "
            "qwen2.5-coder-1.5b) and computes the run's QR neurons; a run that stopped resumes where it was.")
 if st.button("Start run", type="primary"):
     bar = st.progress(0.0, "Starting…")
