@@ -69,7 +69,8 @@ def startup(db: str) -> None:
         if pending(db):
             with st.status("First start: loading the shipped runs into the store…", expanded=True) as status:
                 bar = st.progress(0.0)
-                ensure_default_store(db, lambda done, total, table: bar.progress(done / total, f"{table} · {done / total:.0%}"))
+                ensure_default_store(db, lambda done, total, table: bar.progress(done / total,
+                                                                                f"{table} · {done / total:.0%}"))
                 status.update(label="Shipped runs loaded", state="complete", expanded=False)
         started.add(db)
 

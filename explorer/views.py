@@ -1,4 +1,4 @@
-"""Widgets shared by the pages: the model and run pickers, choices mirrored in the page link, query picker, neuron tables."""
+"""Widgets shared by the pages: model and run pickers, choices mirrored in the page link, query picker, neuron tables."""
 
 from __future__ import annotations
 

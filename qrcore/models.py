@@ -273,7 +273,7 @@ def check_local(name: str) -> None:
 
 
 def check_installed(name: str) -> None:
-    """QRNError saying what to install when model `name` cannot be loaded offline; quick: nothing is converted or loaded."""
+    """QRNError saying what to install when model `name` cannot be loaded offline; nothing is converted or loaded."""
     if name.startswith("tiny-"):
         _tiny_architecture(name)
         return
@@ -348,7 +348,7 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
 
 
 def _tiny(name: str) -> LoadedModel:
-    """'tiny-llama' etc.: a seeded random 4-layer model with the default model's tokenizer (tests, demos)."""
+    """'tiny-llama' etc.: a seeded random tiny model (`qrcore.tiny`) with the default model's tokenizer (tests, demos)."""
     from transformers import AutoTokenizer
 
     from qrcore.tiny import tiny_model

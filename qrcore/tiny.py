@@ -20,8 +20,8 @@ def tiny_config(arch: str, vocab_size: int):
     if arch == "gpt2":
         return AutoConfig.for_model("gpt2", n_layer=layers, n_embd=64, n_head=4, n_inner=neurons, n_positions=512,
                                      bos_token_id=0, eos_token_id=0, **common)
-    extra = {"head_dim": 16, "sliding_window": 32, "layer_types": ["sliding_attention", "full_attention"] * (layers // 2),
-             "query_pre_attn_scalar": 16} if arch == "gemma3" else {}
+    extra = {"head_dim": 16, "sliding_window": 32, "query_pre_attn_scalar": 16,
+             "layer_types": ["sliding_attention", "full_attention"] * (layers // 2)} if arch == "gemma3" else {}
     return AutoConfig.for_model(("gemma3_text" if arch == "gemma3" else arch), num_hidden_layers=layers, hidden_size=64,
                                 intermediate_size=neurons, num_attention_heads=4, num_key_value_heads=2,
                                 max_position_embeddings=512, **common, **extra)

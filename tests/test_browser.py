@@ -85,8 +85,8 @@ def tiny_env(tmp_path_factory, tiny) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(tiny_env) -> Iterator[str]:
     """The app on the tiny store, or on QRN_SCREENSHOT_DB with QRN_SCREENSHOT_MODEL (the README's screenshots)."""
-    env = tiny_env if "QRN_SCREENSHOT_DB" not in os.environ else {
-        **os.environ, "QRN_MODEL": os.environ.get("QRN_SCREENSHOT_MODEL", MODEL), "QRN_DB": os.environ["QRN_SCREENSHOT_DB"]}
+    env = tiny_env if "QRN_SCREENSHOT_DB" not in os.environ else {**os.environ, "QRN_DB": os.environ["QRN_SCREENSHOT_DB"],
+                                                                  "QRN_MODEL": os.environ.get("QRN_SCREENSHOT_MODEL", MODEL)}
     with streamlit_server(env) as url:
         yield url
 

@@ -115,7 +115,8 @@ def test_qwen_with_missing_chunks_is_one_cli_line_and_writes_nothing(tmp_path, m
     for chunk in models.EMBEDDED[QWEN].chunks:
         fake_package(tmp_path / "site", chunk, None if chunk.module.endswith("part5") else b"")
         if not chunk.module.endswith("part5"):
-            os.truncate(tmp_path / "site" / chunk.module / chunk.file, 1000 if chunk.module.endswith("part9") else chunk.size)
+            size = 1000 if chunk.module.endswith("part9") else chunk.size
+            os.truncate(tmp_path / "site" / chunk.module / chunk.file, size)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("QRN_CACHE", str(tmp_path / "cache"))
     argv = ["attribute", "--model", QWEN, "--question", "Capital?", "--option", "Paris", "--option", "Rome",
