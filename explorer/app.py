@@ -21,11 +21,13 @@ navigation = st.navigation([
     st.Page(PAGES / "common.py", title="Common neurons", icon=":material/hub:", url_path="common"),
     st.Page(PAGES / "query_lab.py", title="Query lab", icon=":material/science:", url_path="lab"),
     st.Page(PAGES / "methods.py", title="Methods", icon=":material/leaderboard:", url_path="methods"),
+    st.Page(PAGES / "compare.py", title="Compare models", icon=":material/compare:", url_path="compare"),
     st.Page(PAGES / "data.py", title="Data and models", icon=":material/database:", url_path="data"),
 ])
-st.sidebar.caption(f"Model **{views.md(state.model_name())}** · store {views.md(state.db_path())}")
+st.sidebar.caption(f"Store {views.md(state.db_path())}")
 try:
     state.startup(state.db_path())
+    views.pick_model()
     navigation.run()
 except QRNError as err:
     st.error(views.md(err))

@@ -1,10 +1,12 @@
 """The explorer's access to its model and store, and every st.cache_resource / st.cache_data wrapper.
 
-Pages call these and draw (only `attribution` draws, its own progress bar). The model comes from $QRN_MODEL
-(default smollm2; "tiny-<arch>" is a seeded tiny model) and the store from $QRN_DB (default cache/qrn.duckdb).
+Pages call these and draw (only `startup` and `attribution` draw, their own progress bars). The sidebar's model
+picker starts on $QRN_MODEL (default smollm2; "tiny-<arch>" is a seeded tiny model); the store is $QRN_DB (default
+cache/qrn.duckdb).
 An open DuckDB connection locks the file against `qrn run`, so no connection is kept: each read opens the store
 read-only and closes it, and reads are cached under the file's modification stamp, so that any write, by this app
-or by a run elsewhere, makes them stale.
+or by a run elsewhere, makes them stale. torch and transformers are imported by the functions that need them, so that
+a first start shows its progress bar within seconds.
 """
 
 from __future__ import annotations
@@ -14,20 +16,21 @@ import os
 from pathlib import Path
 import tempfile
 import threading
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import streamlit as st
 
 from qrcore import store
-from qrcore.attribution import NeuronAttribution
 from qrcore.datasets import import_file
-from qrcore.editing import PackedPrefix, check_neurons, generate, letter_probs, prefix_cache
-from qrcore.ffn import ffn_sites
-from qrcore.models import DEFAULT_MODEL, LoadedModel, ModelSpec, load_model
+from qrcore.errors import QRNError
 from qrcore.prompts import ChoicePrompt
 from qrcore.queries import Query
 from qrcore.results import QueryAttribution
+
+if TYPE_CHECKING:
+    from qrcore.editing import PackedPrefix
+    from qrcore.models import LoadedModel
 
 MODEL_ENV = "QRN_MODEL"
 SEED_ENV = "QRN_SEED"
@@ -39,7 +42,9 @@ EditKey = tuple[tuple[int, int, float], ...]
 
 
 def model_name() -> str:
-    """The app's model: $QRN_MODEL or the embedded default."""
+    """The model the app starts on: $QRN_MODEL or the embedded default."""
+    from qrcore.models import DEFAULT_MODEL
+
     return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
 
@@ -48,25 +53,59 @@ def db_path() -> str:
     return store.default_db()
 
 
-@st.cache_resource(show_spinner="Preparing the store…")
 def startup(db: str) -> None:
-    """Once per process and store: load the shipped default run into it (`qrcore.seed`) unless $QRN_SEED is 0."""
-    if os.environ.get(SEED_ENV, "1") != "0":
-        from qrcore.seed import ensure_default_store
+    """Once per process and store: load the shipped runs into it (`qrcore.seed`) unless $QRN_SEED is 0.
 
-        ensure_default_store(db)
+    A first start shows a progress bar while the runs load, instead of a blank page.
+    """
+    if os.environ.get(SEED_ENV, "1") == "0":
+        return
+    from qrcore.seed import ensure_default_store, pending
+
+    with _lock("startup"):
+        started = _started()
+        if db in started:
+            return
+        if pending(db):
+            with st.status("First start: loading the shipped runs into the store…", expanded=True) as status:
+                bar = st.progress(0.0)
+                ensure_default_store(db, lambda done, total, table: bar.progress(done / total,
+                                                                                f"{table} · {done / total:.0%}"))
+                status.update(label="Shipped runs loaded", state="complete", expanded=False)
+        started.add(db)
+
+
+@st.cache_resource
+def _started() -> set[str]:
+    """The stores that this process has already checked for the shipped runs."""
+    return set()
+
+
+@st.cache_resource
+def _lock(key: str) -> threading.Lock:
+    """A lock shared by every session of this process, one per key: edits hook the shared model's modules, and a
+    first start writes the store, so two sessions must not do either at once."""
+    return threading.Lock()
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def missing(name: str) -> str | None:
+    """What to install for model `name` (a one-line message), or None when it can be loaded here."""
+    from qrcore.models import check_installed
+
+    try:
+        check_installed(name)
+    except QRNError as err:
+        return str(err)
+    return None
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
 def model(name: str) -> LoadedModel:
     """The model `name` (any `qrn --model` name; "tiny-<arch>" is a seeded random tiny model)."""
+    from qrcore.models import ModelSpec, load_model
+
     return load_model(ModelSpec(name))
-
-
-@st.cache_resource
-def _model_lock(name: str) -> threading.Lock:
-    """Edits hook the shared model's modules, so two sessions must not run it at once."""
-    return threading.Lock()
 
 
 def has_store() -> bool:
@@ -103,24 +142,27 @@ def import_dataset(filename: str, data: bytes, name: str) -> int:
     return len(queries)
 
 
-def start_run(dataset: str, run_name: str | None, per_group: int | None,
+def start_run(name: str, dataset: str, run_name: str | None, per_group: int | None,
               progress: Callable[[int, int, str], None]) -> str:
-    """Compute a run of the app's model on `dataset` (at most `per_group` queries a group) into the store; its id."""
+    """Compute a run of model `name` on `dataset` (at most `per_group` queries a group) into the store; its id."""
     from qrcore.runner import run_dataset
 
-    name = model_name()
-    with _model_lock(name):
+    with _lock(f"model:{name}"):
         return run_dataset(model(name), dataset, db=db_path(), name=run_name, per_group=per_group, progress=progress)
 
 
 def shape(name: str) -> tuple[int, int]:
     """(layers, neurons per layer) of model `name`."""
+    from qrcore.ffn import ffn_sites
+
     sites = ffn_sites(model(name).model)
     return len(sites), sites[0].n_neurons
 
 
 def check(name: str, neurons: list[Neuron]) -> None:
     """QRNError naming a layer or neuron index outside model `name`."""
+    from qrcore.editing import check_neurons
+
     check_neurons(model(name), neurons)
 
 
@@ -132,13 +174,17 @@ def edit_key(neurons: list[Neuron], multiplier: float) -> EditKey:
 @st.cache_data(show_spinner=False, max_entries=64)
 def prompts(name: str, query: Query) -> list[ChoicePrompt]:
     """The query's multi-choice prompts for model `name` (QRNError for a prompt over the context)."""
+    from qrcore.attribution import NeuronAttribution
+
     return NeuronAttribution(model(name)).prompts(query)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _prefixes(name: str, query: Query) -> PackedPrefix:
     """The query's prompt prefixes under model `name`, run once: an edit touches only the answer position."""
-    with _model_lock(name):
+    from qrcore.editing import prefix_cache
+
+    with _lock(f"model:{name}"):
         return prefix_cache(model(name), prompts(name, query))
 
 
@@ -149,8 +195,10 @@ def option_probs(name: str, query: Query, edit: EditKey = ()) -> np.ndarray:
     `qrcore.editing.letter_probs` over the cached prefixes, so a slider move costs one packed forward of the
     answer positions (tens of milliseconds instead of a second).
     """
+    from qrcore.editing import letter_probs
+
     lm, cache = model(name), _prefixes(name, query)
-    with _model_lock(name):
+    with _lock(f"model:{name}"):
         return letter_probs(lm, prompts(name, query), {(l, n): m for l, n, m in edit}, cache)
 
 
@@ -160,8 +208,10 @@ def attribution(name: str, query: Query) -> QueryAttribution:
 
     The bar is made inside so that a cache hit replays it (as an empty element) instead of failing.
     """
+    from qrcore.attribution import NeuronAttribution
+
     bar = st.progress(0.0, "Attributing…")
-    with _model_lock(name):
+    with _lock(f"model:{name}"):
         result = NeuronAttribution(model(name)).attribute(
             query, lambda done, total: bar.progress(done / total, f"Attributing… pass {done} of {total}"))
     bar.empty()
@@ -171,7 +221,9 @@ def attribution(name: str, query: Query) -> QueryAttribution:
 @st.cache_data(show_spinner=False, max_entries=64)
 def answer(name: str, question: str, edit: EditKey = ()) -> str:
     """The free-form greedy answer of model `name` to `question` under `edit`."""
-    with _model_lock(name):
+    from qrcore.editing import generate
+
+    with _lock(f"model:{name}"):
         return generate(model(name), question, {(layer, neuron): m for layer, neuron, m in edit})
 
 
@@ -180,6 +232,6 @@ def vocab_tokens(name: str, neurons: tuple[Neuron, ...], k: int = 8) -> dict[Neu
     """Top-k vocabulary tokens of each neuron's value vector (Table 5) under model `name`."""
     from qrcore.vocab import project_neurons
 
-    with _model_lock(name):
+    with _lock(f"model:{name}"):
         frame = project_neurons(model(name), list(neurons), k)
     return {(int(l), int(n)): list(t) for l, n, t in frame.itertuples(index=False)}

@@ -1,5 +1,5 @@
-"""Widgets shared by the pages: the run picker, choices mirrored in the page link, query picker, neuron tables, and
-the escaping of every user-provided text (questions, options, answers, names, generated text) that a page shows."""
+"""Widgets shared by the pages: model and run pickers, choices mirrored in the page link, query picker, neuron tables,
+and the escaping of every user-provided text (questions, options, answers, names, generated text) that a page shows."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from qrcore import store
+from qrcore import qrnca, store
 from qrcore.errors import QRNError
 from qrcore.queries import Query
 
@@ -40,6 +40,10 @@ def md(text: object) -> str:
 def plain(text: object) -> str:
     """`text` for plotly labels, titles and hover text, which read HTML tags: escaped so that it shows as written."""
     return html.escape(str(text))
+MODEL = "model"
+"""Session-state key (and link parameter) of the model picked in the sidebar."""
+FLIPS = {"correct_to_incorrect": "correct → incorrect", "incorrect_to_correct": "incorrect → correct"}
+"""Flip-rate metrics (Table 6) and how they read."""
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,16 @@ class Run:
     model_id: str
     """Fingerprint of the model that computed the run."""
 
-    @property
-    def on_app_model(self) -> bool:
-        """Whether the run was computed with the app's model (same fingerprint), so its neurons can be projected."""
-        return self.model_id == state.model(state.model_name()).fingerprint
+
+    def tokens_unavailable(self) -> str | None:
+        """Why the run's neurons cannot be projected onto the vocabulary here (model not installed, or installed with
+        other weights than the run's), else None."""
+        if message := state.missing(self.model):
+            return message
+        if state.model(self.model).fingerprint != self.model_id:
+            return (f"the installed {md(self.model)} has other weights than the ones that computed run "
+                    f"{md(repr(self.name))}.")
+        return None
 
 
 def synced(widget: Callable[..., Any], label: str, key: str, *, options: Sequence[Any] | None = None,
@@ -98,24 +108,56 @@ def keep_synced() -> None:
 def list_runs() -> pd.DataFrame:
     """The store's runs (none before the store exists); a store that cannot be read stops the page with its error."""
     if not state.has_store():
-        return pd.DataFrame(columns=["run_id", "name", "model", "dataset", "status"])
+        return pd.DataFrame(columns=["run_id", "name", "model", "dataset", "status", "settings_json"])
     with inline_errors(stop=True):
         return state.read(store.list_runs)
 
 
-def pick_run() -> Run | None:
-    """Sidebar choice of a finished run of the store; None (with a hint) when there is none."""
+def finished_runs() -> pd.DataFrame:
+    """The store's finished runs (`list_runs` rows) indexed by name."""
     runs = list_runs()
-    finished = runs.loc[runs["status"] == "finished"].set_index("name", drop=False)
-    if finished.empty:
-        st.sidebar.info(f"No finished run in {md(state.db_path())} yet: start one on *Data and models* or with "
-                        "`qrn run`.")
+    return runs.loc[runs["status"] == "finished"].set_index("name", drop=False)
+
+
+def pick_model() -> str:
+    """Sidebar choice of the model (?model=...) among those with finished runs and the one the app starts on.
+
+    It starts on $QRN_MODEL (or the default) when that has runs, else on the first model that has.
+    """
+    counts = finished_runs()["model"].value_counts(sort=False)
+    start = state.model_name()
+    options = [*counts.index, *([] if start in counts else [start])]
+    name = synced(st.sidebar.selectbox, "Model", MODEL, options=options, index=options.index(start) if start in counts
+                  else 0, format_func=lambda m: f"{m} · {counts.get(m, 0)} run(s)")
+    if state.missing(name):
+        st.sidebar.caption(f"{md(name)} is not installed here: its runs browse, but vocabulary tokens and the query "
+                           "lab need it (see *Query lab*).")
+    return name
+
+
+def model() -> str:
+    """The model picked in the sidebar (app.py draws the picker before every page)."""
+    return st.session_state.get(MODEL) or state.model_name()
+
+
+def pick_run() -> Run | None:
+    """Sidebar choice of a finished run of the picked model; None (with a hint) when there is none."""
+    name = model()
+    runs = finished_runs()
+    runs = runs.loc[runs["model"] == name]
+    if runs.empty:
+        st.sidebar.info(f"No finished run of {md(name)} in {md(state.db_path())} yet: start one on *Data and models* "
+                        f"or with `qrn run --model {name}`.")
         return None
-    label = {n: f"{n} · {r.model} · {r.dataset}" for n, r in finished.iterrows()}
-    name = synced(st.sidebar.selectbox, "Run", "run", options=list(finished.index), format_func=label.__getitem__)
-    row = finished.loc[name]
+    label = {n: f"{n} · {r.dataset}" for n, r in runs.iterrows()}
+    return as_run(runs.loc[synced(st.sidebar.selectbox, "Run", "run", options=list(runs.index),
+                                  format_func=label.__getitem__)])
+
+
+def as_run(row: pd.Series) -> Run:
+    """The Run of a `finished_runs` row."""
     info = state.read(store.run_info, row["run_id"])
-    return Run(row["run_id"], name, row["model"], row["dataset"], info.n_layers, info.n_neurons, info.model_id)
+    return Run(row["run_id"], row["name"], row["model"], row["dataset"], info.n_layers, info.n_neurons, info.model_id)
 
 
 def require_run() -> Run:
@@ -163,27 +205,37 @@ def parse_neuron(label: str) -> tuple[int, int]:
     return int(layer), int(neuron)
 
 
-def with_tokens(frame: pd.DataFrame, model_ok: bool, k: int = 8) -> pd.DataFrame:
-    """`frame` (with layer, neuron columns) plus each neuron's top vocabulary tokens, if its model is the app's."""
-    if not model_ok or frame.empty:
+def with_tokens(frame: pd.DataFrame, name: str, k: int = 8) -> pd.DataFrame:
+    """`frame` (with layer, neuron columns) plus each neuron's top vocabulary tokens under model `name`."""
+    if frame.empty:
         return frame
     neurons = tuple(zip(frame["layer"].astype(int), frame["neuron"].astype(int)))
-    tokens = state.vocab_tokens(state.model_name(), neurons, k)
+    tokens = state.vocab_tokens(name, neurons, k)
     return frame.assign(tokens=[" ".join(repr(t) for t in tokens[n]) for n in neurons])
 
 
-def neuron_table(frame: pd.DataFrame, model_ok: bool, **kwargs: Any) -> None:
-    """A neuron table with vocabulary tokens; without them a caption says why."""
-    st.dataframe(with_tokens(frame, model_ok), hide_index=True, width="stretch", **kwargs)
-    if not model_ok:
-        st.caption(f"Vocabulary tokens need the run's model; the app runs {md(state.model_name())} "
-                   f"(set {state.MODEL_ENV} to the run's model to see them).")
+def neuron_table(frame: pd.DataFrame, unavailable: str | None, **kwargs: Any) -> None:
+    """A neuron table with vocabulary tokens of the picked model; with `unavailable` (why not), a caption instead."""
+    st.dataframe(frame if unavailable else with_tokens(frame, model()), hide_index=True, width="stretch", **kwargs)
+    if unavailable:
+        st.caption(f"No vocabulary tokens: {unavailable}")
 
 
-def hover_labels(neurons: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
-    """Hover text per neuron: its top vocabulary tokens, HTML-escaped for plotly."""
-    tokens = state.vocab_tokens(state.model_name(), tuple(neurons))
+def hover_labels(name: str, neurons: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """Hover text per neuron: its top vocabulary tokens under model `name`, HTML-escaped for plotly."""
+    tokens = state.vocab_tokens(name, tuple(neurons))
     return {n: "tokens: " + plain(" ".join(repr(t) for t in tokens[n])) for n in neurons}
+
+
+def method_table(rows: pd.DataFrame, columns: str | list[str]) -> pd.DataFrame:
+    """Evaluation rows pivoted to one line per method (in qrnca.METHODS order) and one column per `columns` value."""
+    table = rows.pivot_table(index="method", columns=columns, values="value", aggfunc="first")
+    return table.sort_index(key=lambda idx: idx.map({m: i for i, m in enumerate(qrnca.METHODS)}.get))
+
+
+def flip_cases(flips: pd.DataFrame) -> pd.DataFrame:
+    """Flip-rate rows with a `case` column such as 'suppress: correct → incorrect'."""
+    return flips.assign(case=flips["evaluation"] + ": " + flips["metric"].map(FLIPS))
 
 
 def control_neurons(neurons: Sequence[tuple[int, int]], n_neurons: int, seed: int = 0) -> list[tuple[int, int]]:

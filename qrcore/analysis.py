@@ -108,6 +108,23 @@ def qr_counts(qr: pd.DataFrame, groups: Mapping[str, str]) -> pd.DataFrame:
     table = per_query.groupby("group_name", sort=True)["qr_neurons"].agg(queries="size", mean_qr_neurons="mean")
     table.loc["all"] = [len(per_query), per_query["qr_neurons"].mean()]
     return table.reset_index()
+def relative_depth(n_layers: int) -> np.ndarray:
+    """(layers,) each layer's place in the model, 0 for the first and 1 for the last: models of different depth align."""
+    return np.arange(n_layers) / max(n_layers - 1, 1)
+
+
+def localisation(qr: pd.DataFrame, groups: Mapping[str, str], n_layers: int, n_neurons: int) -> dict[str, float]:
+    """How concentrated a run's QR neurons are (Fig. 2 in numbers), to compare models of different size.
+
+    QR neurons per query (queries without any count), the share of all FFN neurons that is a QR neuron of some query,
+    their mean relative depth over every (query, neuron) selection, and the mean overlap between different groups.
+    """
+    overlap = overlap_matrix(qr, groups).to_numpy()  # (groups, groups)
+    between = overlap[~np.eye(len(overlap), dtype=bool)]  # (groups * (groups - 1),)
+    return {"qr_per_query": len(qr) / max(len(groups), 1),
+            "neuron_share": len(qr[["layer", "neuron"]].drop_duplicates()) / (n_layers * n_neurons),
+            "mean_depth": float(relative_depth(n_layers)[qr["layer"].to_numpy(np.int64)].mean()) if len(qr) else np.nan,
+            "overlap": float(between.mean()) if between.size else np.nan}
 
 
 def percent_change(before: np.ndarray, after: np.ndarray) -> np.ndarray:

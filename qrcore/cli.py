@@ -12,7 +12,8 @@ from qrcore.errors import QRNError
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     """--model, --dtype, --device: shared by every command that loads a model."""
-    p.add_argument("--model", default="smollm2", help="smollm2 (embedded default), a .gguf file, a model folder or a hub id")
+    p.add_argument("--model", default="smollm2", help="smollm2 (the default), gemma3-270m or qwen2.5-coder-1.5b "
+                   "(embedded), a .gguf file, a model folder or a hub id")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (device_map over all GPUs)")
 

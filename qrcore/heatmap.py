@@ -12,6 +12,8 @@ from typing import NamedTuple
 import numpy as np
 import plotly.graph_objects as go
 
+from qrcore.analysis import relative_depth
+
 MAX_COLS = 512
 """Default column limit of a drawn heatmap."""
 COLORSCALE = "RdBu_r"
@@ -53,25 +55,33 @@ def color_limit(maps: list[np.ndarray], percentile: float = 95.0) -> float:
 
 
 def heatmap_figure(binned: Binned, first_layer: int = 0, title: str = "", zmax: float | None = None,
-                   labels: Mapping[tuple[int, int], str] | None = None, height: int = 420) -> go.Figure:
+                   labels: Mapping[tuple[int, int], str] | None = None, height: int = 420,
+                   depth_of: int | None = None) -> go.Figure:
     """A plotly heatmap of `binned` (rows from `first_layer` up) whose hover names layer, neuron, score and label.
 
     `labels` maps (layer, neuron) to text such as the neuron's top vocabulary tokens; `zmax` fixes the colour range
-    (shared by side-by-side maps), else `color_limit` of this map.
+    (shared by side-by-side maps), else `color_limit` of this map. `depth_of`, the model's number of layers, puts
+    rows at their relative depth (0 first layer, 1 last), so that models of different depth line up.
     """
     layers = np.arange(first_layer, first_layer + binned.values.shape[0])  # (layers,)
+    rows = layers if depth_of is None else relative_depth(depth_of)[layers]  # (layers,)
     labels = labels or {}
     text = np.array([[labels.get((int(l), int(n)), "") for n in row] for l, row in zip(layers, binned.top)],
                     dtype=object)  # (layers, bins)
-    custom = np.stack([binned.top.astype(object), text], axis=-1)  # (layers, bins, 2)
+    layer_of = np.broadcast_to(layers[:, None], binned.top.shape).astype(object)  # (layers, bins)
+    custom = np.stack([binned.top.astype(object), text, layer_of], axis=-1)  # (layers, bins, 3)
     if zmax is None:
         zmax = color_limit([binned.values])
     fig = go.Figure(go.Heatmap(
-        z=binned.values, x=binned.edges[:-1], y=layers, customdata=custom, colorscale=COLORSCALE,
+        z=binned.values, x=binned.edges[:-1], y=rows, customdata=custom, colorscale=COLORSCALE,
         zmid=0.0, zmin=-zmax, zmax=zmax, colorbar={"title": {"text": "NAICA"}, "thickness": 12},
-        hovertemplate="layer %{y}<br>neuron %{customdata[0]}<br>score %{z:.4g}<br>%{customdata[1]}<extra></extra>",
+        hovertemplate="layer %{customdata[2]}<br>neuron %{customdata[0]}<br>score %{z:.4g}<br>%{customdata[1]}"
+                      "<extra></extra>",
     ))
     fig.update_layout(title=title, height=height, margin={"l": 50, "r": 10, "t": 40 if title else 10, "b": 40},
-                      xaxis_title="neuron", yaxis_title="layer")
-    fig.update_yaxes(dtick=-(-len(layers) // 16), tickformat="d")
+                      xaxis_title="neuron", yaxis_title="layer" if depth_of is None else "relative depth")
+    if depth_of is None:
+        fig.update_yaxes(dtick=-(-len(layers) // 16), tickformat="d")
+    else:
+        fig.update_yaxes(dtick=0.1, tickformat=".1f")
     return fig

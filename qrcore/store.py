@@ -28,7 +28,7 @@ Tables have no foreign keys (DuckDB's make deletes order-dependent); every write
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 import fcntl
@@ -202,6 +202,10 @@ QUERY_ATTRIBUTIONS = "SELECT query_id, layer, neuron, na, in_cluster, ig FROM at
 QUERY_STATS = """SELECT s.layer, s.neuron, s.n_clusters, s.ica, s.is_common FROM neuron_stats s
     JOIN attributions a ON a.run_id = s.run_id AND a.layer = s.layer AND a.neuron = s.neuron
     WHERE a.run_id = ? AND a.query_id = ?"""
+GROUP_ACCURACY = """SELECT q.group_name, count(*) AS queries, avg(r.accuracy) AS accuracy, avg(r.correct_prob) AS correct_prob
+    FROM query_results r JOIN runs u ON u.run_id = r.run_id
+    JOIN queries q ON q.dataset_id = u.dataset_id AND q.query_id = r.query_id
+    WHERE r.run_id = ? GROUP BY q.group_name ORDER BY q.group_name"""
 SELECT_EVALUATIONS = """SELECT method, evaluation, group_name, metric, value FROM evaluations WHERE run_id = ?
     ORDER BY evaluation, method, group_name, metric"""
 
@@ -484,15 +488,29 @@ def export_runs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], folder: str
     return counts
 
 
-def import_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike) -> bool:
-    """Load an `export_runs` folder in one transaction, unless its runs are already stored; True if loaded."""
+def has_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike) -> bool:
+    """Whether every run of an `export_runs` folder is in the store."""
+    ids = pd.read_parquet(Path(folder) / "runs.parquet", columns=["run_id"])["run_id"].tolist()
+    return con.execute(COUNT_RUNS, [ids]).fetchone()[0] == len(ids)
+
+
+def import_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike,
+                progress: Callable[[int, int, str], None] | None = None) -> bool:
+    """Load an `export_runs` folder in one transaction, unless its runs are already stored; True if loaded.
+
+    `progress(done, total, table)` follows each table, in bytes of Parquet read (the attributions dominate).
+    """
     folder = Path(folder)
-    ids = pd.read_parquet(folder / "runs.parquet", columns=["run_id"])["run_id"].tolist()
-    if con.execute(COUNT_RUNS, [ids]).fetchone()[0] == len(ids):
+    if has_runs(con, folder):
         return False
+    files = {table: folder / f"{table}.parquet" for table in IMPORT_TABLE}
+    total, done = sum(f.stat().st_size for f in files.values()), 0
     with _transaction(con):
         for table, sql in IMPORT_TABLE.items():
-            con.execute(sql, [str(folder / f"{table}.parquet")])
+            con.execute(sql, [str(files[table])])
+            done += files[table].stat().st_size
+            if progress:
+                progress(done, total, table)
     return True
 
 
@@ -525,6 +543,13 @@ def layer_distribution(con: duckdb.DuckDBPyConnection, run_id: str, method: str 
     """Fig. 2b: per group, the share of its QR neurons in each layer (`analysis.layer_distribution`)."""
     info = _finished(con, run_id)
     return analysis.layer_distribution(qr_neurons(con, info.run_id, method), run_groups(con, info.run_id), info.n_layers)
+
+
+def localisation(con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca") -> dict[str, float]:
+    """How concentrated the run's QR neurons are (`analysis.localisation`)."""
+    info = _finished(con, run_id)
+    return analysis.localisation(qr_neurons(con, info.run_id, method), run_groups(con, info.run_id), info.n_layers,
+                                 info.n_neurons)
 
 
 def common_neurons(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
@@ -565,6 +590,11 @@ def qr_neurons(con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca
 def evaluations(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     """All stored evaluation numbers of a run (method, evaluation, group_name, metric, value)."""
     return con.execute(SELECT_EVALUATIONS, [run_info(con, run_id).run_id]).df()
+
+
+def group_accuracy(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
+    """Per group of a run's done queries: queries, accuracy (share of templates answered right) and mean P(correct)."""
+    return con.execute(GROUP_ACCURACY, [run_info(con, run_id).run_id]).df()
 
 
 def _finished(con: duckdb.DuckDBPyConnection, run_id: str) -> RunInfo:

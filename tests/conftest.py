@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qrcore.models import DEFAULT_MODEL, _embedded_gguf, gguf_to_folder
+from qrcore.models import DEFAULT_MODEL, embedded_folder
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("QRN_CACHE", str(REPO / "cache"))
@@ -18,7 +18,7 @@ def tokenizer():
     """SmolLM2's tokenizer (with chat template), from the cached conversion of the embedded default model."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(gguf_to_folder(_embedded_gguf(DEFAULT_MODEL)))
+    return AutoTokenizer.from_pretrained(embedded_folder(DEFAULT_MODEL))
 
 
 @pytest.fixture(scope="session")

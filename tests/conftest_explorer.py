@@ -19,6 +19,9 @@ from qrcore.settings import RunSettings
 
 MODEL = "tiny-llama"
 RUN = "tiny-run"
+DEEP_MODEL = "tiny-gemma3"
+"""A second model, deeper and wider than MODEL (6 x 128 against 4 x 96), for stores of two models."""
+DEEP_RUN = "tiny-deep-run"
 DATASET = "tiny-set"
 QUERIES = [
     Query(id="sci-1", group="science", question="What gas do plants absorb?", answer="Carbon dioxide",
@@ -49,8 +52,9 @@ def synthetic_attribution(query: Query, shape: tuple[int, int], rng: np.random.G
 
 
 def seed_store(path: Path, lm: LoadedModel, queries: list[Query] = QUERIES, run: str = RUN, dataset: str = DATASET,
-               done: int | None = None) -> str:
-    """A finished run of `lm` on `queries` with evaluations, written through qrcore.store; returns the run id.
+               done: int | None = None, model: str | None = None) -> str:
+    """A finished run of `lm` (stored under its own name, or `model`) on `queries` with evaluations, written through
+    qrcore.store; returns the run id.
 
     With `done`, only the first `done` queries are stored and the run is left unfinished, as a killed run leaves it.
     """
@@ -59,7 +63,8 @@ def seed_store(path: Path, lm: LoadedModel, queries: list[Query] = QUERIES, run:
     shape = (config.num_hidden_layers, config.intermediate_size)
     settings = RunSettings()
     with store.connect(path) as con:
-        model_id = store.upsert_model(con, lm.fingerprint, MODEL, config.model_type, *shape, config.to_json_string())
+        model_id = store.upsert_model(con, lm.fingerprint, model or lm.spec.name, config.model_type, *shape,
+                                      config.to_json_string())
         dataset_id = store.upsert_dataset(con, dataset, "test", queries)
         run_id = store.get_or_create_run(con, run, model_id, dataset_id, settings)
         for query in queries[:done]:

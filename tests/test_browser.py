@@ -1,12 +1,14 @@
 """The explorer in a real browser: `streamlit run` driven through Debian's chromium by Playwright.
 
-Saves a screenshot of every page to cache/screenshots/ (or $QRN_SCREENSHOT_DIR). By default the app runs a tiny model on a seeded store;
-for the README, point QRN_SCREENSHOT_MODEL and QRN_SCREENSHOT_DB at the default model and its store.
+Saves a screenshot of every page to cache/screenshots/ (or $QRN_SCREENSHOT_DIR). By default the app runs on a seeded store
+of two tiny models of different depth; for the README, point QRN_SCREENSHOT_MODEL and QRN_SCREENSHOT_DB at the default
+model and a store that holds its runs and those of a second model on the same dataset.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 import os
 from pathlib import Path
 import socket
@@ -17,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from conftest_explorer import MODEL, seed_store
+from conftest_explorer import DEEP_MODEL, DEEP_RUN, MODEL, seed_store
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +28,8 @@ APP = REPO / "explorer" / "app.py"
 SHOTS = Path(os.environ.get("QRN_SCREENSHOT_DIR", REPO / "cache" / "screenshots"))
 """Where screenshots go; the README's are made with QRN_SCREENSHOT_DIR=docs/screenshots."""
 CHROMIUM = Path("/usr/bin/chromium")
-PAGES = {"heatmaps": "", "overlap": "overlap", "common": "common", "lab": "lab", "methods": "methods", "data": "data"}
+PAGES = {"heatmaps": "", "overlap": "overlap", "common": "common", "lab": "lab", "methods": "methods",
+         "compare": "compare", "data": "data"}
 """Screenshot name -> URL path (the default page is served at /)."""
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
 METRIC = "[data-testid=stMetricValue]"
@@ -54,16 +57,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> Non
     pytest.fail(f"streamlit did not answer on {url} within {timeout:.0f} s")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny) -> Iterator[str]:
-    """`streamlit run explorer/app.py` on a free port (tiny model and seeded store unless QRN_SCREENSHOT_* say else)."""
-    env = {**os.environ, "QRN_MODEL": os.environ.get("QRN_SCREENSHOT_MODEL", MODEL)}
-    if "QRN_SCREENSHOT_DB" in os.environ:
-        env["QRN_DB"] = os.environ["QRN_SCREENSHOT_DB"]
-    else:
-        env["QRN_DB"] = str(tmp_path_factory.mktemp("store") / "qrn.duckdb")
-        env["QRN_SEED"] = "0"
-        seed_store(Path(env["QRN_DB"]), tiny("llama"))
+@contextmanager
+def streamlit_server(env: dict[str, str]) -> Iterator[str]:
+    """`streamlit run explorer/app.py` on a free port with environment `env`; its URL."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
                              "--server.headless", "true"], cwd=REPO, env=env, text=True,
@@ -75,6 +71,34 @@ def server(tmp_path_factory, tiny) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def tiny_env(tmp_path_factory, tiny) -> dict[str, str]:
+    """The app's environment on a store of two tiny models' runs on one dataset (4 x 96 and 6 x 128)."""
+    db = tmp_path_factory.mktemp("store") / "qrn.duckdb"
+    seed_store(db, tiny("llama"))
+    seed_store(db, tiny("gemma3"), run=DEEP_RUN)
+    return {**os.environ, "QRN_MODEL": MODEL, "QRN_DB": str(db), "QRN_SEED": "0"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_env) -> Iterator[str]:
+    """The app on the tiny store, or on QRN_SCREENSHOT_DB with QRN_SCREENSHOT_MODEL (the README's screenshots)."""
+    env = tiny_env if "QRN_SCREENSHOT_DB" not in os.environ else {**os.environ, "QRN_DB": os.environ["QRN_SCREENSHOT_DB"],
+                                                                  "QRN_MODEL": os.environ.get("QRN_SCREENSHOT_MODEL", MODEL)}
+    with streamlit_server(env) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tiny_server(server, tiny_env) -> Iterator[str]:
+    """The app on the tiny two-model store: `server` itself, unless that one shows the screenshot store."""
+    if "QRN_SCREENSHOT_DB" not in os.environ:
+        yield server
+        return
+    with streamlit_server(tiny_env) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -145,4 +169,19 @@ def test_query_lab_slider_moves_the_probabilities(browser, server):
     settle(page)
     assert page.locator(METRIC).nth(1).inner_text() != before
     screenshot(page, "lab")
+    page.close()
+
+
+def test_model_picker_is_in_the_link_and_the_run_picker_follows(browser, tiny_server):
+    page = browser.new_page()
+    open_page(page, tiny_server, "")
+    page.get_by_role("combobox", name="Model").click()
+    page.get_by_role("option", name=f"{DEEP_MODEL} · 1 run(s)").click()
+    page.wait_for_function(f"() => new URLSearchParams(location.search).get('model') === '{DEEP_MODEL}'",
+                           timeout=60_000)
+    settle(page)
+    assert f"run={DEEP_RUN}" in page.url
+    open_page(page, tiny_server, f"compare?model={DEEP_MODEL}")
+    assert page.locator("h1").first.inner_text() == "Compare models"
+    assert page.locator("[data-testid=stPlotlyChart]").count() >= 5
     page.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
 from pathlib import Path
 import shutil
 
@@ -10,12 +13,16 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest_explorer import MODEL, QUERIES, RUN, row_counts, seed_store, shown
+from conftest_explorer import DATASET, DEEP_MODEL, DEEP_RUN, MODEL, QUERIES, RUN, row_counts, seed_store, shown
+from qrcore import store
+from qrcore.analysis import relative_depth
 from qrcore.heatmap import bin_heatmap, heatmap_figure
+from qrcore.models import ModelSpec
+from qrcore.seed import SHIPPED
 from qrcore.settings import RunSettings
 
 APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
-PAGES = ("heatmaps", "overlap", "common", "query_lab", "methods", "data")
+PAGES = ("heatmaps", "overlap", "common", "query_lab", "methods", "compare", "data")
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +33,35 @@ def seeded(tmp_path_factory, tiny) -> Path:
     return path
 
 
-@pytest.fixture
-def db(seeded: Path, tmp_path: Path, monkeypatch) -> Path:
-    """A private copy of the seeded store, and the app pointed at it and at the tiny model."""
+@pytest.fixture(scope="module")
+def seeded_two(tmp_path_factory, tiny) -> Path:
+    """The same dataset's runs of two tiny models of different depth (4 x 96 and 6 x 128) in a store of their own."""
+    path = tmp_path_factory.mktemp("store2") / "qrn.duckdb"
+    seed_store(path, tiny("llama"))
+    seed_store(path, tiny("gemma3"), run=DEEP_RUN)
+    return path
+
+
+def use(store_file: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of `store_file`, and the app pointed at it and started on the tiny model."""
     path = tmp_path / "qrn.duckdb"
-    shutil.copy(seeded, path)
+    shutil.copy(store_file, path)
     monkeypatch.setenv("QRN_DB", str(path))
     monkeypatch.setenv("QRN_MODEL", MODEL)
     monkeypatch.setenv("QRN_SEED", "0")
     return path
+
+
+@pytest.fixture
+def db(seeded: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of the one-model store, and the app pointed at it."""
+    return use(seeded, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def two(seeded_two: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of the two-model store, and the app pointed at it."""
+    return use(seeded_two, tmp_path, monkeypatch)
 
 
 def test_bin_heatmap_keeps_each_bins_strongest_neuron_with_its_sign():
@@ -206,12 +233,98 @@ def test_upload_stores_the_dataset_and_a_run_on_it_appears_in_the_sidebar(db):
     assert any(o.startswith("quiz-run ") for o in page("heatmaps").sidebar.selectbox(key="run").options)
 
 
-def test_startup_loads_the_default_run_once(db, monkeypatch):
-    seen = []
-    monkeypatch.setattr("qrcore.seed.ensure_default_store", seen.append)
+def test_first_start_loads_the_shipped_runs_with_progress_and_only_once(tmp_path, monkeypatch):
+    db = tmp_path / "fresh.duckdb"
+    monkeypatch.setenv("QRN_DB", str(db))
+    monkeypatch.setenv("QRN_MODEL", MODEL)
     monkeypatch.setenv("QRN_SEED", "1")
-    page("methods").run()
-    assert seen == [str(db)]
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    assert not at.exception and not at.error, errors(at)
+    assert [s.label for s in at.status] == ["Shipped runs loaded"] and at.progress[0].value == 100
+    with store.connect(db, read_only=True) as con:
+        assert store.has_runs(con, SHIPPED)
+    assert at.sidebar.selectbox(key="model").value == "smollm2"  # the model with runs, not the run-less start model
+
+    def load_again(*args):
+        raise AssertionError("the shipped runs were loaded twice")
+
+    monkeypatch.setattr("qrcore.seed.ensure_default_store", load_again)
+    again = AppTest.from_file(str(APP), default_timeout=120)
+    again.switch_page("pages/methods.py").run()
+    assert not again.exception and not again.status, again.exception
+
+
+def test_model_picker_lists_both_models_and_the_run_picker_follows(two):
+    # AppTest shows app.py's sidebar (the model picker) after the first run only; the browser test checks the link.
+    at = AppTest.from_file(str(APP), default_timeout=60).run()  # the heatmaps
+    picker = at.sidebar.selectbox(key="model")
+    assert picker.value == MODEL and picker.options == [f"{MODEL} · 1 run(s)", f"{DEEP_MODEL} · 1 run(s)"]
+    assert at.sidebar.selectbox(key="run").options == [f"{RUN} · {DATASET}"] and at.query_params["model"] == MODEL
+    picker.set_value(DEEP_MODEL).run()
+    assert at.sidebar.selectbox(key="run").options == [f"{DEEP_RUN} · {DATASET}"]
+    assert at.query_params["run"] == DEEP_RUN
+    assert at.slider(key="layers").value == (0, 5)  # the deeper model's six layers
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_works_on_the_second_model_of_a_two_model_store(two, name):
+    at = page(name, model=DEEP_MODEL)
+    assert not at.exception, at.exception
+    assert not at.error, errors(at)
+    assert at.query_params["model"] == DEEP_MODEL
+    if name not in ("compare", "data"):  # pages that show one run
+        assert at.sidebar.selectbox(key="run").value == DEEP_RUN
+
+
+def figures(at: AppTest) -> list[dict]:
+    """The plotly figures on the page, as JSON."""
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def typed(value: dict | list) -> np.ndarray:
+    """A plotly JSON array: a list, or a typed array {dtype, bdata (base64), shape}."""
+    if isinstance(value, list):
+        return np.asarray(value)
+    flat = np.frombuffer(base64.b64decode(value["bdata"]), np.dtype(value["dtype"]))
+    return flat.reshape([int(n) for n in str(value.get("shape", len(flat))).split(",")])
+
+
+def test_compare_page_shows_two_models_of_different_depth_side_by_side(two):
+    at = page("compare")
+    assert not at.exception and not at.error, errors(at)
+    assert at.selectbox(key="model_b").value == DEEP_MODEL and at.selectbox(key="dataset").value == DATASET
+    assert [h.value for h in at.subheader] == ["Accuracy per group", "How concentrated the QR neurons are",
+                                                "Heatmaps per group", "Overlap between groups",
+                                                "Where the QR neurons sit", "PCR and flip rates"]
+    heatmaps = [f["data"][0] for f in figures(at) if f["layout"]["yaxis"]["title"]["text"] == "relative depth"]
+    assert [typed(h["z"]).shape for h in heatmaps] == [(4, 96), (6, 128)]  # each model on its own grid
+    for h, n_layers in zip(heatmaps, (4, 6)):
+        np.testing.assert_allclose(typed(h["y"]), relative_depth(n_layers))
+    accuracy, summary, pcr, flips = (t.value for t in at.dataframe)
+    assert list(accuracy.columns) == [MODEL, DEEP_MODEL] and list(accuracy.index) == ["geography", "science"]
+    assert list(summary.columns) == [MODEL, DEEP_MODEL]
+    for table in (pcr, flips):
+        assert [*dict.fromkeys(m for m, _ in table.columns)] == [MODEL, DEEP_MODEL]
+    assert at.query_params["model_b"] == DEEP_MODEL
+
+
+def test_compare_page_without_a_second_model_says_what_to_run(db):
+    at = page("compare")
+    assert not at.exception and not at.error
+    assert "qrn run --model OTHER --dataset DATASET" in at.info[0].value and DATASET in shown(at.info[0].value)
+
+
+def test_runs_of_a_model_not_installed_browse_and_only_the_query_lab_says_what_to_install(tmp_path, tiny, monkeypatch):
+    path = tmp_path / "gone.duckdb"
+    seed_store(path, dataclasses.replace(tiny("llama"), spec=ModelSpec("models/gone.gguf")), run="gone-run")
+    use(path, tmp_path, monkeypatch)
+    at = AppTest.from_file(str(APP), default_timeout=60).run()  # the heatmaps
+    assert at.sidebar.selectbox(key="model").value == "models/gone.gguf"
+    assert not at.exception and not at.error, errors(at)
+    assert len(at.get("plotly_chart")) == 1
+    assert any("GGUF file models/gone.gguf does not exist" in c.value for c in at.caption)
+    at = page("query_lab")
+    assert any("GGUF file models/gone.gguf does not exist" in e for e in errors(at)), errors(at)
 
 
 def test_methods_page_shows_the_papers_three_tables_or_the_command_to_make_them(db):

@@ -155,7 +155,7 @@ def gguf_cases(folder: Path) -> dict[str, tuple[Path, str]]:
     empty, text, cut = folder / "empty.gguf", folder / "notes.gguf", folder / "cut.gguf"
     empty.write_bytes(b"")
     text.write_text("these are my notes\n")
-    with models._embedded_gguf(models.DEFAULT_MODEL).open("rb") as f:
+    with models.chunk_paths(models.DEFAULT_MODEL)[0].open("rb") as f:
         cut.write_bytes(f.read(3_000_000))
     return {
         "empty": (empty, re.escape(f"GGUF file {empty} is empty; pass a complete .gguf file.")),

@@ -15,7 +15,8 @@ common = state.read(store.common_neurons, run.id)
 u = state.read(store.run_info, run.id).settings.qrnca.u
 st.caption(f"Neurons in more than u = {u:.0%} of the run's clusters (one coarse cluster per query). "
            "They fire for almost any query, so QRNCA drops them from every query's QR neurons.")
-views.neuron_table(common, run.on_app_model, column_config={"frequency": st.column_config.ProgressColumn(
+unavailable = run.tokens_unavailable()
+views.neuron_table(common, unavailable, column_config={"frequency": st.column_config.ProgressColumn(
     "frequency", format="%.2f", min_value=0.0, max_value=1.0)})
 
 st.subheader("Why a query's neurons are (not) QR neurons")
@@ -25,7 +26,7 @@ with views.inline_errors():
     kept = int(rows["kept"].sum())
     st.caption(f"Every stored neuron of {views.md(repr(query.id))} (its coarse cluster and NA above the storage "
                f"floor), highest NA first; NAICA = NA x ICA. {kept} kept as QR neurons.")
-    views.neuron_table(rows, run.on_app_model, column_config={
+    views.neuron_table(rows, unavailable, column_config={
         "kept": st.column_config.CheckboxColumn("QR neuron"), "in_cluster": st.column_config.CheckboxColumn("cluster"),
         "is_common": st.column_config.CheckboxColumn("common"),
         "na": st.column_config.NumberColumn("NA", format="%.3f"),

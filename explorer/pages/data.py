@@ -17,8 +17,9 @@ import views
 IMPORTED = "imported_datasets"
 
 st.title("Data and models")
-st.caption(f"Store {views.md(state.db_path())} · the app's model is **{views.md(state.model_name())}** "
-           f"(set `{state.MODEL_ENV}` and `QRN_DB` to change them).")
+name = views.model()
+st.caption(f"Store {views.md(state.db_path())} (set `QRN_DB` to change it) · runs started here use **{views.md(name)}**, "
+           "the model picked in the sidebar.")
 runs = views.list_runs()
 
 st.subheader("Runs")
@@ -32,6 +33,7 @@ else:
     st.subheader("Models")
     models = runs.groupby("model").agg(runs=("name", "count"),
                                        datasets=("dataset", lambda d: ", ".join(sorted(set(d)))))
+    models["installed here"] = [state.missing(m) or "yes" for m in models.index]
     st.dataframe(models, width="stretch")
 
 st.subheader("Import a dataset")
@@ -40,11 +42,11 @@ st.caption("The paper's JSON ({id: {sentences, obj_label, relation_name}}) or an
 upload = st.file_uploader("Dataset file", type=["json", "csv"], key="upload")
 dataset_name = st.text_input("Dataset name", placeholder="the file name without extension", key="dataset_name")
 if st.button("Import", disabled=upload is None):
-    name = dataset_name.strip() or Path(upload.name).stem
+    imported = dataset_name.strip() or Path(upload.name).stem
     try:
-        n = state.import_dataset(upload.name, upload.getvalue(), name)
-        st.session_state.setdefault(IMPORTED, []).append(name)
-        st.success(f"Stored {n} queries as dataset {views.md(repr(name))}.")
+        n = state.import_dataset(upload.name, upload.getvalue(), imported)
+        st.session_state.setdefault(IMPORTED, []).append(imported)
+        st.success(f"Stored {n} queries as dataset {views.md(repr(imported))}.")
     except QRNError as err:
         st.error(views.md(err))
 
@@ -54,14 +56,13 @@ left, middle, right = st.columns([2, 1, 2])
 dataset = left.selectbox("Dataset", datasets, key="run_dataset")
 per_group = middle.number_input("Queries per group (0: all)", min_value=0, value=0, step=5, key="per_group")
 run_name = right.text_input("Run name", placeholder="derived from model and dataset", key="run_name")
-st.caption(f"Attributes every query with {views.md(state.model_name())} (about 5 s a query for the default model on a "
-           "CPU) and computes the run's QR neurons; a run that stopped resumes where it was.")
+st.caption(f"Attributes every query with {views.md(name)} (on a 2-core CPU about 5 s a query for smollm2, 30 s or more for "
+           "qwen2.5-coder-1.5b) and computes the run's QR neurons; a run that stopped resumes where it was.")
 if st.button("Start run", type="primary"):
     bar = st.progress(0.0, "Starting…")
     try:
-        state.start_run(dataset, run_name.strip() or None, int(per_group) or None,
-                        lambda done, total, query_id: bar.progress(done / total,
-                                                                   f"{done} of {total} · {views.md(query_id)}"))
+        state.start_run(name, dataset, run_name.strip() or None, int(per_group) or None,
+                        lambda done, total, query_id: bar.progress(done / total, f"{done} of {total} · {views.md(query_id)}"))
         st.success("Run finished; pick it in the sidebar.")
     except QRNError as err:
         st.error(views.md(err))

@@ -40,19 +40,22 @@ st.caption(f"Run **{views.md(run.name)}** · {run.n_layers} layers x {run.n_neur
            f"top vocabulary tokens for the {TOKEN_CELLS} strongest cells.")
 
 
+unavailable = run.tokens_unavailable()
+
+
 def view(name: str) -> np.ndarray:
     """The group's map restricted to the chosen layers."""
     return state.read(store.heatmap, run.id, name)[lo:hi + 1]
 
 
 def labels(*binned_maps) -> dict[tuple[int, int], str]:
-    """Token hover text for the strongest cells of the maps, when the run's model is the app's model."""
-    if not run.on_app_model:
+    """Token hover text for the strongest cells of the maps, when the run's model is installed here."""
+    if unavailable:
         return {}
     cells = {(lo + int(l), int(b.top[l, c])): abs(float(b.values[l, c]))
              for b in binned_maps for l, c in zip(*np.nonzero(b.values))}
     strongest = sorted(cells, key=cells.__getitem__, reverse=True)[:TOKEN_CELLS]
-    return views.hover_labels(sorted(strongest))
+    return views.hover_labels(run.model, sorted(strongest))
 
 
 maps = [(group, view(group))] if mode == MODES[0] else [(f"{group} − {other}", view(group) - view(other))] \
@@ -68,4 +71,4 @@ first = maps[0][1]
 flat = np.argsort(-np.abs(first), axis=None)[:20]
 layers, neurons = np.unravel_index(flat, first.shape)
 top = pd.DataFrame({"layer": layers + lo, "neuron": neurons, "score": first[layers, neurons]})
-views.neuron_table(top.loc[top["score"] != 0], run.on_app_model)
+views.neuron_table(top.loc[top["score"] != 0], unavailable)

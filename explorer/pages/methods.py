@@ -13,15 +13,8 @@ from qrcore import qrnca, store
 import state
 import views
 
-FLIPS = {"correct_to_incorrect": "correct → incorrect", "incorrect_to_correct": "incorrect → correct"}
 CHANGES = {"related_change": "related queries", "unrelated_change": "unrelated queries"}
 PREDICTION_REFERENCE = {"prompt_accuracy": "prompt-based", "chance": "random guess"}
-
-
-def method_table(rows: pd.DataFrame, columns: str | list[str]) -> pd.DataFrame:
-    """Rows pivoted to one line per method (in qrnca.METHODS order) and one column per `columns` value."""
-    table = rows.pivot_table(index="method", columns=columns, values="value", aggfunc="first")
-    return table.sort_index(key=lambda idx: idx.map({m: i for i, m in enumerate(qrnca.METHODS)}.get))
 
 
 def show(table: pd.DataFrame, rows: pd.DataFrame, x: str, label: str, key: str, higher_is_better: bool = True) -> None:
@@ -53,18 +46,18 @@ if not pcr.empty:
                "change of an unrelated query of another group|. Higher means the neurons are more query-specific.")
     for evaluation, rows in pcr.groupby("evaluation"):
         st.markdown(f"**{views.md(evaluation)}**")
-        show(method_table(rows, "group_name"), rows, "group_name", "PCR", f"pcr-{evaluation}")
+        show(views.method_table(rows, "group_name"), rows, "group_name", "PCR", f"pcr-{evaluation}")
     changes = evaluations.loc[metric.isin(CHANGES) & (evaluations["group_name"] == "all")]
     with st.expander("Mean % change of P(correct), related and unrelated queries"):
-        st.dataframe(method_table(changes.assign(metric=changes["metric"].map(CHANGES)), ["evaluation", "metric"])
+        st.dataframe(views.method_table(changes.assign(metric=changes["metric"].map(CHANGES)), ["evaluation", "metric"])
                      .style.format("{:+.2f}", na_rep="–"), width="stretch")
 
-flips = evaluations.loc[metric.isin(FLIPS)]
+flips = evaluations.loc[metric.isin(views.FLIPS)]
 if not flips.empty:
     st.subheader("Flip rates (Table 6)")
     st.caption("Share of answers (argmax option) that flip when the query's neurons are suppressed or boosted.")
-    flips = flips.assign(case=flips["evaluation"] + ": " + flips["metric"].map(FLIPS))
-    show(method_table(flips, "case"), flips, "case", "flip rate", "flips", higher_is_better=False)
+    flips = views.flip_cases(flips)
+    show(views.method_table(flips, "case"), flips, "case", "flip rate", "flips", higher_is_better=False)
 
 answers = evaluations.loc[evaluations["evaluation"] == "answer_prediction"]
 if not answers.empty:
@@ -85,4 +78,4 @@ if not groups.empty:
     n_groups = evaluations.loc[evaluations["group_name"] != "all", "group_name"].nunique()
     st.caption("Held-out queries' groups predicted from which group's QR neurons they activate most at the answer "
                f"position; chance is 1/{n_groups} for {n_groups} groups.")
-    show(method_table(groups, "metric"), groups, "metric", "accuracy", "group-prediction")
+    show(views.method_table(groups, "metric"), groups, "metric", "accuracy", "group-prediction")

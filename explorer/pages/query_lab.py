@@ -22,7 +22,10 @@ DEFAULT_NEURONS = 10
 CUSTOM = {"q_text": "What is the capital of France?", "q_options": "Paris\nLondon\nBerlin\nMadrid", "q_answer": "Paris"}
 
 st.title("Query lab")
-name = state.model_name()
+name = views.model()
+if message := state.missing(name):
+    st.error(f"The query lab runs {views.md(name)} live, and it is not installed here: {message}")
+    st.stop()
 run = views.pick_run()
 source = views.synced(st.radio, "Question", "source", options=SOURCES if run else SOURCES[1:], horizontal=True,
                       format_func={"dataset": "from the run's dataset", "custom": "my own"}.__getitem__)
@@ -157,7 +160,7 @@ n_layers, n_neurons = state.shape(name)
 st.subheader("QR neurons")
 table = qr_table(query)
 if not table.empty:
-    views.neuron_table(table, True)  # a run's queries are shown only on the run's own model
+    views.neuron_table(table, None)  # a run's queries are shown only on the run's own model
 st.subheader("Edit")
 neurons = choose_neurons(query, table, n_layers, n_neurons)
 left, right = st.columns([4, 1], vertical_alignment="bottom")
