@@ -6,7 +6,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 import html
+import re
 from typing import Any
+from urllib.parse import urlencode
 import zlib
 
 import numpy as np
@@ -21,6 +23,26 @@ import state
 
 SYNCED = "_synced_keys"
 """Session-state key of the set of widget keys that `synced` mirrors in the link."""
+MARKDOWN_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")
+"""ASCII punctuation: CommonMark shows a backslash-escaped one as itself, never as markup."""
+AUTOLINK = re.compile(r"https?(?=:)|www(?=\.)|@", re.IGNORECASE)
+"""Where GitHub Markdown starts a link from plain (even escaped) text: a URL, a www. address, an e-mail address."""
+WORD_JOINER = "\u2060"
+"""An invisible character that, put after an AUTOLINK match, keeps the text from becoming a link."""
+CARD_PATH = "neuron"
+"""URL path of the neuron card page; `card_url` links to it."""
+CARD_PAGE = "pages/neuron.py"
+
+
+def md(text: object) -> str:
+    """`text` as Markdown (st.markdown, st.caption, st.error, ...) that shows exactly it: never a link, an image, HTML,
+    formatting or a Streamlit directive."""
+    return MARKDOWN_PUNCTUATION.sub(r"\\\g<0>", AUTOLINK.sub(lambda m: m[0] + WORD_JOINER, str(text)))
+
+
+def plain(text: object) -> str:
+    """`text` for plotly labels, titles and hover text, which read HTML tags: escaped so that it shows as written."""
+    return html.escape(str(text))
 
 
 @dataclass(frozen=True)
@@ -140,9 +162,34 @@ def with_tokens(frame: pd.DataFrame, model_ok: bool, k: int = 8) -> pd.DataFrame
     return frame.assign(tokens=[" ".join(repr(t) for t in tokens[n]) for n in neurons])
 
 
+def card_url(run: str, neuron: tuple[int, int]) -> str:
+    """The link (relative to the app) of the neuron's card in run `run`: neuron?neuron=L:I&run=NAME."""
+    return f"{CARD_PATH}?{urlencode({'neuron': neuron_label(neuron), 'run': run})}"
+
+
+def clicked_card_link(event: Any, run: str) -> None:
+    """Under a heatmap drawn with on_select: a link to the card of the clicked cell's neuron (customdata[0], layer y)."""
+    points = event.selection.points if event else []
+    if points:
+        neuron = (int(points[0]["y"]), int(points[0]["customdata"][0]))
+        st.page_link(CARD_PAGE, label=f"Open the card of neuron {neuron_label(neuron)}", icon=":material/memory:",
+                     query_params={"neuron": neuron_label(neuron), "run": run})
+
+
+def with_card_links(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (with layer, neuron columns) plus a `card` column linking each neuron's card in the sidebar's run."""
+    run = st.session_state.get("run")
+    if run is None or frame.empty:
+        return frame
+    return frame.assign(card=[card_url(run, (int(l), int(n))) for l, n in zip(frame["layer"], frame["neuron"])])
+
+
 def neuron_table(frame: pd.DataFrame, model_ok: bool, **kwargs: Any) -> None:
-    """A neuron table with vocabulary tokens; without them a caption says why."""
-    st.dataframe(with_tokens(frame, model_ok), hide_index=True, width="stretch", **kwargs)
+    """A neuron table with vocabulary tokens and a link to each neuron's card; without tokens a caption says why."""
+    config = {"card": st.column_config.LinkColumn("card", display_text="open card"),
+              **kwargs.pop("column_config", {})}
+    st.dataframe(with_card_links(with_tokens(frame, model_ok)), hide_index=True, width="stretch",
+                 column_config=config, **kwargs)
     if not model_ok:
         st.caption(f"Vocabulary tokens need the run's model; the app runs {state.model_name()} "
                    f"(set {state.MODEL_ENV} to the run's model to see them).")
