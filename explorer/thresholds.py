@@ -42,6 +42,15 @@ def link_errors(s: QRNCASettings, keys: tuple[str, ...] = KEYS) -> None:
             st.error(f"{key} in the link is not a number; pick {key} with its slider.")
 
 
+def _moved(s: QRNCASettings) -> bool:
+    """Whether the thresholds chosen so far (in this session, else in the link) differ from the run's."""
+    chosen = {k: st.session_state.get(k, st.query_params.get(k)) for k in KEYS}
+    try:
+        return any(v is not None and float(v) != getattr(s, k) for k, v in chosen.items())
+    except ValueError:
+        return True
+
+
 def _reset(s: QRNCASettings) -> None:
     """Back to the run's own thresholds."""
     st.session_state.update(t=s.t, u=s.u, v=s.v)
@@ -62,7 +71,7 @@ def controls(run: views.Run) -> LiveQRNCA | None:
     s = state.read(store.run_info, run.id).settings.qrnca
     has_ig = state.read(store.has_template_ig, run.id)
     fixed_t = s.cluster == "template" and not has_ig
-    with st.expander("Live thresholds: t, u and v", expanded=any(k in st.query_params for k in KEYS)):
+    with st.expander("Live thresholds: t, u and v", expanded=_moved(s)):
         link_errors(s)
         left, middle, right = st.columns(3)
         t = t_slider(s, left, disabled=fixed_t)

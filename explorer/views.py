@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from qrcore import store
@@ -167,8 +168,21 @@ def card_url(run: str, neuron: tuple[int, int]) -> str:
     return f"{CARD_PATH}?{urlencode({'neuron': neuron_label(neuron), 'run': run})}"
 
 
+def clickable(fig: go.Figure) -> go.Figure:
+    """The heatmap figure with a clickable, nearly invisible marker on every non-zero cell (plotly selects no heatmap
+    cell, only points), which hovers like the cell; `clicked_card_link` turns a click into a card link."""
+    cells = fig.data[0]
+    z = np.asarray(cells.z)  # (layers, bins)
+    rows, cols = np.nonzero(z)
+    fig.add_trace(go.Scatter(
+        x=np.asarray(cells.x)[cols], y=np.asarray(cells.y)[rows], customdata=np.asarray(cells.customdata)[rows, cols],
+        mode="markers", marker={"size": 10, "opacity": 0.01, "symbol": "square"}, showlegend=False,
+        text=z[rows, cols], hovertemplate=cells.hovertemplate.replace("%{z", "%{text")))
+    return fig.update_layout(clickmode="event+select", hovermode="closest")
+
+
 def clicked_card_link(event: Any, run: str) -> None:
-    """Under a heatmap drawn with on_select: a link to the card of the clicked cell's neuron (customdata[0], layer y)."""
+    """Under a `clickable` heatmap drawn with on_select: a link to the card of the clicked cell's neuron."""
     points = event.selection.points if event else []
     if points:
         neuron = (int(points[0]["y"]), int(points[0]["customdata"][0]))

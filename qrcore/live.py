@@ -113,9 +113,10 @@ def at_thresholds(rows: pd.DataFrame, ig: np.ndarray | None, groups: Mapping[str
     sparse = recluster(rows, ig, run, s.t)
     stats = qrnca.neuron_stats(sparse, len(groups), s.u)
     naica_rows = qrnca.naica(sparse, stats)
-    qr = qrnca.qr_neurons(sparse, groups, s, "qrnca")
+    explained = qrnca.explain(naica_rows, s.v)
+    qr = qrnca.kept_neurons(explained)
     per_query = qr["query_id"].value_counts().reindex(list(groups), fill_value=0).rename("qr_neurons")
-    return LiveQRNCA(s, qrnca.explain(naica_rows, s.v), qrnca.common_neurons(stats, len(groups), s.u), qr,
+    return LiveQRNCA(s, explained, qrnca.common_neurons(stats, len(groups), s.u), qr,
                      analysis.heatmap_sums(naica_rows, groups), per_query)
 
 

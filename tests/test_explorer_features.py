@@ -105,7 +105,7 @@ def test_neuron_card_computes_activations_on_demand(db, tiny):
 
 def test_neuron_card_button_takes_the_neuron_into_the_query_lab(db):
     at = page("neuron", neuron="2:17")
-    button(at, "Add to the query lab's edits").click().run()
+    button(at, "Edit it in the lab").click().run()
     assert not at.exception, at.exception
     assert "2:17" in at.multiselect(key="neurons").value and len(at.multiselect(key="neurons").value) > 1
 

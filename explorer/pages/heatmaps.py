@@ -63,8 +63,8 @@ binned = [bin_heatmap(m, columns) for _, m in maps]
 hover = labels(*binned)
 zmax = color_limit([b.values for b in binned])
 for i, (column, (title, _), b) in enumerate(zip(st.columns(len(maps)), maps, binned)):
-    event = column.plotly_chart(heatmap_figure(b, lo, title, zmax, hover), width="stretch", key=f"heatmap-{i}",
-                                on_select="rerun", selection_mode="points")
+    event = column.plotly_chart(views.clickable(heatmap_figure(b, lo, title, zmax, hover)), width="stretch",
+                                key=f"heatmap-{i}", on_select="rerun", selection_mode="points")
     with column:
         views.clicked_card_link(event, run.name)
 

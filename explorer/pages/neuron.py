@@ -42,8 +42,8 @@ cols = st.columns(5)
 cols[0].metric("Cluster frequency", f"{card.frequency:.0%}", help=f"In {card.n_clusters} of the run's clusters.")
 cols[1].metric("ICA (Eq. 6)", f"{card.ica:.3f}")
 cols[2].metric("Common neuron", "yes" if card.is_common else "no")
-cols[3].metric("QR neuron of", f"{int((card.queries['qr_rank'] > 0).sum())} queries")
-cols[4].button("Add to the query lab's edits", type="primary", on_click=lab_edit.add_to_lab, args=([neuron],),
+cols[3].metric("QR neuron of queries", int((card.queries["qr_rank"] > 0).sum()))
+cols[4].button("Edit it in the lab", type="primary", on_click=lab_edit.add_to_lab, args=([neuron],),
                disabled=not run.on_app_model, help="Opens the query lab with this neuron in its edit set.")
 if st.session_state.pop(lab_edit.GO_TO_LAB, False):
     st.switch_page("pages/query_lab.py")
@@ -54,7 +54,7 @@ if run.on_app_model:
     top = state.vocab_tokens(state.model_name(), (neuron,), TOKENS)[neuron]
     bottom = state.vocab_tokens(state.model_name(), (neuron,), TOKENS, largest=False)[neuron]
     left.dataframe(pd.DataFrame({"pushes up": [repr(t) for t in top], "pushes down": [repr(t) for t in bottom]}),
-                   width="stretch")
+                   width="stretch", hide_index=True)
 else:
     left.caption(f"The projection needs the run's model; the app runs another one (set {state.MODEL_ENV}).")
 right.subheader("NA per group")
@@ -79,10 +79,10 @@ if acts is None:
                                       help="One forward per prompt; kept for every later card of this run."):
         bar = st.progress(0.0, "Computing activations…")
         settings = state.read(store.run_info, run.id).settings
-        acts = state.compute_activations(state.model_name(), run.id, list(queries.values()), settings,
-                                         lambda done, total: bar.progress(done / total, f"Query {done} of {total}"))
-        bar.empty()
-if acts is not None:
+        state.compute_activations(state.model_name(), run.id, list(queries.values()), settings,
+                                  lambda done, total: bar.progress(done / total, f"Query {done} of {total}"))
+        st.rerun()
+else:
     values = pd.DataFrame({"query": [views.plain(q) for q in queries], "activation": acts[:, layer, index],
                            "group": [views.plain(q.group) for q in queries.values()]})
     st.plotly_chart(px.strip(values, x="group", y="activation", hover_data=["query"])

@@ -115,7 +115,7 @@ def show_probs(query: Query, edit: dict[tuple[int, int], float], n_neurons: int)
     cols[0].metric("P(correct), template 1", f"{correct['original']:.4g}")
     cols[1].metric(f"Edited ({len(edit)} neurons {mult})", f"{correct['edited']:.4g}",
                    f"{correct['edited'] - correct['original']:+.3g}")
-    cols[2].metric(f"Control ({len(control)} random neurons, same layers and multipliers)", f"{correct['control']:.4g}",
+    cols[2].metric(f"Control ({len(control)} random neurons, same layers)", f"{correct['control']:.4g}",
                    f"{correct['control'] - correct['original']:+.3g}")
     options = [f"{l}. {t}" if t else l for l, t in zip(prompt.letters, prompt.options or [""] * len(prompt.letters))]
     options[prompt.correct] += " ✓"
