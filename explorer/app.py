@@ -22,6 +22,9 @@ navigation = st.navigation([
     st.Page(PAGES / "query_lab.py", title="Query lab", icon=":material/science:", url_path="lab"),
     st.Page(PAGES / "methods.py", title="Methods", icon=":material/leaderboard:", url_path="methods"),
     st.Page(PAGES / "compare.py", title="Compare models", icon=":material/compare:", url_path="compare"),
+    st.Page(PAGES / "neuron.py", title="Neuron card", icon=":material/memory:", url_path="neuron"),
+    st.Page(PAGES / "consistency.py", title="Template consistency", icon=":material/rule:", url_path="consistency"),
+    st.Page(PAGES / "export.py", title="Take it away", icon=":material/download:", url_path="export"),
     st.Page(PAGES / "data.py", title="Data and models", icon=":material/database:", url_path="data"),
 ])
 st.sidebar.caption(f"Store {views.md(state.db_path())}")

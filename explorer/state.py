@@ -27,6 +27,7 @@ from qrcore.errors import QRNError
 from qrcore.prompts import ChoicePrompt
 from qrcore.queries import Query
 from qrcore.results import QueryAttribution
+from qrcore.settings import RunSettings
 
 if TYPE_CHECKING:
     from qrcore.editing import PackedPrefix
@@ -166,9 +167,10 @@ def check(name: str, neurons: list[Neuron]) -> None:
     check_neurons(model(name), neurons)
 
 
-def edit_key(neurons: list[Neuron], multiplier: float) -> EditKey:
-    """The hashable edit that scales every neuron in `neurons` by `multiplier`."""
-    return tuple(sorted((layer, neuron, round(multiplier, 4)) for layer, neuron in neurons))
+def edit_key(neurons: list[Neuron], multiplier: float, each: dict[Neuron, float] | None = None) -> EditKey:
+    """The hashable edit that scales every neuron in `neurons` by `multiplier`, or by its own multiplier in `each`."""
+    each = each or {}
+    return tuple(sorted((layer, neuron, round(each.get((layer, neuron), multiplier), 4)) for layer, neuron in neurons))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -203,8 +205,9 @@ def option_probs(name: str, query: Query, edit: EditKey = ()) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def attribution(name: str, query: Query) -> QueryAttribution:
-    """NA of every neuron of model `name` for the query, with a progress bar while it runs (seconds on a CPU).
+def attribution(name: str, query: Query, settings: RunSettings = RunSettings()) -> QueryAttribution:
+    """NA of every neuron of model `name` for the query under a run's attribution and prompt settings, with a progress
+    bar while it runs (seconds on a CPU).
 
     The bar is made inside so that a cache hit replays it (as an empty element) instead of failing.
     """
@@ -212,7 +215,7 @@ def attribution(name: str, query: Query) -> QueryAttribution:
 
     bar = st.progress(0.0, "Attributing…")
     with _lock(f"model:{name}"):
-        result = NeuronAttribution(model(name)).attribute(
+        result = NeuronAttribution(model(name), settings.attribution, settings.prompt).attribute(
             query, lambda done, total: bar.progress(done / total, f"Attributing… pass {done} of {total}"))
     bar.empty()
     return result
@@ -228,10 +231,37 @@ def answer(name: str, question: str, edit: EditKey = ()) -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def vocab_tokens(name: str, neurons: tuple[Neuron, ...], k: int = 8) -> dict[Neuron, list[str]]:
-    """Top-k vocabulary tokens of each neuron's value vector (Table 5) under model `name`."""
+def vocab_tokens(name: str, neurons: tuple[Neuron, ...], k: int = 8, largest: bool = True) -> dict[Neuron, list[str]]:
+    """Top-k (or with largest=False bottom-k) vocabulary tokens of each neuron's value vector (Table 5) under `name`."""
     from qrcore.vocab import project_neurons
 
     with _lock(f"model:{name}"):
-        frame = project_neurons(model(name), list(neurons), k)
+        frame = project_neurons(model(name), list(neurons), k, largest=largest)
     return {(int(l), int(n)): list(t) for l, n, t in frame.itertuples(index=False)}
+
+
+def fingerprint(name: str) -> str:
+    """The fingerprint of model `name` (the store's model id)."""
+    return model(name).fingerprint
+
+
+@st.cache_resource
+def _activations() -> dict[tuple[str, str], np.ndarray]:
+    """Answer-position activations over a run's queries computed so far, by (model, run id), shared by all sessions."""
+    return {}
+
+
+def cached_activations(name: str, run_id: str) -> np.ndarray | None:
+    """(queries, layers, neurons) activations of model `name` over run `run_id`'s queries, if computed already."""
+    return _activations().get((name, run_id))
+
+
+def compute_activations(name: str, run_id: str, queries: list[Query], settings: RunSettings,
+                        progress: Callable[[int, int], None]) -> np.ndarray:
+    """`qrcore.card.answer_activations` of model `name` over the run's queries (in order), kept for later cards."""
+    from qrcore.card import answer_activations
+
+    if (name, run_id) not in _activations():
+        with _lock(f"model:{name}"):
+            _activations()[(name, run_id)] = answer_activations(model(name), queries, settings, progress)
+    return _activations()[(name, run_id)]

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 import html
 import re
 from typing import Any
+from urllib.parse import urlencode
 import zlib
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from qrcore import qrnca, store
@@ -29,6 +31,14 @@ AUTOLINK = re.compile(r"https?(?=:)|www(?=\.)|@", re.IGNORECASE)
 """Where GitHub Markdown starts a link from plain (even escaped) text: a URL, a www. address, an e-mail address."""
 WORD_JOINER = "\u2060"
 """An invisible character that, put after an AUTOLINK match, keeps the text from becoming a link."""
+CARD_PATH = "neuron"
+"""URL path of the neuron card page; `card_url` links to it."""
+CARD_PAGE = "pages/neuron.py"
+"""The neuron card page, for st.page_link."""
+MODEL = "model"
+"""Session-state key (and link parameter) of the model picked in the sidebar."""
+FLIPS = {"correct_to_incorrect": "correct → incorrect", "incorrect_to_correct": "incorrect → correct"}
+"""Flip-rate metrics (Table 6) and how they read."""
 
 
 def md(text: object) -> str:
@@ -40,10 +50,6 @@ def md(text: object) -> str:
 def plain(text: object) -> str:
     """`text` for plotly labels, titles and hover text, which read HTML tags: escaped so that it shows as written."""
     return html.escape(str(text))
-MODEL = "model"
-"""Session-state key (and link parameter) of the model picked in the sidebar."""
-FLIPS = {"correct_to_incorrect": "correct → incorrect", "incorrect_to_correct": "incorrect → correct"}
-"""Flip-rate metrics (Table 6) and how they read."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,9 @@ class Run:
     """Fingerprint of the model that computed the run."""
 
 
-    def tokens_unavailable(self) -> str | None:
-        """Why the run's neurons cannot be projected onto the vocabulary here (model not installed, or installed with
-        other weights than the run's), else None."""
+    def model_unavailable(self) -> str | None:
+        """Why the run's own model cannot be used here (vocabulary tokens, activations, editing, scoring): it is not
+        installed, or installed with other weights than the ones that computed the run; None when it can."""
         if message := state.missing(self.model):
             return message
         if state.model(self.model).fingerprint != self.model_id:
@@ -214,9 +220,48 @@ def with_tokens(frame: pd.DataFrame, name: str, k: int = 8) -> pd.DataFrame:
     return frame.assign(tokens=[" ".join(repr(t) for t in tokens[n]) for n in neurons])
 
 
+def card_url(run: str, neuron: tuple[int, int]) -> str:
+    """The link (relative to the app) of the neuron's card in run `run`: neuron?neuron=L:I&run=NAME."""
+    return f"{CARD_PATH}?{urlencode({'neuron': neuron_label(neuron), 'run': run})}"
+
+
+def clickable(fig: go.Figure) -> go.Figure:
+    """The heatmap figure with a clickable, nearly invisible marker on every non-zero cell (plotly selects no heatmap
+    cell, only points), which hovers like the cell; `clicked_card_link` turns a click into a card link."""
+    cells = fig.data[0]
+    z = np.asarray(cells.z)  # (layers, bins)
+    rows, cols = np.nonzero(z)
+    fig.add_trace(go.Scatter(
+        x=np.asarray(cells.x)[cols], y=np.asarray(cells.y)[rows], customdata=np.asarray(cells.customdata)[rows, cols],
+        mode="markers", marker={"size": 10, "opacity": 0.01, "symbol": "square"}, showlegend=False,
+        text=z[rows, cols], hovertemplate=cells.hovertemplate.replace("%{z", "%{text")))
+    return fig.update_layout(clickmode="event+select", hovermode="closest")
+
+
+def clicked_card_link(event: Any, run: str) -> None:
+    """Under a `clickable` heatmap drawn with on_select: a link to the card of the clicked cell's neuron."""
+    points = event.selection.points if event else []
+    if points:
+        neuron = (int(points[0]["y"]), int(points[0]["customdata"][0]))
+        st.page_link(CARD_PAGE, label=f"Open the card of neuron {neuron_label(neuron)}", icon=":material/memory:",
+                     query_params={"neuron": neuron_label(neuron), "run": run})
+
+
+def with_card_links(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (with layer, neuron columns) plus a `card` column linking each neuron's card in the sidebar's run."""
+    run = st.session_state.get("run")
+    if run is None or frame.empty:
+        return frame
+    return frame.assign(card=[card_url(run, (int(l), int(n))) for l, n in zip(frame["layer"], frame["neuron"])])
+
+
 def neuron_table(frame: pd.DataFrame, unavailable: str | None, **kwargs: Any) -> None:
-    """A neuron table with vocabulary tokens of the picked model; with `unavailable` (why not), a caption instead."""
-    st.dataframe(frame if unavailable else with_tokens(frame, model()), hide_index=True, width="stretch", **kwargs)
+    """A neuron table with vocabulary tokens of the picked model and a link to each neuron's card; with `unavailable`
+    (why there are no tokens), a caption instead of the tokens."""
+    config = {"card": st.column_config.LinkColumn("card", display_text="open card"),
+              **kwargs.pop("column_config", {})}
+    shown = frame if unavailable else with_tokens(frame, model())
+    st.dataframe(with_card_links(shown), hide_index=True, width="stretch", column_config=config, **kwargs)
     if unavailable:
         st.caption(f"No vocabulary tokens: {unavailable}")
 

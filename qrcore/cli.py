@@ -236,6 +236,13 @@ def cmd_bench_explorer(args: argparse.Namespace) -> None:
     bench_explorer(args.db)
 
 
+def cmd_bench_features(args: argparse.Namespace) -> None:
+    """Neuron card, threshold change and custom-question scoring times on the shipped runs and a synthetic one."""
+    from qrcore.bench_features import bench_features
+
+    bench_features()
+
+
 def cmd_explore(args: argparse.Namespace) -> None:
     """Start the Streamlit explorer on localhost."""
     import os
@@ -368,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("explorer", help="slider latency and heatmap page time")
     _db_arg(p)
     p.set_defaults(func=cmd_bench_explorer)
+
+    p = bench.add_parser("features", help="neuron card, live threshold and custom-question QRNCA times")
+    p.set_defaults(func=cmd_bench_features)
     return parser
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 
+from qrcore.edits import check_model
 from qrcore.errors import QRNError
 from qrcore.ffn import ffn_sites, patch_ffn
 from qrcore.models import LoadedModel
@@ -20,7 +21,7 @@ from qrcore.prompts import ChoicePrompt
 BOOST, SUPPRESS = 2.0, 0.0
 """The paper's edits: f doubled, f set to zero."""
 
-Edit = dict[tuple[int, int], float]
+Edit = Mapping[tuple[int, int], float]
 """(layer, neuron) -> multiplier of f."""
 
 
@@ -40,7 +41,9 @@ def edited(lm: LoadedModel, edit: Edit, every_position: bool = False) -> Iterato
     (or at every position, for packed answer positions).
 
     During generation with a cache each step's input is the last position, so generated tokens are edited too.
+    An edit loaded from a file (`qrcore.edits.load_edit`) must have been made for this model.
     """
+    check_model(edit, lm.fingerprint, lm.spec.name)
     check_neurons(lm, edit)
     by_layer: dict[int, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
     for (layer, neuron), mult in edit.items():

@@ -35,7 +35,7 @@ from qrcore.queries import Query
 EDITS = {"boost": BOOST, "suppress": SUPPRESS}
 
 
-def _activation(lm: LoadedModel, attr: NeuronAttribution, prompts) -> np.ndarray:
+def answer_activation(lm: LoadedModel, attr: NeuronAttribution, prompts) -> np.ndarray:
     """(layers, neurons) activation f at the answer position, mean over the prompts."""
     return np.mean([clean_pass(lm.model, attr.sites, torch.tensor([p.input_ids], device=lm.device))[1].float().cpu().numpy()
                     for p in prompts], axis=0)
@@ -151,7 +151,7 @@ def _training_sets(qr: pd.DataFrame, group: dict[str, str], held: list[str]) -> 
 
 def _group_prediction_rows(lm, attr, held, prompts, group, qr) -> list[tuple]:
     """Group prediction: each held-out query's group from its answer-position activations."""
-    acts = np.stack([_activation(lm, attr, prompts[qid]) for qid in held])  # (held, layers, neurons)
+    acts = np.stack([answer_activation(lm, attr, prompts[qid]) for qid in held])  # (held, layers, neurons)
     return [(method, "group_prediction", "all", "accuracy",
              analysis.group_prediction(_training_sets(qr[method], group, held), acts, [group[q] for q in held]).accuracy)
             for method in METHODS]

@@ -147,6 +147,11 @@ def explain(rows: pd.DataFrame, v: int) -> pd.DataFrame:
     return rows.assign(naica_rank=rank, kept=reason == REASONS["kept"], reason=reason)
 
 
+def kept_neurons(explained: pd.DataFrame) -> pd.DataFrame:
+    """The QR neurons (QR_COLUMNS) of `explain` rows: its kept rows, ranked by NAICA; the same as qr_neurons' "qrnca"."""
+    return _ranked(explained.loc[explained["kept"].to_numpy()], "naica")
+
+
 def qr_neurons(
     sparse: pd.DataFrame,
     groups: Mapping[str, str],

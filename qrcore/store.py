@@ -44,7 +44,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from qrcore import __version__, analysis, qrnca
+from qrcore import __version__, analysis, card, consistency, live, qrnca
 from qrcore.errors import QRNError
 from qrcore.outputs import make_folder
 from qrcore.queries import Query
@@ -208,6 +208,14 @@ GROUP_ACCURACY = """SELECT q.group_name, count(*) AS queries, avg(r.accuracy) AS
     WHERE r.run_id = ? GROUP BY q.group_name ORDER BY q.group_name"""
 SELECT_EVALUATIONS = """SELECT method, evaluation, group_name, metric, value FROM evaluations WHERE run_id = ?
     ORDER BY evaluation, method, group_name, metric"""
+# Readers of the explorer's neuron cards, live thresholds, template consistency and exports.
+STORED_ROWS = "SELECT query_id, layer, neuron, na, in_cluster, ig FROM attributions WHERE run_id = ? ORDER BY query_id"
+COUNT_NO_IG = "SELECT count(*) FILTER (WHERE ig IS NULL), count(*) FROM attributions WHERE run_id = ?"
+RUN_COUNTS = "SELECT layer, neuron, n_clusters FROM neuron_stats WHERE run_id = ?"
+RUN_MODEL = "SELECT m.model_id, m.name FROM runs u JOIN models m ON m.model_id = u.model_id WHERE u.run_id = ?"
+NEURON_ROWS = "SELECT query_id, na, in_cluster FROM attributions WHERE run_id = ? AND layer = ? AND neuron = ?"
+NEURON_QR = """SELECT query_id, rank FROM qr_neurons WHERE run_id = ? AND method = 'qrnca' AND layer = ? AND neuron = ?"""
+NEURON_TOP = "SELECT query_id, activation FROM top_activations WHERE run_id = ? AND layer = ? AND neuron = ?"
 
 
 @dataclass(frozen=True)
@@ -595,6 +603,67 @@ def evaluations(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
 def group_accuracy(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     """Per group of a run's done queries: queries, accuracy (share of templates answered right) and mean P(correct)."""
     return con.execute(GROUP_ACCURACY, [run_info(con, run_id).run_id]).df()
+def stored_rows(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """A run's stored rows (query_id, layer, neuron, na, in_cluster) and their (rows, templates) float32 IG.
+
+    The IG is None for a run stored before schema 2 (no per-template IG).
+    """
+    run_id = run_info(con, run_id).run_id
+    with con.cursor() as cursor:  # Arrow straight from a relation; the connection may hold an unfinished result
+        table = cursor.sql(STORED_ROWS, params=[run_id]).to_arrow_table()
+    ig = table.column("ig").combine_chunks()
+    rows = table.drop_columns(["ig"]).to_pandas()
+    if ig.null_count or not len(ig):
+        return rows, None
+    return rows, ig.flatten().to_numpy().astype(np.float32, copy=False).reshape(len(ig), -1)
+
+
+def has_template_ig(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
+    """Whether every stored row of the run keeps its templates' IG (runs stored before schema 2 do not)."""
+    missing, total = con.execute(COUNT_NO_IG, [run_info(con, run_id).run_id]).fetchone()
+    return total > 0 and missing == 0
+
+
+def qrnca_at(con: duckdb.DuckDBPyConnection, run_id: str, t: float, u: float, v: int) -> live.LiveQRNCA:
+    """The run's QRNCA results at thresholds t, u, v, recomputed from its stored rows (`qrcore.live`); nothing is written."""
+    info = _finished(con, run_id)
+    rows, ig = stored_rows(con, info.run_id)
+    return live.at_thresholds(rows, ig, run_groups(con, info.run_id), info.settings.qrnca, t, u, v)
+
+
+def template_consistency(con: duckdb.DuckDBPyConnection, run_id: str, t: float | None = None) -> pd.DataFrame:
+    """Per query of the run: `consistency.template_consistency` at t (default the run's) with its group_name.
+
+    QRNError for a run without per-template IG, or for t below the run's storage floor.
+    """
+    info = _finished(con, run_id)
+    t = live.check_t(info.settings.qrnca, info.settings.qrnca.t if t is None else t)
+    rows, ig = stored_rows(con, info.run_id)
+    if ig is None:
+        raise QRNError(f"run {info.name!r} was stored without per-template IG (before store schema 2), so template "
+                       "consistency is not available for it; recompute the run with `qrn run` to see it.")
+    out = consistency.template_consistency(rows["query_id"], ig, t)
+    return out.assign(group_name=out["query_id"].map(run_groups(con, info.run_id)))
+
+
+def cluster_counts(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[pd.DataFrame, int]:
+    """The run's cluster count per stored neuron (layer, neuron, n_clusters) and its number of clusters |C|."""
+    info = _finished(con, run_id)
+    return con.execute(RUN_COUNTS, [info.run_id]).df(), info.n_clusters
+
+
+def run_model(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[str, str]:
+    """(fingerprint, name) of the model a run was computed with."""
+    return con.execute(RUN_MODEL, [run_info(con, run_id).run_id]).fetchone()
+
+
+def neuron_card(con: duckdb.DuckDBPyConnection, run_id: str, layer: int, neuron: int) -> card.NeuronCard:
+    """One neuron of a finished run (`card.build_card`); QRNError for a neuron outside the run's model."""
+    info = _finished(con, run_id)
+    card.check_neuron(layer, neuron, info.n_layers, info.n_neurons)
+    args = [info.run_id, layer, neuron]
+    return card.build_card(layer, neuron, con.execute(NEURON_ROWS, args).df(), con.execute(NEURON_QR, args).df(),
+                           con.execute(NEURON_TOP, args).df(), run_groups(con, info.run_id), info.settings.qrnca.u)
 
 
 def _finished(con: duckdb.DuckDBPyConnection, run_id: str) -> RunInfo:

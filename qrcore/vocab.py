@@ -10,10 +10,12 @@ from qrcore.ffn import ffn_sites
 from qrcore.models import LoadedModel
 
 
-def project_neurons(lm: LoadedModel, neurons: list[tuple[int, int]], k: int = 8, batch: int = 1024) -> pd.DataFrame:
+def project_neurons(lm: LoadedModel, neurons: list[tuple[int, int]], k: int = 8, batch: int = 1024,
+                    largest: bool = True) -> pd.DataFrame:
     """Top-k tokens of each neuron's value vector (a column of the down projection) times the unembedding.
 
-    Returns columns layer, neuron, tokens (list of k decoded strings, best first), in the order given.
+    Returns columns layer, neuron, tokens (list of k decoded strings, best first), in the order given. With
+    largest=False, the bottom k (the tokens the neuron pushes down most, lowest first).
     """
     check_neurons(lm, neurons)
     sites = ffn_sites(lm.model)
@@ -23,7 +25,7 @@ def project_neurons(lm: LoadedModel, neurons: list[tuple[int, int]], k: int = 8,
         for start in range(0, len(neurons), batch):
             part = neurons[start:start + batch]
             values = torch.stack([sites[l].value_vectors()[n] for l, n in part])  # (batch, hidden)
-            top = (values.to(unembed.dtype) @ unembed.T).topk(k, dim=-1).indices.cpu()  # (batch, k)
+            top = (values.to(unembed.dtype) @ unembed.T).topk(k, dim=-1, largest=largest).indices.cpu()  # (batch, k)
             for (l, n), ids in zip(part, top.tolist()):
                 rows.append((l, n, [lm.tokenizer.decode([i]) for i in ids]))
     return pd.DataFrame(rows, columns=["layer", "neuron", "tokens"])

@@ -39,16 +39,34 @@ QUERIES = [
 ]
 
 
-def synthetic_attribution(query: Query, shape: tuple[int, int], rng: np.random.Generator) -> QueryAttribution:
-    """One template's IG with a few strong neurons shared within the query's group, a couple shared by all, and noise."""
-    na = rng.normal(0.0, 0.05, shape).astype(np.float32)  # (layers, neurons)
+def synthetic_attribution(query: Query, shape: tuple[int, int], rng: np.random.Generator,
+                          templates: int = 3) -> QueryAttribution:
+    """Templates' IG: a few strong neurons shared within the query's group, a couple shared by all, one neuron of each
+    template's own, and noise, so the templates agree only in part."""
+    base = rng.normal(0.0, 0.05, shape)  # (layers, neurons)
     band = 0 if query.group == "science" else 2
     for layer, neuron in zip(band + rng.integers(0, 2, 8), rng.integers(0, 24, 8)):
-        na[layer, neuron] += rng.uniform(0.4, 1.0)
-    na[1, 50] += 0.6  # common to every query
-    na[3, 7] += 0.5
-    na /= np.abs(na).max()
-    return QueryAttribution(query.id, na[None], rng.uniform(0.0, 2.0, shape).astype(np.float32), 0.3, 1.0, 0.1)
+        base[layer, neuron] += rng.uniform(0.4, 1.0)
+    base[1, 50] += 0.6  # common to every query
+    base[3, 7] += 0.5
+    ig = base * rng.uniform(0.6, 1.4, (templates, 1, 1)) + rng.normal(0.0, 0.03, (templates, *shape))
+    for p in range(templates):
+        ig[p, rng.integers(0, shape[0]), rng.integers(60, shape[1])] += rng.uniform(0.5, 0.9)
+    ig /= np.abs(ig).max()
+    return QueryAttribution(query.id, ig.astype(np.float32), rng.uniform(0.0, 2.0, shape).astype(np.float32), 0.3,
+                            1.0, 0.1)
+
+
+def write_run(con, name: str, model_id: str, dataset_id: str, attributions: list[QueryAttribution],
+              settings: RunSettings = RunSettings(), finish: bool = True) -> str:
+    """A run of the given attributions under `settings` (stored model and dataset), finished unless `finish` is
+    False (as a killed run leaves it); returns its id."""
+    run_id = store.get_or_create_run(con, name, model_id, dataset_id, settings)
+    for attr in attributions:
+        store.write_query(con, run_id, attr, settings.qrnca)
+    if finish:
+        store.finalize_run(con, run_id)
+    return run_id
 
 
 def seed_store(path: Path, lm: LoadedModel, queries: list[Query] = QUERIES, run: str = RUN, dataset: str = DATASET,
@@ -61,17 +79,14 @@ def seed_store(path: Path, lm: LoadedModel, queries: list[Query] = QUERIES, run:
     rng = np.random.default_rng(0)
     config = lm.model.config
     shape = (config.num_hidden_layers, config.intermediate_size)
-    settings = RunSettings()
     with store.connect(path) as con:
         model_id = store.upsert_model(con, lm.fingerprint, model or lm.spec.name, config.model_type, *shape,
                                       config.to_json_string())
         dataset_id = store.upsert_dataset(con, dataset, "test", queries)
-        run_id = store.get_or_create_run(con, run, model_id, dataset_id, settings)
-        for query in queries[:done]:
-            store.write_query(con, run_id, synthetic_attribution(query, shape, rng), settings.qrnca)
+        attributions = [synthetic_attribution(q, shape, rng) for q in queries[:done]]
+        run_id = write_run(con, run, model_id, dataset_id, attributions, finish=done is None)
         if done is not None:
             return run_id
-        store.finalize_run(con, run_id)
         groups = sorted({q.group for q in queries})
         for method in ("qrnca", "kn", "random"):
             for evaluation, rows in synthetic_evaluations(rng, groups).items():

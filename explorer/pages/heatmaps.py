@@ -10,6 +10,7 @@ from qrcore import store
 from qrcore.heatmap import MAX_COLS, bin_heatmap, color_limit, heatmap_figure
 
 import state
+import thresholds
 import views
 
 MODES = ("one group", "side by side", "difference")
@@ -23,6 +24,7 @@ if not groups:
     st.info(f"Run {views.md(repr(run.name))} has no neuron with positive NAICA in any group, so there is nothing to "
             "draw.")
     st.stop()
+at = thresholds.controls(run)
 left, middle, right = st.columns([2, 2, 3])
 mode = views.synced(middle.radio, "Show", "mode", options=MODES, horizontal=True)
 group = views.synced(left.selectbox, "Group", "group", options=groups)
@@ -40,12 +42,13 @@ st.caption(f"Run **{views.md(run.name)}** · {run.n_layers} layers x {run.n_neur
            f"top vocabulary tokens for the {TOKEN_CELLS} strongest cells.")
 
 
-unavailable = run.tokens_unavailable()
+unavailable = run.model_unavailable()
 
 
 def view(name: str) -> np.ndarray:
-    """The group's map restricted to the chosen layers."""
-    return state.read(store.heatmap, run.id, name)[lo:hi + 1]
+    """The group's map restricted to the chosen layers (at the live thresholds, if they differ from the run's)."""
+    full = state.read(store.heatmap, run.id, name) if at is None else thresholds.heatmap(at, name, run)
+    return full[lo:hi + 1]
 
 
 def labels(*binned_maps) -> dict[tuple[int, int], str]:
@@ -64,7 +67,10 @@ binned = [bin_heatmap(m, columns) for _, m in maps]
 hover = labels(*binned)
 zmax = color_limit([b.values for b in binned])
 for i, (column, (title, _), b) in enumerate(zip(st.columns(len(maps)), maps, binned)):
-    column.plotly_chart(heatmap_figure(b, lo, views.plain(title), zmax, hover), width="stretch", key=f"heatmap-{i}")
+    event = column.plotly_chart(views.clickable(heatmap_figure(b, lo, views.plain(title), zmax, hover)),
+                                width="stretch", key=f"heatmap-{i}", on_select="rerun", selection_mode="points")
+    with column:
+        views.clicked_card_link(event, run.name)
 
 st.subheader("Strongest neurons in view")
 first = maps[0][1]

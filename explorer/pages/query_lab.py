@@ -8,11 +8,10 @@ import streamlit as st
 
 from qrcore import store
 from qrcore.errors import QRNError
-from qrcore.qrnca import query_na
 from qrcore.queries import Query, make_query
-from qrcore.settings import QRNCASettings
-from qrcore.topk import top_neurons
 
+import lab_edit
+import lab_scoring
 import state
 import views
 
@@ -43,20 +42,18 @@ def custom_query() -> Query:
 
 
 def qr_table(query: Query) -> pd.DataFrame:
-    """The query's QR neurons: from the run for a dataset query, top NA of a live attribution for a custom one."""
+    """The query's QR neurons: from the run for a dataset query, scored against the run for a custom one."""
     if source == "dataset":
+        lab_scoring.run_query_consistency(run, query.id)
         return state.read(store.qr_neurons, run.id, "qrnca", query.id)[["rank", "layer", "neuron", "score"]]
     done = st.session_state.setdefault("attributed", set())
     if st.button("Run QRNCA", type="primary", help="Attribute every neuron (integrated gradients, Eq. 5)."):
         done.add(query)
     if query not in done:
-        st.info("Press *Run QRNCA* to rank this question's neurons by NA, or add neurons by layer and index below.")
+        st.info("Press *Run QRNCA* to find this question's QR neurons against the sidebar's run, or add neurons by "
+                "layer and index below.")
         return pd.DataFrame(columns=["rank", "layer", "neuron", "score"])
-    result = state.attribution(name, query)
-    top = pd.DataFrame(top_neurons(query_na(result.ig, QRNCASettings()).na, 20), columns=["layer", "neuron", "score"])
-    st.caption(f"Top neurons by NA ({result.seconds:.1f} s; mean P(correct) {result.correct_prob:.3f}). A single "
-               "custom question has no clusters to compare with, so this is NA without ICA.")
-    return top.assign(rank=range(1, len(top) + 1))[["rank", "layer", "neuron", "score"]]
+    return lab_scoring.custom_qr_table(run, name, query)
 
 
 def default_labels(table: pd.DataFrame) -> list[str]:
@@ -78,6 +75,9 @@ def choose_neurons(query: Query, table: pd.DataFrame, n_layers: int, n_neurons: 
         if "lab_opened" in st.session_state or "neurons" not in st.query_params:
             st.session_state["neurons"] = default_labels(table)
         st.session_state["lab_opened"] = opened
+    if lab_edit.ADDED in st.session_state:  # neurons handed over by a neuron card
+        linked = [n for n in st.query_params.get("neurons", "").split(",") if n]
+        st.session_state["neurons"] = lab_edit.take_added(st.session_state.get("neurons", linked))
     left, middle, right = st.columns(3, vertical_alignment="bottom")
     layer = int(left.number_input(f"Layer (0-{n_layers - 1})", min_value=0, step=1, key="add_layer"))
     index = int(middle.number_input(f"Neuron index (0-{n_neurons - 1})", min_value=0, step=1, key="add_index"))
@@ -99,19 +99,24 @@ def reset(defaults: list[str]) -> None:
     """Back to the query's default neurons, unedited."""
     st.session_state["neurons"] = defaults
     st.session_state["mult"] = 1.0
+    lab_edit.clear()
 
 
-def show_probs(query: Query, neurons: list[tuple[int, int]], mult: float, n_neurons: int) -> None:
-    """Answer probabilities unedited, under the edit and under the same edit of a seeded random control set."""
+def show_probs(query: Query, edit: dict[tuple[int, int], float], n_neurons: int) -> None:
+    """Answer probabilities unedited, under the edit and under the same edit of a seeded random control set (each
+    control neuron takes the multiplier of its counterpart)."""
     prompt = state.prompts(name, query)[0]
-    control = views.control_neurons(neurons, n_neurons)
+    control = views.control_neurons(list(edit), n_neurons)
+    control_edit = dict(zip(control, (edit[n] for n in sorted(edit))))
     probs = {"original": state.option_probs(name, query),
-             "edited": state.option_probs(name, query, state.edit_key(neurons, mult)),
-             "control": state.option_probs(name, query, state.edit_key(control, mult))}
+             "edited": state.option_probs(name, query, state.edit_key(list(edit), 1.0, edit)),
+             "control": state.option_probs(name, query, state.edit_key(control, 1.0, control_edit))}
+    factors = set(edit.values())
+    mult = f"x {factors.pop():g}" if len(factors) == 1 else "x their own multipliers"
     correct = {k: float(p[0, prompt.correct]) for k, p in probs.items()}
     cols = st.columns(3)
     cols[0].metric("P(correct), template 1", f"{correct['original']:.4g}")
-    cols[1].metric(f"Edited ({len(neurons)} neurons x {mult:g})", f"{correct['edited']:.4g}",
+    cols[1].metric(f"Edited ({len(edit)} neurons {mult})", f"{correct['edited']:.4g}",
                    f"{correct['edited'] - correct['original']:+.3g}")
     cols[2].metric(f"Control ({len(control)} random neurons, same layers)", f"{correct['control']:.4g}",
                    f"{correct['control'] - correct['original']:+.3g}")
@@ -168,6 +173,8 @@ mult = views.synced(left.slider, "Multiplier of the selected neurons' activation
                     "mult", min_value=0.0, max_value=4.0, step=0.1, value=1.0, parse=float,
                     valid=lambda v: 0.0 <= v <= 4.0, dump=lambda v: f"{v:g}")
 right.button("Reset", on_click=reset, args=(default_labels(table),))
-show_probs(query, neurons, mult, n_neurons)
+edit = lab_edit.per_neuron(neurons, mult)
+show_probs(query, edit, n_neurons)
+lab_edit.take_away(name, edit)
 st.subheader("Free-form answer")
-show_answers(query, state.edit_key(neurons, mult))
+show_answers(query, state.edit_key(neurons, mult, edit))

@@ -1,0 +1,52 @@
+"""Take it away: a neuron set of the run (a query's QR neurons, a group's, the common neurons) as JSON or CSV, at the
+run's thresholds or the live ones. The query lab exports edits."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from qrcore import edits, store
+
+import state
+import thresholds
+import views
+
+SETS = {"query": "a query's QR neurons", "group": "a group's QR neurons", "common": "the common neurons"}
+
+st.title("Take it away")
+run = views.require_run()
+at = thresholds.controls(run)
+kind = views.synced(st.radio, "Neuron set", "set", options=list(SETS), format_func=SETS.__getitem__, horizontal=True)
+qr = state.read(store.qr_neurons, run.id) if at is None else at.qr
+if kind == "query":
+    query = views.pick_query(views.run_queries(run))
+    neurons = qr.loc[qr["query_id"] == query.id, ["layer", "neuron", "score"]]
+    name, score = f"QR neurons of query {query.id}", "NAICA"
+elif kind == "group":
+    groups = state.read(store.heatmap_groups, run.id)
+    group = views.synced(st.selectbox, "Group", "group", options=groups)
+    members = {q.id for q in views.run_queries(run).values() if q.group == group}
+    mine = qr.loc[qr["query_id"].isin(members)]
+    neurons = (mine.groupby(["layer", "neuron"]).size() / max(len(members), 1)).rename("score").reset_index()
+    name, score = f"QR neurons of group {group}", "the share of the group's queries it is a QR neuron of"
+else:
+    common = state.read(store.common_neurons, run.id) if at is None else at.common
+    neurons = common.assign(score=common["frequency"])[["layer", "neuron", "score"]]
+    name, score = "common neurons", "the share of all clusters that hold it"
+if at is not None:
+    name += f" at t={at.settings.t:g}, u={at.settings.u:g}, v={at.settings.v}"
+neurons = neurons.sort_values("score", ascending=False, ignore_index=True)
+
+fingerprint, model = state.read(store.run_model, run.id)
+meta = {"model": model, "model_fingerprint": fingerprint, "run": run.name, "set": name}
+st.text(f"{name}: {len(neurons)} neurons of run {run.name} (model {model}); score: {score}.")
+left, right, _ = st.columns([1, 1, 3])
+for column, fmt, mime in ((left, "json", "application/json"), (right, "csv", "text/csv")):
+    column.download_button(f"Download {fmt.upper()}", edits.dump(edits.NEURON_SET, meta, neurons, fmt),
+                           file_name=f"qrn-neurons.{fmt}", mime=mime, key=f"set_{fmt}", icon=":material/download:",
+                           disabled=neurons.empty)
+st.caption("Load it in Python with `qrcore.edits.load_edit(path, multiplier=0.0)` (suppress) or `multiplier=2.0` "
+           "(boost) and apply it with `qrcore.editing.edited(lm, edit)`; the query lab loads it too.")
+views.neuron_table(pd.DataFrame(neurons), run.model_unavailable(), column_config={
+    "score": st.column_config.NumberColumn("score", format="%.3f")})
