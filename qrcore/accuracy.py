@@ -20,7 +20,7 @@ def dataset_accuracy(lm: LoadedModel, queries: list[Query], seed: int = 0) -> pd
     for q in fill_distractors(queries, seed=seed):
         prompts = attr.prompts(q)
         probs = letter_probs(lm, prompts)  # (templates, options)
-        right = [float(np.argmax(p) == c.correct) for p, c in zip(probs, prompts)]
+        right = [float(np.nanargmax(p) == c.correct) for p, c in zip(probs, prompts)]
         rows.append((q.group, np.mean(right), correct_probs(probs, prompts).mean()))
     frame = pd.DataFrame(rows, columns=["group", "accuracy", "correct_prob"])
     table = frame.groupby("group", sort=False).agg(queries=("accuracy", "size"), accuracy=("accuracy", "mean"),

@@ -103,7 +103,8 @@ def prefix_cache(lm: LoadedModel, prompts: list[ChoicePrompt]) -> PackedPrefix:
 
 def letter_probs(lm: LoadedModel, prompts: list[ChoicePrompt], edit: Edit | None = None,
                  cache: PackedPrefix | None = None) -> np.ndarray:
-    """(prompts, options) probability of each option letter token after each prompt, under `edit`.
+    """(prompts, options) probability of each option letter token after each prompt, under `edit`; NaN past a
+    prompt's own letters when the prompts have different numbers of options (imported ready-made prompts).
 
     With `cache` (from `prefix_cache`) only the answer positions run, packed into one forward (the same
     4D-mask packing as the attribution's fast path); without it, each whole prompt runs on its own.
@@ -124,7 +125,16 @@ def letter_probs(lm: LoadedModel, prompts: list[ChoicePrompt], edit: Edit | None
             rows = lm.model(ids, position_ids=torch.tensor([cache.lengths], device=lm.device),
                             attention_mask=packed_mask(lm.model.config, cache.lengths, list(range(n)), dtype, lm.device),
                             past_key_values=DynamicCache(cache.kv), use_cache=True).logits[0]  # (n, vocab)
-    return np.stack([row.float().softmax(-1)[list(p.letter_ids)].cpu().numpy() for row, p in zip(rows, prompts)])
+    return pad_rows([row.float().softmax(-1)[list(p.letter_ids)].cpu().numpy() for row, p in zip(rows, prompts)])
+
+
+def pad_rows(rows: Iterable[np.ndarray]) -> np.ndarray:
+    """(rows, widest) float array of 1-D rows of any lengths, NaN past each row's end (take argmax with nanargmax)."""
+    rows = list(rows)
+    out = np.full((len(rows), max((len(r) for r in rows), default=0)), np.nan, dtype=np.float32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
 
 
 def correct_probs(probs: np.ndarray, prompts: list[ChoicePrompt]) -> np.ndarray:

@@ -24,7 +24,7 @@ from transformers import DynamicCache
 
 from qrcore import analysis, store
 from qrcore.attribution import NeuronAttribution, clean_pass, packed_mask, prefix_kv
-from qrcore.editing import BOOST, SUPPRESS, correct_probs, letter_probs, prefix_cache
+from qrcore.editing import BOOST, SUPPRESS, correct_probs, letter_probs, pad_rows, prefix_cache
 from qrcore.ffn import FFNSite, patch_ffn
 from qrcore.errors import QRNError
 from qrcore.models import LoadedModel
@@ -130,7 +130,7 @@ def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: in
                 rows += [(method, kind, g, "related_change", float(part["change"].mean())),
                          (method, kind, g, "unrelated_change", float(part["unrelated"].mean())),
                          (method, kind, g, "pcr", analysis.pcr(part["change"].to_numpy(), part["unrelated"].to_numpy()))]
-            flips = analysis.flip_rates(np.array(flips_before), np.array(flips_after), np.array(flips_correct))
+            flips = analysis.flip_rates(pad_rows(flips_before), pad_rows(flips_after), np.array(flips_correct))
             rows += [(method, kind, "all", "correct_to_incorrect", flips.correct_to_incorrect),
                      (method, kind, "all", "incorrect_to_correct", flips.incorrect_to_correct)]
     held = [qid for g in sorted(set(group.values())) for qid in [c for c in chosen if group[c] == g][::5]]

@@ -152,14 +152,18 @@ def test_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path):
 
 
 def test_evaluate_a_run_of_ready_made_prompts(tiny, tmp_path):
-    """Imported prompts carry letters but no option texts: chance comes from the letters (3 here)."""
+    """Imported prompts carry letters but no option texts, and a query's templates may offer different numbers of
+    options (the paper's language set does): chance comes from each template's letters."""
     db = str(tmp_path / "qrn.duckdb")
-    queries = [Query(id=f"{g}{i}", group=g, question=f"Pick {g} {i}\n A. x\n B. y\n C. z\n", answer="y",
-                     prompts=(f"Pick {g} {i}\n A. x\n B. y\n C. z\n",), labels=("ABC"[i % 3],))
+    three, four = " A. x\n B. y\n C. z\n", " A. x\n B. y\n C. z\n D. w\n"
+    queries = [Query(id=f"{g}{i}", group=g, question=f"Pick {g} {i}\n{three}", answer="y",
+                     prompts=(f"Pick {g} {i}\n{three}", f"Choose {g} {i}\n{four}"), labels=("ABC"[i % 3], "ABCD"[i]))
                for g in ("g1", "g2") for i in range(3)]
     with store.connect(db) as con:
         store.upsert_dataset(con, "ready", "test", queries)
     run_id = run_dataset(tiny("llama"), "ready", db, name="ready-run")
     frame = evaluate_run(tiny("llama"), run_id, db)
     chance = frame[(frame["evaluation"] == "answer_prediction") & (frame["metric"] == "chance")]["value"]
-    assert len(chance) > 0 and np.allclose(chance, 1 / 3)
+    assert len(chance) > 0 and np.allclose(chance, (1 / 3 + 1 / 4) / 2)
+    flips = frame[frame["metric"] == "correct_to_incorrect"]["value"]
+    assert len(flips) > 0 and flips.between(0, 1).all()
