@@ -3,6 +3,8 @@ template consistency of the query on view."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
@@ -12,7 +14,8 @@ from qrcore.custom import score_against_run
 from qrcore.errors import QRNError
 from qrcore.queries import Query
 from qrcore.qrnca import query_na
-from qrcore.settings import RunSettings
+from qrcore.results import QueryAttribution
+from qrcore.settings import GRADIENT_X_ACTIVATION, RunSettings
 from qrcore.topk import top_neurons
 
 import state
@@ -24,10 +27,17 @@ TOP_NA = 20
 
 
 def custom_qr_table(run: views.Run | None, name: str, query: Query) -> pd.DataFrame:
-    """The question's QR neurons scored against `run`, or its top NA when there is no run of the app's model."""
+    """The question's QR neurons scored against `run`, or its top NA when there is no run of the app's model.
+
+    A gradient x activation preview (one forward and one backward per template) shows first and is replaced when the
+    integrated gradients finish."""
     scorable = run is not None and run.model_unavailable() is None
     settings = state.read(store.run_info, run.id).settings if scorable else RunSettings()
+    placeholder = st.empty()
+    with placeholder.container():
+        show_preview(state.attribution(name, query, replace(settings, attribution=GRADIENT_X_ACTIVATION)), settings)
     result = state.attribution(name, query, settings)
+    placeholder.empty()
     timing = f"{result.seconds:.1f} s; mean P(correct) {result.correct_prob:.3f}"
     if not scorable:
         top = pd.DataFrame(top_neurons(query_na(result.ig, settings.qrnca).na, TOP_NA), columns=COLUMNS[1:])
@@ -47,6 +57,15 @@ def custom_qr_table(run: views.Run | None, name: str, query: Query) -> pd.DataFr
     with st.expander("Every stored neuron of the question and why it is (not) a QR neuron"):
         st.dataframe(rows.drop(columns="query_id"), hide_index=True, width="stretch")
     return kept.assign(rank=kept["naica_rank"], score=kept["naica"])[COLUMNS].reset_index(drop=True)
+
+
+def show_preview(preview: QueryAttribution, settings: RunSettings) -> None:
+    """The preview's top neurons by NA, labelled as a preview."""
+    top = pd.DataFrame(top_neurons(query_na(preview.ig, settings.qrnca).na, TOP_NA), columns=COLUMNS[1:])
+    st.caption(f"Preview ({preview.seconds:.1f} s): top neurons by gradient x activation (f x dP/df, one forward and "
+               f"one backward), not yet QRNCA. Integrated gradients with m = {settings.attribution.steps} steps are "
+               "running and will replace it.")
+    st.dataframe(top.assign(rank=range(1, len(top) + 1))[COLUMNS], hide_index=True, width="stretch")
 
 
 def run_query_consistency(run: views.Run, query_id: str) -> None:

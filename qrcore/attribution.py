@@ -75,7 +75,7 @@ def prefix_kv(model: torch.nn.Module, prefix_ids: torch.Tensor) -> list[tuple[to
     """
     cache = DynamicCache()
     with torch.no_grad():
-        model(prefix_ids, past_key_values=cache, use_cache=True)
+        model(prefix_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)  # logits of the prefix are unused
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 

@@ -73,7 +73,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_attribution(args: argparse.Namespace) -> None:
-    """Oracle vs fast path on the same queries: seconds per query, ratio, peak memory."""
+    """Fast path, preview and oracle on the same queries: seconds and FLOPs per query, share of the matmul peak."""
     from qrcore.bench import bench_attribution
 
     bench_attribution(_load(args), n_queries=args.queries, oracle_prompts=args.oracle_prompts, steps=args.steps)
@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="what", required=True)
     p = bench.add_parser("attribution", help="fast path vs oracle, seconds per query")
     p.add_argument("--queries", type=int, default=2, help="queries timed with the fast path")
-    p.add_argument("--oracle-prompts", type=int, default=1, help="prompts timed with the (slow) oracle")
+    p.add_argument("--oracle-prompts", type=int, default=1, help="prompts timed with the (slow) oracle; 0: none")
     p.add_argument("--steps", type=int, default=16)
     _model_args(p)
     p.set_defaults(func=cmd_bench_attribution)

@@ -57,6 +57,11 @@ class AttributionSettings:
         _check(self.steps >= least, f"steps must be at least {least} with riemann={self.riemann} (got {self.steps}).")
 
 
+GRADIENT_X_ACTIVATION = AttributionSettings(steps=1, riemann="right")
+"""The instant preview: Eq. 5 with the single point alpha = 1, i.e. f * dP/df at the answer position (one forward and
+one backward), the first-order approximation attribution patching uses. It runs through the same engine as IG."""
+
+
 @dataclass(frozen=True)
 class QRNCASettings:
     """Cluster-based selection of query-relevant neurons (paper Sec. 4.3-4.5)."""

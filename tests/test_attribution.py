@@ -11,7 +11,7 @@ from qrcore.attribution import NeuronAttribution, riemann_alphas
 from qrcore.editing import letter_probs
 from qrcore.oracle import ig_prompt_oracle
 from qrcore.queries import make_query
-from qrcore.settings import AttributionSettings
+from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings
 from qrcore.tiny import ARCHITECTURES
 
 QUERY = make_query("What is the capital of France?", ["Berlin", "Paris", "Rome", "Madrid"], "Paris")
@@ -51,6 +51,17 @@ def test_fast_path_matches_oracle_with_the_texts_points(tiny):
     default = ig_prompt_oracle(lm, prompt, AttributionSettings())
     assert agreement(fast, ref) < 1e-4
     assert agreement(default, ref) > 1e-3  # the two point sets give different sums
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_preview_is_gradient_times_activation_through_the_same_engine(tiny, arch):
+    """The query lab's preview, f * dP/df at alpha = 1, equals the oracle at that single point and differs from IG."""
+    lm = tiny(arch)
+    attr = NeuronAttribution(lm, GRADIENT_X_ACTIVATION)
+    prompt = attr.prompts(QUERY)[0]
+    fast, _, _ = attr.ig_prompt(prompt)
+    assert agreement(fast, ig_prompt_oracle(lm, prompt, GRADIENT_X_ACTIVATION)) < 1e-4
+    assert agreement(fast, NeuronAttribution(lm).ig_prompt(prompt)[0]) > 1e-3
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gpt2"])

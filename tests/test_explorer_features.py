@@ -195,11 +195,17 @@ def test_query_lab_shows_the_querys_template_consistency(db):
 
 # Custom question scored against the run
 
-def test_custom_question_gets_qrnca_against_the_run(db, tiny):
+def test_custom_question_gets_qrnca_against_the_run(db, tiny, monkeypatch):
+    steps = []
+    attribute = NeuronAttribution.attribute
+    monkeypatch.setattr(NeuronAttribution, "attribute",
+                        lambda self, *a, **k: steps.append(self.settings.steps) or attribute(self, *a, **k))
     at = page("query_lab", source="custom")
     button(at, "Run QRNCA").click().run()
     assert not at.exception and not at.error, errors(at)
+    assert steps == [1, 16]  # the gradient x activation preview first, then integrated gradients
     captions = [c.value.replace("\\", "") for c in at.caption]  # the run's name is escaped Markdown
+    assert not any(c.startswith("Preview") for c in captions)  # replaced once IG finished
     assert any("QRNCA against run tiny-run" in c and "6 clusters and this question's, 7 in all" in c for c in captions)
     lm = tiny("llama")
     with store.connect(db, read_only=True) as con:

@@ -1,0 +1,40 @@
+"""The shape-based FLOP count of one prompt's attribution equals what torch counts on a real run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from qrcore.attribution import NeuronAttribution
+from qrcore.flops import ModelShape, ig_prompt_flops, matmul_peak
+from qrcore.queries import make_query
+
+QUERY = make_query("What is the capital of France?", ["Berlin", "Paris", "Rome", "Madrid"], "Paris")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_counted_flops_match_torchs_flop_counter(tiny, arch):
+    lm = tiny(arch)
+    attr = NeuronAttribution(lm)
+    prompt = attr.prompts(QUERY)[0]
+    with FlopCounterMode(display=False) as counter:
+        attr.ig_prompt(prompt)
+    counted = ig_prompt_flops(ModelShape.of(lm.model), len(prompt.input_ids), attr.settings.steps)
+    assert counted == pytest.approx(counter.get_total_flops(), rel=0.03)  # causal prefix keys are averaged
+
+
+def test_matmul_peak_is_a_positive_rate():
+    assert matmul_peak(torch.float32, torch.device("cpu"), size=256, repeats=1) > 1e8
+
+
+def test_bench_attribution_prints_each_path_against_the_peak(tiny, capsys):
+    from qrcore.bench import bench_attribution
+
+    row = bench_attribution(tiny("llama"), n_queries=1, oracle_prompts=0)
+    out = capsys.readouterr().out
+    assert "measured matmul peak" in out and "oracle" not in out.split("\n", 1)[1]  # no oracle asked for
+    for path in ("fast", "preview"):
+        assert f"{path}_peak_share" in row and 0 < row[f"{path}_peak_share"] < 1
+    assert row["fast_gflop_per_query"] > 5 * row["preview_gflop_per_query"]  # m = 16 copies against one
+    assert 0 <= row["preview_top20_overlap"] <= 1
