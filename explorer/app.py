@@ -7,7 +7,6 @@ from pathlib import Path
 import streamlit as st
 
 from qrcore.errors import QRNError
-
 import state
 import views
 

@@ -8,7 +8,6 @@ import streamlit as st
 
 from qrcore import edits
 from qrcore.errors import QRNError
-
 import state
 import views
 

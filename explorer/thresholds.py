@@ -13,7 +13,6 @@ from qrcore import analysis, live, store
 from qrcore.errors import QRNError
 from qrcore.live import LiveQRNCA
 from qrcore.settings import QRNCASettings
-
 import state
 import views
 

@@ -20,7 +20,6 @@ import streamlit as st
 from qrcore import qrnca, store
 from qrcore.errors import QRNError
 from qrcore.queries import Query
-
 import state
 
 SYNCED = "_synced_keys"

@@ -15,8 +15,8 @@ from the clean run only from layer l up, so one forward and one backward give ev
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
+import time
 from typing import Callable
 
 import numpy as np

@@ -15,7 +15,7 @@ from qrcore.flops import ModelShape, ig_prompt_flops, matmul_peak
 from qrcore.models import LoadedModel
 from qrcore.oracle import ig_prompt_oracle
 from qrcore.prompts import ChoicePrompt
-from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings
+from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings, QRNCASettings
 from qrcore.topk import top_neurons
 
 
@@ -88,3 +88,29 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
     """Share of the k highest-scoring neurons of `a` that are among the k highest of `b` (both (layers, neurons))."""
     top = {(l, n) for l, n, _ in top_neurons(a, k)}
     return len(top & {(l, n) for l, n, _ in top_neurons(b, k)}) / k
+
+
+def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16) -> dict:
+    """Exact against mixed precision (`qrcore.precision`) on per_group built-in domain queries of each group: seconds
+    per query each way, their ratio, and the agreement of coarse clusters, QR neurons and scores."""
+    from qrcore.datasets import load_builtin
+    from qrcore.precision import agreement, bfloat16_matmuls
+    from qrcore.runner import select_queries
+
+    attr = NeuronAttribution(lm, AttributionSettings(steps=steps))
+    queries = select_queries(load_builtin("domain"), None, per_group)
+    attr.attribute(queries[0])  # warm-up
+    exact, mixed = [attr.attribute(q) for q in queries], []
+    with bfloat16_matmuls(lm.model):
+        attr.attribute(queries[0])
+        mixed = [attr.attribute(q) for q in queries]
+    row = agreement(exact, mixed, {q.id: q.group for q in queries}, QRNCASettings())
+    row |= {"exact_s_per_query": float(np.mean([a.seconds for a in exact])),
+            "mixed_s_per_query": float(np.mean([a.seconds for a in mixed]))}
+    row["speedup"] = row["exact_s_per_query"] / row["mixed_s_per_query"]
+    print(f"model {lm.spec.name}, {len(queries)} built-in queries, m={steps}, {torch.get_num_threads()} threads")
+    print(f"exact {row['exact_s_per_query']:.2f} s/query   mixed {row['mixed_s_per_query']:.2f} s/query   "
+          f"speed-up {row['speedup']:.2f}x")
+    print(f"mean Jaccard against exact: coarse clusters {row['cluster_jaccard']:.3f}, QR neurons {row['qr_jaccard']:.3f}; "
+          f"largest score difference {row['max_rel_diff']:.2%} of the largest score")
+    return row

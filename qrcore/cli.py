@@ -79,6 +79,14 @@ def cmd_bench_attribution(args: argparse.Namespace) -> None:
     bench_attribution(_load(args), n_queries=args.queries, oracle_prompts=args.oracle_prompts, steps=args.steps)
 
 
+def cmd_bench_precision(args: argparse.Namespace) -> None:
+    """Exact vs mixed precision on built-in queries: seconds per query, speed-up, Jaccard of clusters and QR neurons."""
+    from qrcore.bench import bench_precision
+
+    _at_least_one(args, "per-group", "steps")
+    bench_precision(_load(args), per_group=args.per_group, steps=args.steps)
+
+
 def _settings(args: argparse.Namespace):
     """RunSettings from the `_run_args` arguments; the settings dataclasses check the values (QRNError)."""
     from qrcore.settings import AttributionSettings, PromptSettings, QRNCASettings, RunSettings
@@ -203,8 +211,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_bench_store(args: argparse.Namespace) -> None:
     """Reader latency on a synthetic 10,000-query store of a 32 x 11008 model."""
-    import tempfile
     from pathlib import Path
+    import tempfile
 
     from qrcore.bench_store import bench_store, build_synthetic_store
 
@@ -246,8 +254,8 @@ def cmd_bench_features(args: argparse.Namespace) -> None:
 def cmd_explore(args: argparse.Namespace) -> None:
     """Start the Streamlit explorer on localhost."""
     import os
-    import subprocess
     from pathlib import Path
+    import subprocess
 
     app = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
     env = {**os.environ, "QRN_MODEL": args.model, **({"QRN_DB": args.db} if args.db else {})}
@@ -300,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=16)
     _model_args(p)
     p.set_defaults(func=cmd_bench_attribution)
+    p = bench.add_parser("precision", help="exact vs mixed precision: speed-up and agreement of clusters and QR neurons")
+    p.add_argument("--per-group", type=int, default=5, help="built-in domain queries of each group (6 groups)")
+    p.add_argument("--steps", type=int, default=16)
+    _model_args(p)
+    p.set_defaults(func=cmd_bench_precision)
 
     p = sub.add_parser("run", help="attribute a dataset into the store and compute QRNCA (resumable)")
     p.add_argument("--dataset", required=True, help="domain, language, a .json/.csv file or an imported dataset")

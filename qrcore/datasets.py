@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 import csv
+from importlib import resources
 import io
 import json
-import re
-from collections.abc import Iterable
-from importlib import resources
 from pathlib import Path
+import re
 from typing import Any
 
 import pandas as pd

@@ -45,8 +45,8 @@ def start_process(device: str | None) -> tuple[str, bool]:
     device None: accelerate's device of the process (cuda:<local rank>, or cpu without CUDA); 'auto' spreads the
     model over every GPU the process sees (start one process per node); cpu or cuda:N as given.
     """
-    import torch
     from accelerate import PartialState
+    import torch
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available(), backend="gloo",
                          timeout=BARRIER_TIMEOUT)

@@ -8,8 +8,8 @@ scores and the LM head), forward and input-gradient backward; element-wise work 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+import time
 
 import torch
 

@@ -13,8 +13,8 @@ the largest |score| may belong to a neuron that was not stored. u and v only nee
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd

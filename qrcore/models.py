@@ -9,15 +9,15 @@ conversion is redone, never loaded.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import hashlib
 import importlib.util
 import json
 import os
+from pathlib import Path
 import re
 import shutil
 import struct
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 

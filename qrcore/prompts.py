@@ -6,10 +6,10 @@ actually emit for the correct letter, derived from how prompt + letter tokenizes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import hashlib
 import random
 import string
-from dataclasses import dataclass
 
 from qrcore.errors import QRNError
 from qrcore.queries import Query, prompt_letters

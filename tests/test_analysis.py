@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hand_tables import GROUPS, sparse_table
 from qrcore import analysis, qrnca
-from test_qrnca import GROUPS, sparse_table
 
 NAN = np.nan
 ICA_A, ICA_BCD, ICA_E = log(5 / 4), log(5 / 3), log(5 / 2)

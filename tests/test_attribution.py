@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import torch
 
 from qrcore.attribution import NeuronAttribution, riemann_alphas

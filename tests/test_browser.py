@@ -8,136 +8,22 @@ one of its runs that keeps per-template IG (for template consistency).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 import os
 from pathlib import Path
-import socket
-import subprocess
-import sys
-import time
 from urllib.parse import parse_qs, urlparse
-import urllib.request
 
 import pytest
 
-from conftest_explorer import DEEP_MODEL, DEEP_RUN, MODEL, RUN, seed_store
+from browser_driver import IDLE, METRIC, PAGES, REPO, open_page, settle
 from qrcore import edits
+from seeded_store import DEEP_MODEL, DEEP_RUN, RUN
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "explorer" / "app.py"
 SHOTS = Path(os.environ.get("QRN_SCREENSHOT_DIR", REPO / "cache" / "screenshots"))
 """Where screenshots go; the README's are made with QRN_SCREENSHOT_DIR=docs/screenshots."""
-CHROMIUM = Path("/usr/bin/chromium")
-PAGES = {"heatmaps": "", "overlap": "overlap", "common": "common", "lab": "lab", "methods": "methods",
-         "compare": "compare", "data": "data"}
-"""Screenshot name -> URL path (the default page is served at /)."""
-IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
-METRIC = "[data-testid=stMetricValue]"
 IG_RUN = os.environ.get("QRN_SCREENSHOT_IG_RUN", RUN)
 """A run of the store that keeps per-template IG."""
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    """Wait until the Streamlit server answers its health check; fail with its log if it exits or never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"streamlit exited with code {proc.returncode}:\n{proc.stdout.read()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                if reply.read() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"streamlit did not answer on {url} within {timeout:.0f} s")
-
-
-@contextmanager
-def streamlit_server(env: dict[str, str]) -> Iterator[str]:
-    """`streamlit run explorer/app.py` on a free port with environment `env`; its URL."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
-                             "--server.headless", "true"], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://localhost:{port}"
-        wait_healthy(url, proc)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
-@pytest.fixture(scope="module")
-def tiny_env(tmp_path_factory, tiny) -> dict[str, str]:
-    """The app's environment on a store of two tiny models' runs on one dataset (4 x 96 and 6 x 128)."""
-    db = tmp_path_factory.mktemp("store") / "qrn.duckdb"
-    seed_store(db, tiny("llama"))
-    seed_store(db, tiny("gemma3"), run=DEEP_RUN)
-    return {**os.environ, "QRN_MODEL": MODEL, "QRN_DB": str(db), "QRN_SEED": "0"}
-
-
-@pytest.fixture(scope="module")
-def server(tiny_env) -> Iterator[str]:
-    """The app on the tiny store, or on QRN_SCREENSHOT_DB with QRN_SCREENSHOT_MODEL (the README's screenshots)."""
-    env = tiny_env if "QRN_SCREENSHOT_DB" not in os.environ else {**os.environ, "QRN_DB": os.environ["QRN_SCREENSHOT_DB"],
-                                                                  "QRN_MODEL": os.environ.get("QRN_SCREENSHOT_MODEL", MODEL)}
-    with streamlit_server(env) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def tiny_server(server, tiny_env) -> Iterator[str]:
-    """The app on the tiny two-model store: `server` itself, unless that one shows the screenshot store."""
-    if "QRN_SCREENSHOT_DB" not in os.environ:
-        yield server
-        return
-    with streamlit_server(tiny_env) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser(server: str):
-    """Headless chromium (Debian's), warmed up on the main page: Streamlit answers a first visit to another page
-    with a spurious 'Page not found' (streamlit/streamlit#9992)."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing; install it once with `apt-get update && apt-get install -y chromium` "
-                    "(as root), then rerun.")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        context = chromium.new_context(viewport={"width": 1400, "height": 900})
-        page = context.new_page()
-        open_page(page, server, "")
-        page.close()
-        yield context
-        chromium.close()
-
-
-def open_page(page, server: str, path: str) -> None:
-    """Load a page and wait until its script has finished and its charts are drawn."""
-    page.goto(f"{server}/{path}")
-    settle(page)
-    assert not page.locator("[data-testid=stException]").count(), page.locator("[data-testid=stException]").inner_text()
-
-
-def settle(page) -> None:
-    """Wait for the script run to end and the charts and tables to appear."""
-    page.wait_for_selector(IDLE, timeout=120_000)
-    page.wait_for_function("() => !document.querySelector('[data-testid=stSkeleton]')", timeout=60_000)
-    page.wait_for_timeout(1500)
 
 
 def screenshot(page, name: str) -> None:

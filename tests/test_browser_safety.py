@@ -9,9 +9,8 @@ import os
 
 import pytest
 
-from conftest_explorer import QUERIES, seed_store
-from test_browser import PAGES, browser, open_page, server  # noqa: F401 (fixtures)
-from test_explorer_safety import HOSTILE, URL, hostile
+from browser_driver import PAGES, open_page
+from seeded_store import HOSTILE, QUERIES, URL, hostile, seed_store
 
 pytestmark = pytest.mark.slow
 

@@ -3,12 +3,12 @@ every language fact in all 6 languages, each language in its own script. Each ch
 
 from __future__ import annotations
 
+from collections import defaultdict
 import dataclasses
+from importlib import resources
 import json
 import re
 import unicodedata
-from collections import defaultdict
-from importlib import resources
 
 import pytest
 

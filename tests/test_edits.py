@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest_explorer import QUERIES
 from qrcore import edits
 from qrcore.attribution import NeuronAttribution
 from qrcore.editing import edited, letter_probs
 from qrcore.errors import QRNError
+from seeded_store import QUERIES
 
 EDIT = {(0, 3): 0.0, (2, 40): 2.5, (3, 95): 1.0}
 SET = pd.DataFrame({"layer": [1, 3], "neuron": [50, 7], "score": [0.8, 0.25]})

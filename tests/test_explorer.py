@@ -5,63 +5,21 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from pathlib import Path
-import shutil
 
 import duckdb
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest_explorer import DATASET, DEEP_MODEL, DEEP_RUN, MODEL, QUERIES, RUN, row_counts, seed_store, shown
+from app_driver import APP, PAGES, app_on_copy, button, errors, page
+from markdown_view import shown
 from qrcore import store
 from qrcore.analysis import relative_depth
 from qrcore.heatmap import bin_heatmap, heatmap_figure
 from qrcore.models import ModelSpec
 from qrcore.seed import SHIPPED
 from qrcore.settings import RunSettings
-
-APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
-PAGES = ("heatmaps", "overlap", "common", "query_lab", "methods", "compare", "data")
-
-
-@pytest.fixture(scope="module")
-def seeded(tmp_path_factory, tiny) -> Path:
-    """A finished tiny-llama run in a store of its own, shared by the module's tests (read-only)."""
-    path = tmp_path_factory.mktemp("store") / "qrn.duckdb"
-    seed_store(path, tiny("llama"))
-    return path
-
-
-@pytest.fixture(scope="module")
-def seeded_two(tmp_path_factory, tiny) -> Path:
-    """The same dataset's runs of two tiny models of different depth (4 x 96 and 6 x 128) in a store of their own."""
-    path = tmp_path_factory.mktemp("store2") / "qrn.duckdb"
-    seed_store(path, tiny("llama"))
-    seed_store(path, tiny("gemma3"), run=DEEP_RUN)
-    return path
-
-
-def use(store_file: Path, tmp_path: Path, monkeypatch) -> Path:
-    """A private copy of `store_file`, and the app pointed at it and started on the tiny model."""
-    path = tmp_path / "qrn.duckdb"
-    shutil.copy(store_file, path)
-    monkeypatch.setenv("QRN_DB", str(path))
-    monkeypatch.setenv("QRN_MODEL", MODEL)
-    monkeypatch.setenv("QRN_SEED", "0")
-    return path
-
-
-@pytest.fixture
-def db(seeded: Path, tmp_path: Path, monkeypatch) -> Path:
-    """A private copy of the one-model store, and the app pointed at it."""
-    return use(seeded, tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def two(seeded_two: Path, tmp_path: Path, monkeypatch) -> Path:
-    """A private copy of the two-model store, and the app pointed at it."""
-    return use(seeded_two, tmp_path, monkeypatch)
+from seeded_store import DATASET, DEEP_MODEL, DEEP_RUN, MODEL, QUERIES, RUN, row_counts, seed_store
 
 
 def test_bin_heatmap_keeps_each_bins_strongest_neuron_with_its_sign():
@@ -102,24 +60,6 @@ def test_cached_prefix_probabilities_equal_letter_probs(arch, tiny, monkeypatch)
         results.append(state.option_probs(lm.spec.name, query, tuple((l, n, m) for (l, n), m in edit.items())))
         np.testing.assert_allclose(results[-1], letter_probs(lm, prompts, edit), rtol=1e-4, atol=1e-9)
     assert not np.allclose(results[0], results[1], rtol=1e-3, atol=0)
-
-
-def page(name: str, **params: str) -> AppTest:
-    """The app opened on page `name` (a file under explorer/pages), with link parameters `params`."""
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.query_params.update(params)
-    at.run()
-    return at.switch_page(f"pages/{name}.py").run()
-
-
-def errors(at: AppTest) -> list[str]:
-    """The texts of the inline errors on the page, as shown."""
-    return [shown(e.value) for e in at.error]
-
-
-def button(at: AppTest, label: str):
-    """The button labelled `label`."""
-    return next(b for b in at.button if b.label == label)
 
 
 @pytest.mark.parametrize("name", PAGES)
@@ -268,7 +208,7 @@ def test_model_picker_lists_both_models_and_the_run_picker_follows(two):
 
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_works_on_the_second_model_of_a_two_model_store(two, name):
-    at = page(name, model=DEEP_MODEL)
+    at = page(name, sidebar=True, model=DEEP_MODEL)
     assert not at.exception, at.exception
     assert not at.error, errors(at)
     assert at.query_params["model"] == DEEP_MODEL
@@ -317,13 +257,13 @@ def test_compare_page_without_a_second_model_says_what_to_run(db):
 def test_runs_of_a_model_not_installed_browse_and_only_the_query_lab_says_what_to_install(tmp_path, tiny, monkeypatch):
     path = tmp_path / "gone.duckdb"
     seed_store(path, dataclasses.replace(tiny("llama"), spec=ModelSpec("models/gone.gguf")), run="gone-run")
-    use(path, tmp_path, monkeypatch)
+    app_on_copy(path, tmp_path, monkeypatch)
     at = AppTest.from_file(str(APP), default_timeout=60).run()  # the heatmaps
     assert at.sidebar.selectbox(key="model").value == "models/gone.gguf"
     assert not at.exception and not at.error, errors(at)
     assert len(at.get("plotly_chart")) == 1
     assert any("GGUF file models/gone.gguf does not exist" in c.value for c in at.caption)
-    at = page("query_lab")
+    at = page("query_lab", sidebar=True)
     assert any("GGUF file models/gone.gguf does not exist" in e for e in errors(at)), errors(at)
 
 

@@ -11,23 +11,16 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import streamlit as st
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
-from streamlit.testing.v1 import AppTest
 
-from conftest_explorer import MODEL, QUERIES, RUN, row_counts
+from app_driver import button, errors, page
 from qrcore import edits, store
 from qrcore.attribution import NeuronAttribution
 from qrcore.custom import score_against_run
 from qrcore.editing import letter_probs
 from qrcore.edits import load_edit
-from test_explorer import APP, button, db, errors, seeded  # noqa: F401 (db and seeded are fixtures)
-
-
-def page(name: str, **params: str) -> AppTest:
-    """The app opened straight on page `name` with link parameters `params`, as a shared link opens it."""
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.query_params.update(params)
-    return at.switch_page(f"pages/{name}.py").run()
+from seeded_store import MODEL, QUERIES, RUN, row_counts
 
 
 @pytest.fixture
@@ -200,6 +193,7 @@ def test_custom_question_gets_qrnca_against_the_run(db, tiny, monkeypatch):
     attribute = NeuronAttribution.attribute
     monkeypatch.setattr(NeuronAttribution, "attribute",
                         lambda self, *a, **k: steps.append(self.settings.steps) or attribute(self, *a, **k))
+    st.cache_data.clear()  # the same question attributed by an earlier test would come from the cache
     at = page("query_lab", source="custom")
     button(at, "Run QRNCA").click().run()
     assert not at.exception and not at.error, errors(at)

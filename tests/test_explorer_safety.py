@@ -12,25 +12,14 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest_explorer import MODEL, QUERIES, RUN, rendered, seed_store, shown, text_of
-from qrcore.queries import Query
-from test_explorer import APP, PAGES, button, db, errors, page  # noqa: F401 (db: a fixture)
+from app_driver import APP, PAGES, button, errors, page
+from markdown_view import rendered, shown, text_of
+from seeded_store import HOSTILE, MODEL, QUERIES, RUN, hostile, seed_store
 
-URL = "http://127.0.0.1:9"
-HOSTILE = (f'![x]({URL}/x.png) [c]({URL}/c) <a href="{URL}/a">a</a> <img src="{URL}/i.png"> '
-           "www.example.com me@example.com")
-"""Markdown image and link syntax, HTML tags and addresses GitHub Markdown links by itself."""
 MARKDOWN_ELEMENTS = ("markdown", "caption", "error", "warning", "info", "success", "title", "header", "subheader")
 """AppTest element lists whose values Streamlit renders as Markdown."""
 AUTOLINKS = (re.compile(r"(https?://|www(?=\.))[-.\w]+", re.IGNORECASE), re.compile(r"[-.\w+]+@[-\w]+(?:\.[-\w]+)+"))
 """The literal autolinks of remark-gfm, which Streamlit's Markdown renderer uses (regexes from its frontend bundle)."""
-
-
-def hostile(query: Query) -> Query:
-    """`query` with HOSTILE in its id, group, question and answer, and an HTML link around every distractor."""
-    return Query(id=f"{query.id} {HOSTILE}", group=f"{query.group} {HOSTILE}", question=f"{query.question} {HOSTILE}",
-                 answer=f"{query.answer} {HOSTILE}",
-                 distractors=tuple(f'<a href="{URL}/{i}">{d}</a>' for i, d in enumerate(query.distractors)))
 
 
 def markdown_bodies(at: AppTest) -> list[str]:

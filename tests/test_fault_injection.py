@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest_explorer import MODEL, synthetic_attribution
 from qrcore import qrnca, shards, store
 from qrcore.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import RunSettings
+from seeded_store import MODEL, synthetic_attribution
 
 KILLS = 6
 """Kills per phase (write_query, finalize_run, merge, migration): 24 in all."""
@@ -41,7 +41,10 @@ DERIVED = {"neuron_stats": "layer, neuron, n_clusters, ica, is_common",
 MIGRATION = ["ALTER TABLE attributions ADD COLUMN doubled REAL", "UPDATE attributions SET doubled = 2 * na",
              "CREATE TABLE attribution_sums AS SELECT run_id, query_id, sum(na) AS total FROM attributions "
              "GROUP BY ALL"]
-"""A schema version 2 for the migration phase: a new column filled from the old ones, and a new table."""
+"""A next schema version for the migration phase: a new column filled from the old ones, and a new table."""
+NEXT = store.SCHEMA_VERSION + 1
+UPGRADE = {**store.MIGRATIONS, store.SCHEMA_VERSION: MIGRATION}
+"""The migrations with MIGRATION taking the current schema to NEXT."""
 
 
 def attribution(query: Query) -> QueryAttribution:
@@ -230,17 +233,16 @@ def test_killed_writers_lose_or_double_nothing_and_reruns_complete(tmp_path, tin
     original = digest(ref)
 
     def upgrade(fd: int) -> None:
-        store.SCHEMA_VERSION = 2  # only in the child
-        store.MIGRATIONS = {**store.MIGRATIONS, 1: MIGRATION}
+        store.SCHEMA_VERSION, store.MIGRATIONS = NEXT, UPGRADE  # only in the child
         store.connect(db).close()
 
     def after_migration_kill(_: list[str]) -> None:
         with duckdb.connect(str(db), read_only=True) as con:
             version = dict(con.execute(store.SELECT_META).fetchall())["schema_version"]
-        assert version == "2" or digest(db) == original  # upgraded whole, or not touched at all
+        assert version == str(NEXT) or digest(db) == original  # upgraded whole, or not touched at all
         with monkeypatch.context() as m:
-            m.setattr(store, "SCHEMA_VERSION", 2)
-            m.setattr(store, "MIGRATIONS", {**store.MIGRATIONS, 1: MIGRATION})
+            m.setattr(store, "SCHEMA_VERSION", NEXT)
+            m.setattr(store, "MIGRATIONS", UPGRADE)
             with store.connect(db, read_only=True) as con:  # opens, upgrading now if the kill came first
                 assert con.execute("SELECT bool_and(doubled = 2 * na) FROM attributions").fetchone()[0]
                 assert con.execute("SELECT count(*) FROM attribution_sums").fetchone()[0] == len(QUERIES)

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest_explorer import QUERIES, synthetic_attribution, write_run
 from qrcore import live, qrnca, store
 from qrcore.consistency import dense_consistency, template_consistency
 from qrcore.custom import score_against_run
 from qrcore.errors import QRNError
 from qrcore.settings import QRNCASettings, RunSettings
+from seeded_store import QUERIES, synthetic_attribution, write_run
 
 SHAPE = (4, 96)
 SETTINGS = {

@@ -14,13 +14,13 @@ import duckdb
 import pytest
 import torch
 
-from conftest_explorer import MODEL, QUERIES, RUN, seed_store
 from qrcore import models, store
 from qrcore.cli import main
 from qrcore.errors import QRNError
 from qrcore.models import ModelSpec, load_model
 from qrcore.queries import Query
 from qrcore.runner import plan_queries
+from seeded_store import MODEL, QUERIES, RUN, seed_store
 
 QUESTION = ["--question", "Capital?", "--option", "Paris", "--option", "Rome", "--answer", "Paris"]
 ONE_GROUP = [dataclasses.replace(q, group="science") for q in QUERIES]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from qrcore import store
-
 import state
 import thresholds
 import views

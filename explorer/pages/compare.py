@@ -11,7 +11,6 @@ import streamlit as st
 from qrcore import qrnca, store
 from qrcore.analysis import relative_depth
 from qrcore.heatmap import bin_heatmap, heatmap_figure
-
 import state
 import views
 

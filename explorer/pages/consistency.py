@@ -8,7 +8,6 @@ import streamlit as st
 
 from qrcore import store
 from qrcore.live import template_above
-
 import state
 import thresholds
 import views

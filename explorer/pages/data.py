@@ -9,7 +9,6 @@ import streamlit as st
 from qrcore.datasets import BUILTIN
 from qrcore.errors import QRNError
 from qrcore.settings import RunSettings
-
 import state
 import views
 

@@ -7,7 +7,6 @@ import pandas as pd
 import streamlit as st
 
 from qrcore import edits, store
-
 import state
 import thresholds
 import views

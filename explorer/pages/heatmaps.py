@@ -8,7 +8,6 @@ import streamlit as st
 
 from qrcore import store
 from qrcore.heatmap import MAX_COLS, bin_heatmap, color_limit, heatmap_figure
-
 import state
 import thresholds
 import views

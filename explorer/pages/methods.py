@@ -9,7 +9,6 @@ import plotly.express as px
 import streamlit as st
 
 from qrcore import qrnca, store
-
 import state
 import views
 

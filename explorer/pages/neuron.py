@@ -7,10 +7,9 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+import lab_edit
 from qrcore import store
 from qrcore.errors import QRNError
-
-import lab_edit
 import state
 import views
 

@@ -6,12 +6,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+import lab_edit
+import lab_scoring
 from qrcore import store
 from qrcore.errors import QRNError
 from qrcore.queries import Query, make_query
-
-import lab_edit
-import lab_scoring
 import state
 import views
 

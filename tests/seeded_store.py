@@ -1,13 +1,9 @@
-"""A small finished store for the explorer tests: a tiny model, two groups, synthetic attributions; what a reader
-sees of a Markdown body."""
+"""Small stores for the tests: a tiny model, two groups, synthetic attributions and evaluations; hostile user text."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
-import re
 
-from markdown_it import MarkdownIt
 import numpy as np
 import pandas as pd
 
@@ -109,27 +105,21 @@ def synthetic_evaluations(rng: np.random.Generator, groups: list[str]) -> dict[s
     return out
 
 
-MARKDOWN = MarkdownIt("commonmark")
-"""CommonMark, as Streamlit renders Markdown (without its GitHub extensions, which the tests check separately)."""
-
-
-def rendered(markdown: str) -> str:
-    """The HTML of a Markdown body."""
-    return MARKDOWN.render(markdown)
-
-
-def text_of(markdown: str) -> str:
-    """The text of a Markdown body as rendered: tags dropped, entities decoded."""
-    return html.unescape(re.sub(r"<[^>]+>", "", rendered(markdown))).strip()
-
-
-def shown(markdown: str) -> str:
-    """The text a reader sees of a Markdown body (`text_of` without invisible word joiners)."""
-    return text_of(markdown).replace("\u2060", "")
-
-
 def row_counts(path: Path) -> dict[str, int]:
     """Rows per table of the store, to check that a failed action changed nothing."""
     with store.connect(path, read_only=True) as con:
         tables = [r[0] for r in con.execute(store.LIST_TABLES).fetchall()]
         return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+
+URL = "http://127.0.0.1:9"
+HOSTILE = (f'![x]({URL}/x.png) [c]({URL}/c) <a href="{URL}/a">a</a> <img src="{URL}/i.png"> '
+           "www.example.com me@example.com")
+"""Markdown image and link syntax, HTML tags and addresses GitHub Markdown links by itself."""
+
+
+def hostile(query: Query) -> Query:
+    """`query` with HOSTILE in its id, group, question and answer, and an HTML link around every distractor."""
+    return Query(id=f"{query.id} {HOSTILE}", group=f"{query.group} {HOSTILE}", question=f"{query.question} {HOSTILE}",
+                 answer=f"{query.answer} {HOSTILE}",
+                 distractors=tuple(f'<a href="{URL}/{i}">{d}</a>' for i, d in enumerate(query.distractors)))

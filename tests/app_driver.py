@@ -1,0 +1,45 @@
+"""The explorer driven through streamlit.testing's AppTest: pages opened as a shared link opens them, their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+import shutil
+
+from streamlit.testing.v1 import AppTest
+
+from markdown_view import shown
+from seeded_store import MODEL
+
+APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
+PAGES = ("heatmaps", "overlap", "common", "query_lab", "methods", "compare", "data")
+
+
+def page(name: str, sidebar: bool = False, **params: str) -> AppTest:
+    """The app opened straight on page `name` (a file under explorer/pages) with link parameters `params`, as a
+    shared link opens it; with `sidebar`, after a first run of the main page, since AppTest draws app.py's sidebar
+    (the model and run pickers) only from the second run on."""
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update(params)
+    if sidebar:
+        at.run()
+    return at.switch_page(f"pages/{name}.py").run()
+
+
+def errors(at: AppTest) -> list[str]:
+    """The texts of the inline errors on the page, as shown."""
+    return [shown(e.value) for e in at.error]
+
+
+def button(at: AppTest, label: str):
+    """The button labelled `label`."""
+    return next(b for b in at.button if b.label == label)
+
+
+def app_on_copy(store_file: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of `store_file`, and the app pointed at it and started on the tiny model."""
+    path = tmp_path / "qrn.duckdb"
+    shutil.copy(store_file, path)
+    monkeypatch.setenv("QRN_DB", str(path))
+    monkeypatch.setenv("QRN_MODEL", MODEL)
+    monkeypatch.setenv("QRN_SEED", "0")
+    return path
