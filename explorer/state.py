@@ -31,7 +31,7 @@ from qrcore.settings import RunSettings
 
 if TYPE_CHECKING:
     from qrcore.editing import PackedPrefix
-    from qrcore.models import LoadedModel
+    from qrcore.model.spec import LoadedModel
 
 MODEL_ENV = "QRN_MODEL"
 SEED_ENV = "QRN_SEED"
@@ -44,7 +44,7 @@ EditKey = tuple[tuple[int, int, float], ...]
 
 def model_name() -> str:
     """The model the app starts on: $QRN_MODEL or the embedded default."""
-    from qrcore.models import DEFAULT_MODEL
+    from qrcore.model.spec import DEFAULT_MODEL
 
     return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
@@ -92,7 +92,7 @@ def _lock(key: str) -> threading.Lock:
 @st.cache_data(show_spinner=False, ttl=30)
 def missing(name: str) -> str | None:
     """What to install for model `name` (a one-line message), or None when it can be loaded here."""
-    from qrcore.models import check_installed
+    from qrcore.model.load import check_installed
 
     try:
         check_installed(name)
@@ -104,7 +104,8 @@ def missing(name: str) -> str | None:
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
 def model(name: str) -> LoadedModel:
     """The model `name` (any `qrn --model` name; "tiny-<arch>" is a seeded random tiny model)."""
-    from qrcore.models import ModelSpec, load_model
+    from qrcore.model.load import load_model
+    from qrcore.model.spec import ModelSpec
 
     return load_model(ModelSpec(name))
 
@@ -154,7 +155,7 @@ def start_run(name: str, dataset: str, run_name: str | None, per_group: int | No
 
 def shape(name: str) -> tuple[int, int]:
     """(layers, neurons per layer) of model `name`."""
-    from qrcore.ffn import ffn_sites
+    from qrcore.model.ffn import ffn_sites
 
     sites = ffn_sites(model(name).model)
     return len(sites), sites[0].n_neurons

@@ -7,7 +7,7 @@ import pandas as pd
 
 from qrcore.attribution import NeuronAttribution
 from qrcore.editing import correct_probs, letter_probs
-from qrcore.models import LoadedModel
+from qrcore.model.spec import LoadedModel
 from qrcore.prompts import fill_distractors
 from qrcore.queries import Query
 from qrcore.settings import PromptSettings

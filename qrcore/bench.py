@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from qrcore.attribution import NeuronAttribution
-from qrcore.flops import ModelShape, ig_prompt_flops, matmul_peak
-from qrcore.models import LoadedModel
+from qrcore.model.flops import ModelShape, ig_prompt_flops, matmul_peak
+from qrcore.model.spec import LoadedModel
 from qrcore.oracle import ig_prompt_oracle
 from qrcore.prompts import ChoicePrompt
 from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings, QRNCASettings
@@ -31,7 +31,7 @@ def bench_attribution(lm: LoadedModel, n_queries: int = 2, oracle_prompts: int =
     first oracle_prompts of their prompts (0: none; it takes minutes a prompt on a 1.5B model).
 
     Each path is reported per query (templates x seconds per prompt) with the model FLOPs of a query
-    (`qrcore.flops`), the rate achieved and that rate as a share of the matmul peak measured here in the same dtype
+    (`qrcore.model.flops`), the rate achieved and that rate as a share of the matmul peak measured here in the same dtype
     and thread count; the oracle with its ratio and agreement, the preview with its top-20 overlap with IG.
     """
     from qrcore.datasets import load_builtin

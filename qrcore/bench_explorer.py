@@ -57,7 +57,7 @@ def bench_first_start() -> dict[str, float]:
     """A first start on a new store: loading the shipped runs alone, and the whole first page (AppTest) with them."""
     from streamlit.testing.v1 import AppTest
 
-    from qrcore.models import DEFAULT_MODEL
+    from qrcore.model.spec import DEFAULT_MODEL
     from qrcore.seed import ensure_default_store
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +80,7 @@ def bench_edit(repeats: int = 7) -> dict[str, float]:
 
     from qrcore.attribution import NeuronAttribution
     from qrcore.editing import letter_probs, prefix_cache
-    from qrcore.models import load_model
+    from qrcore.model.load import load_model
     from qrcore.queries import make_query
 
     lm = load_model()

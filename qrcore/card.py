@@ -16,7 +16,7 @@ from qrcore.queries import Query
 from qrcore.settings import RunSettings
 
 if TYPE_CHECKING:
-    from qrcore.models import LoadedModel
+    from qrcore.model.spec import LoadedModel
 
 
 @dataclass(frozen=True)

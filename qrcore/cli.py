@@ -28,7 +28,8 @@ def _at_least_one(args: argparse.Namespace, *names: str) -> None:
 
 def _load(args: argparse.Namespace):
     """The model named by the --model/--dtype/--device arguments."""
-    from qrcore.models import ModelSpec, load_model
+    from qrcore.model.load import load_model
+    from qrcore.model.spec import ModelSpec
 
     return load_model(ModelSpec(args.model, args.dtype, args.device))
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 from qrcore import shards, store
 from qrcore.errors import QRNError
-from qrcore.models import LoadedModel
+from qrcore.model.spec import LoadedModel
 from qrcore.queries import Query
 from qrcore.runner import RunProgress, plan_queries
 from qrcore.settings import RunSettings

@@ -14,8 +14,8 @@ import torch
 
 from qrcore.edits import check_model
 from qrcore.errors import QRNError
-from qrcore.ffn import ffn_sites, patch_ffn
-from qrcore.models import LoadedModel
+from qrcore.model.ffn import ffn_sites, patch_ffn
+from qrcore.model.spec import LoadedModel
 from qrcore.prompts import ChoicePrompt
 
 BOOST, SUPPRESS = 2.0, 0.0

@@ -26,8 +26,8 @@ from qrcore import analysis, store
 from qrcore.attribution import NeuronAttribution, clean_pass, packed_mask, prefix_kv
 from qrcore.editing import BOOST, SUPPRESS, correct_probs, letter_probs, pad_rows, prefix_cache
 from qrcore.errors import QRNError
-from qrcore.ffn import FFNSite, patch_ffn
-from qrcore.models import LoadedModel
+from qrcore.model.ffn import FFNSite, patch_ffn
+from qrcore.model.spec import LoadedModel
 from qrcore.prompts import ChoicePrompt
 from qrcore.qrnca import METHODS
 from qrcore.queries import Query

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from qrcore.attribution import clean_pass, riemann_alphas
-from qrcore.ffn import ffn_sites, patch_ffn
-from qrcore.models import LoadedModel
+from qrcore.model.ffn import ffn_sites, patch_ffn
+from qrcore.model.spec import LoadedModel
 from qrcore.prompts import ChoicePrompt
 from qrcore.settings import AttributionSettings
 

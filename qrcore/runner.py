@@ -11,7 +11,7 @@ from typing import Callable
 
 from qrcore import store
 from qrcore.errors import QRNError
-from qrcore.models import LoadedModel
+from qrcore.model.spec import LoadedModel
 from qrcore.queries import Query
 from qrcore.settings import RunSettings
 
@@ -81,7 +81,7 @@ def run_dataset(lm: LoadedModel, dataset: str, db: str | None = None, name: str 
                 per_group: int | None = None, progress: RunProgress | None = None) -> str:
     """Attribute the dataset's (selected) queries not yet stored, then finalize; returns the run id."""
     from qrcore.attribution import NeuronAttribution
-    from qrcore.ffn import ffn_sites
+    from qrcore.model.ffn import ffn_sites
 
     ds_name, source, queries = plan_queries(dataset, db, settings, groups, per_group)
     sites = ffn_sites(lm.model)

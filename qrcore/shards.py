@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from qrcore import qrnca, store
 from qrcore.errors import QRNError
-from qrcore.models import LoadedModel, cache_dir
+from qrcore.model.load import cache_dir
+from qrcore.model.spec import LoadedModel
 from qrcore.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import QRNCASettings, RunSettings
@@ -47,7 +48,7 @@ def default_root() -> Path:
 def make_manifest(lm: LoadedModel, run_name: str, ds_name: str, source: str, queries: list[Query],
                   settings: RunSettings) -> dict:
     """A run's manifest before it is stored: the rows `open_run` needs for its model, dataset and run."""
-    from qrcore.ffn import ffn_sites
+    from qrcore.model.ffn import ffn_sites
 
     sites = ffn_sites(lm.model)
     return {"run_name": run_name, "model": lm.fingerprint, "settings": settings.to_json(),

@@ -232,7 +232,7 @@ class RunInfo:
     n_layers: int
     n_neurons: int
     model_id: str
-    """Fingerprint of the model that computed the run (config and weights, `qrcore.models`)."""
+    """Fingerprint of the model that computed the run (config and weights, `qrcore.model.load`)."""
     model_name: str
     """The name the model was loaded under (--model)."""
 

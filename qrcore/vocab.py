@@ -6,8 +6,8 @@ import pandas as pd
 import torch
 
 from qrcore.editing import check_neurons
-from qrcore.ffn import ffn_sites
-from qrcore.models import LoadedModel
+from qrcore.model.ffn import ffn_sites
+from qrcore.model.spec import LoadedModel
 
 
 def project_neurons(lm: LoadedModel, neurons: list[tuple[int, int]], k: int = 8, batch: int = 1024,

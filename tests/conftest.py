@@ -12,7 +12,8 @@ import pytest
 
 from app_driver import app_on_copy
 from browser_driver import CHROMIUM, open_page, streamlit_server
-from qrcore.models import DEFAULT_MODEL, embedded_folder
+from qrcore.model.load import embedded_folder
+from qrcore.model.spec import DEFAULT_MODEL
 from seeded_store import DEEP_RUN, MODEL, seed_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def tiny(tokenizer):
     """tiny(arch) -> a LoadedModel of that architecture, built once per session from a seeded config."""
-    from qrcore.tiny import tiny_model
+    from qrcore.model.tiny import tiny_model
 
     made = {}
 
@@ -45,7 +46,7 @@ def tiny(tokenizer):
 @pytest.fixture(scope="session")
 def smollm2():
     """The real default model (slow tests only)."""
-    from qrcore.models import load_model
+    from qrcore.model.load import load_model
 
     return load_model()
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from qrcore import store
-from qrcore.models import LoadedModel
+from qrcore.model.spec import LoadedModel
 from qrcore.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import RunSettings

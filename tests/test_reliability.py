@@ -14,10 +14,12 @@ import duckdb
 import pytest
 import torch
 
-from qrcore import models, store
+from qrcore import store
 from qrcore.cli import main
 from qrcore.errors import QRNError
-from qrcore.models import ModelSpec, load_model
+from qrcore.model import load
+from qrcore.model.load import load_model
+from qrcore.model.spec import DEFAULT_MODEL, ModelSpec
 from qrcore.queries import Query
 from qrcore.runner import plan_queries
 from seeded_store import MODEL, QUERIES, RUN, seed_store
@@ -155,7 +157,7 @@ def gguf_cases(folder: Path) -> dict[str, tuple[Path, str]]:
     empty, text, cut = folder / "empty.gguf", folder / "notes.gguf", folder / "cut.gguf"
     empty.write_bytes(b"")
     text.write_text("these are my notes\n")
-    with models.chunk_paths(models.DEFAULT_MODEL)[0].open("rb") as f:
+    with load.chunk_paths(DEFAULT_MODEL)[0].open("rb") as f:
         cut.write_bytes(f.read(3_000_000))
     return {
         "empty": (empty, re.escape(f"GGUF file {empty} is empty; pass a complete .gguf file.")),

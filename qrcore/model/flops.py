@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from qrcore.ffn import decoder_layers
+from qrcore.model.ffn import decoder_layers
 
 
 @dataclass(frozen=True)

