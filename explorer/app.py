@@ -6,11 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from explorer import state, views
 from qrcore.errors import QRNError
-import state
-import views
 
-PAGES = Path(__file__).parent / "pages"
+PAGES = Path(__file__).parent / "sections"
 
 st.set_page_config(page_title="QR Neuron Explorer", page_icon=":material/neurology:", layout="wide")
 views.keep_synced()
@@ -18,7 +17,7 @@ navigation = st.navigation([
     st.Page(PAGES / "heatmaps.py", title="Heatmaps", icon=":material/grid_on:", default=True),
     st.Page(PAGES / "overlap.py", title="Overlap and layers", icon=":material/join_inner:", url_path="overlap"),
     st.Page(PAGES / "common.py", title="Common neurons", icon=":material/hub:", url_path="common"),
-    st.Page(PAGES / "query_lab.py", title="Query lab", icon=":material/science:", url_path="lab"),
+    st.Page(PAGES / "lab.py", title="Query lab", icon=":material/science:", url_path="lab"),
     st.Page(PAGES / "methods.py", title="Methods", icon=":material/leaderboard:", url_path="methods"),
     st.Page(PAGES / "compare.py", title="Compare models", icon=":material/compare:", url_path="compare"),
     st.Page(PAGES / "neuron.py", title="Neuron card", icon=":material/memory:", url_path="neuron"),

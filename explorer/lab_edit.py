@@ -6,10 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from explorer import state, views
 from qrcore import edits
 from qrcore.errors import QRNError
-import state
-import views
 
 Neuron = tuple[int, int]
 ADDED = "lab_added"

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
+from explorer import state, views
 from qrcore import store
 from qrcore.consistency import dense_consistency
 from qrcore.custom import score_against_run
@@ -17,8 +18,6 @@ from qrcore.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import GRADIENT_X_ACTIVATION, RunSettings
 from qrcore.topk import top_neurons
-import state
-import views
 
 COLUMNS = ["rank", "layer", "neuron", "score"]
 TOP_NA = 20

@@ -9,12 +9,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from explorer import state, views
 from qrcore import analysis, live, store
 from qrcore.errors import QRNError
 from qrcore.live import LiveQRNCA
 from qrcore.settings import QRNCASettings
-import state
-import views
 
 KEYS = ("t", "u", "v")
 

@@ -17,10 +17,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from explorer import state
 from qrcore import qrnca, store
 from qrcore.errors import QRNError
 from qrcore.queries import Query
-import state
 
 SYNCED = "_synced_keys"
 """Session-state key of the set of widget keys that `synced` mirrors in the link."""
@@ -32,7 +32,7 @@ WORD_JOINER = "\u2060"
 """An invisible character that, put after an AUTOLINK match, keeps the text from becoming a link."""
 CARD_PATH = "neuron"
 """URL path of the neuron card page; `card_url` links to it."""
-CARD_PAGE = "pages/neuron.py"
+CARD_PAGE = "sections/neuron.py"
 """The neuron card page, for st.page_link."""
 MODEL = "model"
 """Session-state key (and link parameter) of the model picked in the sidebar."""
@@ -78,17 +78,22 @@ class Run:
 
 def synced(widget: Callable[..., Any], label: str, key: str, *, options: Sequence[Any] | None = None,
            valid: Callable[[Any], bool] = lambda _: True, parse: Callable[[str], Any] = str,
-           dump: Callable[[Any], str] = str, **kwargs: Any) -> Any:
+           dump: Callable[[Any], str] = str, scope: str | None = None, **kwargs: Any) -> Any:
     """Render `widget` with its value in session state `key` and in the page link as ?key=..., so views can be shared.
 
     The link seeds the value on first load; a value the widget cannot take (not among `options`, a list for a
-    multiselect, or failing `valid`) is dropped for the widget's default.
+    multiselect, or failing `valid`) is dropped for the widget's default, and so is a value chosen under another
+    `scope` (say, the layer range of another run's model).
     """
     def ok(value: Any) -> bool:
         members = value if isinstance(value, list) else [value]
         return (options is None or all(v in options for v in members)) and valid(value)
 
     st.session_state.setdefault(SYNCED, set()).add(key)
+    if scope is not None and st.session_state.setdefault(f"{key}.scope", scope) != scope:
+        st.session_state[f"{key}.scope"] = scope
+        st.session_state.pop(key, None)
+        st.query_params.pop(key, None)
     if key not in st.session_state and key in st.query_params:
         try:
             value = parse(st.query_params[key])

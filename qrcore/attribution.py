@@ -233,3 +233,9 @@ def enter_at_layer(blocks: torch.nn.ModuleList, h0: torch.Tensor, chunk: range, 
     finally:
         for h in handles:
             h.remove()
+
+
+def answer_activation(lm: LoadedModel, attr: NeuronAttribution, prompts) -> np.ndarray:
+    """(layers, neurons) activation f at the answer position, mean over the prompts."""
+    return np.mean([clean_pass(lm.model, attr.sites, torch.tensor([p.input_ids], device=lm.device))[1].float().cpu().numpy()
+                    for p in prompts], axis=0)

@@ -77,8 +77,7 @@ def answer_activations(lm: LoadedModel, queries: Sequence[Query], settings: RunS
 
     The prompts are the run's (its prompt settings); one unedited forward per prompt.
     """
-    from qrcore.attribution import NeuronAttribution
-    from qrcore.evaluate import answer_activation  # imports the store, which imports this module
+    from qrcore.attribution import NeuronAttribution, answer_activation
 
     attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
     out = []

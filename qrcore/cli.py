@@ -240,7 +240,7 @@ def cmd_bench_processes(args: argparse.Namespace) -> None:
 
 def cmd_bench_explorer(args: argparse.Namespace) -> None:
     """Slider latency on the model and heatmap page time on a 32 x 11008 store."""
-    from qrcore.bench_explorer import bench_explorer
+    from explorer.bench import bench_explorer
 
     bench_explorer(args.db)
 
@@ -253,15 +253,21 @@ def cmd_bench_features(args: argparse.Namespace) -> None:
 
 
 def cmd_explore(args: argparse.Namespace) -> None:
-    """Start the Streamlit explorer on localhost."""
+    """Start the Streamlit explorer on localhost, from the source tree or the installed package alike."""
     import os
     from pathlib import Path
     import subprocess
+    import tomllib
 
-    app = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
+    import explorer
+
+    folder = Path(explorer.__file__).resolve().parent
+    config = tomllib.loads((folder / "config.toml").read_text())
+    flags = [f"--{section}.{key}={str(value).lower() if isinstance(value, bool) else value}"
+             for section, values in config.items() for key, value in values.items() if key != "port"]
     env = {**os.environ, "QRN_MODEL": args.model, **({"QRN_DB": args.db} if args.db else {})}
-    raise SystemExit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)],
-                                     env=env, cwd=app.parents[1]))
+    raise SystemExit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(folder / "app.py"), *flags,
+                                      "--server.port", str(args.port)], env=env, cwd=folder.parent))
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from qrcore import analysis, store
-from qrcore.attribution import NeuronAttribution, clean_pass, packed_mask, prefix_kv
+from qrcore.attribution import NeuronAttribution, answer_activation, packed_mask, prefix_kv
 from qrcore.editing import BOOST, SUPPRESS, correct_probs, letter_probs, pad_rows, prefix_cache
 from qrcore.errors import QRNError
 from qrcore.model.ffn import FFNSite, patch_ffn
@@ -33,12 +33,6 @@ from qrcore.qrnca import METHODS
 from qrcore.queries import Query
 
 EDITS = {"boost": BOOST, "suppress": SUPPRESS}
-
-
-def answer_activation(lm: LoadedModel, attr: NeuronAttribution, prompts) -> np.ndarray:
-    """(layers, neurons) activation f at the answer position, mean over the prompts."""
-    return np.mean([clean_pass(lm.model, attr.sites, torch.tensor([p.input_ids], device=lm.device))[1].float().cpu().numpy()
-                    for p in prompts], axis=0)
 
 
 def option_activations(lm: LoadedModel, sites: list[FFNSite], prompt: ChoicePrompt) -> np.ndarray:

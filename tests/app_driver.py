@@ -11,7 +11,7 @@ from markdown_view import shown
 from seeded_store import MODEL
 
 APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
-PAGES = ("heatmaps", "overlap", "common", "query_lab", "methods", "compare", "data")
+PAGES = ("heatmaps", "overlap", "common", "lab", "methods", "compare", "data")
 
 
 def page(name: str, sidebar: bool = False, **params: str) -> AppTest:
@@ -22,7 +22,7 @@ def page(name: str, sidebar: bool = False, **params: str) -> AppTest:
     at.query_params.update(params)
     if sidebar:
         at.run()
-    return at.switch_page(f"pages/{name}.py").run()
+    return at.switch_page(f"sections/{name}.py").run()
 
 
 def errors(at: AppTest) -> list[str]:

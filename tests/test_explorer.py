@@ -12,10 +12,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_driver import APP, PAGES, app_on_copy, button, errors, page
+from explorer.figures import bin_heatmap, heatmap_figure
 from markdown_view import shown
 from qrcore import store
 from qrcore.analysis import relative_depth
-from qrcore.heatmap import bin_heatmap, heatmap_figure
 from qrcore.model.spec import ModelSpec
 from qrcore.seed import SHIPPED
 from qrcore.settings import RunSettings
@@ -46,10 +46,8 @@ def test_wide_heatmap_is_binned_to_at_most_max_cols_and_hovers_the_top_neuron():
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
 def test_cached_prefix_probabilities_equal_letter_probs(arch, tiny, monkeypatch):
+    from explorer import state
     from qrcore.editing import letter_probs
-
-    monkeypatch.syspath_prepend(str(APP.parent))
-    import state
 
     query = QUERIES[3]
     lm = state.model(f"tiny-{arch}")
@@ -87,7 +85,7 @@ def test_heatmap_difference_and_bad_link_values_fall_back(db):
 
 
 def test_query_lab_slider_changes_probabilities(db):
-    at = page("query_lab", query="geo-1")
+    at = page("lab", query="geo-1")
     assert len(at.multiselect(key="neurons").value) > 0
     before = [m.value for m in at.metric]
     at.slider(key="mult").set_value(4.0).run()
@@ -100,7 +98,7 @@ def test_query_lab_slider_changes_probabilities(db):
 
 
 def test_query_lab_link_restores_neurons_and_multiplier(db):
-    at = page("query_lab", query="sci-2", neurons="0:5,3:95", mult="0")
+    at = page("lab", query="sci-2", neurons="0:5,3:95", mult="0")
     assert at.multiselect(key="neurons").value == ["0:5", "3:95"]
     assert at.slider(key="mult").value == 0.0
 
@@ -111,7 +109,7 @@ def test_query_lab_link_restores_neurons_and_multiplier(db):
     ("q_answer", "Rome", "is not among the options"),
 ])
 def test_bad_custom_question_shows_the_error_inline(db, field, value, message):
-    at = page("query_lab", source="custom")
+    at = page("lab", source="custom")
     at.text_area(key=field).set_value(value).run() if field == "q_options" else \
         at.text_input(key=field).set_value(value).run()
     assert not at.exception
@@ -119,7 +117,7 @@ def test_bad_custom_question_shows_the_error_inline(db, field, value, message):
 
 
 def test_custom_question_runs_qrnca_live(db):
-    at = page("query_lab", source="custom")
+    at = page("lab", source="custom")
     button(at, "Run QRNCA").click().run()
     assert not at.exception and not at.error
     assert len(at.multiselect(key="neurons").value) == 10
@@ -128,7 +126,7 @@ def test_custom_question_runs_qrnca_live(db):
 
 
 def test_neuron_out_of_range_shows_the_error_inline(db):
-    at = page("query_lab")
+    at = page("lab")
     selected = at.multiselect(key="neurons").value
     at.number_input(key="add_layer").set_value(99)
     button(at, "Add neuron").click().run()
@@ -190,7 +188,7 @@ def test_first_start_loads_the_shipped_runs_with_progress_and_only_once(tmp_path
 
     monkeypatch.setattr("qrcore.seed.ensure_default_store", load_again)
     again = AppTest.from_file(str(APP), default_timeout=120)
-    again.switch_page("pages/methods.py").run()
+    again.switch_page("sections/methods.py").run()
     assert not again.exception and not again.status, again.exception
 
 
@@ -263,7 +261,7 @@ def test_runs_of_a_model_not_installed_browse_and_only_the_query_lab_says_what_t
     assert not at.exception and not at.error, errors(at)
     assert len(at.get("plotly_chart")) == 1
     assert any("GGUF file models/gone.gguf does not exist" in c.value for c in at.caption)
-    at = page("query_lab", sidebar=True)
+    at = page("lab", sidebar=True)
     assert any("GGUF file models/gone.gguf does not exist" in e for e in errors(at)), errors(at)
 
 

@@ -171,7 +171,7 @@ def test_template_consistency_says_when_a_run_has_no_template_ig(db):
     at = page("consistency")
     assert not at.exception and not at.error
     assert "not available for this run" in at.info[0].value
-    lab = page("query_lab", query="geo-1")
+    lab = page("lab", query="geo-1")
     assert any("Template consistency is not available" in c.value for c in lab.caption)
     common = page("common", t="0.3")  # a run of per-template clusters without IG cannot move t
     assert not common.error and any("t stays fixed" in c.value for c in common.caption)
@@ -179,7 +179,7 @@ def test_template_consistency_says_when_a_run_has_no_template_ig(db):
 
 
 def test_query_lab_shows_the_querys_template_consistency(db):
-    at = page("query_lab", query="geo-1")
+    at = page("lab", query="geo-1")
     line = next(c.value for c in at.caption if c.value.startswith("Template consistency at t = 0.2"))
     with store.connect(db, read_only=True) as con:
         row = store.template_consistency(con, RUN).set_index("query_id").loc["geo-1"]
@@ -194,7 +194,7 @@ def test_custom_question_gets_qrnca_against_the_run(db, tiny, monkeypatch):
     monkeypatch.setattr(NeuronAttribution, "attribute",
                         lambda self, *a, **k: steps.append(self.settings.steps) or attribute(self, *a, **k))
     st.cache_data.clear()  # the same question attributed by an earlier test would come from the cache
-    at = page("query_lab", source="custom")
+    at = page("lab", source="custom")
     button(at, "Run QRNCA").click().run()
     assert not at.exception and not at.error, errors(at)
     assert steps == [1, 16]  # the gradient x activation preview first, then integrated gradients
@@ -215,7 +215,7 @@ def test_custom_question_gets_qrnca_against_the_run(db, tiny, monkeypatch):
 # Per-neuron sliders and edit files
 
 def test_per_neuron_slider_edits_one_neuron_and_is_in_the_link(db, tiny):
-    at = page("query_lab", query="sci-2", neurons="0:5,3:95", mult="2")
+    at = page("lab", query="sci-2", neurons="0:5,3:95", mult="2")
     at.slider(key="each:3:95").set_value(0.0).run()
     assert not at.exception and at.query_params["each"] == "3:95*0"
     assert at.slider(key="each:0:5").value == 2.0
@@ -223,14 +223,14 @@ def test_per_neuron_slider_edits_one_neuron_and_is_in_the_link(db, tiny):
     prompts = NeuronAttribution(lm).prompts(QUERIES[1])
     want = letter_probs(lm, prompts, {(0, 5): 2.0, (3, 95): 0.0})[0, prompts[0].correct]
     assert metric(at, "Edited (2 neurons x their own multipliers)") == f"{want:.4g}"
-    again = page("query_lab", query="sci-2", neurons="0:5,3:95", mult="2", each="3:95*0")
+    again = page("lab", query="sci-2", neurons="0:5,3:95", mult="2", each="3:95*0")
     assert (again.slider(key="each:3:95").value, again.slider(key="each:0:5").value) == (0.0, 2.0)
     assert metric(again, "Edited") == f"{want:.4g}"
 
 
 @pytest.mark.parametrize("fmt", ["JSON", "CSV"])
 def test_edit_exported_in_the_app_gives_the_same_probabilities_in_python(db, tiny, downloads, tmp_path, fmt):
-    at = page("query_lab", query="geo-1", neurons="0:5,3:95,2:40", mult="0")
+    at = page("lab", query="geo-1", neurons="0:5,3:95,2:40", mult="0")
     at.slider(key="each:2:40").set_value(3.0).run()
     path = tmp_path / f"edit.{fmt.lower()}"
     path.write_text(download(at, downloads, f"Edit as {fmt}"))
@@ -245,7 +245,7 @@ def test_loading_an_edit_file_sets_neurons_and_multipliers(db, tiny):
     text = edits.dump(edits.EDIT, {"model": MODEL, "model_fingerprint": tiny("llama").fingerprint},
                       pd.DataFrame({"layer": [1, 2], "neuron": [7, 9], "multiplier": [0.0, 2.5]}),
                       "json")
-    at = page("query_lab", query="geo-1")
+    at = page("lab", query="geo-1")
     at.file_uploader(key="edit_file").set_value(("edit.json", text.encode(), "application/json")).run()
     assert not at.exception and not at.error, errors(at)
     assert at.multiselect(key="neurons").value == ["1:7", "2:9"]
@@ -265,7 +265,7 @@ def test_bad_edit_file_gets_one_line_and_changes_nothing(db, tiny, content, mess
                              pd.DataFrame({"layer": [9], "neuron": [0], "multiplier": [0.0]}),
                              "csv").encode()
     before = row_counts(db)
-    at = page("query_lab", query="geo-1")
+    at = page("lab", query="geo-1")
     selected = at.multiselect(key="neurons").value
     at.file_uploader(key="edit_file").set_value(("edit.json", content, "application/json")).run()
     assert not at.exception and len(at.error) == 1, errors(at)

@@ -86,7 +86,7 @@ def test_data_page_and_an_imported_dataset_name_show_as_text(db):
 
 
 def test_typed_answer_in_the_error_shows_as_text(db):
-    at = page("query_lab", source="custom")
+    at = page("lab", source="custom")
     at.text_input(key="q_answer").set_value(HOSTILE).run()
     assert assert_shown_as_text(at) > 0
     assert errors(at) == [f"the answer {HOSTILE!r} is not among the options ['Paris', 'London', 'Berlin', 'Madrid']; "
@@ -95,7 +95,7 @@ def test_typed_answer_in_the_error_shows_as_text(db):
 
 def test_generated_answer_shows_as_text(db, monkeypatch):
     monkeypatch.setattr("qrcore.editing.generate", lambda lm, question, edit=None: f"{question} -> {HOSTILE}")
-    at = page("query_lab", source="custom")
+    at = page("lab", source="custom")
     at.text_input(key="q_text").set_value("Which answer does the generator give here?").run()  # not cached yet
     button(at, "Generate free-form answers").click().run()
     assert assert_shown_as_text(at) >= 2  # the unedited and the edited answer
@@ -111,7 +111,7 @@ def other_model_db(db: Path, tmp_path: Path, tiny, monkeypatch) -> Path:
 
 
 def test_query_lab_refuses_a_run_of_another_model_naming_both(other_model_db, tiny):
-    at = page("query_lab", query="geo-1")
+    at = page("lab", query="geo-1")
     assert errors(at) == [f"run {RUN!r} was computed with model {MODEL} ({tiny('qwen2').fingerprint}), not with "
                           f"{MODEL} ({tiny('llama').fingerprint}); use the run's model (qrn --model, or QRN_MODEL for "
                           "the explorer)"]
@@ -137,6 +137,6 @@ def test_damaged_store_is_refused_on_every_page_and_left_untouched(db, name, mon
             r"[\d,]+; restore a copy or pass another --db")
     at = AppTest.from_file(str(APP), default_timeout=60).run()  # the main script: start-up
     assert not at.exception and len(at.error) == 1 and re.fullmatch(line, errors(at)[0]), errors(at)
-    at.switch_page(f"pages/{name}.py").run()
+    at.switch_page(f"sections/{name}.py").run()
     assert not at.exception and len(at.error) == 1 and re.fullmatch(line, errors(at)[0]), errors(at)
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in db.parent.iterdir()} == before

@@ -8,9 +8,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from explorer import state, views
 from qrcore import qrnca, store
-import state
-import views
 
 CHANGES = {"related_change": "related queries", "unrelated_change": "unrelated queries"}
 PREDICTION_REFERENCE = {"prompt_accuracy": "prompt-based", "chance": "random guess"}

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from explorer import state, views
 from qrcore.datasets import BUILTIN
 from qrcore.errors import QRNError
 from qrcore.settings import RunSettings
-import state
-import views
 
 # Session-state list of the datasets imported in this session (offered for a run before one uses them).
 IMPORTED = "imported_datasets"

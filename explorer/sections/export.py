@@ -6,10 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from explorer import state, thresholds, views
 from qrcore import edits, store
-import state
-import thresholds
-import views
 
 SETS = {"query": "a query's QR neurons", "group": "a group's QR neurons", "common": "the common neurons"}
 

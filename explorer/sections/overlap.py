@@ -5,9 +5,8 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
+from explorer import state, views
 from qrcore import qrnca, store
-import state
-import views
 
 st.title("Overlap and layers")
 run = views.require_run()

@@ -6,11 +6,9 @@ import numpy as np
 import plotly.express as px
 import streamlit as st
 
+from explorer import state, thresholds, views
 from qrcore import store
 from qrcore.live import template_above
-import state
-import thresholds
-import views
 
 st.title("Template consistency")
 run = views.require_run()

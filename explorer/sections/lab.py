@@ -6,13 +6,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-import lab_edit
-import lab_scoring
+from explorer import lab_edit, lab_scoring, state, views
 from qrcore import store
 from qrcore.errors import QRNError
 from qrcore.queries import Query, make_query
-import state
-import views
 
 SOURCES = ("dataset", "custom")
 # How many of its best QR neurons are selected when a query is opened.

@@ -17,11 +17,11 @@ import statistics
 import tempfile
 import time
 
+from explorer.figures import bin_heatmap, heatmap_figure
 from qrcore import store
 from qrcore.bench_store import RUN_NAME, build_synthetic_store, median_ms
-from qrcore.heatmap import bin_heatmap, heatmap_figure
 
-APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
+APP = Path(__file__).resolve().parent / "app.py"
 EDIT_NEURONS = 10
 
 
@@ -95,7 +95,7 @@ def bench_edit(repeats: int = 7) -> dict[str, float]:
         at = AppTest.from_file(str(APP), default_timeout=300)
         at.query_params.update(source="custom", neurons=neurons, mult="1")
         at.run()
-        at.switch_page("pages/query_lab.py").run()
+        at.switch_page("sections/lab.py").run()
         out["lab_slider_ms"] = _rerun_ms(at, lambda k: at.slider(key="mult").set_value(round(0.1 * (k + 1), 1)),
                                          repeats, "query lab")
     return out

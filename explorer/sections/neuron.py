@@ -7,11 +7,9 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-import lab_edit
+from explorer import lab_edit, state, views
 from qrcore import store
 from qrcore.errors import QRNError
-import state
-import views
 
 # Tokens shown at each end of the vocabulary projection.
 TOKENS = 10
@@ -46,7 +44,7 @@ cols[3].metric("QR neuron of queries", int((card.queries["qr_rank"] > 0).sum()))
 cols[4].button("Edit it in the lab", type="primary", on_click=lab_edit.add_to_lab, args=([neuron],),
                disabled=unavailable is not None, help="Opens the query lab with this neuron in its edit set.")
 if st.session_state.pop(lab_edit.GO_TO_LAB, False):
-    st.switch_page("pages/query_lab.py")
+    st.switch_page("sections/lab.py")
 
 left, right = st.columns(2)
 left.subheader("Vocabulary projection (Table 5)")

@@ -8,11 +8,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from explorer import state, views
+from explorer.figures import bin_heatmap, heatmap_figure
 from qrcore import qrnca, store
 from qrcore.analysis import relative_depth
-from qrcore.heatmap import bin_heatmap, heatmap_figure
-import state
-import views
 
 COLUMNS = 256
 """Heatmap columns per model (wide layers are max-pooled, as on the Heatmaps page)."""

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from explorer import state, thresholds, views
 from qrcore import store
-import state
-import thresholds
-import views
 
 st.title("Common neurons")
 run = views.require_run()

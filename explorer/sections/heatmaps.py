@@ -6,11 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from explorer import state, thresholds, views
+from explorer.figures import MAX_COLS, bin_heatmap, color_limit, heatmap_figure
 from qrcore import store
-from qrcore.heatmap import MAX_COLS, bin_heatmap, color_limit, heatmap_figure
-import state
-import thresholds
-import views
 
 MODES = ("one group", "side by side", "difference")
 # Hover shows vocabulary tokens for this many strongest cells of the view (projecting every cell takes seconds).
@@ -33,7 +31,7 @@ other = views.synced(left.selectbox, "Second group", "group_b", options=groups, 
 last = run.n_layers - 1
 lo, hi = views.synced(right.slider, "Layers", "layers", min_value=0, max_value=last, value=(0, last),
                       valid=lambda v: 0 <= v[0] <= v[1] <= last, parse=lambda s: tuple(map(int, s.split("-"))),
-                      dump=lambda v: f"{v[0]}-{v[1]}")
+                      dump=lambda v: f"{v[0]}-{v[1]}", scope=run.id)
 columns = right.select_slider("Columns", (128, 256, MAX_COLS), value=256, key="columns",
                               help="Fewer columns pool more neurons into each, so sparse maps are easier to see.")
 st.caption(f"Run **{views.md(run.name)}** · {run.n_layers} layers x {run.n_neurons} neurons · wide layers are "

@@ -1,0 +1,60 @@
+"""The layout's rules: no import cycle among the project's modules, and an engine that imports no UI and, on import,
+loads no model and opens no store."""
+
+from __future__ import annotations
+
+import ast
+from graphlib import CycleError, TopologicalSorter
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("qrcore", "explorer")
+
+
+def module_names(package: str) -> list[str]:
+    """Dotted names of every module of `package` in the source tree."""
+    root = REPO / package
+    return sorted(".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+                  for p in root.rglob("*.py"))
+
+
+def imported(module: str, known: set[str]) -> set[str]:
+    """The project modules `module` imports anywhere in its file (functions included): a cycle through an import
+    inside a function is still a cycle of the design."""
+    path = REPO / Path(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in found if m in known and m != module}
+
+
+def test_no_import_cycle():
+    known = {m for p in PACKAGES for m in module_names(p)}
+    graph = {m: imported(m, known) - {p for p in PACKAGES} for m in known}
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as err:
+        pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
+    assert set(order) == known
+
+
+def test_importing_the_engine_loads_no_ui_no_model_and_opens_no_store(tmp_path):
+    modules = module_names("qrcore")
+    script = (f"import sys\nfor m in {modules!r}:\n    __import__(m)\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('streamlit', 'plotly')))\n"
+              "print(sorted(m for m in sys.modules if m.startswith('transformers.models.')))")
+    env = {**os.environ, "QRN_DB": str(tmp_path / "qrn.duckdb"), "QRN_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, check=True, capture_output=True,
+                         text=True).stdout.splitlines()
+    assert out == ["[]", "[]"], out  # no UI module, no model architecture
+    assert list(tmp_path.iterdir()) == []  # no store, no cache folder
