@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from qrcore.attribution import NeuronAttribution
+from qrcore.errors import QRNError
 from qrcore.model.flops import ModelShape, ig_prompt_flops, matmul_peak
 from qrcore.model.spec import LoadedModel
 from qrcore.oracle import ig_prompt_oracle
@@ -97,6 +98,12 @@ def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16) -> dic
     from qrcore.precision import agreement, bfloat16_matmuls
     from qrcore.runner import select_queries
 
+    fp32, bf16 = (matmul_peak(dtype, lm.device, size=512, repeats=2) for dtype in (torch.float32, torch.bfloat16))
+    print(f"matmul peak here: float32 {fp32 / 1e9:,.0f} GFLOP/s, bfloat16 {bf16 / 1e9:,.1f} GFLOP/s")
+    if bf16 < fp32:
+        raise QRNError(f"bfloat16 products run at {bf16 / 1e9:,.1f} GFLOP/s on this {lm.device.type} against "
+                       f"{fp32 / 1e9:,.0f} in float32 (no AMX or AVX-512 BF16 here), so mixed precision cannot be "
+                       "faster; run `qrn bench precision` on a CPU with AMX or on a GPU.")
     attr = NeuronAttribution(lm, AttributionSettings(steps=steps))
     queries = select_queries(load_builtin("domain"), None, per_group)
     attr.attribute(queries[0])  # warm-up
