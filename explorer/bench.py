@@ -70,7 +70,9 @@ def bench_first_start() -> dict[str, float]:
             at.run()
             out["first_start_ms"] = (time.perf_counter() - start) * 1000.0
     if at.exception or not at.status:
-        raise RuntimeError(f"the first start failed: {at.exception[0].message if at.exception else 'no progress shown'}")
+        raise RuntimeError(
+            f"the first start failed: {at.exception[0].message if at.exception else 'no progress shown'}"
+        )
     return out
 
 
@@ -88,16 +90,19 @@ def bench_edit(repeats: int = 7) -> dict[str, float]:
     prompts = NeuronAttribution(lm).prompts(query)
     edit = {(3 * i, 97 * i): 2.0 for i in range(EDIT_NEURONS)}
     cache = prefix_cache(lm, prompts)
-    out = {"probs_ms": median_ms(lambda: letter_probs(lm, prompts, edit), repeats),
-           "probs_cached_ms": median_ms(lambda: letter_probs(lm, prompts, edit, cache), repeats)}
+    out = {
+        "probs_ms": median_ms(lambda: letter_probs(lm, prompts, edit), repeats),
+        "probs_cached_ms": median_ms(lambda: letter_probs(lm, prompts, edit, cache), repeats),
+    }
     neurons = ",".join(f"{layer}:{neuron}" for layer, neuron in edit)
     with _env(QRN_MODEL="smollm2", QRN_SEED="0", QRN_DB=os.devnull + ".none"):
         at = AppTest.from_file(str(APP), default_timeout=300)
         at.query_params.update(source="custom", neurons=neurons, mult="1")
         at.run()
         at.switch_page("sections/lab.py").run()
-        out["lab_slider_ms"] = _rerun_ms(at, lambda k: at.slider(key="mult").set_value(round(0.1 * (k + 1), 1)),
-                                         repeats, "query lab")
+        out["lab_slider_ms"] = _rerun_ms(
+            at, lambda k: at.slider(key="mult").set_value(round(0.1 * (k + 1), 1)), repeats, "query lab"
+        )
     return out
 
 
@@ -123,8 +128,9 @@ def bench_heatmap(db_path: str | os.PathLike, repeats: int = 7) -> dict[str, flo
         start = time.perf_counter()
         at.run()
         out["heatmap_page_cold_ms"] = (time.perf_counter() - start) * 1000.0
-        out["heatmap_page_ms"] = _rerun_ms(at, lambda k: at.slider(key="layers").set_value((k % 4, 31)),
-                                           repeats, "heatmap page")
+        out["heatmap_page_ms"] = _rerun_ms(
+            at, lambda k: at.slider(key="layers").set_value((k % 4, 31)), repeats, "heatmap page"
+        )
     return out
 
 

@@ -54,9 +54,15 @@ def color_limit(maps: list[np.ndarray], percentile: float = 95.0) -> float:
     return float(np.percentile(values, percentile)) if values.size else 1.0
 
 
-def heatmap_figure(binned: Binned, first_layer: int = 0, title: str = "", zmax: float | None = None,
-                   labels: Mapping[tuple[int, int], str] | None = None, height: int = 420,
-                   depth_of: int | None = None) -> go.Figure:
+def heatmap_figure(
+    binned: Binned,
+    first_layer: int = 0,
+    title: str = "",
+    zmax: float | None = None,
+    labels: Mapping[tuple[int, int], str] | None = None,
+    height: int = 420,
+    depth_of: int | None = None,
+) -> go.Figure:
     """A plotly heatmap of `binned` (rows from `first_layer` up) whose hover names layer, neuron, score and label.
 
     `labels` maps (layer, neuron) to text such as the neuron's top vocabulary tokens; `zmax` fixes the colour range
@@ -66,20 +72,35 @@ def heatmap_figure(binned: Binned, first_layer: int = 0, title: str = "", zmax: 
     layers = np.arange(first_layer, first_layer + binned.values.shape[0])  # (layers,)
     rows = layers if depth_of is None else relative_depth(depth_of)[layers]  # (layers,)
     labels = labels or {}
-    text = np.array([[labels.get((int(l), int(n)), "") for n in row] for l, row in zip(layers, binned.top)],
-                    dtype=object)  # (layers, bins)
+    text = np.array(
+        [[labels.get((int(l), int(n)), "") for n in row] for l, row in zip(layers, binned.top)], dtype=object
+    )  # (layers, bins)
     layer_of = np.broadcast_to(layers[:, None], binned.top.shape).astype(object)  # (layers, bins)
     custom = np.stack([binned.top.astype(object), text, layer_of], axis=-1)  # (layers, bins, 3)
     if zmax is None:
         zmax = color_limit([binned.values])
-    fig = go.Figure(go.Heatmap(
-        z=binned.values, x=binned.edges[:-1], y=rows, customdata=custom, colorscale=COLORSCALE,
-        zmid=0.0, zmin=-zmax, zmax=zmax, colorbar={"title": {"text": "NAICA"}, "thickness": 12},
-        hovertemplate="layer %{customdata[2]}<br>neuron %{customdata[0]}<br>score %{z:.4g}<br>%{customdata[1]}"
-                      "<extra></extra>",
-    ))
-    fig.update_layout(title=title, height=height, margin={"l": 50, "r": 10, "t": 40 if title else 10, "b": 40},
-                      xaxis_title="neuron", yaxis_title="layer" if depth_of is None else "relative depth")
+    fig = go.Figure(
+        go.Heatmap(
+            z=binned.values,
+            x=binned.edges[:-1],
+            y=rows,
+            customdata=custom,
+            colorscale=COLORSCALE,
+            zmid=0.0,
+            zmin=-zmax,
+            zmax=zmax,
+            colorbar={"title": {"text": "NAICA"}, "thickness": 12},
+            hovertemplate="layer %{customdata[2]}<br>neuron %{customdata[0]}<br>score %{z:.4g}<br>%{customdata[1]}"
+            "<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        height=height,
+        margin={"l": 50, "r": 10, "t": 40 if title else 10, "b": 40},
+        xaxis_title="neuron",
+        yaxis_title="layer" if depth_of is None else "relative depth",
+    )
     if depth_of is None:
         fig.update_yaxes(dtick=-(-len(layers) // 16), tickformat="d")
     else:

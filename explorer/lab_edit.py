@@ -63,8 +63,9 @@ def per_neuron(neurons: list[Neuron], mult: float) -> dict[Neuron, float]:
     labels = [views.neuron_label(n) for n in neurons]
     for stale in set(each) - set(labels):
         del each[stale]
-    with st.expander(f"One multiplier per neuron ({len(each)} of {len(labels)} set apart from the selection's)",
-                     expanded=bool(each)):
+    with st.expander(
+        f"One multiplier per neuron ({len(each)} of {len(labels)} set apart from the selection's)", expanded=bool(each)
+    ):
         columns = st.columns(4)
         for i, label in enumerate(labels):
             key = f"each:{label}"
@@ -98,8 +99,10 @@ def _load(name: str) -> None:
         state.check(name, list(edit))
         over = [f"{views.neuron_label(n)} x {m:g}" for n, m in edit.items() if m > MULT_MAX]
         if over:
-            raise QRNError(f"neuron {over[0]} is beyond the lab's largest multiplier {MULT_MAX:g}; lower it in the "
-                           "file, or apply the file in Python with qrcore.edits.load_edit.")
+            raise QRNError(
+                f"neuron {over[0]} is beyond the lab's largest multiplier {MULT_MAX:g}; lower it in the "
+                "file, or apply the file in Python with qrcore.edits.load_edit."
+            )
     except UnicodeDecodeError:
         st.session_state[LOAD_ERROR] = "the file is not UTF-8 text; load a JSON or CSV file exported by the explorer."
         return
@@ -120,12 +123,21 @@ def take_away(name: str, edit: dict[Neuron, float]) -> None:
     meta = {"model": name, "model_fingerprint": state.fingerprint(name)}
     left, middle, right = st.columns([1, 1, 2], vertical_alignment="bottom")
     for column, fmt, mime in ((left, "json", "application/json"), (middle, "csv", "text/csv")):
-        column.download_button(f"Edit as {fmt.upper()}", edits.dump(edits.EDIT, meta, table, fmt),
-                               file_name=f"qrn-edit.{fmt}", mime=mime, key=f"edit_{fmt}", disabled=not edit,
-                               icon=":material/download:")
-    right.file_uploader("Load an edit or neuron-set file", type=["json", "csv"], key="edit_file", on_change=_load,
-                        args=(name,))
+        column.download_button(
+            f"Edit as {fmt.upper()}",
+            edits.dump(edits.EDIT, meta, table, fmt),
+            file_name=f"qrn-edit.{fmt}",
+            mime=mime,
+            key=f"edit_{fmt}",
+            disabled=not edit,
+            icon=":material/download:",
+        )
+    right.file_uploader(
+        "Load an edit or neuron-set file", type=["json", "csv"], key="edit_file", on_change=_load, args=(name,)
+    )
     if LOAD_ERROR in st.session_state:
         st.error(views.md(st.session_state.pop(LOAD_ERROR)))
-    st.caption("An edit file names the model by its fingerprint; load it in Python with "
-               "`qrcore.edits.load_edit(path)` and apply it with `qrcore.editing.edited(lm, edit)`.")
+    st.caption(
+        "An edit file names the model by its fingerprint; load it in Python with "
+        "`qrcore.edits.load_edit(path)` and apply it with `qrcore.editing.edited(lm, edit)`."
+    )

@@ -70,8 +70,9 @@ def startup(db: str) -> None:
         if pending(db):
             with st.status("First start: loading the shipped runs into the store…", expanded=True) as status:
                 bar = st.progress(0.0)
-                ensure_default_store(db, lambda done, total, table: bar.progress(done / total,
-                                                                                f"{table} · {done / total:.0%}"))
+                ensure_default_store(
+                    db, lambda done, total, table: bar.progress(done / total, f"{table} · {done / total:.0%}")
+                )
                 status.update(label="Shipped runs loaded", state="complete", expanded=False)
         started.add(db)
 
@@ -144,8 +145,9 @@ def import_dataset(filename: str, data: bytes, name: str) -> int:
     return len(queries)
 
 
-def start_run(name: str, dataset: str, run_name: str | None, per_group: int | None,
-              progress: Callable[[int, int, str], None]) -> str:
+def start_run(
+    name: str, dataset: str, run_name: str | None, per_group: int | None, progress: Callable[[int, int, str], None]
+) -> str:
     """Compute a run of model `name` on `dataset` (at most `per_group` queries a group) into the store; its id."""
     from qrcore.runner import run_dataset
 
@@ -217,7 +219,8 @@ def attribution(name: str, query: Query, settings: RunSettings = RunSettings()) 
     bar = st.progress(0.0, "Attributing…")
     with _lock(f"model:{name}"):
         result = NeuronAttribution(model(name), settings.attribution, settings.prompt).attribute(
-            query, lambda done, total: bar.progress(done / total, f"Attributing… pass {done} of {total}"))
+            query, lambda done, total: bar.progress(done / total, f"Attributing… pass {done} of {total}")
+        )
     bar.empty()
     return result
 
@@ -257,8 +260,9 @@ def cached_activations(name: str, run_id: str) -> np.ndarray | None:
     return _activations().get((name, run_id))
 
 
-def compute_activations(name: str, run_id: str, queries: list[Query], settings: RunSettings,
-                        progress: Callable[[int, int], None]) -> np.ndarray:
+def compute_activations(
+    name: str, run_id: str, queries: list[Query], settings: RunSettings, progress: Callable[[int, int], None]
+) -> np.ndarray:
     """`qrcore.card.answer_activations` of model `name` over the run's queries (in order), kept for later cards."""
     from qrcore.card import answer_activations
 

@@ -56,9 +56,19 @@ def _reset(s: QRNCASettings) -> None:
 
 def t_slider(s: QRNCASettings, where: Any = st, disabled: bool = False) -> float:
     """The coarse-cluster threshold t (?t=), from the run's storage floor up; the run's t to begin with."""
-    return views.synced(where.slider, "t: coarse cluster, above t x a template's maximum", "t", min_value=s.floor,
-                        max_value=live.T_MAX, step=0.01, value=s.t, parse=float, dump=lambda x: f"{x:g}",
-                        valid=lambda x: _ok(s, t=x) and (x == s.t or not disabled), disabled=disabled)
+    return views.synced(
+        where.slider,
+        "t: coarse cluster, above t x a template's maximum",
+        "t",
+        min_value=s.floor,
+        max_value=live.T_MAX,
+        step=0.01,
+        value=s.t,
+        parse=float,
+        dump=lambda x: f"{x:g}",
+        valid=lambda x: _ok(s, t=x) and (x == s.t or not disabled),
+        disabled=disabled,
+    )
 
 
 def controls(run: views.Run) -> LiveQRNCA | None:
@@ -73,11 +83,29 @@ def controls(run: views.Run) -> LiveQRNCA | None:
         link_errors(s)
         left, middle, right = st.columns(3)
         t = t_slider(s, left, disabled=fixed_t)
-        u = views.synced(middle.slider, "u: common neuron, in more than u of all clusters", "u", min_value=live.U_MIN,
-                         max_value=1.0, step=0.01, value=s.u, parse=float, dump=lambda x: f"{x:g}",
-                         valid=lambda x: _ok(s, u=x))
-        v = views.synced(right.number_input, "v: top-v by NAICA", "v", min_value=1, max_value=live.V_MAX, step=1,
-                         value=s.v, parse=int, valid=lambda x: _ok(s, v=x))
+        u = views.synced(
+            middle.slider,
+            "u: common neuron, in more than u of all clusters",
+            "u",
+            min_value=live.U_MIN,
+            max_value=1.0,
+            step=0.01,
+            value=s.u,
+            parse=float,
+            dump=lambda x: f"{x:g}",
+            valid=lambda x: _ok(s, u=x),
+        )
+        v = views.synced(
+            right.number_input,
+            "v: top-v by NAICA",
+            "v",
+            min_value=1,
+            max_value=live.V_MAX,
+            step=1,
+            value=s.v,
+            parse=int,
+            valid=lambda x: _ok(s, v=x),
+        )
         st.caption(_limits(s, has_ig, fixed_t))
         try:
             result = state.read(store.qrnca_at, run.id, t, u, int(v))
@@ -87,8 +115,11 @@ def controls(run: views.Run) -> LiveQRNCA | None:
         base = state.read(store.qrnca_at, run.id, s.t, s.u, s.v)
         columns = st.columns([1, 1, 1, 1], vertical_alignment="bottom")
         columns[0].metric("Common neurons (Table 3)", len(result.common), len(result.common) - len(base.common))
-        columns[1].metric("QR neurons per query, mean", f"{result.qr_per_query.mean():.1f}",
-                          f"{result.qr_per_query.mean() - base.qr_per_query.mean():+.1f}")
+        columns[1].metric(
+            "QR neurons per query, mean",
+            f"{result.qr_per_query.mean():.1f}",
+            f"{result.qr_per_query.mean() - base.qr_per_query.mean():+.1f}",
+        )
         columns[2].metric("Queries without QR neurons", int((result.qr_per_query == 0).sum()))
         columns[3].button("Back to the run's thresholds", on_click=_reset, args=(s,))
     return None if (t, u, int(v)) == (s.t, s.u, s.v) else result
@@ -98,13 +129,26 @@ def _limits(s: QRNCASettings, has_ig: bool, fixed_t: bool) -> str:
     """What the stored rows allow, in one caption."""
     run = f"The run was computed at t = {s.t:g}, u = {s.u:g}, v = {s.v}. "
     if fixed_t:
-        return run + ("t stays fixed: this run keeps no per-template IG (stored before store schema 2), so its "
-                      "clusters cannot be formed again; u and v can change.")
-    how = "per template, from the stored template IG" if s.cluster == "template" else (
-        "on the summed scores" + ("" if has_ig else " (this run keeps NA only; per-template thresholds need a "
-                                  "run stored with store schema 2)"))
-    return run + (f"t goes down to the storage floor {s.floor:g}: below it the store holds no rows to form clusters "
-                  f"from. Clusters are formed {how}. Nothing stored changes.")
+        return run + (
+            "t stays fixed: this run keeps no per-template IG (stored before store schema 2), so its "
+            "clusters cannot be formed again; u and v can change."
+        )
+    how = (
+        "per template, from the stored template IG"
+        if s.cluster == "template"
+        else (
+            "on the summed scores"
+            + (
+                ""
+                if has_ig
+                else " (this run keeps NA only; per-template thresholds need a run stored with store schema 2)"
+            )
+        )
+    )
+    return run + (
+        f"t goes down to the storage floor {s.floor:g}: below it the store holds no rows to form clusters "
+        f"from. Clusters are formed {how}. Nothing stored changes."
+    )
 
 
 def heatmap(result: LiveQRNCA, group: str, run: views.Run) -> np.ndarray:

@@ -64,27 +64,38 @@ class Run:
     model_id: str
     """Fingerprint of the model that computed the run."""
 
-
     def model_unavailable(self) -> str | None:
         """Why the run's own model cannot be used here (vocabulary tokens, activations, editing, scoring): it is not
         installed, or installed with other weights than the ones that computed the run; None when it can."""
         if message := state.missing(self.model):
             return message
         if state.model(self.model).fingerprint != self.model_id:
-            return (f"the installed {md(self.model)} has other weights than the ones that computed run "
-                    f"{md(repr(self.name))}.")
+            return (
+                f"the installed {md(self.model)} has other weights than the ones that computed run "
+                f"{md(repr(self.name))}."
+            )
         return None
 
 
-def synced(widget: Callable[..., Any], label: str, key: str, *, options: Sequence[Any] | None = None,
-           valid: Callable[[Any], bool] = lambda _: True, parse: Callable[[str], Any] = str,
-           dump: Callable[[Any], str] = str, scope: str | None = None, **kwargs: Any) -> Any:
+def synced(
+    widget: Callable[..., Any],
+    label: str,
+    key: str,
+    *,
+    options: Sequence[Any] | None = None,
+    valid: Callable[[Any], bool] = lambda _: True,
+    parse: Callable[[str], Any] = str,
+    dump: Callable[[Any], str] = str,
+    scope: str | None = None,
+    **kwargs: Any,
+) -> Any:
     """Render `widget` with its value in session state `key` and in the page link as ?key=..., so views can be shared.
 
     The link seeds the value on first load; a value the widget cannot take (not among `options`, a list for a
     multiselect, or failing `valid`) is dropped for the widget's default, and so is a value chosen under another
     `scope` (say, the layer range of another run's model).
     """
+
     def ok(value: Any) -> bool:
         members = value if isinstance(value, list) else [value]
         return (options is None or all(v in options for v in members)) and valid(value)
@@ -137,11 +148,19 @@ def pick_model() -> str:
     counts = finished_runs()["model"].value_counts(sort=False)
     start = state.model_name()
     options = [*counts.index, *([] if start in counts else [start])]
-    name = synced(st.sidebar.selectbox, "Model", MODEL, options=options, index=options.index(start) if start in counts
-                  else 0, format_func=lambda m: f"{m} · {counts.get(m, 0)} run(s)")
+    name = synced(
+        st.sidebar.selectbox,
+        "Model",
+        MODEL,
+        options=options,
+        index=options.index(start) if start in counts else 0,
+        format_func=lambda m: f"{m} · {counts.get(m, 0)} run(s)",
+    )
     if state.missing(name):
-        st.sidebar.caption(f"{md(name)} is not installed here: its runs browse, but vocabulary tokens and the query "
-                           "lab need it (see *Query lab*).")
+        st.sidebar.caption(
+            f"{md(name)} is not installed here: its runs browse, but vocabulary tokens and the query "
+            "lab need it (see *Query lab*)."
+        )
     return name
 
 
@@ -156,12 +175,15 @@ def pick_run() -> Run | None:
     runs = finished_runs()
     runs = runs.loc[runs["model"] == name]
     if runs.empty:
-        st.sidebar.info(f"No finished run of {md(name)} in {md(state.db_path())} yet: start one on *Data and models* "
-                        f"or with `qrn run --model {name}`.")
+        st.sidebar.info(
+            f"No finished run of {md(name)} in {md(state.db_path())} yet: start one on *Data and models* "
+            f"or with `qrn run --model {name}`."
+        )
         return None
     label = {n: f"{n} · {r.dataset}" for n, r in runs.iterrows()}
-    return as_run(runs.loc[synced(st.sidebar.selectbox, "Run", "run", options=list(runs.index),
-                                  format_func=label.__getitem__)])
+    return as_run(
+        runs.loc[synced(st.sidebar.selectbox, "Run", "run", options=list(runs.index), format_func=label.__getitem__)]
+    )
 
 
 def as_run(row: pd.Series) -> Run:
@@ -197,6 +219,7 @@ def run_queries(run: Run) -> dict[str, Query]:
 
 def pick_query(queries: dict[str, Query], where: Any = st) -> Query:
     """A selectbox of the queries (synced as ?query=...), labelled by group and question."""
+
     def label(qid: str) -> str:
         q = queries[qid]
         return f"{qid} · {q.group} · {q.question[:70]}"
@@ -235,10 +258,18 @@ def clickable(fig: go.Figure) -> go.Figure:
     cells = fig.data[0]
     z = np.asarray(cells.z)  # (layers, bins)
     rows, cols = np.nonzero(z)
-    fig.add_trace(go.Scatter(
-        x=np.asarray(cells.x)[cols], y=np.asarray(cells.y)[rows], customdata=np.asarray(cells.customdata)[rows, cols],
-        mode="markers", marker={"size": 10, "opacity": 0.01, "symbol": "square"}, showlegend=False,
-        text=z[rows, cols], hovertemplate=cells.hovertemplate.replace("%{z", "%{text")))
+    fig.add_trace(
+        go.Scatter(
+            x=np.asarray(cells.x)[cols],
+            y=np.asarray(cells.y)[rows],
+            customdata=np.asarray(cells.customdata)[rows, cols],
+            mode="markers",
+            marker={"size": 10, "opacity": 0.01, "symbol": "square"},
+            showlegend=False,
+            text=z[rows, cols],
+            hovertemplate=cells.hovertemplate.replace("%{z", "%{text"),
+        )
+    )
     return fig.update_layout(clickmode="event+select", hovermode="closest")
 
 
@@ -247,8 +278,12 @@ def clicked_card_link(event: Any, run: str) -> None:
     points = event.selection.points if event else []
     if points:
         neuron = (int(points[0]["y"]), int(points[0]["customdata"][0]))
-        st.page_link(CARD_PAGE, label=f"Open the card of neuron {neuron_label(neuron)}", icon=":material/memory:",
-                     query_params={"neuron": neuron_label(neuron), "run": run})
+        st.page_link(
+            CARD_PAGE,
+            label=f"Open the card of neuron {neuron_label(neuron)}",
+            icon=":material/memory:",
+            query_params={"neuron": neuron_label(neuron), "run": run},
+        )
 
 
 def with_card_links(frame: pd.DataFrame) -> pd.DataFrame:
@@ -262,8 +297,7 @@ def with_card_links(frame: pd.DataFrame) -> pd.DataFrame:
 def neuron_table(frame: pd.DataFrame, unavailable: str | None, **kwargs: Any) -> None:
     """A neuron table with vocabulary tokens of the picked model and a link to each neuron's card; with `unavailable`
     (why there are no tokens), a caption instead of the tokens."""
-    config = {"card": st.column_config.LinkColumn("card", display_text="open card"),
-              **kwargs.pop("column_config", {})}
+    config = {"card": st.column_config.LinkColumn("card", display_text="open card"), **kwargs.pop("column_config", {})}
     shown = frame if unavailable else with_tokens(frame, model())
     st.dataframe(with_card_links(shown), hide_index=True, width="stretch", column_config=config, **kwargs)
     if unavailable:

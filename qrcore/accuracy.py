@@ -23,6 +23,9 @@ def dataset_accuracy(lm: LoadedModel, queries: list[Query], seed: int = 0) -> pd
         right = [float(np.nanargmax(p) == c.correct) for p, c in zip(probs, prompts)]
         rows.append((q.group, np.mean(right), correct_probs(probs, prompts).mean()))
     frame = pd.DataFrame(rows, columns=["group", "accuracy", "correct_prob"])
-    table = frame.groupby("group", sort=False).agg(queries=("accuracy", "size"), accuracy=("accuracy", "mean"),
-                                                   correct_prob=("correct_prob", "mean")).reset_index()
+    table = (
+        frame.groupby("group", sort=False)
+        .agg(queries=("accuracy", "size"), accuracy=("accuracy", "mean"), correct_prob=("correct_prob", "mean"))
+        .reset_index()
+    )
     return table

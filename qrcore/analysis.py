@@ -56,8 +56,9 @@ def to_dense(rows: pd.DataFrame, n_layers: int, n_neurons: int, value: str = "sc
     return dense
 
 
-def group_heatmap(naica_rows: pd.DataFrame, groups: Mapping[str, str], n_layers: int, n_neurons: int,
-                  group: str) -> np.ndarray:
+def group_heatmap(
+    naica_rows: pd.DataFrame, groups: Mapping[str, str], n_layers: int, n_neurons: int, group: str
+) -> np.ndarray:
     """Fig. 5: the (layers, neurons) map of NAICA summed over one group's queries (see `heatmap_sums`)."""
     sums = heatmap_sums(naica_rows, groups)
     return to_dense(sums.loc[sums["group_name"] == group], n_layers, n_neurons)
@@ -94,8 +95,9 @@ def layer_distribution(qr: pd.DataFrame, groups: Mapping[str, str], n_layers: in
     QR neurons gets a row of zeros.
     """
     names = sorted(set(groups.values()))
-    table = pd.crosstab(qr["query_id"].map(groups), qr["layer"]).reindex(index=names, columns=range(n_layers),
-                                                                         fill_value=0)
+    table = pd.crosstab(qr["query_id"].map(groups), qr["layer"]).reindex(
+        index=names, columns=range(n_layers), fill_value=0
+    )
     totals = table.sum(axis=1).to_numpy()[:, None]  # (groups, 1)
     share = np.divide(table.to_numpy(), totals, out=np.zeros(table.shape), where=totals > 0)  # (groups, layers)
     return pd.DataFrame(share, index=pd.Index(names, name="group_name"), columns=list(range(n_layers)))
@@ -108,6 +110,8 @@ def qr_counts(qr: pd.DataFrame, groups: Mapping[str, str]) -> pd.DataFrame:
     table = per_query.groupby("group_name", sort=True)["qr_neurons"].agg(queries="size", mean_qr_neurons="mean")
     table.loc["all"] = [len(per_query), per_query["qr_neurons"].mean()]
     return table.reset_index()
+
+
 def relative_depth(n_layers: int) -> np.ndarray:
     """(layers,) each layer's place in the model, 0 for the first and 1 for the last: models of different depth align."""
     return np.arange(n_layers) / max(n_layers - 1, 1)
@@ -121,10 +125,12 @@ def localisation(qr: pd.DataFrame, groups: Mapping[str, str], n_layers: int, n_n
     """
     overlap = overlap_matrix(qr, groups).to_numpy()  # (groups, groups)
     between = overlap[~np.eye(len(overlap), dtype=bool)]  # (groups * (groups - 1),)
-    return {"qr_per_query": len(qr) / max(len(groups), 1),
-            "neuron_share": len(qr[["layer", "neuron"]].drop_duplicates()) / (n_layers * n_neurons),
-            "mean_depth": float(relative_depth(n_layers)[qr["layer"].to_numpy(np.int64)].mean()) if len(qr) else np.nan,
-            "overlap": float(between.mean()) if between.size else np.nan}
+    return {
+        "qr_per_query": len(qr) / max(len(groups), 1),
+        "neuron_share": len(qr[["layer", "neuron"]].drop_duplicates()) / (n_layers * n_neurons),
+        "mean_depth": float(relative_depth(n_layers)[qr["layer"].to_numpy(np.int64)].mean()) if len(qr) else np.nan,
+        "overlap": float(between.mean()) if between.size else np.nan,
+    }
 
 
 def percent_change(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -192,10 +198,13 @@ def group_prediction(group_neurons: pd.DataFrame, activations: np.ndarray, truth
     position; `truth` their true groups. A group without QR neurons is never predicted.
     """
     names = sorted(group_neurons["group_name"].unique())
-    means = np.stack([
-        activations[:, part["layer"].to_numpy(), part["neuron"].to_numpy()].mean(axis=1)  # (queries,)
-        for _, part in group_neurons.groupby("group_name", sort=True)
-    ], axis=1)  # (queries, groups)
+    means = np.stack(
+        [
+            activations[:, part["layer"].to_numpy(), part["neuron"].to_numpy()].mean(axis=1)  # (queries,)
+            for _, part in group_neurons.groupby("group_name", sort=True)
+        ],
+        axis=1,
+    )  # (queries, groups)
     predicted = tuple(names[i] for i in means.argmax(axis=1))
     accuracy = float(np.mean([p == t for p, t in zip(predicted, truth)])) if predicted else np.nan
     return Prediction(predicted, accuracy)

@@ -109,8 +109,13 @@ def packed_mask(config, lengths: list[int], rows: list[int], dtype: torch.dtype,
 class NeuronAttribution:
     """NA of every FFN neuron for a query, captum-style: build once, call `attribute()` per query."""
 
-    def __init__(self, lm: LoadedModel, settings: AttributionSettings = AttributionSettings(),
-                 prompt_settings: PromptSettings = PromptSettings(), max_copies: int = 4096):
+    def __init__(
+        self,
+        lm: LoadedModel,
+        settings: AttributionSettings = AttributionSettings(),
+        prompt_settings: PromptSettings = PromptSettings(),
+        max_copies: int = 4096,
+    ):
         self.lm = lm
         self.settings = settings
         self.prompt_settings = prompt_settings
@@ -150,8 +155,14 @@ class NeuronAttribution:
             acts.append(f0)
             probs.append(letter_probs[prompt.correct])
             hits.append(float(np.argmax(letter_probs) == prompt.correct))
-        return QueryAttribution(query.id, np.stack(igs), np.mean(acts, axis=0, dtype=np.float32),
-                                float(np.mean(probs)), float(np.mean(hits)), time.perf_counter() - start)
+        return QueryAttribution(
+            query.id,
+            np.stack(igs),
+            np.mean(acts, axis=0, dtype=np.float32),
+            float(np.mean(probs)),
+            float(np.mean(hits)),
+            time.perf_counter() - start,
+        )
 
     def ig_prompt(self, prompt: ChoicePrompt, on_pass: Callable[[], None] = lambda: None):
         """Raw IG of one prompt (layers, neurons), f at the answer position, and each letter's probability."""
@@ -169,14 +180,19 @@ class NeuronAttribution:
 
             def patch(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, rows, neurons), newest copies last
                 i = (layer - a) * steps
-                return torch.cat([f[:, :i], x[layer - a][None], f[:, i + steps:]], dim=1)
+                return torch.cat([f[:, :i], x[layer - a][None], f[:, i + steps :]], dim=1)
 
-            with enter_at_layer(self.blocks, h0, chunk, steps, prefix), \
-                    patch_ffn(model, patch, layers=list(chunk), sites=self.sites):
-                logits = model(input_ids=ids[:, -1:].expand(1, n),
-                               position_ids=torch.full((1, n), prefix, device=ids.device),
-                               attention_mask=packed_mask(model.config, [prefix], [0] * n, f0.dtype, ids.device),
-                               past_key_values=DynamicCache(kv), use_cache=True).logits[0]  # (n, vocab)
+            with (
+                enter_at_layer(self.blocks, h0, chunk, steps, prefix),
+                patch_ffn(model, patch, layers=list(chunk), sites=self.sites),
+            ):
+                logits = model(
+                    input_ids=ids[:, -1:].expand(1, n),
+                    position_ids=torch.full((1, n), prefix, device=ids.device),
+                    attention_mask=packed_mask(model.config, [prefix], [0] * n, f0.dtype, ids.device),
+                    past_key_values=DynamicCache(kv),
+                    use_cache=True,
+                ).logits[0]  # (n, vocab)
             p = (logits[:, prompt.target_id].float() - logits.float().logsumexp(-1)).exp().sum()
             (grad,) = torch.autograd.grad(p, x)  # (chunk, m, neurons)
             ig[chunk] = (f0[chunk] * grad.mean(1)).float()
@@ -223,6 +239,7 @@ def enter_at_layer(blocks: torch.nn.ModuleList, h0: torch.Tensor, chunk: range, 
             if in_args:
                 return (kept, *rest), kwargs
             return rest, {**kwargs, "hidden_states": kept}
+
         return hook
 
     handles = []
@@ -237,5 +254,10 @@ def enter_at_layer(blocks: torch.nn.ModuleList, h0: torch.Tensor, chunk: range, 
 
 def answer_activation(lm: LoadedModel, attr: NeuronAttribution, prompts) -> np.ndarray:
     """(layers, neurons) activation f at the answer position, mean over the prompts."""
-    return np.mean([clean_pass(lm.model, attr.sites, torch.tensor([p.input_ids], device=lm.device))[1].float().cpu().numpy()
-                    for p in prompts], axis=0)
+    return np.mean(
+        [
+            clean_pass(lm.model, attr.sites, torch.tensor([p.input_ids], device=lm.device))[1].float().cpu().numpy()
+            for p in prompts
+        ],
+        axis=0,
+    )

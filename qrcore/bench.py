@@ -49,28 +49,44 @@ def bench_attribution(lm: LoadedModel, n_queries: int = 2, oracle_prompts: int =
     fast_mem = peak_memory_mib(lm.device)
     preview_s, preview_ig = timed(preview.ig_prompt, prompts)
     oracle_s, oracle_ig = timed(lambda p: (ig_prompt_oracle(lm, p, attr.settings),), prompts[:oracle_prompts])
-    work = {"fast": float(np.mean([ig_prompt_flops(shape, len(p.input_ids), steps) for p in prompts])),
-            "preview": float(np.mean([ig_prompt_flops(shape, len(p.input_ids), 1) for p in prompts]))}
+    work = {
+        "fast": float(np.mean([ig_prompt_flops(shape, len(p.input_ids), steps) for p in prompts])),
+        "preview": float(np.mean([ig_prompt_flops(shape, len(p.input_ids), 1) for p in prompts])),
+    }
     work["oracle"] = work["fast"]  # the same attribution: its rate counts the useful work, not what it repeats
-    row = {"peak_gflops": peak / 1e9, "fast_peak_mib": fast_mem,
-           "preview_top20_overlap": float(np.mean([top_overlap(a, b, 20) for a, b in zip(preview_ig, fast_ig)]))}
-    print(f"model {lm.spec.name} ({len(attr.sites)} layers x {attr.sites[0].n_neurons} neurons), {templates} templates, "
-          f"m={steps}, {dtype}, {torch.get_num_threads()} threads, device {lm.device}; "
-          f"measured matmul peak {peak / 1e9:,.0f} GFLOP/s")
+    row = {
+        "peak_gflops": peak / 1e9,
+        "fast_peak_mib": fast_mem,
+        "preview_top20_overlap": float(np.mean([top_overlap(a, b, 20) for a, b in zip(preview_ig, fast_ig)])),
+    }
+    print(
+        f"model {lm.spec.name} ({len(attr.sites)} layers x {attr.sites[0].n_neurons} neurons), {templates} templates, "
+        f"m={steps}, {dtype}, {torch.get_num_threads()} threads, device {lm.device}; "
+        f"measured matmul peak {peak / 1e9:,.0f} GFLOP/s"
+    )
     for name, seconds in (("fast", fast_s), ("preview", preview_s), ("oracle", oracle_s)):
         if not seconds:
             continue
         per_query = templates * float(np.mean(seconds))
         rate = work[name] / float(np.mean(seconds))
-        row |= {f"{name}_s_per_query": per_query, f"{name}_gflop_per_query": templates * work[name] / 1e9,
-                f"{name}_gflops": rate / 1e9, f"{name}_peak_share": rate / peak}
-        print(f"{name:8s} {per_query:9.2f} s/query  {templates * work[name] / 1e9:9.1f} GFLOP/query  "
-              f"{rate / 1e9:8.1f} GFLOP/s  {rate / peak:6.1%} of peak   ({len(seconds)} prompts timed)")
-    print(f"fast path peak memory {fast_mem:,.0f} MiB; preview top-20 overlap with IG {row['preview_top20_overlap']:.2f}")
+        row |= {
+            f"{name}_s_per_query": per_query,
+            f"{name}_gflop_per_query": templates * work[name] / 1e9,
+            f"{name}_gflops": rate / 1e9,
+            f"{name}_peak_share": rate / peak,
+        }
+        print(
+            f"{name:8s} {per_query:9.2f} s/query  {templates * work[name] / 1e9:9.1f} GFLOP/query  "
+            f"{rate / 1e9:8.1f} GFLOP/s  {rate / peak:6.1%} of peak   ({len(seconds)} prompts timed)"
+        )
+    print(
+        f"fast path peak memory {fast_mem:,.0f} MiB; preview top-20 overlap with IG {row['preview_top20_overlap']:.2f}"
+    )
     if oracle_s:
         row["ratio"] = row["oracle_s_per_query"] / row["fast_s_per_query"]
-        row["max_rel_diff"] = max(float(np.abs(ig - ref).max() / np.abs(ref).max())
-                                  for ig, ref in zip(fast_ig, oracle_ig))
+        row["max_rel_diff"] = max(
+            float(np.abs(ig - ref).max() / np.abs(ref).max()) for ig, ref in zip(fast_ig, oracle_ig)
+        )
         print(f"ratio oracle/fast: {row['ratio']:.1f}x   max |fast - oracle| / max |oracle|: {row['max_rel_diff']:.2e}")
     return row
 
@@ -101,9 +117,11 @@ def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16) -> dic
     fp32, bf16 = (matmul_peak(dtype, lm.device, size=512, repeats=2) for dtype in (torch.float32, torch.bfloat16))
     print(f"matmul peak here: float32 {fp32 / 1e9:,.0f} GFLOP/s, bfloat16 {bf16 / 1e9:,.1f} GFLOP/s")
     if bf16 < fp32:
-        raise QRNError(f"bfloat16 products run at {bf16 / 1e9:,.1f} GFLOP/s on this {lm.device.type} against "
-                       f"{fp32 / 1e9:,.0f} in float32 (no AMX or AVX-512 BF16 here), so mixed precision cannot be "
-                       "faster; run `qrn bench precision` on a CPU with AMX or on a GPU.")
+        raise QRNError(
+            f"bfloat16 products run at {bf16 / 1e9:,.1f} GFLOP/s on this {lm.device.type} against "
+            f"{fp32 / 1e9:,.0f} in float32 (no AMX or AVX-512 BF16 here), so mixed precision cannot be "
+            "faster; run `qrn bench precision` on a CPU with AMX or on a GPU."
+        )
     attr = NeuronAttribution(lm, AttributionSettings(steps=steps))
     queries = select_queries(load_builtin("domain"), None, per_group)
     attr.attribute(queries[0])  # warm-up
@@ -112,12 +130,18 @@ def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16) -> dic
         attr.attribute(queries[0])
         mixed = [attr.attribute(q) for q in queries]
     row = agreement(exact, mixed, {q.id: q.group for q in queries}, QRNCASettings())
-    row |= {"exact_s_per_query": float(np.mean([a.seconds for a in exact])),
-            "mixed_s_per_query": float(np.mean([a.seconds for a in mixed]))}
+    row |= {
+        "exact_s_per_query": float(np.mean([a.seconds for a in exact])),
+        "mixed_s_per_query": float(np.mean([a.seconds for a in mixed])),
+    }
     row["speedup"] = row["exact_s_per_query"] / row["mixed_s_per_query"]
     print(f"model {lm.spec.name}, {len(queries)} built-in queries, m={steps}, {torch.get_num_threads()} threads")
-    print(f"exact {row['exact_s_per_query']:.2f} s/query   mixed {row['mixed_s_per_query']:.2f} s/query   "
-          f"speed-up {row['speedup']:.2f}x")
-    print(f"mean Jaccard against exact: coarse clusters {row['cluster_jaccard']:.3f}, QR neurons {row['qr_jaccard']:.3f}; "
-          f"largest score difference {row['max_rel_diff']:.2%} of the largest score")
+    print(
+        f"exact {row['exact_s_per_query']:.2f} s/query   mixed {row['mixed_s_per_query']:.2f} s/query   "
+        f"speed-up {row['speedup']:.2f}x"
+    )
+    print(
+        f"mean Jaccard against exact: coarse clusters {row['cluster_jaccard']:.3f}, QR neurons {row['qr_jaccard']:.3f}; "
+        f"largest score difference {row['max_rel_diff']:.2%} of the largest score"
+    )
     return row

@@ -38,8 +38,13 @@ def synthetic_attribution(query_id: str, rng: np.random.Generator, templates: in
     ig[:, shared] += rng.uniform(0.05, 1.0, 150) * rng.uniform(0.5, 1.5, (templates, 1))
     for p in range(templates):
         ig[p, rng.choice(n, 40, replace=False)] += rng.uniform(0.05, 0.8, 40)
-    return QueryAttribution(query_id, ig.reshape(templates, *SHAPE).astype(np.float32),
-                            rng.uniform(0, 2, SHAPE).astype(np.float32), 0.3, 1.0)
+    return QueryAttribution(
+        query_id,
+        ig.reshape(templates, *SHAPE).astype(np.float32),
+        rng.uniform(0, 2, SHAPE).astype(np.float32),
+        0.3,
+        1.0,
+    )
 
 
 def build_template_store(path: str | os.PathLike, n_queries: int = 660, groups: int = 6, seed: int = 0) -> None:
@@ -47,21 +52,36 @@ def build_template_store(path: str | os.PathLike, n_queries: int = 660, groups: 
     rng = np.random.default_rng(seed)
     settings = RunSettings()
     attrs = [synthetic_attribution(f"q{i:04d}", rng) for i in range(n_queries)]
-    queries = [Query(id=a.query_id, group=f"group{i % groups}", question=f"synthetic question {i}?", answer="yes",
-                     distractors=("no", "maybe", "unknown")) for i, a in enumerate(attrs)]
-    results = pd.DataFrame({"query_id": [a.query_id for a in attrs], "correct_prob": 0.3, "accuracy": 1.0,
-                            "seconds": 1.0})
+    queries = [
+        Query(
+            id=a.query_id,
+            group=f"group{i % groups}",
+            question=f"synthetic question {i}?",
+            answer="yes",
+            distractors=("no", "maybe", "unknown"),
+        )
+        for i, a in enumerate(attrs)
+    ]
+    results = pd.DataFrame(
+        {"query_id": [a.query_id for a in attrs], "correct_prob": 0.3, "accuracy": 1.0, "seconds": 1.0}
+    )
     with store.connect(path) as con:
         model_id = store.upsert_model(con, "synthetic-30x1536", "synthetic", "none", *SHAPE, "{}")
         dataset_id = store.upsert_dataset(con, SYNTHETIC_RUN, "bench_features", queries)
         run_id = store.get_or_create_run(con, SYNTHETIC_RUN, model_id, dataset_id, settings)
-        store.write_rows(con, run_id, results, pd.concat([qrnca.sparsify(a, settings.qrnca) for a in attrs]),
-                         pd.concat([store.top_activations(a) for a in attrs]))
+        store.write_rows(
+            con,
+            run_id,
+            results,
+            pd.concat([qrnca.sparsify(a, settings.qrnca) for a in attrs]),
+            pd.concat([store.top_activations(a) for a in attrs]),
+        )
         store.finalize_run(con, run_id, seed=seed)
 
 
 def bench_run(path: str | os.PathLike, run: str, repeats: int) -> dict[str, float]:
     """Milliseconds of the card, a threshold change, template consistency and custom scoring on one stored run."""
+
     def read(reader, *args):
         with store.connect(path, read_only=True) as con:
             return reader(con, *args)
@@ -74,12 +94,14 @@ def bench_run(path: str | os.PathLike, run: str, repeats: int) -> dict[str, floa
     counts, n_clusters = read(store.cluster_counts, run)
     custom = synthetic_attribution("custom", np.random.default_rng(1))
     out = {
-        "rows": len(rows), "queries": info.n_clusters,
+        "rows": len(rows),
+        "queries": info.n_clusters,
         "card_ms": median_ms(lambda: read(store.neuron_card, run, *neuron), repeats),
         "thresholds_ms": median_ms(lambda: read(store.qrnca_at, run, *next(visits)), repeats),
         "custom_ms": median_ms(lambda: score_against_run(custom, counts, n_clusters, info.settings.qrnca), repeats),
-        "custom_with_counts_ms": median_ms(lambda: score_against_run(custom, *read(store.cluster_counts, run),
-                                                                     info.settings.qrnca), repeats),
+        "custom_with_counts_ms": median_ms(
+            lambda: score_against_run(custom, *read(store.cluster_counts, run), info.settings.qrnca), repeats
+        ),
     }
     if read(store.has_template_ig, run):
         out["consistency_ms"] = median_ms(lambda: read(store.template_consistency, run), repeats)

@@ -44,35 +44,71 @@ class NeuronCard:
 def check_neuron(layer: int, neuron: int, n_layers: int, n_neurons: int) -> None:
     """A one-line QRNError for a neuron outside a model of n_layers x n_neurons."""
     if not (0 <= layer < n_layers and 0 <= neuron < n_neurons):
-        raise QRNError(f"neuron {layer}:{neuron} is outside this run's model (layers 0-{n_layers - 1}, neurons "
-                       f"0-{n_neurons - 1}); pick a layer and index in range.")
+        raise QRNError(
+            f"neuron {layer}:{neuron} is outside this run's model (layers 0-{n_layers - 1}, neurons "
+            f"0-{n_neurons - 1}); pick a layer and index in range."
+        )
 
 
-def build_card(layer: int, neuron: int, rows: pd.DataFrame, qr: pd.DataFrame, top: pd.DataFrame,
-               groups: Mapping[str, str], u: float) -> NeuronCard:
+def build_card(
+    layer: int,
+    neuron: int,
+    rows: pd.DataFrame,
+    qr: pd.DataFrame,
+    top: pd.DataFrame,
+    groups: Mapping[str, str],
+    u: float,
+) -> NeuronCard:
     """The card from the neuron's stored rows (query_id, na, in_cluster), its QR ranks (query_id, rank) and stored top
     activations (query_id, activation); `groups` maps every query of the run to its group, so |C| = len(groups)."""
     n_clusters = int(rows["in_cluster"].sum())
     ica = float(qrnca.ica(n_clusters, len(groups)))
     clustered = rows.loc[rows["in_cluster"].to_numpy()]
-    queries = pd.DataFrame({"query_id": clustered["query_id"], "group_name": clustered["query_id"].map(groups),
-                            "na": clustered["na"].to_numpy(np.float64), "naica": clustered["na"].to_numpy(np.float64) * ica})
+    queries = pd.DataFrame(
+        {
+            "query_id": clustered["query_id"],
+            "group_name": clustered["query_id"].map(groups),
+            "na": clustered["na"].to_numpy(np.float64),
+            "naica": clustered["na"].to_numpy(np.float64) * ica,
+        }
+    )
     queries = queries.merge(qr.rename(columns={"rank": "qr_rank"}), on="query_id", how="left")
-    queries = queries.fillna({"qr_rank": 0}).astype({"qr_rank": int}).sort_values(
-        ["naica", "query_id"], ascending=[False, True], ignore_index=True)
+    queries = (
+        queries.fillna({"qr_rank": 0})
+        .astype({"qr_rank": int})
+        .sort_values(["naica", "query_id"], ascending=[False, True], ignore_index=True)
+    )
     na = pd.Series(0.0, index=list(groups)).add(rows.set_index("query_id")["na"].astype(np.float64), fill_value=0.0)
-    per_group = pd.DataFrame({"group_name": [groups[q] for q in na.index], "na": na.to_numpy(),
-                              "clusters": na.index.isin(clustered["query_id"]), "qr_neuron": na.index.isin(qr["query_id"])})
-    per_group = per_group.groupby("group_name", sort=True).agg(
-        mean_na=("na", "mean"), clusters=("clusters", "sum"), qr_neuron=("qr_neuron", "sum")).reset_index()
+    per_group = pd.DataFrame(
+        {
+            "group_name": [groups[q] for q in na.index],
+            "na": na.to_numpy(),
+            "clusters": na.index.isin(clustered["query_id"]),
+            "qr_neuron": na.index.isin(qr["query_id"]),
+        }
+    )
+    per_group = (
+        per_group.groupby("group_name", sort=True)
+        .agg(mean_na=("na", "mean"), clusters=("clusters", "sum"), qr_neuron=("qr_neuron", "sum"))
+        .reset_index()
+    )
     top = top.assign(group_name=top["query_id"].map(groups))[["query_id", "group_name", "activation"]]
-    return NeuronCard(layer, neuron, n_clusters, n_clusters / len(groups), ica,
-                      bool(qrnca.is_common(n_clusters, len(groups), u)), queries, per_group,
-                      top.sort_values("activation", ascending=False, ignore_index=True))
+    return NeuronCard(
+        layer,
+        neuron,
+        n_clusters,
+        n_clusters / len(groups),
+        ica,
+        bool(qrnca.is_common(n_clusters, len(groups), u)),
+        queries,
+        per_group,
+        top.sort_values("activation", ascending=False, ignore_index=True),
+    )
 
 
-def answer_activations(lm: LoadedModel, queries: Sequence[Query], settings: RunSettings,
-                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+def answer_activations(
+    lm: LoadedModel, queries: Sequence[Query], settings: RunSettings, progress: Callable[[int, int], None] | None = None
+) -> np.ndarray:
     """(queries, layers, neurons) float32 activation f at the answer position, mean over each query's templates.
 
     The prompts are the run's (its prompt settings); one unedited forward per prompt.

@@ -12,8 +12,12 @@ from qrcore.errors import QRNError
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     """--model, --dtype, --device: shared by every command that loads a model."""
-    p.add_argument("--model", default="smollm2", help="smollm2 (the default), gemma3-270m or qwen2.5-coder-1.5b "
-                   "(embedded), a .gguf file, a model folder or a hub id")
+    p.add_argument(
+        "--model",
+        default="smollm2",
+        help="smollm2 (the default), gemma3-270m or qwen2.5-coder-1.5b "
+        "(embedded), a .gguf file, a model folder or a hub id",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (device_map over all GPUs)")
 
@@ -58,10 +62,19 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     mean = float(correct_probs(probs, prompts).mean().round(6))
     top = top_neurons(query_na(result.ig, settings.qrnca).na, args.top)
     if args.json:
-        print(json.dumps({"options": list(prompts[0].options), "letters": list(prompts[0].letters),
-                          "probs": probs[0].round(6).tolist(), "correct": prompts[0].correct,
-                          "correct_prob_mean": mean, "seconds": round(result.seconds, 3),
-                          "top_neurons": [{"layer": l, "neuron": n, "score": round(s, 6)} for l, n, s in top]}))
+        print(
+            json.dumps(
+                {
+                    "options": list(prompts[0].options),
+                    "letters": list(prompts[0].letters),
+                    "probs": probs[0].round(6).tolist(),
+                    "correct": prompts[0].correct,
+                    "correct_prob_mean": mean,
+                    "seconds": round(result.seconds, 3),
+                    "top_neurons": [{"layer": l, "neuron": n, "score": round(s, 6)} for l, n, s in top],
+                }
+            )
+        )
         return
     print("Answer probabilities (template 1, options as shown to the model):")
     for i, (letter, text, p) in enumerate(zip(prompts[0].letters, prompts[0].options, probs[0])):
@@ -92,8 +105,11 @@ def _settings(args: argparse.Namespace):
     """RunSettings from the `_run_args` arguments; the settings dataclasses check the values (QRNError)."""
     from qrcore.settings import AttributionSettings, PromptSettings, QRNCASettings, RunSettings
 
-    return RunSettings(PromptSettings(args.templates, args.seed), AttributionSettings(args.steps, args.riemann),
-                       QRNCASettings(t=args.t, u=args.u, v=args.v, cluster=args.cluster, z=args.z))
+    return RunSettings(
+        PromptSettings(args.templates, args.seed),
+        AttributionSettings(args.steps, args.riemann),
+        QRNCASettings(t=args.t, u=args.u, v=args.v, cluster=args.cluster, z=args.z),
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -112,13 +128,18 @@ def cmd_run(args: argparse.Namespace) -> None:
     groups = args.groups.split(",") if args.groups else None
     launched = distributed.world_size() > 1
     if args.processes < 1 or (launched and args.processes > 1):
-        raise QRNError("--processes must be at least 1, and is left out under accelerate launch or torchrun "
-                       "(they start the processes).")
+        raise QRNError(
+            "--processes must be at least 1, and is left out under accelerate launch or torchrun "
+            "(they start the processes)."
+        )
     if not launched:
         plan_queries(args.dataset, args.db, settings, groups, args.per_group)  # bad input fails before the model loads
     if args.processes > 1:
-        given = {k.replace("_", "-"): v for k, v in vars(args).items()
-                 if k not in ("command", "func", "processes") and v not in (None, False)}
+        given = {
+            k.replace("_", "-"): v
+            for k, v in vars(args).items()
+            if k not in ("command", "func", "processes") and v not in (None, False)
+        }
         forward = [f"--{k}" if v is True else f"--{k}={v}" for k, v in given.items()]
         if code := distributed.launch(["run", *forward], args.processes, args.device):
             raise SystemExit(code)
@@ -126,6 +147,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     args.device, main = distributed.start_process(args.device) if launched else (args.device or "cpu", True)
     lm = _load(args)
     with tqdm(desc=f"qrn run {args.dataset}", unit="query", disable=not main) as bar:
+
         def progress(done: int, total: int, query_id: str) -> None:
             bar.total = total
             bar.n = done
@@ -133,8 +155,9 @@ def cmd_run(args: argparse.Namespace) -> None:
             bar.refresh()
 
         if launched:
-            run_id = distributed.run_distributed(lm, args.dataset, args.db, args.name, settings, groups,
-                                                 args.per_group, args.shards, progress)
+            run_id = distributed.run_distributed(
+                lm, args.dataset, args.db, args.name, settings, groups, args.per_group, args.shards, progress
+            )
         else:
             run_id = run_dataset(lm, args.dataset, args.db, args.name, settings, groups, args.per_group, progress)
     if main:
@@ -185,6 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     lm = _load(args)
     store.require_model(info, lm.spec.name, lm.fingerprint)
     with tqdm(desc="evaluate", unit="edit") as bar:
+
         def progress(done: int, total: int) -> None:
             bar.total, bar.n = total, done
             bar.refresh()
@@ -263,11 +287,20 @@ def cmd_explore(args: argparse.Namespace) -> None:
 
     folder = Path(explorer.__file__).resolve().parent
     config = tomllib.loads((folder / "config.toml").read_text())
-    flags = [f"--{section}.{key}={str(value).lower() if isinstance(value, bool) else value}"
-             for section, values in config.items() for key, value in values.items() if key != "port"]
+    flags = [
+        f"--{section}.{key}={str(value).lower() if isinstance(value, bool) else value}"
+        for section, values in config.items()
+        for key, value in values.items()
+        if key != "port"
+    ]
     env = {**os.environ, "QRN_MODEL": args.model, **({"QRN_DB": args.db} if args.db else {})}
-    raise SystemExit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(folder / "app.py"), *flags,
-                                      "--server.port", str(args.port)], env=env, cwd=folder.parent))
+    raise SystemExit(
+        subprocess.call(
+            [sys.executable, "-m", "streamlit", "run", str(folder / "app.py"), *flags, "--server.port", str(args.port)],
+            env=env,
+            cwd=folder.parent,
+        )
+    )
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -278,11 +311,19 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="option shuffling and sampling seed")
     p.add_argument("--steps", type=int, default=a.steps, help="Riemann steps m (Eq. 5)")
-    p.add_argument("--riemann", choices=RIEMANN, default=a.riemann,
-                   help="Riemann points: linspace(0, 1, m) as in the authors' code, or k/m, k = 1..m, as in the text")
+    p.add_argument(
+        "--riemann",
+        choices=RIEMANN,
+        default=a.riemann,
+        help="Riemann points: linspace(0, 1, m) as in the authors' code, or k/m, k = 1..m, as in the text",
+    )
     p.add_argument("--t", type=float, default=q.t, help="coarse cluster threshold (Sec. 4.3)")
-    p.add_argument("--cluster", choices=CLUSTERS, default=q.cluster,
-                   help="threshold each template and unite (the authors' code) or threshold the templates' sum")
+    p.add_argument(
+        "--cluster",
+        choices=CLUSTERS,
+        default=q.cluster,
+        help="threshold each template and unite (the authors' code) or threshold the templates' sum",
+    )
     p.add_argument("--z", choices=NORMALISERS, default=q.z, help="Z of Eq. 5 (see the README)")
     p.add_argument("--u", type=float, default=q.u, help="common-neuron threshold (Sec. 4.4)")
     p.add_argument("--v", type=int, default=q.v, help="top-v before removing common neurons (Sec. 4.5)")
@@ -315,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=16)
     _model_args(p)
     p.set_defaults(func=cmd_bench_attribution)
-    p = bench.add_parser("precision", help="exact vs mixed precision: speed-up and agreement of clusters and QR neurons")
+    p = bench.add_parser(
+        "precision", help="exact vs mixed precision: speed-up and agreement of clusters and QR neurons"
+    )
     p.add_argument("--per-group", type=int, default=5, help="built-in domain queries of each group (6 groups)")
     p.add_argument("--steps", type=int, default=16)
     _model_args(p)
@@ -326,10 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", help="comma-separated groups to run (default all)")
     p.add_argument("--per-group", type=int, help="at most this many queries of each group")
     p.add_argument("--name", help="run name (default DATASET@MODEL)")
-    p.add_argument("--processes", type=int, default=1,
-                   help="data-parallel processes on this machine, started through accelerate (default 1)")
-    p.add_argument("--shards", help="folder of the run folders of data-parallel runs (default $QRN_CACHE/runs, "
-                                    "cache/runs); shared by all nodes of a cluster run")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine, started through accelerate (default 1)",
+    )
+    p.add_argument(
+        "--shards",
+        help="folder of the run folders of data-parallel runs (default $QRN_CACHE/runs, "
+        "cache/runs); shared by all nodes of a cluster run",
+    )
     _run_args(p)
     _model_args(p)
     _db_arg(p)

@@ -33,13 +33,23 @@ def template_consistency(query_ids: pd.Series, ig: np.ndarray, t: float) -> pd.D
 
     union = count(above.any(axis=1))  # (queries,)
     with np.errstate(invalid="ignore", divide="ignore"):
-        pairs = [count(above[:, a] & above[:, b]) / count(above[:, a] | above[:, b])
-                 for a, b in combinations(range(above.shape[1]), 2)]  # each (queries,)
+        pairs = [
+            count(above[:, a] & above[:, b]) / count(above[:, a] | above[:, b])
+            for a, b in combinations(range(above.shape[1]), 2)
+        ]  # each (queries,)
         agreement = np.mean(pairs, axis=0) if pairs else np.full(n, np.nan)  # (queries,)
         in_all = count(above.all(axis=1)) / union  # (queries,)
     sizes = np.stack([count(above[:, p]) for p in range(above.shape[1])], axis=1).astype(int)  # (queries, templates)
-    return pd.DataFrame({"query_id": ids, "cluster": union.astype(int), "in_all": in_all, "agreement": agreement,
-                         "template_sizes": list(sizes)}, columns=COLUMNS)
+    return pd.DataFrame(
+        {
+            "query_id": ids,
+            "cluster": union.astype(int),
+            "in_all": in_all,
+            "agreement": agreement,
+            "template_sizes": list(sizes),
+        },
+        columns=COLUMNS,
+    )
 
 
 def dense_consistency(query_id: str, ig: np.ndarray, t: float) -> pd.Series:

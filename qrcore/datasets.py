@@ -62,8 +62,10 @@ def import_file(path: str | Path, name: str | None = None) -> list[Query]:
     file = path.name
     ext = path.suffix.lower()
     if ext not in (".json", ".csv"):
-        raise QRNError(f"{file}: unknown extension {ext or '(none)'!r}; "
-                       "give a .json file (the paper's format) or a .csv file (MMLU-style).")
+        raise QRNError(
+            f"{file}: unknown extension {ext or '(none)'!r}; "
+            "give a .json file (the paper's format) or a .csv file (MMLU-style)."
+        )
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
@@ -131,9 +133,21 @@ def _parse_jsonl(text: str, file: str) -> list[Query]:
             raise QRNError(f"{file}: {where}: duplicate id {obj['id']!r}; ids must be unique.")
         seen.add(obj["id"])
         extra = {k: v for k, v in obj.items() if k not in _JSONL_KEYS and k != "relation"}
-        queries.append(_checked(Query(id=obj["id"], group=obj["group"], question=obj["question"],
-                                      answer=obj["answer"], distractors=tuple(dis),
-                                      relation=str(obj.get("relation", "")), meta=extra), file, where))
+        queries.append(
+            _checked(
+                Query(
+                    id=obj["id"],
+                    group=obj["group"],
+                    question=obj["question"],
+                    answer=obj["answer"],
+                    distractors=tuple(dis),
+                    relation=str(obj.get("relation", "")),
+                    meta=extra,
+                ),
+                file,
+                where,
+            )
+        )
     return _finish(queries, file)
 
 
@@ -142,11 +156,15 @@ def _parse_paper_json(text: str, file: str) -> list[Query]:
     try:
         top = json.loads(text, object_pairs_hook=_json_object)
     except json.JSONDecodeError as err:
-        raise QRNError(f"{file}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
-                       "fix the syntax or export the file again.") from None
+        raise QRNError(
+            f"{file}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+            "fix the syntax or export the file again."
+        ) from None
     if not isinstance(top, _Object):
-        raise QRNError(f"{file}: not a JSON object; expected {{id: {{\"sentences\": [...], "
-                       "\"obj_label\": [...], \"relation_name\": ...}}.")
+        raise QRNError(
+            f'{file}: not a JSON object; expected {{id: {{"sentences": [...], '
+            '"obj_label": [...], "relation_name": ...}}.'
+        )
     if top.repeated:
         raise QRNError(f"{file}: record {top.repeated[0]!r}: duplicate id; ids must be unique.")
     queries: list[Query] = []
@@ -166,24 +184,43 @@ def _parse_paper_json(text: str, file: str) -> list[Query]:
         if empty is not None:
             raise QRNError(f"{file}: {where}: field 'sentences' item {empty} is empty; remove it or write the prompt.")
         if not isinstance(labels, list):
-            raise QRNError(f"{file}: {where}: field 'obj_label' must be a list of letters; give one letter per sentence.")
+            raise QRNError(
+                f"{file}: {where}: field 'obj_label' must be a list of letters; give one letter per sentence."
+            )
         if len(labels) != len(sentences):
-            raise QRNError(f"{file}: {where}: field 'obj_label' has {len(labels)} labels for {len(sentences)} "
-                           "sentences; give one letter per sentence.")
-        bad = next((i for i, lab in enumerate(labels, start=1)
-                    if not isinstance(lab, str) or not _LETTER.fullmatch(lab)), None)
+            raise QRNError(
+                f"{file}: {where}: field 'obj_label' has {len(labels)} labels for {len(sentences)} "
+                "sentences; give one letter per sentence."
+            )
+        bad = next(
+            (i for i, lab in enumerate(labels, start=1) if not isinstance(lab, str) or not _LETTER.fullmatch(lab)), None
+        )
         if bad is not None:
-            raise QRNError(f"{file}: {where}: field 'obj_label' item {bad} is {labels[bad - 1]!r}; "
-                           "give a single capital letter A-Z.")
+            raise QRNError(
+                f"{file}: {where}: field 'obj_label' item {bad} is {labels[bad - 1]!r}; "
+                "give a single capital letter A-Z."
+            )
         if not isinstance(group, str) or not group.strip():
             raise QRNError(f"{file}: {where}: field 'relation_name' must be a non-empty string; give the group name.")
         answer = rec.get("ori_label")
         relation = rec.get("relation")
         extra = {k: v for k, v in rec.items() if k not in (*_PAPER_KEYS, "ori_label", "relation")}
-        queries.append(_checked(Query(id=rid, group=group, question=sentences[0], prompts=tuple(sentences),
-                                      labels=tuple(labels), answer="" if answer is None else str(answer),
-                                      relation="" if relation is None else str(relation), meta=extra),
-                                file, where))
+        queries.append(
+            _checked(
+                Query(
+                    id=rid,
+                    group=group,
+                    question=sentences[0],
+                    prompts=tuple(sentences),
+                    labels=tuple(labels),
+                    answer="" if answer is None else str(answer),
+                    relation="" if relation is None else str(relation),
+                    meta=extra,
+                ),
+                file,
+                where,
+            )
+        )
     return _finish(queries, file)
 
 
@@ -203,8 +240,10 @@ def _parse_csv(text: str, file: str, name: str) -> list[Query]:
         raise QRNError(f"{file}: line {reader.line_num}: not valid CSV ({err}); fix the quoting.") from None
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
-        raise QRNError(f"{file}: line 1: column {missing[0]!r} is missing; the first line must be a header with "
-                       f"columns {', '.join(CSV_COLUMNS)} (and optionally group).")
+        raise QRNError(
+            f"{file}: line 1: column {missing[0]!r} is missing; the first line must be a header with "
+            f"columns {', '.join(CSV_COLUMNS)} (and optionally group)."
+        )
     twice = next((c for i, c in enumerate(header) if c in header[:i]), None)
     if twice is not None:
         raise QRNError(f"{file}: line 1: column {twice!r} appears twice in the header; keep one.")
@@ -215,8 +254,10 @@ def _parse_csv(text: str, file: str, name: str) -> list[Query]:
             continue
         where = f"line {lineno}"
         if len(fields) != len(header):
-            raise QRNError(f"{file}: {where}: {len(fields)} fields but the header has {len(header)}; "
-                           "give every column a value and quote values that contain commas.")
+            raise QRNError(
+                f"{file}: {where}: {len(fields)} fields but the header has {len(header)}; "
+                "give every column a value and quote values that contain commas."
+            )
         row = dict(zip(header, fields))
         for col in ("question", "A", "B", "C", "D", *((group_col,) if group_col else ())):
             if not row[col].strip():
@@ -227,6 +268,17 @@ def _parse_csv(text: str, file: str, name: str) -> list[Query]:
         options = [row[c].strip() for c in ("A", "B", "C", "D")]
         answer = options.pop("ABCD".index(letter))
         group = row[group_col].strip() if group_col else name
-        queries.append(_checked(Query(id=f"{name}-{lineno}", group=group, question=row["question"].strip(),
-                                      answer=answer, distractors=tuple(options)), file, where))
+        queries.append(
+            _checked(
+                Query(
+                    id=f"{name}-{lineno}",
+                    group=group,
+                    question=row["question"].strip(),
+                    answer=answer,
+                    distractors=tuple(options),
+                ),
+                file,
+                where,
+            )
+        )
     return _finish(queries, file)

@@ -48,15 +48,21 @@ def start_process(device: str | None) -> tuple[str, bool]:
     from accelerate import PartialState
     import torch
 
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available(), backend="gloo",
-                         timeout=BARRIER_TIMEOUT)
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available(), backend="gloo", timeout=BARRIER_TIMEOUT)
     return (str(state.device) if device is None else device), state.is_main_process
 
 
-def run_distributed(lm: LoadedModel, dataset: str, db: str | None = None, name: str | None = None,
-                    settings: RunSettings = RunSettings(), groups: list[str] | None = None,
-                    per_group: int | None = None, root: str | os.PathLike | None = None,
-                    progress: RunProgress | None = None) -> str:
+def run_distributed(
+    lm: LoadedModel,
+    dataset: str,
+    db: str | None = None,
+    name: str | None = None,
+    settings: RunSettings = RunSettings(),
+    groups: list[str] | None = None,
+    per_group: int | None = None,
+    root: str | os.PathLike | None = None,
+    progress: RunProgress | None = None,
+) -> str:
     """`run_dataset` for each process of a launch: its share of the queries into shards, then merge; the run id.
 
     Shards go to <root>/<run id>/ (root default <cache>/runs); the main process merges them and finalizes the run.
@@ -87,8 +93,9 @@ def run_distributed(lm: LoadedModel, dataset: str, db: str | None = None, name: 
             if progress and state.is_main_process:
                 progress(len(skip | shards.finished_shards(folder).keys()), len(queries), query_id)
 
-        compute_shards(lm, folder, state.process_index, {**shards.key_of(manifest), "model": lm.fingerprint},
-                       mine, settings, tick)
+        compute_shards(
+            lm, folder, state.process_index, {**shards.key_of(manifest), "model": lm.fingerprint}, mine, settings, tick
+        )
         state.wait_for_everyone()
         if state.is_main_process:
             tick("merge")
@@ -97,8 +104,15 @@ def run_distributed(lm: LoadedModel, dataset: str, db: str | None = None, name: 
     return manifest["run_id"]
 
 
-def compute_shards(lm: LoadedModel, folder: Path, rank: int, key: dict, queries: list[Query], settings: RunSettings,
-                   progress: Callable[[str], None] | None = None) -> None:
+def compute_shards(
+    lm: LoadedModel,
+    folder: Path,
+    rank: int,
+    key: dict,
+    queries: list[Query],
+    settings: RunSettings,
+    progress: Callable[[str], None] | None = None,
+) -> None:
     """The shard worker: attribute each query and write it as a shard of `rank`, one file per finished query."""
     from qrcore.attribution import NeuronAttribution
 
@@ -109,8 +123,16 @@ def compute_shards(lm: LoadedModel, folder: Path, rank: int, key: dict, queries:
             progress(q.id)
 
 
-def _open_run(lm: LoadedModel, dataset: str, db: str | None, name: str | None, settings: RunSettings,
-              groups: list[str] | None, per_group: int | None, root: Path) -> tuple[dict, set[str], bool]:
+def _open_run(
+    lm: LoadedModel,
+    dataset: str,
+    db: str | None,
+    name: str | None,
+    settings: RunSettings,
+    groups: list[str] | None,
+    per_group: int | None,
+    root: Path,
+) -> tuple[dict, set[str], bool]:
     """Main process: store the run's model, dataset and run and write its manifest; (manifest, ids done, cache hit)."""
     ds_name, source, queries = plan_queries(dataset, db, settings, groups, per_group)
     manifest = shards.make_manifest(lm, name or f"{ds_name}@{lm.spec.name}", ds_name, source, queries, settings)
@@ -140,11 +162,28 @@ def launch(argv: list[str], processes: int, device: str | None = None) -> int:
 
     gpus = torch.cuda.device_count()
     if device is None and gpus and processes > gpus:
-        raise QRNError(f"--processes {processes} needs a GPU each and this machine has {gpus}; "
-                       "use fewer processes or --device cpu")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", "qrcore.cli", *argv]
+        raise QRNError(
+            f"--processes {processes} needs a GPU each and this machine has {gpus}; use fewer processes or --device cpu"
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "qrcore.cli",
+        *argv,
+    ]
     threads = os.environ.get("OMP_NUM_THREADS") or str(threads_per_process(processes))
     return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": threads})
 
@@ -164,10 +203,31 @@ def bench_processes(model: str = "smollm2", n_queries: int = 8) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             db = str(Path(tmp) / "bench.duckdb")
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "qrcore.cli", "run", "--model", model, "--dataset", "domain",
-                                   "--groups", "biology", "--per-group", str(n_queries), "--db", db, "--shards", tmp,
-                                   "--processes", str(n)], capture_output=True, text=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": str(threads_per_process(n))})
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "qrcore.cli",
+                    "run",
+                    "--model",
+                    model,
+                    "--dataset",
+                    "domain",
+                    "--groups",
+                    "biology",
+                    "--per-group",
+                    str(n_queries),
+                    "--db",
+                    db,
+                    "--shards",
+                    tmp,
+                    "--processes",
+                    str(n),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": str(threads_per_process(n))},
+            )
             if done.returncode:
                 raise QRNError(f"qrn run with {n} processes failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
             row[f"wall_s_{n}"] = time.perf_counter() - start
@@ -177,7 +237,9 @@ def bench_processes(model: str = "smollm2", n_queries: int = 8) -> dict:
     row["ratio"] = row["qpm_2"] / row["qpm_1"]
     print(f"model {model}, {n_queries} queries, {row['cores']} cores")
     for n in (1, 2):
-        print(f"{n} process(es) x {threads_per_process(n)} thread(s): {row[f'qpm_{n}']:6.2f} queries/min "
-              f"(wall {row[f'wall_s_{n}']:.0f} s)")
+        print(
+            f"{n} process(es) x {threads_per_process(n)} thread(s): {row[f'qpm_{n}']:6.2f} queries/min "
+            f"(wall {row[f'wall_s_{n}']:.0f} s)"
+        )
     print(f"ratio 2 processes / 1: {row['ratio']:.2f}x")
     return row

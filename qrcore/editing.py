@@ -32,7 +32,9 @@ def check_neurons(lm: LoadedModel, neurons: Iterable[tuple[int, int]]) -> None:
         if not 0 <= layer < len(sites):
             raise QRNError(f"layer {layer} is out of range; this model has layers 0-{len(sites) - 1}.")
         if not 0 <= neuron < sites[layer].n_neurons:
-            raise QRNError(f"neuron {neuron} is out of range; layer {layer} has neurons 0-{sites[layer].n_neurons - 1}.")
+            raise QRNError(
+                f"neuron {neuron} is out of range; layer {layer} has neurons 0-{sites[layer].n_neurons - 1}."
+            )
 
 
 @contextmanager
@@ -101,8 +103,9 @@ def prefix_cache(lm: LoadedModel, prompts: list[ChoicePrompt]) -> PackedPrefix:
     return PackedPrefix(kv, [len(p.input_ids) - 1 for p in prompts])
 
 
-def letter_probs(lm: LoadedModel, prompts: list[ChoicePrompt], edit: Edit | None = None,
-                 cache: PackedPrefix | None = None) -> np.ndarray:
+def letter_probs(
+    lm: LoadedModel, prompts: list[ChoicePrompt], edit: Edit | None = None, cache: PackedPrefix | None = None
+) -> np.ndarray:
     """(prompts, options) probability of each option letter token after each prompt, under `edit`; NaN past a
     prompt's own letters when the prompts have different numbers of options (imported ready-made prompts).
 
@@ -111,8 +114,9 @@ def letter_probs(lm: LoadedModel, prompts: list[ChoicePrompt], edit: Edit | None
     """
     if cache is None:
         with torch.no_grad(), edited(lm, edit or {}):
-            rows = [lm.model(torch.tensor([p.input_ids], device=lm.device), logits_to_keep=1).logits[0, -1]
-                    for p in prompts]  # each (vocab,)
+            rows = [
+                lm.model(torch.tensor([p.input_ids], device=lm.device), logits_to_keep=1).logits[0, -1] for p in prompts
+            ]  # each (vocab,)
     else:
         from transformers import DynamicCache
 
@@ -122,9 +126,13 @@ def letter_probs(lm: LoadedModel, prompts: list[ChoicePrompt], edit: Edit | None
         ids = torch.tensor([[p.input_ids[-1] for p in prompts]], device=lm.device)  # (1, n)
         dtype = cache.kv[0][0].dtype
         with torch.no_grad(), one_thread(lm.device), edited(lm, edit or {}, every_position=True):
-            rows = lm.model(ids, position_ids=torch.tensor([cache.lengths], device=lm.device),
-                            attention_mask=packed_mask(lm.model.config, cache.lengths, list(range(n)), dtype, lm.device),
-                            past_key_values=DynamicCache(cache.kv), use_cache=True).logits[0]  # (n, vocab)
+            rows = lm.model(
+                ids,
+                position_ids=torch.tensor([cache.lengths], device=lm.device),
+                attention_mask=packed_mask(lm.model.config, cache.lengths, list(range(n)), dtype, lm.device),
+                past_key_values=DynamicCache(cache.kv),
+                use_cache=True,
+            ).logits[0]  # (n, vocab)
     return pad_rows([row.float().softmax(-1)[list(p.letter_ids)].cpu().numpy() for row, p in zip(rows, prompts)])
 
 
@@ -133,7 +141,7 @@ def pad_rows(rows: Iterable[np.ndarray]) -> np.ndarray:
     rows = list(rows)
     out = np.full((len(rows), max((len(r) for r in rows), default=0)), np.nan, dtype=np.float32)
     for i, row in enumerate(rows):
-        out[i, :len(row)] = row
+        out[i, : len(row)] = row
     return out
 
 
@@ -146,12 +154,15 @@ def generate(lm: LoadedModel, question: str, edit: Edit | None = None, max_new_t
     """The model's free-form greedy answer to a plain question, under `edit`."""
     tok = lm.tokenizer
     if getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
         ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     else:
         ids = tok(question, return_tensors="pt")["input_ids"]
     ids = ids.to(lm.device)
     with torch.no_grad(), edited(lm, edit or {}):
-        out = lm.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tok.pad_token_id or tok.eos_token_id)
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        out = lm.model.generate(
+            ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id
+        )
+    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()

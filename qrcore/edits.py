@@ -58,8 +58,10 @@ class EditFile(Mapping[Neuron, float]):
 def check_model(edit: Mapping[Neuron, float], fingerprint: str, model: str) -> None:
     """QRNError if `edit` is an EditFile made for a model other than the one with this fingerprint (named `model`)."""
     if isinstance(edit, EditFile) and edit.fingerprint != fingerprint:
-        raise QRNError(f"the edit was made for model {edit.model} (fingerprint {edit.fingerprint}), not for {model} "
-                       f"(fingerprint {fingerprint}); load it with the model it was made for.")
+        raise QRNError(
+            f"the edit was made for model {edit.model} (fingerprint {edit.fingerprint}), not for {model} "
+            f"(fingerprint {fingerprint}); load it with the model it was made for."
+        )
 
 
 def dump(kind: str, meta: Mapping[str, str], neurons: pd.DataFrame, fmt: str) -> str:
@@ -68,8 +70,11 @@ def dump(kind: str, meta: Mapping[str, str], neurons: pd.DataFrame, fmt: str) ->
     table = neurons[["layer", "neuron", VALUE[kind]]].astype({"layer": int, "neuron": int, VALUE[kind]: float})
     fields = {key: str(meta[key]) for key in META[kind]}
     if fmt == "json":
-        return json.dumps({"format": kind, "version": VERSION, **fields, "neurons": table.to_dict("records")},
-                          indent=1, ensure_ascii=False)
+        return json.dumps(
+            {"format": kind, "version": VERSION, **fields, "neurons": table.to_dict("records")},
+            indent=1,
+            ensure_ascii=False,
+        )
     return table.assign(**fields)[[*META[kind], "layer", "neuron", VALUE[kind]]].to_csv(index=False)
 
 
@@ -89,34 +94,46 @@ def parse(text: str, source: str) -> tuple[str, dict[str, str], pd.DataFrame]:
         if layers.isna().any() or neurons.isna().any():
             raise ValueError("a layer or neuron is missing")
     except (KeyError, ValueError, TypeError):
-        raise QRNError(f"{where} every neuron needs numbers layer, neuron and {VALUE[kind]}; "
-                       "export the file again from the explorer.") from None
+        raise QRNError(
+            f"{where} every neuron needs numbers layer, neuron and {VALUE[kind]}; "
+            "export the file again from the explorer."
+        ) from None
     bad = ~(layers.between(0, math.inf) & neurons.between(0, math.inf) & (layers % 1 == 0) & (neurons % 1 == 0))
     if bad.any():
-        raise QRNError(f"{where} neuron {_first(table, bad)} is not a layer and index (whole numbers from 0); "
-                       "correct or remove it.")
+        raise QRNError(
+            f"{where} neuron {_first(table, bad)} is not a layer and index (whole numbers from 0); "
+            "correct or remove it."
+        )
     frame = pd.DataFrame({"layer": layers.astype(int), "neuron": neurons.astype(int), VALUE[kind]: values})
     negative = ~values.between(0, math.inf)
     if kind == EDIT and negative.any():
-        raise QRNError(f"{where} neuron {_first(frame, negative)} has multiplier {values[negative].iloc[0]:g}; "
-                       "multipliers are numbers from 0 (0 suppresses, 1 leaves, 2 boosts).")
+        raise QRNError(
+            f"{where} neuron {_first(frame, negative)} has multiplier {values[negative].iloc[0]:g}; "
+            "multipliers are numbers from 0 (0 suppresses, 1 leaves, 2 boosts)."
+        )
     twice = frame.duplicated(["layer", "neuron"])
     if twice.any():
         raise QRNError(f"{where} neuron {_first(frame, twice)} appears twice; keep one line per neuron.")
     return kind, meta, frame
 
 
-def to_edit(kind: str, meta: Mapping[str, str], neurons: pd.DataFrame, multiplier: float | None,
-            source: str) -> EditFile:
+def to_edit(
+    kind: str, meta: Mapping[str, str], neurons: pd.DataFrame, multiplier: float | None, source: str
+) -> EditFile:
     """The EditFile of a parsed file: an edit's own multipliers, or every neuron of a neuron set times `multiplier`."""
     if kind == NEURON_SET and multiplier is None:
-        raise QRNError(f"{source} is a neuron set, not an edit; give the multiplier to apply to its neurons "
-                       "(0 suppresses, 2 boosts).")
+        raise QRNError(
+            f"{source} is a neuron set, not an edit; give the multiplier to apply to its neurons "
+            "(0 suppresses, 2 boosts)."
+        )
     if multiplier is not None and not 0 <= multiplier < math.inf:
         raise QRNError(f"multiplier {multiplier} is not a number from 0; use 0 to suppress, 2 to boost.")
     values = neurons["multiplier"] if multiplier is None else [float(multiplier)] * len(neurons)
-    return EditFile(meta["model"], meta["model_fingerprint"],
-                    {(int(l), int(n)): float(m) for l, n, m in zip(neurons["layer"], neurons["neuron"], values)})
+    return EditFile(
+        meta["model"],
+        meta["model_fingerprint"],
+        {(int(l), int(n)): float(m) for l, n, m in zip(neurons["layer"], neurons["neuron"], values)},
+    )
 
 
 def load_edit(path: str | os.PathLike, multiplier: float | None = None) -> EditFile:
@@ -150,8 +167,11 @@ def _parse_json(text: str) -> tuple[str, dict[str, str], pd.DataFrame]:
     rows = data.get("neurons")
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ValueError("'neurons' is not a list of {layer, neuron, ...} objects")
-    return data["format"], {k: str(v) for k, v in data.items() if k in META[data["format"]] and v is not None}, \
-        pd.DataFrame(rows, columns=["layer", "neuron", VALUE[data["format"]]])
+    return (
+        data["format"],
+        {k: str(v) for k, v in data.items() if k in META[data["format"]] and v is not None},
+        pd.DataFrame(rows, columns=["layer", "neuron", VALUE[data["format"]]]),
+    )
 
 
 def _parse_csv(text: str) -> tuple[str, dict[str, str], pd.DataFrame]:
@@ -162,8 +182,9 @@ def _parse_csv(text: str) -> tuple[str, dict[str, str], pd.DataFrame]:
         raise ValueError(f"not a readable CSV file ({str(err).splitlines()[0]})") from None
     kind = next((k for k in (EDIT, NEURON_SET) if {*META[k], "layer", "neuron", VALUE[k]} <= set(table.columns)), None)
     if kind is None:
-        raise ValueError(f"not an edit or neuron-set CSV (columns {', '.join(META[EDIT])}, layer, neuron, multiplier "
-                         "or score)")
+        raise ValueError(
+            f"not an edit or neuron-set CSV (columns {', '.join(META[EDIT])}, layer, neuron, multiplier or score)"
+        )
     meta = {}
     for key in META[kind]:
         values = set(table[key])

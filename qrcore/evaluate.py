@@ -54,14 +54,19 @@ def option_activations(lm: LoadedModel, sites: list[FFNSite], prompt: ChoiceProm
 
     kv = prefix_kv(model, ids)
     with torch.no_grad(), patch_ffn(model, record, sites=sites):
-        model(letters, position_ids=torch.full((1, n), length, device=lm.device),
-              attention_mask=packed_mask(model.config, [length], [0] * n, model.dtype, lm.device),
-              past_key_values=DynamicCache(kv), use_cache=True)
+        model(
+            letters,
+            position_ids=torch.full((1, n), length, device=lm.device),
+            attention_mask=packed_mask(model.config, [length], [0] * n, model.dtype, lm.device),
+            past_key_values=DynamicCache(kv),
+            use_cache=True,
+        )
     return torch.stack([recorded[s.layer] for s in sites], dim=1).float().cpu().numpy()  # (options, layers, neurons)
 
 
-def plan_evaluation(run: str, db: str | None = None, per_group: int | None = None
-                    ) -> tuple[store.RunInfo, dict[str, Query], dict[str, pd.DataFrame], list[str]]:
+def plan_evaluation(
+    run: str, db: str | None = None, per_group: int | None = None
+) -> tuple[store.RunInfo, dict[str, Query], dict[str, pd.DataFrame], list[str]]:
     """The finished run, its queries by id, its QR neurons per method and the up to per_group queries of each group
     to edit; a QRNError, before any model is loaded, for a run that cannot be evaluated."""
     with store.connect(db, read_only=True) as con:
@@ -75,14 +80,23 @@ def plan_evaluation(run: str, db: str | None = None, per_group: int | None = Non
         chosen += members[:per_group] if per_group else members
     groups = sorted({group[qid] for qid in chosen})
     if len(groups) < 2:
-        raise QRNError(f"run {info.name!r} has QR neurons in {len(groups)} group(s)"
-                       + (f" ({', '.join(groups)})" if groups else "") + "; PCR compares each query with a query of "
-                       "another group, so evaluate a run of at least two groups")
+        raise QRNError(
+            f"run {info.name!r} has QR neurons in {len(groups)} group(s)"
+            + (f" ({', '.join(groups)})" if groups else "")
+            + "; PCR compares each query with a query of "
+            "another group, so evaluate a run of at least two groups"
+        )
     return info, queries, qr, chosen
 
 
-def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: int | None = None, seed: int = 0,
-                 progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+def evaluate_run(
+    lm: LoadedModel,
+    run: str,
+    db: str | None = None,
+    per_group: int | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
     """Run Tables 4, 6 and 7 on every query of the run (or up to per_group of each group); store and return them."""
     info, queries, qr, chosen = plan_evaluation(run, db, per_group)
     store.require_model(info, lm.spec.name, lm.fingerprint)
@@ -121,12 +135,16 @@ def evaluate_run(lm: LoadedModel, run: str, db: str | None = None, per_group: in
             unrel = np.array(unrelated)  # (queries, 2)
             rel["unrelated"] = analysis.percent_change(unrel[:, 0], unrel[:, 1])
             for g, part in [*rel.groupby("group_name"), ("all", rel)]:
-                rows += [(method, kind, g, "related_change", float(part["change"].mean())),
-                         (method, kind, g, "unrelated_change", float(part["unrelated"].mean())),
-                         (method, kind, g, "pcr", analysis.pcr(part["change"].to_numpy(), part["unrelated"].to_numpy()))]
+                rows += [
+                    (method, kind, g, "related_change", float(part["change"].mean())),
+                    (method, kind, g, "unrelated_change", float(part["unrelated"].mean())),
+                    (method, kind, g, "pcr", analysis.pcr(part["change"].to_numpy(), part["unrelated"].to_numpy())),
+                ]
             flips = analysis.flip_rates(pad_rows(flips_before), pad_rows(flips_after), np.array(flips_correct))
-            rows += [(method, kind, "all", "correct_to_incorrect", flips.correct_to_incorrect),
-                     (method, kind, "all", "incorrect_to_correct", flips.incorrect_to_correct)]
+            rows += [
+                (method, kind, "all", "correct_to_incorrect", flips.correct_to_incorrect),
+                (method, kind, "all", "incorrect_to_correct", flips.incorrect_to_correct),
+            ]
     held = [qid for g in sorted(set(group.values())) for qid in [c for c in chosen if group[c] == g][::5]]
     rows += _group_prediction_rows(lm, attr, held, prompts, group, qr)
     rows += _answer_prediction_rows(lm, attr, held, prompts, before, group, qr)
@@ -146,9 +164,16 @@ def _training_sets(qr: pd.DataFrame, group: dict[str, str], held: list[str]) -> 
 def _group_prediction_rows(lm, attr, held, prompts, group, qr) -> list[tuple]:
     """Group prediction: each held-out query's group from its answer-position activations."""
     acts = np.stack([answer_activation(lm, attr, prompts[qid]) for qid in held])  # (held, layers, neurons)
-    return [(method, "group_prediction", "all", "accuracy",
-             analysis.group_prediction(_training_sets(qr[method], group, held), acts, [group[q] for q in held]).accuracy)
-            for method in METHODS]
+    return [
+        (
+            method,
+            "group_prediction",
+            "all",
+            "accuracy",
+            analysis.group_prediction(_training_sets(qr[method], group, held), acts, [group[q] for q in held]).accuracy,
+        )
+        for method in METHODS
+    ]
 
 
 def _answer_prediction_rows(lm, attr, held, prompts, before, group, qr) -> list[tuple]:
@@ -161,12 +186,18 @@ def _answer_prediction_rows(lm, attr, held, prompts, before, group, qr) -> list[
             prompt_right = float(np.nanargmax(probs) == prompt.correct)
             for method in METHODS:
                 neurons = sets[method].get(group[qid])
-                right = np.nan if neurons is None else float(analysis.answer_prediction(neurons, acts) == prompt.correct)
+                right = (
+                    np.nan if neurons is None else float(analysis.answer_prediction(neurons, acts) == prompt.correct)
+                )
                 hits.append((group[qid], method, right, prompt_right, 1 / len(prompt.letters)))
     frame = pd.DataFrame(hits, columns=["group_name", "method", "accuracy", "prompt_accuracy", "chance"])
     rows = []
-    for (g, method), part in [*frame.groupby(["group_name", "method"]),
-                              *((("all", m), p) for m, p in frame.groupby("method"))]:
-        rows += [(method, "answer_prediction", g, metric, float(part[metric].mean()))
-                 for metric in ("accuracy", "prompt_accuracy", "chance")]
+    for (g, method), part in [
+        *frame.groupby(["group_name", "method"]),
+        *((("all", m), p) for m, p in frame.groupby("method")),
+    ]:
+        rows += [
+            (method, "answer_prediction", g, metric, float(part[metric].mean()))
+            for metric in ("accuracy", "prompt_accuracy", "chance")
+        ]
     return rows

@@ -52,9 +52,11 @@ class LiveQRNCA:
 def check_t(run: QRNCASettings, t: float) -> float:
     """t itself; a one-line QRNError when it lies outside what the run's stored rows can serve (floor to T_MAX)."""
     if not run.floor <= t <= T_MAX:
-        raise QRNError(f"t = {t:g} is outside {run.floor:g}-{T_MAX:g}: the run stores only neurons above its floor "
-                       f"{run.floor:g} x a template's maximum, so clusters below it cannot be formed; pick t from "
-                       f"{run.floor:g} to {T_MAX:g}.")
+        raise QRNError(
+            f"t = {t:g} is outside {run.floor:g}-{T_MAX:g}: the run stores only neurons above its floor "
+            f"{run.floor:g} x a template's maximum, so clusters below it cannot be formed; pick t from "
+            f"{run.floor:g} to {T_MAX:g}."
+        )
     return t
 
 
@@ -84,11 +86,15 @@ def recluster(rows: pd.DataFrame, ig: np.ndarray | None, run: QRNCASettings, t: 
         return rows[["query_id", "layer", "neuron", "na", "in_cluster"]]
     codes = pd.factorize(rows["query_id"])[0]  # (rows,)
     if run.cluster == "template" and ig is None:
-        raise QRNError("this run keeps no per-template IG (it was stored before store schema 2), so its clusters "
-                       f"cannot be formed at another t; keep t = {run.t:g} (u and v can change) or recompute the run.")
+        raise QRNError(
+            "this run keeps no per-template IG (it was stored before store schema 2), so its clusters "
+            f"cannot be formed at another t; keep t = {run.t:g} (u and v can change) or recompute the run."
+        )
     if run.cluster == "template" and run.z == "max_abs":
-        raise QRNError("t cannot change for a run with z=max_abs and per-template clusters: its Z may come from a "
-                       f"neuron that was not stored; keep t = {run.t:g} (u and v can change).")
+        raise QRNError(
+            "t cannot change for a run with z=max_abs and per-template clusters: its Z may come from a "
+            f"neuron that was not stored; keep t = {run.t:g} (u and v can change)."
+        )
     score, in_cluster = _scores(rows, ig, codes, run.cluster, t)  # (rows,) each
     if run.z == "cluster_sum":
         z = _per_query(np.where(in_cluster, score, 0.0), codes, "sum")  # (rows,)
@@ -102,8 +108,9 @@ def recluster(rows: pd.DataFrame, ig: np.ndarray | None, run: QRNCASettings, t: 
     return rows[["query_id", "layer", "neuron"]].assign(na=na, in_cluster=in_cluster)
 
 
-def at_thresholds(rows: pd.DataFrame, ig: np.ndarray | None, groups: Mapping[str, str], run: QRNCASettings,
-                  t: float, u: float, v: int) -> LiveQRNCA:
+def at_thresholds(
+    rows: pd.DataFrame, ig: np.ndarray | None, groups: Mapping[str, str], run: QRNCASettings, t: float, u: float, v: int
+) -> LiveQRNCA:
     """ICA, common neurons, NAICA, QR neurons and heatmap sums of a run at thresholds t, u, v (`check_thresholds`).
 
     `rows` are the run's stored rows and `ig` their (rows, templates) IG (None for an old run); `groups` maps every
@@ -116,12 +123,19 @@ def at_thresholds(rows: pd.DataFrame, ig: np.ndarray | None, groups: Mapping[str
     explained = qrnca.explain(naica_rows, s.v)
     qr = qrnca.kept_neurons(explained)
     per_query = qr["query_id"].value_counts().reindex(list(groups), fill_value=0).rename("qr_neurons")
-    return LiveQRNCA(s, explained, qrnca.common_neurons(stats, len(groups), s.u), qr,
-                     analysis.heatmap_sums(naica_rows, groups), per_query)
+    return LiveQRNCA(
+        s,
+        explained,
+        qrnca.common_neurons(stats, len(groups), s.u),
+        qr,
+        analysis.heatmap_sums(naica_rows, groups),
+        per_query,
+    )
 
 
-def _scores(rows: pd.DataFrame, ig: np.ndarray | None, codes: np.ndarray, cluster: str,
-            t: float) -> tuple[np.ndarray, np.ndarray]:
+def _scores(
+    rows: pd.DataFrame, ig: np.ndarray | None, codes: np.ndarray, cluster: str, t: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(rows,) float64 score before Z and (rows,) bool coarse cluster at threshold t, as `qrnca.query_na` forms them."""
     if cluster == "template":
         above = template_above(ig, codes, t)  # (rows, templates)

@@ -18,8 +18,9 @@ from qrcore.prompts import ChoicePrompt
 from qrcore.settings import AttributionSettings
 
 
-def ig_prompt_oracle(lm: LoadedModel, prompt: ChoicePrompt, settings: AttributionSettings,
-                     layers: list[int] | None = None) -> np.ndarray:
+def ig_prompt_oracle(
+    lm: LoadedModel, prompt: ChoicePrompt, settings: AttributionSettings, layers: list[int] | None = None
+) -> np.ndarray:
     """Raw IG (layers, neurons) of one prompt, layer by layer with full sequences (Eq. 5); rows not in `layers` stay 0."""
     model = lm.model
     sites = ffn_sites(model)

@@ -66,8 +66,10 @@ def fill_distractors(queries: list[Query], n: int = 3, seed: int = 0) -> list[Qu
             continue
         pool = sorted({a for a in pools[q.relation or q.group] if a.casefold() != q.answer.casefold()})
         if len(pool) < 1:
-            raise QRNError(f"query {q.id!r}: no other answers in {q.relation or q.group!r} to draw distractors from; "
-                           "give distractors explicitly.")
+            raise QRNError(
+                f"query {q.id!r}: no other answers in {q.relation or q.group!r} to draw distractors from; "
+                "give distractors explicitly."
+            )
         picked = _rng(seed, "distractors", q.id).sample(pool, min(n, len(pool)))
         out.append(Query(**{**q.__dict__, "distractors": tuple(picked)}))
     return out
@@ -76,7 +78,9 @@ def fill_distractors(queries: list[Query], n: int = 3, seed: int = 0) -> list[Qu
 def _wrap(tokenizer, body: str) -> str:
     """Apply the tokenizer's chat template (one user turn, generation prompt) or return plain text."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
+        )
     return body
 
 
@@ -94,18 +98,23 @@ def letter_token(tokenizer, text: str, ids: list[int], letter: str) -> int:
     sep = "" if text[-1:].isspace() else " "
     joint = _encode(tokenizer, text + sep + letter)
     if joint[: len(ids)] != ids or len(joint) != len(ids) + 1:
-        raise QRNError(f"the tokenizer does not emit {sep + letter!r} as one token after the prompt; "
-                       "this tokenizer is not supported for letter answers.")
+        raise QRNError(
+            f"the tokenizer does not emit {sep + letter!r} as one token after the prompt; "
+            "this tokenizer is not supported for letter answers."
+        )
     return joint[-1]
 
 
-def build_prompt(tokenizer, body: str, letters: tuple[str, ...], correct: int, options: tuple[str, ...],
-                 max_length: int | None) -> ChoicePrompt:
+def build_prompt(
+    tokenizer, body: str, letters: tuple[str, ...], correct: int, options: tuple[str, ...], max_length: int | None
+) -> ChoicePrompt:
     """Tokenize one prompt body and derive the letter tokens; a prompt over the context is an error."""
     text = _wrap(tokenizer, body)
     ids = _encode(tokenizer, text)
     if max_length is not None and len(ids) + 1 > max_length:
-        raise QRNError(f"the prompt is {len(ids)} tokens, over the model's context of {max_length}; shorten the question or options.")
+        raise QRNError(
+            f"the prompt is {len(ids)} tokens, over the model's context of {max_length}; shorten the question or options."
+        )
     letter_ids = tuple(letter_token(tokenizer, text, ids, letter) for letter in letters)
     return ChoicePrompt(text, tuple(ids), letters, letter_ids, correct, options)
 
@@ -113,12 +122,15 @@ def build_prompt(tokenizer, body: str, letters: tuple[str, ...], correct: int, o
 def check_templates(settings: PromptSettings) -> None:
     """One-line QRNError unless settings.templates is between 1 and the number of TEMPLATES."""
     if not 1 <= settings.templates <= len(TEMPLATES):
-        raise QRNError(f"--templates is {settings.templates}; there are {len(TEMPLATES)} prompt templates, "
-                       f"so pass 1 to {len(TEMPLATES)}.")
+        raise QRNError(
+            f"--templates is {settings.templates}; there are {len(TEMPLATES)} prompt templates, "
+            f"so pass 1 to {len(TEMPLATES)}."
+        )
 
 
-def query_prompts(query: Query, tokenizer, settings: PromptSettings = PromptSettings(),
-                  max_length: int | None = None) -> list[ChoicePrompt]:
+def query_prompts(
+    query: Query, tokenizer, settings: PromptSettings = PromptSettings(), max_length: int | None = None
+) -> list[ChoicePrompt]:
     """The query's prompts: ready-made ones as given, or `settings.templates` templates with shuffled options."""
     check_templates(settings)
     query.validate()

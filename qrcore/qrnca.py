@@ -81,17 +81,20 @@ def sparsify(attr: QueryAttribution, s: QRNCASettings) -> pd.DataFrame:
     q = query_na(attr.ig, s)
     ig = attr.ig  # (templates, layers, neurons)
     total = ig.sum(axis=0)  # (layers, neurons)
-    keep = (q.in_cluster | (ig > s.floor * ig.max(axis=(1, 2), keepdims=True)).any(axis=0)
-            | (total > s.floor * total.max()))  # (layers, neurons)
+    keep = (
+        q.in_cluster | (ig > s.floor * ig.max(axis=(1, 2), keepdims=True)).any(axis=0) | (total > s.floor * total.max())
+    )  # (layers, neurons)
     layer, neuron = np.nonzero(keep)  # (rows,) each, row-major order
-    return pd.DataFrame({
-        "query_id": attr.query_id,
-        "layer": layer.astype(np.int16),
-        "neuron": neuron.astype(np.int32),
-        "na": q.na[keep],
-        "in_cluster": q.in_cluster[keep],
-        "ig": list(ig[:, layer, neuron].T.astype(np.float32)),
-    })
+    return pd.DataFrame(
+        {
+            "query_id": attr.query_id,
+            "layer": layer.astype(np.int16),
+            "neuron": neuron.astype(np.int32),
+            "na": q.na[keep],
+            "in_cluster": q.in_cluster[keep],
+            "ig": list(ig[:, layer, neuron].T.astype(np.float32)),
+        }
+    )
 
 
 def cluster_counts(sparse: pd.DataFrame) -> pd.DataFrame:
@@ -195,8 +198,16 @@ def _rank_within_query(rows: pd.DataFrame, score: str, eligible: np.ndarray) -> 
     """1-based rank by descending `score` (ties: layer, neuron) within each query among `eligible` rows; 0 elsewhere."""
     codes = pd.factorize(rows["query_id"])[0]  # (rows,)
     idx = np.flatnonzero(eligible)  # (eligible,)
-    order = idx[np.lexsort((rows["neuron"].to_numpy()[idx], rows["layer"].to_numpy()[idx],
-                            -rows[score].to_numpy(np.float64)[idx], codes[idx]))]  # (eligible,) sorted
+    order = idx[
+        np.lexsort(
+            (
+                rows["neuron"].to_numpy()[idx],
+                rows["layer"].to_numpy()[idx],
+                -rows[score].to_numpy(np.float64)[idx],
+                codes[idx],
+            )
+        )
+    ]  # (eligible,) sorted
     sorted_codes = codes[order]  # (eligible,)
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]  # first position of each query's block
     block_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))  # (eligible,)
@@ -213,9 +224,16 @@ def _in_range(rank: np.ndarray, limit: np.ndarray | int) -> np.ndarray:
 def _ranked(rows: pd.DataFrame, score: str) -> pd.DataFrame:
     """Selected rows as QR_COLUMNS, re-ranked 1.. per query by descending score (ties: layer, neuron)."""
     rank = _rank_within_query(rows, score, np.ones(len(rows), bool))  # (rows,)
-    out = pd.DataFrame({"query_id": rows["query_id"].to_numpy(), "rank": rank, "layer": rows["layer"].to_numpy(np.int64),
-                        "neuron": rows["neuron"].to_numpy(np.int64), "score": rows[score].to_numpy(np.float64)},
-                       columns=QR_COLUMNS)
+    out = pd.DataFrame(
+        {
+            "query_id": rows["query_id"].to_numpy(),
+            "rank": rank,
+            "layer": rows["layer"].to_numpy(np.int64),
+            "neuron": rows["neuron"].to_numpy(np.int64),
+            "score": rows[score].to_numpy(np.float64),
+        },
+        columns=QR_COLUMNS,
+    )
     return out.sort_values(["query_id", "rank"], ignore_index=True)
 
 
@@ -235,6 +253,13 @@ def _random_neurons(quota: pd.Series, shape: tuple[int, int], seed: int) -> pd.D
         ids.append(np.full(k, query_id, object))
         ranks.append(np.arange(1, k + 1))
     flat = np.concatenate(flats)  # (selected,)
-    return pd.DataFrame({"query_id": np.concatenate(ids).astype(str), "rank": np.concatenate(ranks),
-                         "layer": flat // shape[1], "neuron": flat % shape[1], "score": np.full(len(flat), np.nan)},
-                        columns=QR_COLUMNS)
+    return pd.DataFrame(
+        {
+            "query_id": np.concatenate(ids).astype(str),
+            "rank": np.concatenate(ranks),
+            "layer": flat // shape[1],
+            "neuron": flat % shape[1],
+            "score": np.full(len(flat), np.nan),
+        },
+        columns=QR_COLUMNS,
+    )

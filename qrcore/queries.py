@@ -72,11 +72,15 @@ class Query:
             raise QRNError(f"{where}: the question is empty; write a question.")
         if self.prompts:
             if len(self.prompts) != len(self.labels):
-                raise QRNError(f"{where}: {len(self.prompts)} prompts but {len(self.labels)} labels; give one label per prompt.")
+                raise QRNError(
+                    f"{where}: {len(self.prompts)} prompts but {len(self.labels)} labels; give one label per prompt."
+                )
             for i, (prompt, label) in enumerate(zip(self.prompts, self.labels), start=1):
                 if label not in prompt_letters(prompt):
-                    raise QRNError(f"{where}: label {label!r} of prompt {i} is not one of its options "
-                                   f"{', '.join(prompt_letters(prompt))}; give the letter of an option it shows.")
+                    raise QRNError(
+                        f"{where}: label {label!r} of prompt {i} is not one of its options "
+                        f"{', '.join(prompt_letters(prompt))}; give the letter of an option it shows."
+                    )
             return
         if blank(self.answer):
             raise QRNError(f"{where}: the answer is empty; give the correct answer.")
@@ -90,7 +94,9 @@ class Query:
         if self.distractors and len(opts) < 2:
             raise QRNError(f"{where}: needs at least 2 options.")
         if len(opts) > MAX_OPTIONS:
-            raise QRNError(f"{where}: {len(opts)} options, more than the {MAX_OPTIONS} letters A-Z; give at most {MAX_OPTIONS}.")
+            raise QRNError(
+                f"{where}: {len(opts)} options, more than the {MAX_OPTIONS} letters A-Z; give at most {MAX_OPTIONS}."
+            )
 
 
 def make_query(question: str, options: list[str], answer: str, *, id: str = "custom", group: str = "custom") -> Query:
@@ -104,7 +110,9 @@ def make_query(question: str, options: list[str], answer: str, *, id: str = "cus
     if len(opts) < 2:
         raise QRNError(f"{len(opts)} option(s) given; give at least 2 options.")
     if len(opts) > MAX_OPTIONS:
-        raise QRNError(f"{len(opts)} options given, more than the {MAX_OPTIONS} letters A-Z; give at most {MAX_OPTIONS}.")
+        raise QRNError(
+            f"{len(opts)} options given, more than the {MAX_OPTIONS} letters A-Z; give at most {MAX_OPTIONS}."
+        )
     problem = next(filter(None, map(option_problem, opts)), None)
     if problem:
         raise QRNError(problem)
@@ -114,7 +122,12 @@ def make_query(question: str, options: list[str], answer: str, *, id: str = "cus
         raise QRNError(f"option {dup!r} appears twice; options must be distinct.")
     if answer.strip() not in opts:
         raise QRNError(f"the answer {answer!r} is not among the options {opts}; pass it as one of the options.")
-    q = Query(id=id, group=group, question=question.strip(), answer=answer.strip(),
-              distractors=tuple(o for o in opts if o != answer.strip()))
+    q = Query(
+        id=id,
+        group=group,
+        question=question.strip(),
+        answer=answer.strip(),
+        distractors=tuple(o for o in opts if o != answer.strip()),
+    )
     q.validate()
     return q

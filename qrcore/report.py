@@ -14,6 +14,7 @@ from qrcore.qrnca import METHODS
 
 def markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
     """A GitHub Markdown table of a DataFrame (no extra dependency)."""
+
     def cell(v) -> str:
         return format(v, floatfmt) if isinstance(v, float) else str(v)
 
@@ -41,8 +42,12 @@ def answer_prediction_table(evals: pd.DataFrame) -> pd.DataFrame:
     """Table 7: rows the methods' neuron-based accuracy, then prompt-based accuracy and chance; columns the groups."""
     part = evals[evals["evaluation"] == "answer_prediction"]
     reference = part[part["method"] == METHODS[0]]
-    rows = pd.concat([part[part["metric"] == "accuracy"],
-                      reference[reference["metric"] != "accuracy"].assign(method=lambda d: d["metric"])])
+    rows = pd.concat(
+        [
+            part[part["metric"] == "accuracy"],
+            reference[reference["metric"] != "accuracy"].assign(method=lambda d: d["metric"]),
+        ]
+    )
     order = [m for m in (*METHODS, "prompt_accuracy", "chance") if m in set(rows["method"])]
     table = rows.pivot_table(index="method", columns="group_name", values="value", sort=False)
     return table.reindex(order).reset_index()
@@ -67,8 +72,14 @@ def write_report(run: str, db: str | None, out: str) -> list[Path]:
         "group_prediction": metric_table(evals[evals["evaluation"] == "group_prediction"], ["accuracy"]),
     }
     paths = []
-    text = [f"# Run {info.name}", "", f"Settings: {info.settings.summary()}", "",
-            f"{n_common} common neurons in {info.n_clusters} clusters.", ""]
+    text = [
+        f"# Run {info.name}",
+        "",
+        f"Settings: {info.settings.summary()}",
+        "",
+        f"{n_common} common neurons in {info.n_clusters} clusters.",
+        "",
+    ]
     for name, frame in tables.items():
         path = folder / f"{name}.csv"
         frame.to_csv(path, index=False)

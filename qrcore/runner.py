@@ -34,8 +34,10 @@ def resolve_dataset(dataset: str, db: str | None = None) -> tuple[str, str, list
                 return dataset, "store", store.load_queries(con, dataset)
             except QRNError:
                 pass
-    raise QRNError(f"unknown dataset {dataset!r}; use one of {', '.join(BUILTIN)}, a .json/.csv file, "
-                   "or a dataset imported with `qrn import`.")
+    raise QRNError(
+        f"unknown dataset {dataset!r}; use one of {', '.join(BUILTIN)}, a .json/.csv file, "
+        "or a dataset imported with `qrn import`."
+    )
 
 
 def select_queries(queries: list[Query], groups: list[str] | None, per_group: int | None) -> list[Query]:
@@ -57,8 +59,13 @@ def select_queries(queries: list[Query], groups: list[str] | None, per_group: in
     return out
 
 
-def plan_queries(dataset: str, db: str | None = None, settings: RunSettings = RunSettings(),
-                 groups: list[str] | None = None, per_group: int | None = None) -> tuple[str, str, list[Query]]:
+def plan_queries(
+    dataset: str,
+    db: str | None = None,
+    settings: RunSettings = RunSettings(),
+    groups: list[str] | None = None,
+    per_group: int | None = None,
+) -> tuple[str, str, list[Query]]:
     """(dataset name with the selection, source, queries) of a run: the selected queries with distractors filled in.
 
     Bad settings, a refused store and queries that cannot be asked fail here, before a model is loaded.
@@ -76,9 +83,16 @@ def plan_queries(dataset: str, db: str | None = None, settings: RunSettings = Ru
     return ds_name, source, queries
 
 
-def run_dataset(lm: LoadedModel, dataset: str, db: str | None = None, name: str | None = None,
-                settings: RunSettings = RunSettings(), groups: list[str] | None = None,
-                per_group: int | None = None, progress: RunProgress | None = None) -> str:
+def run_dataset(
+    lm: LoadedModel,
+    dataset: str,
+    db: str | None = None,
+    name: str | None = None,
+    settings: RunSettings = RunSettings(),
+    groups: list[str] | None = None,
+    per_group: int | None = None,
+    progress: RunProgress | None = None,
+) -> str:
     """Attribute the dataset's (selected) queries not yet stored, then finalize; returns the run id."""
     from qrcore.attribution import NeuronAttribution
     from qrcore.model.ffn import ffn_sites
@@ -87,10 +101,19 @@ def run_dataset(lm: LoadedModel, dataset: str, db: str | None = None, name: str 
     sites = ffn_sites(lm.model)
     with store.writer_lock(db):
         with store.connect(db) as con:
-            store.upsert_model(con, lm.fingerprint, lm.spec.name, type(lm.model).__name__, len(sites),
-                               sites[0].n_neurons, lm.model.config.to_json_string())
+            store.upsert_model(
+                con,
+                lm.fingerprint,
+                lm.spec.name,
+                type(lm.model).__name__,
+                len(sites),
+                sites[0].n_neurons,
+                lm.model.config.to_json_string(),
+            )
             dataset_id = store.upsert_dataset(con, ds_name, source, queries)
-            run_id = store.get_or_create_run(con, name or f"{ds_name}@{lm.spec.name}", lm.fingerprint, dataset_id, settings)
+            run_id = store.get_or_create_run(
+                con, name or f"{ds_name}@{lm.spec.name}", lm.fingerprint, dataset_id, settings
+            )
             done = store.done_query_ids(con, run_id)
             finished = store.run_info(con, run_id).status == "finished"
         todo = [q for q in queries if q.id not in done]

@@ -99,8 +99,10 @@ class RunSettings:
     def summary(self) -> str:
         """One readable line of the settings that decide the numbers, for reports and the explorer."""
         p, a, q = self.prompt, self.attribution, self.qrnca
-        return (f"{p.templates} templates (seed {p.seed}); IG m={a.steps} ({a.riemann} points); cluster t={q.t} "
-                f"({q.cluster}), Z={q.z}; common u={q.u}; top-v={q.v}")
+        return (
+            f"{p.templates} templates (seed {p.seed}); IG m={a.steps} ({a.riemann} points); cluster t={q.t} "
+            f"({q.cluster}), Z={q.z}; common u={q.u}; top-v={q.v}"
+        )
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys) of all settings, used in cache keys and shard checks."""

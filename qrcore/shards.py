@@ -45,16 +45,27 @@ def default_root() -> Path:
     return cache_dir() / "runs"
 
 
-def make_manifest(lm: LoadedModel, run_name: str, ds_name: str, source: str, queries: list[Query],
-                  settings: RunSettings) -> dict:
+def make_manifest(
+    lm: LoadedModel, run_name: str, ds_name: str, source: str, queries: list[Query], settings: RunSettings
+) -> dict:
     """A run's manifest before it is stored: the rows `open_run` needs for its model, dataset and run."""
     from qrcore.model.ffn import ffn_sites
 
     sites = ffn_sites(lm.model)
-    return {"run_name": run_name, "model": lm.fingerprint, "settings": settings.to_json(),
-            "code_version": store.CODE_VERSION, "model_name": lm.spec.name, "architecture": type(lm.model).__name__,
-            "n_layers": len(sites), "n_neurons": sites[0].n_neurons, "config_json": lm.model.config.to_json_string(),
-            "dataset_name": ds_name, "dataset_source": source, "queries": [asdict(q) for q in queries]}
+    return {
+        "run_name": run_name,
+        "model": lm.fingerprint,
+        "settings": settings.to_json(),
+        "code_version": store.CODE_VERSION,
+        "model_name": lm.spec.name,
+        "architecture": type(lm.model).__name__,
+        "n_layers": len(sites),
+        "n_neurons": sites[0].n_neurons,
+        "config_json": lm.model.config.to_json_string(),
+        "dataset_name": ds_name,
+        "dataset_source": source,
+        "queries": [asdict(q) for q in queries],
+    }
 
 
 def open_run(con: duckdb.DuckDBPyConnection, manifest: dict) -> dict:
@@ -63,11 +74,13 @@ def open_run(con: duckdb.DuckDBPyConnection, manifest: dict) -> dict:
     QRNError, as for `qrn run`, when the run name is taken by another model, dataset or settings.
     """
     m = manifest
-    store.upsert_model(con, m["model"], m["model_name"], m["architecture"], m["n_layers"], m["n_neurons"],
-                       m["config_json"])
+    store.upsert_model(
+        con, m["model"], m["model_name"], m["architecture"], m["n_layers"], m["n_neurons"], m["config_json"]
+    )
     dataset_id = store.upsert_dataset(con, m["dataset_name"], m["dataset_source"], queries_of(m))
-    run_id = store.get_or_create_run(con, m["run_name"], m["model"], dataset_id, RunSettings.from_json(m["settings"]),
-                                     m["code_version"])
+    run_id = store.get_or_create_run(
+        con, m["run_name"], m["model"], dataset_id, RunSettings.from_json(m["settings"]), m["code_version"]
+    )
     return {**m, "run_id": run_id, "dataset": dataset_id}
 
 
@@ -98,14 +111,19 @@ def read_manifest(folder: Path) -> dict:
 def write_shard(folder: Path, rank: int, key: dict, attr: QueryAttribution, settings: QRNCASettings) -> Path:
     """Write one query's sparse attributions (`qrnca.sparsify`) and top activations as rank's shard, atomically."""
     sparse = qrnca.sparsify(attr, settings).rename(columns={"na": "value"}).assign(kind="sparse")
-    top = store.top_activations(attr).rename(columns={"activation": "value"}).assign(kind="top", in_cluster=False,
-                                                                                   ig=None)
+    top = (
+        store.top_activations(attr)
+        .rename(columns={"activation": "value"})
+        .assign(kind="top", in_cluster=False, ig=None)
+    )
     meta = {**key, **{k: getattr(attr, k) for k in RESULT}}
     table = pa.Table.from_pandas(pd.concat([sparse, top])[COLUMNS], preserve_index=False)
     path = Path(folder) / f"rank-{rank}" / f"{quote(attr.query_id, safe='')}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace(path, lambda tmp: pq.write_table(table.replace_schema_metadata({META: json.dumps(meta)}), tmp,
-                                              compression="zstd"))
+    _replace(
+        path,
+        lambda tmp: pq.write_table(table.replace_schema_metadata({META: json.dumps(meta)}), tmp, compression="zstd"),
+    )
     return path
 
 
@@ -122,15 +140,20 @@ def read_shards(folder: Path, manifest: dict, paths: list[Path]) -> tuple[pd.Dat
         meta = json.loads(table.schema.metadata[META])
         expected, got = [manifest[k] for k in KEY], [meta[k] for k in KEY]
         if got != expected:
-            raise QRNError(f"shard {path.relative_to(folder)} was made with {store._run_diff(expected, got)}; "
-                           "merge only shards of one run")
+            raise QRNError(
+                f"shard {path.relative_to(folder)} was made with {store._run_diff(expected, got)}; "
+                "merge only shards of one run"
+            )
         results.append({k: meta[k] for k in RESULT})
         rows.append(table.to_pandas().assign(query_id=meta["query_id"]))
     long = pd.concat(rows, ignore_index=True)
     sparse = long[long["kind"] == "sparse"].rename(columns={"value": "na"})
     top = long[long["kind"] == "top"].rename(columns={"value": "activation"})
-    return (pd.DataFrame(results), sparse[["query_id", "layer", "neuron", "na", "in_cluster", "ig"]],
-            top[["query_id", "layer", "neuron", "activation"]])
+    return (
+        pd.DataFrame(results),
+        sparse[["query_id", "layer", "neuron", "na", "in_cluster", "ig"]],
+        top[["query_id", "layer", "neuron", "activation"]],
+    )
 
 
 def merge_into(con: duckdb.DuckDBPyConnection, folder: Path) -> tuple[str, int]:

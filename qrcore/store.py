@@ -77,10 +77,11 @@ _SOUND: set[tuple[int, int, int, int]] = set()
 CREATE_META = "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)"
 SET_META = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
 SELECT_META = "SELECT key, value FROM meta"
-LIST_TABLES = ("SELECT table_name FROM information_schema.tables "
-               "WHERE table_catalog = current_database() AND table_schema = 'main'")
-BASE_TABLES = ("SELECT table_name FROM duckdb_tables() "
-               "WHERE database_name = current_database() AND schema_name = 'main'")
+LIST_TABLES = (
+    "SELECT table_name FROM information_schema.tables "
+    "WHERE table_catalog = current_database() AND table_schema = 'main'"
+)
+BASE_TABLES = "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main'"
 LAST_TABLE_BLOCK = """SELECT coalesce(max(greatest(block_id, coalesce(list_max(additional_block_ids), -1))), -1)
     FROM pragma_storage_info(?) WHERE persistent"""
 """The last file block a table's stored segments use (reads the table's storage metadata)."""
@@ -149,8 +150,19 @@ SELECT_QUERIES = """SELECT query_id, group_name, question, answer, distractors_j
 FIND_MODEL = "SELECT 1 FROM models WHERE model_id = ?"
 RUN_BY_NAME = "SELECT run_id, model_id, dataset_id, settings_json, code_version FROM runs WHERE name = ?"
 RUN_DATASET = "SELECT dataset_id FROM runs WHERE run_id = ?"
-EXPORT_TABLES = ("models", "datasets", "queries", "runs", "query_results", "attributions", "top_activations",
-                 "neuron_stats", "qr_neurons", "heatmaps", "evaluations")
+EXPORT_TABLES = (
+    "models",
+    "datasets",
+    "queries",
+    "runs",
+    "query_results",
+    "attributions",
+    "top_activations",
+    "neuron_stats",
+    "qr_neurons",
+    "heatmaps",
+    "evaluations",
+)
 _IN_RUNS = "(SELECT unnest(?::VARCHAR[]))"
 EXPORT_SELECT = {
     "models": f"SELECT * FROM models WHERE model_id IN (SELECT model_id FROM runs WHERE run_id IN {_IN_RUNS})",
@@ -159,7 +171,8 @@ EXPORT_SELECT = {
     **{t: f"SELECT * FROM {t} WHERE run_id IN {_IN_RUNS}" for t in EXPORT_TABLES[3:]},
 }
 IMPORT_TABLE = {t: f"INSERT OR IGNORE INTO {t} BY NAME SELECT * FROM read_parquet(?)" for t in EXPORT_TABLES[:4]} | {
-    t: f"INSERT INTO {t} BY NAME SELECT * FROM read_parquet(?)" for t in EXPORT_TABLES[4:]}
+    t: f"INSERT INTO {t} BY NAME SELECT * FROM read_parquet(?)" for t in EXPORT_TABLES[4:]
+}
 """By column name, so exports of older schema versions (fewer columns) load too."""
 COUNT_RUNS = f"SELECT count(*) FROM runs WHERE run_id IN {_IN_RUNS}"
 RUN_NAME_BY_ID = "SELECT name FROM runs WHERE run_id = ?"
@@ -170,8 +183,10 @@ RUN_PROGRESS = """SELECT (SELECT count(*) FROM query_results r WHERE r.run_id = 
         (SELECT count(*) FROM queries q WHERE q.dataset_id = u.dataset_id) FROM runs u WHERE u.run_id = ?"""
 ALL_RUN_NAMES = "SELECT name FROM runs ORDER BY name"
 DONE_QUERIES = "SELECT query_id FROM query_results WHERE run_id = ?"
-DELETE_QUERY_ROWS = [f"DELETE FROM {table} WHERE run_id = ? AND query_id IN (SELECT query_id FROM {FRAME})"
-                     for table in ("query_results", "attributions", "top_activations")]
+DELETE_QUERY_ROWS = [
+    f"DELETE FROM {table} WHERE run_id = ? AND query_id IN (SELECT query_id FROM {FRAME})"
+    for table in ("query_results", "attributions", "top_activations")
+]
 INSERT_ATTRIBUTIONS = f"INSERT INTO attributions SELECT ?, query_id, layer, neuron, na, in_cluster, ig FROM {FRAME}"
 INSERT_TOP = f"INSERT INTO top_activations SELECT ?, query_id, layer, neuron, activation FROM {FRAME}"
 INSERT_RESULTS = f"INSERT INTO query_results SELECT ?, query_id, correct_prob, accuracy, seconds FROM {FRAME}"
@@ -198,7 +213,9 @@ HEATMAP_GROUPS = "SELECT DISTINCT group_name FROM heatmaps WHERE run_id = ? ORDE
 SELECT_QR = "SELECT query_id, rank, layer, neuron, score FROM qr_neurons WHERE run_id = ? AND method = ? ORDER BY query_id, rank"
 SELECT_QR_QUERY = "SELECT query_id, rank, layer, neuron, score FROM qr_neurons WHERE run_id = ? AND method = ? AND query_id = ? ORDER BY rank"
 SELECT_COMMON = "SELECT layer, neuron, n_clusters FROM neuron_stats WHERE run_id = ? AND is_common"
-QUERY_ATTRIBUTIONS = "SELECT query_id, layer, neuron, na, in_cluster, ig FROM attributions WHERE run_id = ? AND query_id = ?"
+QUERY_ATTRIBUTIONS = (
+    "SELECT query_id, layer, neuron, na, in_cluster, ig FROM attributions WHERE run_id = ? AND query_id = ?"
+)
 QUERY_STATS = """SELECT s.layer, s.neuron, s.n_clusters, s.ica, s.is_common FROM neuron_stats s
     JOIN attributions a ON a.run_id = s.run_id AND a.layer = s.layer AND a.neuron = s.neuron
     WHERE a.run_id = ? AND a.query_id = ?"""
@@ -214,7 +231,9 @@ COUNT_NO_IG = "SELECT count(*) FILTER (WHERE ig IS NULL), count(*) FROM attribut
 RUN_COUNTS = "SELECT layer, neuron, n_clusters FROM neuron_stats WHERE run_id = ?"
 RUN_MODEL = "SELECT m.model_id, m.name FROM runs u JOIN models m ON m.model_id = u.model_id WHERE u.run_id = ?"
 NEURON_ROWS = "SELECT query_id, na, in_cluster FROM attributions WHERE run_id = ? AND layer = ? AND neuron = ?"
-NEURON_QR = """SELECT query_id, rank FROM qr_neurons WHERE run_id = ? AND method = 'qrnca' AND layer = ? AND neuron = ?"""
+NEURON_QR = (
+    """SELECT query_id, rank FROM qr_neurons WHERE run_id = ? AND method = 'qrnca' AND layer = ? AND neuron = ?"""
+)
 NEURON_TOP = "SELECT query_id, activation FROM top_activations WHERE run_id = ? AND layer = ? AND neuron = ?"
 
 
@@ -242,8 +261,9 @@ def default_db() -> str:
     return os.environ.get(DB_ENV) or DEFAULT_DB
 
 
-def connect(path: str | os.PathLike | None = None, read_only: bool = False, *,
-            wait: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: str | os.PathLike | None = None, read_only: bool = False, *, wait: float = LOCK_WAIT_S
+) -> duckdb.DuckDBPyConnection:
     """Open the store at `path` (default `default_db()`), creating or upgrading it; refuse foreign, newer or damaged
     files untouched.
 
@@ -293,8 +313,9 @@ def writer_lock(path: str | os.PathLike | None = None) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            raise QRNError(f"{db} is being written by another qrn run (pid {holder}); "
-                           "wait for it to finish or use another --db") from None
+            raise QRNError(
+                f"{db} is being written by another qrn run (pid {holder}); wait for it to finish or use another --db"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         try:
@@ -306,8 +327,15 @@ def writer_lock(path: str | os.PathLike | None = None) -> Iterator[None]:
         os.close(fd)
 
 
-def upsert_model(con: duckdb.DuckDBPyConnection, model_id: str, name: str, architecture: str, n_layers: int,
-                 n_neurons: int, config_json: str) -> str:
+def upsert_model(
+    con: duckdb.DuckDBPyConnection,
+    model_id: str,
+    name: str,
+    architecture: str,
+    n_layers: int,
+    n_neurons: int,
+    config_json: str,
+) -> str:
     """Record a model under its fingerprint `model_id` (config + weights) once; later calls are no-ops."""
     con.execute(INSERT_MODEL, [model_id, name, architecture, n_layers, n_neurons, config_json])
     return model_id
@@ -324,21 +352,29 @@ def upsert_dataset(con: duckdb.DuckDBPyConnection, name: str, source: str, queri
     if stored is not None:
         if stored[0] == dataset_id:
             return dataset_id
-        raise QRNError(f"dataset {name!r} is already stored with other queries ({stored[1]} stored, {len(records)} "
-                       f"given); import the new queries under another name, e.g. {name + '-2'!r}")
+        raise QRNError(
+            f"dataset {name!r} is already stored with other queries ({stored[1]} stored, {len(records)} "
+            f"given); import the new queries under another name, e.g. {name + '-2'!r}"
+        )
     ids = pd.Series([r["id"] for r in records])
     if ids.duplicated().any():
-        raise QRNError(f"dataset {name!r}: query id {ids[ids.duplicated()].iloc[0]!r} appears twice; "
-                       "give every query its own id")
-    frame = pd.DataFrame({
-        "query_id": ids, "position": np.arange(len(records)), "group_name": [r["group"] for r in records],
-        "question": [r["question"] for r in records], "answer": [r["answer"] for r in records],
-        "distractors_json": [json.dumps(r["distractors"], ensure_ascii=False) for r in records],
-        "relation": [r["relation"] for r in records],
-        "prompts_json": [json.dumps(r["prompts"], ensure_ascii=False) for r in records],
-        "labels_json": [json.dumps(r["labels"], ensure_ascii=False) for r in records],
-        "meta_json": [json.dumps(q.meta, ensure_ascii=False, sort_keys=True) for q in queries],
-    })
+        raise QRNError(
+            f"dataset {name!r}: query id {ids[ids.duplicated()].iloc[0]!r} appears twice; give every query its own id"
+        )
+    frame = pd.DataFrame(
+        {
+            "query_id": ids,
+            "position": np.arange(len(records)),
+            "group_name": [r["group"] for r in records],
+            "question": [r["question"] for r in records],
+            "answer": [r["answer"] for r in records],
+            "distractors_json": [json.dumps(r["distractors"], ensure_ascii=False) for r in records],
+            "relation": [r["relation"] for r in records],
+            "prompts_json": [json.dumps(r["prompts"], ensure_ascii=False) for r in records],
+            "labels_json": [json.dumps(r["labels"], ensure_ascii=False) for r in records],
+            "meta_json": [json.dumps(q.meta, ensure_ascii=False, sort_keys=True) for q in queries],
+        }
+    )
     with _transaction(con):
         con.execute(INSERT_DATASET, [dataset_id, name, source])
         _execute_with(con, INSERT_QUERIES, frame, dataset_id)
@@ -351,13 +387,30 @@ def load_queries(con: duckdb.DuckDBPyConnection, dataset: str) -> list[Query]:
     if found is None:
         raise QRNError(f"no dataset {dataset!r} in this store; import it first")
     rows = con.execute(SELECT_QUERIES, [found[0]]).fetchall()
-    return [Query(id=qid, group=group, question=question, answer=answer, distractors=tuple(json.loads(d)),
-                  relation=relation, prompts=tuple(json.loads(p)), labels=tuple(json.loads(lab)), meta=json.loads(m))
-            for qid, group, question, answer, d, relation, p, lab, m in rows]
+    return [
+        Query(
+            id=qid,
+            group=group,
+            question=question,
+            answer=answer,
+            distractors=tuple(json.loads(d)),
+            relation=relation,
+            prompts=tuple(json.loads(p)),
+            labels=tuple(json.loads(lab)),
+            meta=json.loads(m),
+        )
+        for qid, group, question, answer, d, relation, p, lab, m in rows
+    ]
 
 
-def get_or_create_run(con: duckdb.DuckDBPyConnection, name: str, model_id: str, dataset_id: str,
-                      settings: RunSettings, code_version: str = CODE_VERSION) -> str:
+def get_or_create_run(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    model_id: str,
+    dataset_id: str,
+    settings: RunSettings,
+    code_version: str = CODE_VERSION,
+) -> str:
     """The id of run `name`, created if new; the same name with another model, dataset, settings or code raises QRNError."""
     settings_json = settings.to_json()
     run_id = _digest(model_id, dataset_id, settings_json, code_version)
@@ -366,14 +419,19 @@ def get_or_create_run(con: duckdb.DuckDBPyConnection, name: str, model_id: str, 
         if stored[0] == run_id:
             return run_id
         diff = _run_diff(stored[1:], (model_id, dataset_id, settings_json, code_version))
-        raise QRNError(f"run {name!r} already exists and differs in {diff}; "
-                       "choose another run name to compute a new run")
+        raise QRNError(
+            f"run {name!r} already exists and differs in {diff}; choose another run name to compute a new run"
+        )
     twin = con.execute(RUN_NAME_BY_ID, [run_id]).fetchone()
     if twin is not None:
-        raise QRNError(f"run {twin[0]!r} already has this model, dataset, settings and code version; "
-                       f"use the name {twin[0]!r} to resume or view it")
-    if con.execute(FIND_MODEL, [model_id]).fetchone() is None or con.execute(
-            FIND_DATASET, [dataset_id, dataset_id]).fetchone() is None:
+        raise QRNError(
+            f"run {twin[0]!r} already has this model, dataset, settings and code version; "
+            f"use the name {twin[0]!r} to resume or view it"
+        )
+    if (
+        con.execute(FIND_MODEL, [model_id]).fetchone() is None
+        or con.execute(FIND_DATASET, [dataset_id, dataset_id]).fetchone() is None
+    ):
         raise ValueError(f"store the model {model_id!r} and dataset {dataset_id!r} before creating a run on them")
     con.execute(INSERT_RUN, [run_id, name, model_id, dataset_id, settings_json, code_version])
     return run_id
@@ -386,8 +444,14 @@ def done_query_ids(con: duckdb.DuckDBPyConnection, run_id: str) -> set[str]:
 
 def write_query(con: duckdb.DuckDBPyConnection, run_id: str, attr: QueryAttribution, settings: QRNCASettings) -> None:
     """Store one query's result, sparse attributions (`qrnca.sparsify` with the run's settings) and top activations."""
-    results = pd.DataFrame({"query_id": [attr.query_id], "correct_prob": [attr.correct_prob],
-                            "accuracy": [attr.accuracy], "seconds": [attr.seconds]})
+    results = pd.DataFrame(
+        {
+            "query_id": [attr.query_id],
+            "correct_prob": [attr.correct_prob],
+            "accuracy": [attr.accuracy],
+            "seconds": [attr.seconds],
+        }
+    )
     write_rows(con, run_id, results, qrnca.sparsify(attr, settings), top_activations(attr))
 
 
@@ -396,13 +460,19 @@ def top_activations(attr: QueryAttribution, k: int = TOP_ACTIVATIONS) -> pd.Data
     flat = attr.activation.ravel()  # (layers * neurons,)
     k = min(k, flat.size)
     top = np.argpartition(-flat, k - 1)[:k]  # (k,) flat indices, unordered
-    return pd.DataFrame({"query_id": attr.query_id, "layer": (top // attr.activation.shape[1]).astype(np.int16),
-                         "neuron": (top % attr.activation.shape[1]).astype(np.int32),
-                         "activation": flat[top].astype(np.float32)})
+    return pd.DataFrame(
+        {
+            "query_id": attr.query_id,
+            "layer": (top // attr.activation.shape[1]).astype(np.int16),
+            "neuron": (top % attr.activation.shape[1]).astype(np.int32),
+            "activation": flat[top].astype(np.float32),
+        }
+    )
 
 
-def write_rows(con: duckdb.DuckDBPyConnection, run_id: str, results: pd.DataFrame, sparse: pd.DataFrame,
-               top: pd.DataFrame) -> None:
+def write_rows(
+    con: duckdb.DuckDBPyConnection, run_id: str, results: pd.DataFrame, sparse: pd.DataFrame, top: pd.DataFrame
+) -> None:
     """Replace the rows of the queries in `results` in one transaction: all of them are stored, or none.
 
     `results` (query_id, correct_prob, accuracy, seconds), `sparse` (`qrnca.sparsify` rows) and `top`
@@ -430,9 +500,15 @@ def finalize_run(con: duckdb.DuckDBPyConnection, run_id: str, seed: int = 0) -> 
     top = con.execute(SELECT_TOP, [info.run_id]).df()
     stats = qrnca.neuron_stats(sparse, len(groups), s.u)
     heat = analysis.heatmap_sums(qrnca.naica(sparse, stats), groups)
-    qr = pd.concat([qrnca.qr_neurons(sparse, groups, s, method, activations=top,
-                                     shape=(info.n_layers, info.n_neurons), seed=seed).assign(method=method)
-                    for method in qrnca.METHODS], ignore_index=True)
+    qr = pd.concat(
+        [
+            qrnca.qr_neurons(
+                sparse, groups, s, method, activations=top, shape=(info.n_layers, info.n_neurons), seed=seed
+            ).assign(method=method)
+            for method in qrnca.METHODS
+        ],
+        ignore_index=True,
+    )
     with _transaction(con):
         for sql in DELETE_DERIVED:
             con.execute(sql, [info.run_id])
@@ -442,8 +518,9 @@ def finalize_run(con: duckdb.DuckDBPyConnection, run_id: str, seed: int = 0) -> 
         con.execute(MARK_FINISHED, [len(groups), info.run_id])
 
 
-def write_evaluations(con: duckdb.DuckDBPyConnection, run_id: str, method: str, evaluation: str,
-                      rows: pd.DataFrame) -> None:
+def write_evaluations(
+    con: duckdb.DuckDBPyConnection, run_id: str, method: str, evaluation: str, rows: pd.DataFrame
+) -> None:
     """Replace one evaluation's numbers (rows: group_name, metric, value), e.g. evaluation 'suppress', metric 'pcr'."""
     with _transaction(con):
         con.execute(DELETE_EVALUATION, [run_id, method, evaluation])
@@ -455,11 +532,22 @@ def run_info(con: duckdb.DuckDBPyConnection, run: str) -> RunInfo:
     row = con.execute(RUN_INFO, [run, run]).fetchone()
     if row is None:
         names = [r[0] for r in con.execute(ALL_RUN_NAMES).fetchall()]
-        raise QRNError(f"no run {run!r} in this store; "
-                       + (f"stored runs: {', '.join(names)}" if names else "compute one first (qrn run)"))
+        raise QRNError(
+            f"no run {run!r} in this store; "
+            + (f"stored runs: {', '.join(names)}" if names else "compute one first (qrn run)")
+        )
     run_id, name, settings_json, status, n_clusters, n_layers, n_neurons, model_id, model_name = row
-    return RunInfo(run_id, name, RunSettings.from_json(settings_json), status, n_clusters, n_layers, n_neurons,
-                   model_id, model_name)
+    return RunInfo(
+        run_id,
+        name,
+        RunSettings.from_json(settings_json),
+        status,
+        n_clusters,
+        n_layers,
+        n_neurons,
+        model_id,
+        model_name,
+    )
 
 
 def finished_run(con: duckdb.DuckDBPyConnection, run: str) -> RunInfo:
@@ -467,16 +555,20 @@ def finished_run(con: duckdb.DuckDBPyConnection, run: str) -> RunInfo:
     info = run_info(con, run)
     if info.status != "finished":
         done, total = con.execute(RUN_PROGRESS, [info.run_id]).fetchone()
-        raise QRNError(f"run {info.name!r} is unfinished ({done} of {total} queries done); "
-                       "finish it first: the same qrn run again resumes it")
+        raise QRNError(
+            f"run {info.name!r} is unfinished ({done} of {total} queries done); "
+            "finish it first: the same qrn run again resumes it"
+        )
     return info
 
 
 def require_model(info: RunInfo, name: str, fingerprint: str) -> None:
     """QRNError naming both models unless `fingerprint` is that of the model that computed the run."""
     if fingerprint != info.model_id:
-        raise QRNError(f"run {info.name!r} was computed with model {info.model_name} ({info.model_id}), not with "
-                       f"{name} ({fingerprint}); use the run's model (qrn --model, or QRN_MODEL for the explorer)")
+        raise QRNError(
+            f"run {info.name!r} was computed with model {info.model_name} ({info.model_id}), not with "
+            f"{name} ({fingerprint}); use the run's model (qrn --model, or QRN_MODEL for the explorer)"
+        )
 
 
 def run_dataset_id(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
@@ -502,8 +594,9 @@ def has_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike) -> bool:
     return con.execute(COUNT_RUNS, [ids]).fetchone()[0] == len(ids)
 
 
-def import_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike,
-                progress: Callable[[int, int, str], None] | None = None) -> bool:
+def import_runs(
+    con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, progress: Callable[[int, int, str], None] | None = None
+) -> bool:
     """Load an `export_runs` folder in one transaction, unless its runs are already stored; True if loaded.
 
     `progress(done, total, table)` follows each table, in bytes of Parquet read (the attributions dominate).
@@ -532,7 +625,9 @@ def heatmap(con: duckdb.DuckDBPyConnection, run_id: str, group: str) -> np.ndarr
     info = _finished(con, run_id)
     rows = con.execute(SELECT_HEATMAP, [info.run_id, group]).df()
     if rows.empty and group not in heatmap_groups(con, info.run_id):
-        raise QRNError(f"run {info.name!r} has no group {group!r}; groups: {', '.join(heatmap_groups(con, info.run_id))}")
+        raise QRNError(
+            f"run {info.name!r} has no group {group!r}; groups: {', '.join(heatmap_groups(con, info.run_id))}"
+        )
     return analysis.to_dense(rows, info.n_layers, info.n_neurons)
 
 
@@ -550,14 +645,17 @@ def overlap(con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca") 
 def layer_distribution(con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca") -> pd.DataFrame:
     """Fig. 2b: per group, the share of its QR neurons in each layer (`analysis.layer_distribution`)."""
     info = _finished(con, run_id)
-    return analysis.layer_distribution(qr_neurons(con, info.run_id, method), run_groups(con, info.run_id), info.n_layers)
+    return analysis.layer_distribution(
+        qr_neurons(con, info.run_id, method), run_groups(con, info.run_id), info.n_layers
+    )
 
 
 def localisation(con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca") -> dict[str, float]:
     """How concentrated the run's QR neurons are (`analysis.localisation`)."""
     info = _finished(con, run_id)
-    return analysis.localisation(qr_neurons(con, info.run_id, method), run_groups(con, info.run_id), info.n_layers,
-                                 info.n_neurons)
+    return analysis.localisation(
+        qr_neurons(con, info.run_id, method), run_groups(con, info.run_id), info.n_layers, info.n_neurons
+    )
 
 
 def common_neurons(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
@@ -580,12 +678,14 @@ def query_neurons(con: duckdb.DuckDBPyConnection, run_id: str, query_id: str) ->
     if len(stats) < len(sparse):
         raise QRNError(f"query {query_id!r} was computed after run {info.name!r} was finalized; finalize it again")
     rows = qrnca.explain(qrnca.naica(sparse, stats), info.settings.qrnca.v)
-    return rows.drop(columns="query_id").sort_values(["naica", "layer", "neuron"], ascending=[False, True, True],
-                                                     ignore_index=True)
+    return rows.drop(columns="query_id").sort_values(
+        ["naica", "layer", "neuron"], ascending=[False, True, True], ignore_index=True
+    )
 
 
-def qr_neurons(con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca",
-               query_id: str | None = None) -> pd.DataFrame:
+def qr_neurons(
+    con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca", query_id: str | None = None
+) -> pd.DataFrame:
     """QR neurons of a finished run by `method` (query_id, rank, layer, neuron, score), of one query or all."""
     if method not in qrnca.METHODS:
         raise QRNError(f"unknown method {method!r}; choose one of {', '.join(qrnca.METHODS)}")
@@ -603,6 +703,8 @@ def evaluations(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
 def group_accuracy(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     """Per group of a run's done queries: queries, accuracy (share of templates answered right) and mean P(correct)."""
     return con.execute(GROUP_ACCURACY, [run_info(con, run_id).run_id]).df()
+
+
 def stored_rows(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[pd.DataFrame, np.ndarray | None]:
     """A run's stored rows (query_id, layer, neuron, na, in_cluster) and their (rows, templates) float32 IG.
 
@@ -640,8 +742,10 @@ def template_consistency(con: duckdb.DuckDBPyConnection, run_id: str, t: float |
     t = live.check_t(info.settings.qrnca, info.settings.qrnca.t if t is None else t)
     rows, ig = stored_rows(con, info.run_id)
     if ig is None:
-        raise QRNError(f"run {info.name!r} was stored without per-template IG (before store schema 2), so template "
-                       "consistency is not available for it; recompute the run with `qrn run` to see it.")
+        raise QRNError(
+            f"run {info.name!r} was stored without per-template IG (before store schema 2), so template "
+            "consistency is not available for it; recompute the run with `qrn run` to see it."
+        )
     out = consistency.template_consistency(rows["query_id"], ig, t)
     return out.assign(group_name=out["query_id"].map(run_groups(con, info.run_id)))
 
@@ -662,8 +766,15 @@ def neuron_card(con: duckdb.DuckDBPyConnection, run_id: str, layer: int, neuron:
     info = _finished(con, run_id)
     card.check_neuron(layer, neuron, info.n_layers, info.n_neurons)
     args = [info.run_id, layer, neuron]
-    return card.build_card(layer, neuron, con.execute(NEURON_ROWS, args).df(), con.execute(NEURON_QR, args).df(),
-                           con.execute(NEURON_TOP, args).df(), run_groups(con, info.run_id), info.settings.qrnca.u)
+    return card.build_card(
+        layer,
+        neuron,
+        con.execute(NEURON_ROWS, args).df(),
+        con.execute(NEURON_QR, args).df(),
+        con.execute(NEURON_TOP, args).df(),
+        run_groups(con, info.run_id),
+        info.settings.qrnca.u,
+    )
 
 
 def _finished(con: duckdb.DuckDBPyConnection, run_id: str) -> RunInfo:
@@ -691,8 +802,10 @@ def _open(path: Path, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection
                 raise _unreadable(path, message) from None
             if time.monotonic() >= deadline:
                 pid = re.search(r"PID (\d+)", message)
-                raise QRNError(f"{path} is in use by another process (pid {pid[1] if pid else 'unknown'}) for more "
-                               f"than {wait:g} s; try again when it is done or use another --db") from None
+                raise QRNError(
+                    f"{path} is in use by another process (pid {pid[1] if pid else 'unknown'}) for more "
+                    f"than {wait:g} s; try again when it is done or use another --db"
+                ) from None
             time.sleep(0.05)
 
 
@@ -700,8 +813,11 @@ def _unreadable(path: Path, message: str) -> QRNError:
     """The error for a file DuckDB refused to open: damaged if it is a DuckDB file, else not one or unreadable."""
     if _is_duckdb(path):
         return _damaged(path, f"DuckDB cannot open it ({message.splitlines()[0]})")
-    what = "not a DuckDB database" if "not a valid DuckDB database" in message else \
-        f"unreadable by DuckDB {duckdb.__version__}: {message.splitlines()[0]}"
+    what = (
+        "not a DuckDB database"
+        if "not a valid DuckDB database" in message
+        else f"unreadable by DuckDB {duckdb.__version__}: {message.splitlines()[0]}"
+    )
     return QRNError(f"{path} is {what}; pass another --db or move the file away")
 
 
@@ -722,23 +838,28 @@ def _check_tables(con: duckdb.DuckDBPyConnection, path: Path) -> int:
     tables = [row[0] for row in con.execute(LIST_TABLES).fetchall()]
     if "meta" not in tables:
         if tables:
-            raise QRNError(f"{path} is not a QR Neuron Explorer store (no meta table); "
-                           "pass another --db or move the file away")
+            raise QRNError(
+                f"{path} is not a QR Neuron Explorer store (no meta table); pass another --db or move the file away"
+            )
         return 0
     try:
         meta = dict(con.execute(SELECT_META).fetchall())
     except (duckdb.BinderException, duckdb.CatalogException):
         meta = {}
     if meta.get("app") != APP:
-        raise QRNError(f"{path} is not a QR Neuron Explorer store (its meta table is not ours); "
-                       "pass another --db or move the file away")
+        raise QRNError(
+            f"{path} is not a QR Neuron Explorer store (its meta table is not ours); "
+            "pass another --db or move the file away"
+        )
     _check_blocks(con, path)
     version = meta.get("schema_version", "")
     if not version.isdigit():
         raise _damaged(path, f"its schema_version is {version!r}")
     if int(version) > SCHEMA_VERSION:
-        raise QRNError(f"{path} has store schema {version}, newer than this qrn's {SCHEMA_VERSION}; "
-                       "upgrade qrn or pass another --db")
+        raise QRNError(
+            f"{path} has store schema {version}, newer than this qrn's {SCHEMA_VERSION}; "
+            "upgrade qrn or pass another --db"
+        )
     return int(version)
 
 
@@ -796,8 +917,10 @@ def _migrate(con: duckdb.DuckDBPyConnection, path: Path, version: int) -> None:
         _build(tmp, version)
         os.replace(tmp, path)
     except (duckdb.Error, OSError) as err:
-        raise QRNError(f"could not upgrade {path} from store schema {version} to {SCHEMA_VERSION} "
-                       f"({str(err).splitlines()[0]}); the file is unchanged") from None
+        raise QRNError(
+            f"could not upgrade {path} from store schema {version} to {SCHEMA_VERSION} "
+            f"({str(err).splitlines()[0]}); the file is unchanged"
+        ) from None
     finally:
         _remove_temp(tmp)
 
@@ -888,8 +1011,11 @@ def _run_diff(stored: Sequence[str], new: Sequence[str]) -> str:
             continue
         if label == "settings":
             before, after = _flat(json.loads(old)), _flat(json.loads(cur))
-            changed = [f"{k} {before.get(k)} -> {after.get(k)}" for k in sorted(before.keys() | after.keys())
-                       if before.get(k) != after.get(k)]
+            changed = [
+                f"{k} {before.get(k)} -> {after.get(k)}"
+                for k in sorted(before.keys() | after.keys())
+                if before.get(k) != after.get(k)
+            ]
             parts.append(f"settings ({', '.join(changed)})")
         else:
             parts.append(f"{label} ({old} -> {cur})")

@@ -10,8 +10,9 @@ from qrcore.model.ffn import ffn_sites
 from qrcore.model.spec import LoadedModel
 
 
-def project_neurons(lm: LoadedModel, neurons: list[tuple[int, int]], k: int = 8, batch: int = 1024,
-                    largest: bool = True) -> pd.DataFrame:
+def project_neurons(
+    lm: LoadedModel, neurons: list[tuple[int, int]], k: int = 8, batch: int = 1024, largest: bool = True
+) -> pd.DataFrame:
     """Top-k tokens of each neuron's value vector (a column of the down projection) times the unembedding.
 
     Returns columns layer, neuron, tokens (list of k decoded strings, best first), in the order given. With
@@ -23,7 +24,7 @@ def project_neurons(lm: LoadedModel, neurons: list[tuple[int, int]], k: int = 8,
     rows = []
     with torch.no_grad():
         for start in range(0, len(neurons), batch):
-            part = neurons[start:start + batch]
+            part = neurons[start : start + batch]
             values = torch.stack([sites[l].value_vectors()[n] for l, n in part])  # (batch, hidden)
             top = (values.to(unembed.dtype) @ unembed.T).topk(k, dim=-1, largest=largest).indices.cpu()  # (batch, k)
             for (l, n), ids in zip(part, top.tolist()):

@@ -7,5 +7,5 @@ if [ ! -x /usr/bin/chromium ]; then           # the browser test drives Debian's
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
-.venv/bin/ruff check .                      # lint and import order (pyproject.toml [tool.ruff])
+.venv/bin/ruff check . && .venv/bin/ruff format --check .   # lint, import order and format (pyproject.toml [tool.ruff])
 exec .venv/bin/python -m pytest -q "$@"

@@ -16,8 +16,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "explorer" / "app.py"
 CHROMIUM = Path("/usr/bin/chromium")
-PAGES = {"heatmaps": "", "overlap": "overlap", "common": "common", "lab": "lab", "methods": "methods",
-         "compare": "compare", "data": "data"}
+PAGES = {
+    "heatmaps": "",
+    "overlap": "overlap",
+    "common": "common",
+    "lab": "lab",
+    "methods": "methods",
+    "compare": "compare",
+    "data": "data",
+}
 """Screenshot name -> URL path (the default page is served at /)."""
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
 METRIC = "[data-testid=stMetricValue]"
@@ -49,9 +56,14 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> Non
 def streamlit_server(env: dict[str, str]) -> Iterator[str]:
     """`streamlit run explorer/app.py` on a free port with environment `env`; its URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
-                             "--server.headless", "true"], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port), "--server.headless", "true"],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         url = f"http://localhost:{port}"
         wait_healthy(url, proc)

@@ -53,6 +53,7 @@ def smollm2():
 
 # --- the explorer's stores (AppTest and browser tests) ---------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory, tiny) -> Path:
     """A finished tiny-llama run in a store of its own, shared by the module's tests (read-only)."""
@@ -84,6 +85,7 @@ def two(seeded_two: Path, tmp_path: Path, monkeypatch) -> Path:
 
 # --- the explorer in a real browser (slow tests) -------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_env(tmp_path_factory, seeded_two: Path) -> dict[str, str]:
     """The app's environment on a copy of the two-model store."""
@@ -95,8 +97,15 @@ def tiny_env(tmp_path_factory, seeded_two: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(tiny_env) -> Iterator[str]:
     """The app on the tiny store, or on QRN_SCREENSHOT_DB with QRN_SCREENSHOT_MODEL (the README's screenshots)."""
-    env = tiny_env if "QRN_SCREENSHOT_DB" not in os.environ else {**os.environ, "QRN_DB": os.environ["QRN_SCREENSHOT_DB"],
-                                                                  "QRN_MODEL": os.environ.get("QRN_SCREENSHOT_MODEL", MODEL)}
+    env = (
+        tiny_env
+        if "QRN_SCREENSHOT_DB" not in os.environ
+        else {
+            **os.environ,
+            "QRN_DB": os.environ["QRN_SCREENSHOT_DB"],
+            "QRN_MODEL": os.environ.get("QRN_SCREENSHOT_MODEL", MODEL),
+        }
+    )
     with streamlit_server(env) as url:
         yield url
 
@@ -116,13 +125,17 @@ def browser(server: str):
     """Headless chromium (Debian's), warmed up on the main page: Streamlit answers a first visit to another page
     with a spurious 'Page not found' (streamlit/streamlit#9992)."""
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing; install it once with `apt-get update && apt-get install -y chromium` "
-                    "(as root), then rerun.")
+        pytest.fail(
+            f"{CHROMIUM} is missing; install it once with `apt-get update && apt-get install -y chromium` "
+            "(as root), then rerun."
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         context = chromium.new_context(viewport={"width": 1400, "height": 900})
         page = context.new_page()
         open_page(page, server, "")

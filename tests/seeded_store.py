@@ -20,23 +20,54 @@ DEEP_MODEL = "tiny-gemma3"
 DEEP_RUN = "tiny-deep-run"
 DATASET = "tiny-set"
 QUERIES = [
-    Query(id="sci-1", group="science", question="What gas do plants absorb?", answer="Carbon dioxide",
-          distractors=("Oxygen", "Nitrogen", "Helium")),
-    Query(id="sci-2", group="science", question="What is the boiling point of water at sea level?", answer="100 C",
-          distractors=("50 C", "80 C", "120 C")),
-    Query(id="sci-3", group="science", question="Which planet is closest to the Sun?", answer="Mercury",
-          distractors=("Venus", "Earth", "Mars")),
-    Query(id="geo-1", group="geography", question="What is the capital of France?", answer="Paris",
-          distractors=("London", "Berlin", "Madrid")),
-    Query(id="geo-2", group="geography", question="Which river flows through Cairo?", answer="Nile",
-          distractors=("Amazon", "Danube", "Thames")),
-    Query(id="geo-3", group="geography", question="What is the largest ocean?", answer="Pacific",
-          distractors=("Atlantic", "Indian", "Arctic")),
+    Query(
+        id="sci-1",
+        group="science",
+        question="What gas do plants absorb?",
+        answer="Carbon dioxide",
+        distractors=("Oxygen", "Nitrogen", "Helium"),
+    ),
+    Query(
+        id="sci-2",
+        group="science",
+        question="What is the boiling point of water at sea level?",
+        answer="100 C",
+        distractors=("50 C", "80 C", "120 C"),
+    ),
+    Query(
+        id="sci-3",
+        group="science",
+        question="Which planet is closest to the Sun?",
+        answer="Mercury",
+        distractors=("Venus", "Earth", "Mars"),
+    ),
+    Query(
+        id="geo-1",
+        group="geography",
+        question="What is the capital of France?",
+        answer="Paris",
+        distractors=("London", "Berlin", "Madrid"),
+    ),
+    Query(
+        id="geo-2",
+        group="geography",
+        question="Which river flows through Cairo?",
+        answer="Nile",
+        distractors=("Amazon", "Danube", "Thames"),
+    ),
+    Query(
+        id="geo-3",
+        group="geography",
+        question="What is the largest ocean?",
+        answer="Pacific",
+        distractors=("Atlantic", "Indian", "Arctic"),
+    ),
 ]
 
 
-def synthetic_attribution(query: Query, shape: tuple[int, int], rng: np.random.Generator,
-                          templates: int = 3) -> QueryAttribution:
+def synthetic_attribution(
+    query: Query, shape: tuple[int, int], rng: np.random.Generator, templates: int = 3
+) -> QueryAttribution:
     """Templates' IG: a few strong neurons shared within the query's group, a couple shared by all, one neuron of each
     template's own, and noise, so the templates agree only in part."""
     base = rng.normal(0.0, 0.05, shape)  # (layers, neurons)
@@ -49,12 +80,20 @@ def synthetic_attribution(query: Query, shape: tuple[int, int], rng: np.random.G
     for p in range(templates):
         ig[p, rng.integers(0, shape[0]), rng.integers(60, shape[1])] += rng.uniform(0.5, 0.9)
     ig /= np.abs(ig).max()
-    return QueryAttribution(query.id, ig.astype(np.float32), rng.uniform(0.0, 2.0, shape).astype(np.float32), 0.3,
-                            1.0, 0.1)
+    return QueryAttribution(
+        query.id, ig.astype(np.float32), rng.uniform(0.0, 2.0, shape).astype(np.float32), 0.3, 1.0, 0.1
+    )
 
 
-def write_run(con, name: str, model_id: str, dataset_id: str, attributions: list[QueryAttribution],
-              settings: RunSettings = RunSettings(), finish: bool = True) -> str:
+def write_run(
+    con,
+    name: str,
+    model_id: str,
+    dataset_id: str,
+    attributions: list[QueryAttribution],
+    settings: RunSettings = RunSettings(),
+    finish: bool = True,
+) -> str:
     """A run of the given attributions under `settings` (stored model and dataset), finished unless `finish` is
     False (as a killed run leaves it); returns its id."""
     run_id = store.get_or_create_run(con, name, model_id, dataset_id, settings)
@@ -65,8 +104,15 @@ def write_run(con, name: str, model_id: str, dataset_id: str, attributions: list
     return run_id
 
 
-def seed_store(path: Path, lm: LoadedModel, queries: list[Query] = QUERIES, run: str = RUN, dataset: str = DATASET,
-               done: int | None = None, model: str | None = None) -> str:
+def seed_store(
+    path: Path,
+    lm: LoadedModel,
+    queries: list[Query] = QUERIES,
+    run: str = RUN,
+    dataset: str = DATASET,
+    done: int | None = None,
+    model: str | None = None,
+) -> str:
     """A finished run of `lm` (stored under its own name, or `model`) on `queries` with evaluations, written through
     qrcore.store; returns the run id.
 
@@ -76,8 +122,9 @@ def seed_store(path: Path, lm: LoadedModel, queries: list[Query] = QUERIES, run:
     config = lm.model.config
     shape = (config.num_hidden_layers, config.intermediate_size)
     with store.connect(path) as con:
-        model_id = store.upsert_model(con, lm.fingerprint, model or lm.spec.name, config.model_type, *shape,
-                                      config.to_json_string())
+        model_id = store.upsert_model(
+            con, lm.fingerprint, model or lm.spec.name, config.model_type, *shape, config.to_json_string()
+        )
         dataset_id = store.upsert_dataset(con, dataset, "test", queries)
         attributions = [synthetic_attribution(q, shape, rng) for q in queries[:done]]
         run_id = write_run(con, run, model_id, dataset_id, attributions, finish=done is None)
@@ -94,14 +141,20 @@ def synthetic_evaluations(rng: np.random.Generator, groups: list[str]) -> dict[s
     """One method's numbers in the shape `qrcore.evaluate` stores: PCR and changes, flip rates, prediction."""
     out = {}
     for evaluation in ("boost", "suppress"):
-        rows = [(g, m, rng.uniform(1.0, 5.0)) for g in [*groups, "all"]
-                for m in ("pcr", "related_change", "unrelated_change")]
+        rows = [
+            (g, m, rng.uniform(1.0, 5.0))
+            for g in [*groups, "all"]
+            for m in ("pcr", "related_change", "unrelated_change")
+        ]
         rows += [("all", m, rng.uniform(0.0, 0.5)) for m in ("correct_to_incorrect", "incorrect_to_correct")]
         out[evaluation] = pd.DataFrame(rows, columns=["group_name", "metric", "value"])
     out["answer_prediction"] = pd.DataFrame(
         [(g, m, rng.uniform(0.25, 1)) for g in groups for m in ("accuracy", "prompt_accuracy", "chance")],
-        columns=["group_name", "metric", "value"])
-    out["group_prediction"] = pd.DataFrame({"group_name": ["all"], "metric": ["accuracy"], "value": [rng.uniform(0.3, 1)]})
+        columns=["group_name", "metric", "value"],
+    )
+    out["group_prediction"] = pd.DataFrame(
+        {"group_name": ["all"], "metric": ["accuracy"], "value": [rng.uniform(0.3, 1)]}
+    )
     return out
 
 
@@ -113,13 +166,18 @@ def row_counts(path: Path) -> dict[str, int]:
 
 
 URL = "http://127.0.0.1:9"
-HOSTILE = (f'![x]({URL}/x.png) [c]({URL}/c) <a href="{URL}/a">a</a> <img src="{URL}/i.png"> '
-           "www.example.com me@example.com")
+HOSTILE = (
+    f'![x]({URL}/x.png) [c]({URL}/c) <a href="{URL}/a">a</a> <img src="{URL}/i.png"> www.example.com me@example.com'
+)
 """Markdown image and link syntax, HTML tags and addresses GitHub Markdown links by itself."""
 
 
 def hostile(query: Query) -> Query:
     """`query` with HOSTILE in its id, group, question and answer, and an HTML link around every distractor."""
-    return Query(id=f"{query.id} {HOSTILE}", group=f"{query.group} {HOSTILE}", question=f"{query.question} {HOSTILE}",
-                 answer=f"{query.answer} {HOSTILE}",
-                 distractors=tuple(f'<a href="{URL}/{i}">{d}</a>' for i, d in enumerate(query.distractors)))
+    return Query(
+        id=f"{query.id} {HOSTILE}",
+        group=f"{query.group} {HOSTILE}",
+        question=f"{query.question} {HOSTILE}",
+        answer=f"{query.answer} {HOSTILE}",
+        distractors=tuple(f'<a href="{URL}/{i}">{d}</a>' for i, d in enumerate(query.distractors)),
+    )

@@ -18,8 +18,15 @@ def naica_rows() -> pd.DataFrame:
 
 
 def qr_table(rows: list[tuple[str, int, int]]) -> pd.DataFrame:
-    return pd.DataFrame({"query_id": [r[0] for r in rows], "rank": 1, "layer": [r[1] for r in rows],
-                         "neuron": [r[2] for r in rows], "score": 1.0})
+    return pd.DataFrame(
+        {
+            "query_id": [r[0] for r in rows],
+            "rank": 1,
+            "layer": [r[1] for r in rows],
+            "neuron": [r[2] for r in rows],
+            "score": 1.0,
+        }
+    )
 
 
 def test_group_heatmap_sums_cluster_naica_of_the_groups_queries():
@@ -87,9 +94,11 @@ def test_flip_rates_nan_without_queries_in_a_starting_state():
 def test_qr_counts_average_qr_neurons_per_query_including_queries_with_none():
     qr = qr_table([("q1", 0, 1), ("q1", 1, 2), ("q2", 0, 1), ("q3", 0, 0)])
     table = analysis.qr_counts(qr, {"q1": "g1", "q2": "g1", "q3": "g2", "q4": "g2"})
-    assert table.to_dict("records") == [{"group_name": "g1", "queries": 2, "mean_qr_neurons": 1.5},
-                                        {"group_name": "g2", "queries": 2, "mean_qr_neurons": 0.5},
-                                        {"group_name": "all", "queries": 4, "mean_qr_neurons": 1.0}]
+    assert table.to_dict("records") == [
+        {"group_name": "g1", "queries": 2, "mean_qr_neurons": 1.5},
+        {"group_name": "g2", "queries": 2, "mean_qr_neurons": 0.5},
+        {"group_name": "all", "queries": 4, "mean_qr_neurons": 1.0},
+    ]
 
 
 def test_answer_prediction_picks_the_option_under_which_the_domain_neurons_are_most_active():
@@ -115,5 +124,7 @@ def test_group_prediction_picks_group_with_highest_mean_activation():
 def test_group_neuron_sets_are_distinct_per_group():
     qr = qr_table([("q1", 0, 1), ("q2", 0, 1), ("q3", 0, 1)])
     sets = analysis.group_neuron_sets(qr, GROUPS)
-    assert sets.to_dict("records") == [{"layer": 0, "neuron": 1, "group_name": "g1"},
-                                       {"layer": 0, "neuron": 1, "group_name": "g2"}]
+    assert sets.to_dict("records") == [
+        {"layer": 0, "neuron": 1, "group_name": "g1"},
+        {"layer": 0, "neuron": 1, "group_name": "g2"},
+    ]

@@ -88,8 +88,9 @@ def test_model_picker_is_in_the_link_and_the_run_picker_follows(browser, tiny_se
     open_page(page, tiny_server, "")
     page.get_by_role("combobox", name="Model").click()
     page.get_by_role("option", name=f"{DEEP_MODEL} · 1 run(s)").click()
-    page.wait_for_function(f"() => new URLSearchParams(location.search).get('model') === '{DEEP_MODEL}'",
-                           timeout=60_000)
+    page.wait_for_function(
+        f"() => new URLSearchParams(location.search).get('model') === '{DEEP_MODEL}'", timeout=60_000
+    )
     settle(page)
     assert f"run={DEEP_RUN}" in page.url
     open_page(page, tiny_server, f"compare?model={DEEP_MODEL}")
@@ -104,7 +105,7 @@ def test_per_neuron_slider_and_edit_file(browser, server, tmp_path):
     page.get_by_text("One multiplier per neuron").click()
     before = page.locator(METRIC).nth(1).inner_text()
     first = page.locator("[class*=st-key-each-]").first
-    key = next(c for c in first.get_attribute("class").split() if c.startswith("st-key-each-"))[len("st-key-"):]
+    key = next(c for c in first.get_attribute("class").split() if c.startswith("st-key-each-"))[len("st-key-") :]
     slide(page, key, "0.00", "ArrowLeft")
     layer, neuron = key.split("-")[1:]
     wait_param(page, "each", f"{layer}:{neuron}*0")

@@ -15,20 +15,36 @@ from qrcore.queries import make_query
 OPTS = ["--option", "Paris", "--option", "Rome"]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--question", "  ", *OPTS, "--answer", "Paris"], "the question is empty; write a question."),
-    (["--question", "Capital?", *OPTS, "--answer", "Oslo"],
-     "the answer 'Oslo' is not among the options ['Paris', 'Rome']; pass it as one of the options."),
-    (["--question", "Capital?", "--option", "Paris", "--answer", "Paris"], "1 option(s) given; give at least 2 options."),
-    (["--question", "Capital?", *[a for i in range(27) for a in ("--option", f"o{i}")], "--answer", "o1"],
-     "27 options given, more than the 26 letters A-Z; give at most 26."),
-    (["--question", "Capital?", *OPTS, "--option", "paris", "--answer", "Paris"],
-     "option 'Paris' appears twice; options must be distinct."),
-    (["--question", "Capital?", *OPTS, "--answer", "Paris", "--model", "./no/such/model"],
-     "model path ./no/such/model does not exist; check the path."),
-    (["--question", "Capital?", *OPTS, "--answer", "Paris", "--model", "missing.gguf"],
-     "GGUF file missing.gguf does not exist; check the path."),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--question", "  ", *OPTS, "--answer", "Paris"], "the question is empty; write a question."),
+        (
+            ["--question", "Capital?", *OPTS, "--answer", "Oslo"],
+            "the answer 'Oslo' is not among the options ['Paris', 'Rome']; pass it as one of the options.",
+        ),
+        (
+            ["--question", "Capital?", "--option", "Paris", "--answer", "Paris"],
+            "1 option(s) given; give at least 2 options.",
+        ),
+        (
+            ["--question", "Capital?", *[a for i in range(27) for a in ("--option", f"o{i}")], "--answer", "o1"],
+            "27 options given, more than the 26 letters A-Z; give at most 26.",
+        ),
+        (
+            ["--question", "Capital?", *OPTS, "--option", "paris", "--answer", "Paris"],
+            "option 'Paris' appears twice; options must be distinct.",
+        ),
+        (
+            ["--question", "Capital?", *OPTS, "--answer", "Paris", "--model", "./no/such/model"],
+            "model path ./no/such/model does not exist; check the path.",
+        ),
+        (
+            ["--question", "Capital?", *OPTS, "--answer", "Paris", "--model", "missing.gguf"],
+            "GGUF file missing.gguf does not exist; check the path.",
+        ),
+    ],
+)
 def test_attribute_bad_input_prints_one_line_and_exits_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["attribute", *argv]) == 2
@@ -50,8 +66,11 @@ def test_unsupported_architecture_names_the_class_and_what_was_looked_for():
             super().__init__()
             self.layers = torch.nn.ModuleList([Block(), Block()])
 
-    with pytest.raises(QRNError, match=r"^Odd: decoder layer 0 has no FFN submodule named one of \('mlp', 'feed_forward', 'ffn'\); "
-                                       r"this architecture is not supported\.$"):
+    with pytest.raises(
+        QRNError,
+        match=r"^Odd: decoder layer 0 has no FFN submodule named one of \('mlp', 'feed_forward', 'ffn'\); "
+        r"this architecture is not supported\.$",
+    ):
         ffn_sites(Odd())
 
 

@@ -22,7 +22,12 @@ RELATIONS = {"birth_place", "employer", "instrument", "headquarters_location", "
 MIN_PER_GROUP = 50
 
 ALLOWED_SCRIPTS = {
-    "ar": {"arabic"}, "en": {"latin"}, "fr": {"latin"}, "ru": {"cyrillic"}, "zh": {"han"}, "ja": {"han", "kana"},
+    "ar": {"arabic"},
+    "en": {"latin"},
+    "fr": {"latin"},
+    "ru": {"cyrillic"},
+    "zh": {"han"},
+    "ja": {"han", "kana"},
 }
 """The scripts whose letters may appear in each language's questions and answers (digits and punctuation are free)."""
 
@@ -62,6 +67,7 @@ def script_problems(q: Query) -> list[str]:
 
 def answer_leaks(question: str, answer: str) -> bool:
     """Whether `answer` appears verbatim in `question`: as a whole word, except in Chinese/Japanese (no spaces)."""
+
     def word_edge(ch: str) -> bool:
         """Whether `ch` is a letter or digit of a script that separates words with spaces."""
         return ch.isalnum() and not letter_scripts(ch) & {"han", "kana"}
@@ -98,7 +104,9 @@ def structure_problems(queries: list[Query], expected_groups: list[str]) -> list
     if sorted(groups(queries)) != sorted(expected_groups):
         problems.append(f"groups {groups(queries)}, want {expected_groups}")
     counts = dataset_stats(queries).set_index("group")["n_queries"]
-    problems += [f"group {g!r} has {n} queries, want >= {MIN_PER_GROUP}" for g, n in counts.items() if n < MIN_PER_GROUP]
+    problems += [
+        f"group {g!r} has {n} queries, want >= {MIN_PER_GROUP}" for g, n in counts.items() if n < MIN_PER_GROUP
+    ]
     return problems
 
 
@@ -162,7 +170,9 @@ def test_builtin_names_and_unknown_name() -> None:
 def test_raw_file_is_one_object_per_line_without_escapes(name: str) -> None:
     """The files are plain JSONL with exactly the documented fields, readable as UTF-8 (no \\u escapes)."""
     text = (resources.files("qrcore") / "data" / f"{name}.jsonl").read_text(encoding="utf-8")
-    keys = {"id", "group", "question", "answer", "distractors"} | ({"relation", "fact"} if name == "language" else set())
+    keys = {"id", "group", "question", "answer", "distractors"} | (
+        {"relation", "fact"} if name == "language" else set()
+    )
     lines = text.splitlines()
     assert text.endswith("\n") and all(lines)
     for line in lines:
@@ -212,36 +222,44 @@ def test_stats(domain: list[Query]) -> None:
 
 # The checks above must fail on a wrong line: feed each one broken records.
 
+
 def _q(language: list[Query], id: str) -> Query:
     """The built-in language query `id`."""
     return next(q for q in language if q.id == id)
 
 
-@pytest.mark.parametrize(("id", "field", "value", "expected"), [
-    ("birth_place-001-ru", "answer", "Salzburg", "uses ['latin']"),
-    ("birth_place-001-ar", "question", "أين وُلد Mozart؟", "uses ['latin']"),
-    ("birth_place-001-zh", "answer", "ザルツブルク", "uses ['kana']"),
-    ("birth_place-001-ja", "question", "莫扎特出生在哪里？", "has no hiragana or katakana"),
-    ("birth_place-001-en", "answer", "Зальцбург", "uses ['cyrillic']"),
-    ("birth_place-001-fr", "distractors", ("Vienne", "Berlin", "Прага"), "uses ['cyrillic']"),
-    ("birth_place-001-ar", "answer", "123", "has no letters"),
-])
-def test_script_check_reports_wrong_script(language: list[Query], id: str, field: str, value: object,
-                                           expected: str) -> None:
+@pytest.mark.parametrize(
+    ("id", "field", "value", "expected"),
+    [
+        ("birth_place-001-ru", "answer", "Salzburg", "uses ['latin']"),
+        ("birth_place-001-ar", "question", "أين وُلد Mozart؟", "uses ['latin']"),
+        ("birth_place-001-zh", "answer", "ザルツブルク", "uses ['kana']"),
+        ("birth_place-001-ja", "question", "莫扎特出生在哪里？", "has no hiragana or katakana"),
+        ("birth_place-001-en", "answer", "Зальцбург", "uses ['cyrillic']"),
+        ("birth_place-001-fr", "distractors", ("Vienne", "Berlin", "Прага"), "uses ['cyrillic']"),
+        ("birth_place-001-ar", "answer", "123", "has no letters"),
+    ],
+)
+def test_script_check_reports_wrong_script(
+    language: list[Query], id: str, field: str, value: object, expected: str
+) -> None:
     """The script check catches a line written in the wrong script."""
     assert script_problems(_q(language, id)) == []
     broken = dataclasses.replace(_q(language, id), **{field: value})
     assert any(expected in p for p in script_problems(broken)), script_problems(broken)
 
 
-@pytest.mark.parametrize(("field", "value", "expected"), [
-    ("distractors", ("Oxygen", "Nitrogen"), "3 options, want 4"),
-    ("distractors", ("Oxygen", "oxygen ", "Hydrogen"), "not distinct"),
-    ("distractors", ("CARBON DIOXIDE", "Nitrogen", "Hydrogen"), "also a distractor"),
-    ("distractors", ("Oxygen", "", "Hydrogen"), "option is empty"),
-    ("question", "Which gas is carbon dioxide?", "appears in the question"),
-    ("question", "Name the gas plants absorb", "question mark"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("distractors", ("Oxygen", "Nitrogen"), "3 options, want 4"),
+        ("distractors", ("Oxygen", "oxygen ", "Hydrogen"), "not distinct"),
+        ("distractors", ("CARBON DIOXIDE", "Nitrogen", "Hydrogen"), "also a distractor"),
+        ("distractors", ("Oxygen", "", "Hydrogen"), "option is empty"),
+        ("question", "Which gas is carbon dioxide?", "appears in the question"),
+        ("question", "Name the gas plants absorb", "question mark"),
+    ],
+)
 def test_option_check_reports_bad_options(domain: list[Query], field: str, value: object, expected: str) -> None:
     """The option check catches too few, repeated, doubly-correct or empty options and leaked answers."""
     broken = dataclasses.replace(domain[0], **{field: value})
@@ -268,16 +286,22 @@ def test_structure_check_reports_duplicates_small_and_missing_groups(domain: lis
 def test_fact_check_reports_missing_language_relation_and_distractors(language: list[Query]) -> None:
     """The fact check catches a missing translation, a changed relation and mismatched or foreign distractors."""
     missing = [q for q in language if q.id != "employer-003-zh"]
-    assert f"fact 'employer-003' is in {sorted(set(LANGUAGES) - {'zh'})}, want all of {LANGUAGES}" in fact_problems(missing)
+    assert f"fact 'employer-003' is in {sorted(set(LANGUAGES) - {'zh'})}, want all of {LANGUAGES}" in fact_problems(
+        missing
+    )
 
     moved = [dataclasses.replace(q, relation="host_country") if q.id == "employer-003-zh" else q for q in language]
     assert "fact 'employer-003' has different relations across languages" in fact_problems(moved)
 
     ja = _q(language, "instrument-001-ja")
-    swapped = [dataclasses.replace(q, distractors=(ja.answer, *q.distractors[1:])) if q.id == "instrument-002-ja" else q
-               for q in language]
+    swapped = [
+        dataclasses.replace(q, distractors=(ja.answer, *q.distractors[1:])) if q.id == "instrument-002-ja" else q
+        for q in language
+    ]
     assert any("instrument-002" in p and "different entities" in p for p in fact_problems(swapped))
 
-    foreign = [dataclasses.replace(q, distractors=("Paris", *q.distractors[1:])) if q.id == "birth_place-001-en" else q
-               for q in language]
+    foreign = [
+        dataclasses.replace(q, distractors=("Paris", *q.distractors[1:])) if q.id == "birth_place-001-en" else q
+        for q in language
+    ]
     assert any("birth_place-001-en: distractors ['Paris']" in p for p in fact_problems(foreign))

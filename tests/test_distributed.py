@@ -21,15 +21,22 @@ from qrcore.runner import run_dataset
 from qrcore.settings import QRNCASettings, RunSettings
 
 RUN = ["run", "--model", "tiny-llama", "--dataset", "domain", "--groups", "biology"]
-TABLES = {"attributions": "query_id, layer, neuron, na, in_cluster, ig",
-          "top_activations": "query_id, layer, neuron, activation",
-          "query_results": "query_id, correct_prob, accuracy"}
+TABLES = {
+    "attributions": "query_id, layer, neuron, na, in_cluster, ig",
+    "top_activations": "query_id, layer, neuron, activation",
+    "query_results": "query_id, correct_prob, accuracy",
+}
 
 
 def qrn(*args: str) -> subprocess.Popen:
     """`qrn ARGS` in a subprocess (its own session, so the test can kill the whole launch)."""
-    return subprocess.Popen([sys.executable, "-m", "qrcore.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "qrcore.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def rows(db: str) -> dict[str, pd.DataFrame]:
@@ -87,7 +94,9 @@ def test_killed_run_resumes_with_nothing_lost_or_twice(tiny, tmp_path):
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in before.items())
     with store.connect(db, read_only=True) as con:
         assert len(store.done_query_ids(con, run_id)) == 12 and store.run_info(con, run_id).status == "finished"
-        assert con.execute("SELECT count(*) = count(DISTINCT (query_id, layer, neuron)) FROM attributions").fetchone()[0]
+        assert con.execute("SELECT count(*) = count(DISTINCT (query_id, layer, neuron)) FROM attributions").fetchone()[
+            0
+        ]
 
 
 def test_merge_of_a_copied_run_and_refusal_of_foreign_shards(two, tiny, tmp_path):
@@ -100,12 +109,19 @@ def test_merge_of_a_copied_run_and_refusal_of_foreign_shards(two, tiny, tmp_path
     attr = NeuronAttribution(tiny("llama")).attribute(query)
     key = shards.key_of(manifest)
     shards.write_shard(copy, 1, {**key, "settings": other_settings.to_json()}, attr, other_settings.qrnca)
-    with pytest.raises(QRNError, match=r"^shard rank-1/biology-002.parquet was made with settings \(qrnca.v 20 -> 5\); "
-                                       r"merge only shards of one run$"):
+    with pytest.raises(
+        QRNError,
+        match=r"^shard rank-1/biology-002.parquet was made with settings \(qrnca.v 20 -> 5\); "
+        r"merge only shards of one run$",
+    ):
         shards.merge_shards(copy, str(tmp_path / "other.duckdb"))
     gpt2 = tiny("gpt2")
-    shards.write_shard(copy, 1, {**key, "model": gpt2.fingerprint},
-                       NeuronAttribution(gpt2).attribute(query), QRNCASettings())
-    with pytest.raises(QRNError, match=rf"^shard rank-1/biology-002.parquet was made with model \({key['model']} -> "
-                                       rf"{gpt2.fingerprint}\); merge only shards of one run$"):
+    shards.write_shard(
+        copy, 1, {**key, "model": gpt2.fingerprint}, NeuronAttribution(gpt2).attribute(query), QRNCASettings()
+    )
+    with pytest.raises(
+        QRNError,
+        match=rf"^shard rank-1/biology-002.parquet was made with model \({key['model']} -> "
+        rf"{gpt2.fingerprint}\); merge only shards of one run$",
+    ):
         shards.merge_shards(copy, str(tmp_path / "other.duckdb"))

@@ -47,23 +47,34 @@ def test_neuron_set_loads_as_an_edit_with_a_multiplier(tmp_path, fmt):
     pd.testing.assert_frame_equal(table, SET, check_dtype=False)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("{not json", r"^edit\.json: not valid JSON \(.* at line 1\); export the file again from the explorer\.$"),
-    ('{"format": "x", "neurons": []}', r"^edit\.json: not an edit or neuron-set file"),
-    ('{"format": "qrn-edit", "version": 7, "neurons": []}', r"file version 7; this qrn reads version 1"),
-    ('{"format": "qrn-edit", "version": 1, "model": "m", "neurons": []}', r"the field 'model_fingerprint' is missing"),
-    ('{"format": "qrn-edit", "version": 1, "model": "m", "model_fingerprint": "f", "neurons": 3}',
-     r"'neurons' is not a list"),
-    ('{"format": "qrn-edit", "version": 1, "model": "m", "model_fingerprint": "f", "neurons": [{"layer": 1}]}',
-     r"every neuron needs numbers layer, neuron and multiplier"),
-    (edit_text("json", edit={(1, 2): -1.0}), r"neuron 1:2 has multiplier -1; multipliers are numbers from 0"),
-    (edit_text("json").replace('"layer": 2,', '"layer": 1.5,'), r"neuron 1.5:40 is not a layer and index"),
-    (edit_text("json").replace('"layer": 2,', '"layer": 0,').replace('"neuron": 40,', '"neuron": 3,'),
-     r"neuron 0:3 appears twice"),
-    ("a,b\n1,2\n", r"not an edit or neuron-set CSV"),
-    (edit_text("csv").replace("tiny-llama,f00d,2", "other,f00d,2"),
-     r"the column 'model' differs between rows"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", r"^edit\.json: not valid JSON \(.* at line 1\); export the file again from the explorer\.$"),
+        ('{"format": "x", "neurons": []}', r"^edit\.json: not an edit or neuron-set file"),
+        ('{"format": "qrn-edit", "version": 7, "neurons": []}', r"file version 7; this qrn reads version 1"),
+        (
+            '{"format": "qrn-edit", "version": 1, "model": "m", "neurons": []}',
+            r"the field 'model_fingerprint' is missing",
+        ),
+        (
+            '{"format": "qrn-edit", "version": 1, "model": "m", "model_fingerprint": "f", "neurons": 3}',
+            r"'neurons' is not a list",
+        ),
+        (
+            '{"format": "qrn-edit", "version": 1, "model": "m", "model_fingerprint": "f", "neurons": [{"layer": 1}]}',
+            r"every neuron needs numbers layer, neuron and multiplier",
+        ),
+        (edit_text("json", edit={(1, 2): -1.0}), r"neuron 1:2 has multiplier -1; multipliers are numbers from 0"),
+        (edit_text("json").replace('"layer": 2,', '"layer": 1.5,'), r"neuron 1.5:40 is not a layer and index"),
+        (
+            edit_text("json").replace('"layer": 2,', '"layer": 0,').replace('"neuron": 40,', '"neuron": 3,'),
+            r"neuron 0:3 appears twice",
+        ),
+        ("a,b\n1,2\n", r"not an edit or neuron-set CSV"),
+        (edit_text("csv").replace("tiny-llama,f00d,2", "other,f00d,2"), r"the column 'model' differs between rows"),
+    ],
+)
 def test_malformed_edit_file_gets_one_line(tmp_path, text, message):
     with pytest.raises(QRNError, match=message):
         edits.load_edit(write(tmp_path, text))
@@ -81,7 +92,10 @@ def test_loaded_edit_applies_like_the_same_dict_and_refuses_another_model(tmp_pa
     np.testing.assert_array_equal(letter_probs(lm, prompts, loaded), letter_probs(lm, prompts, EDIT))
     assert not np.allclose(letter_probs(lm, prompts, loaded), letter_probs(lm, prompts))
     other = edits.load_edit(write(tmp_path, edit_text("json", "beef"), "other.json"))
-    with pytest.raises(QRNError, match=rf"^the edit was made for model tiny-llama \(fingerprint beef\), not for "
-                                       rf"tiny-llama \(fingerprint {lm.fingerprint}\); load it with the model"):
+    with pytest.raises(
+        QRNError,
+        match=rf"^the edit was made for model tiny-llama \(fingerprint beef\), not for "
+        rf"tiny-llama \(fingerprint {lm.fingerprint}\); load it with the model",
+    ):
         with edited(lm, other):
             pass

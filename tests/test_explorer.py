@@ -39,7 +39,7 @@ def test_wide_heatmap_is_binned_to_at_most_max_cols_and_hovers_the_top_neuron():
     assert binned.values.shape[1] <= 512 and binned.edges[-1] == 11008
     rows = np.arange(32)[:, None]
     np.testing.assert_array_equal(binned.values, matrix[rows, binned.top])
-    np.testing.assert_array_equal(np.abs(binned.values[:, -1]), np.abs(matrix[:, binned.edges[-2]:]).max(axis=1))
+    np.testing.assert_array_equal(np.abs(binned.values[:, -1]), np.abs(matrix[:, binned.edges[-2] :]).max(axis=1))
     fig = heatmap_figure(binned, 0, "g", labels={(0, int(binned.top[0, 0])): "tokens: a b"})
     assert fig.data[0].customdata[0][0][1] == "tokens: a b"
 
@@ -103,15 +103,19 @@ def test_query_lab_link_restores_neurons_and_multiplier(db):
     assert at.slider(key="mult").value == 0.0
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("q_text", "  ", "the question is empty"),
-    ("q_options", "Paris\nLondon\nparis", "appears twice"),
-    ("q_answer", "Rome", "is not among the options"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("q_text", "  ", "the question is empty"),
+        ("q_options", "Paris\nLondon\nparis", "appears twice"),
+        ("q_answer", "Rome", "is not among the options"),
+    ],
+)
 def test_bad_custom_question_shows_the_error_inline(db, field, value, message):
     at = page("lab", source="custom")
-    at.text_area(key=field).set_value(value).run() if field == "q_options" else \
-        at.text_input(key=field).set_value(value).run()
+    at.text_area(key=field).set_value(value).run() if field == "q_options" else at.text_input(key=field).set_value(
+        value
+    ).run()
     assert not at.exception
     assert any(message in e for e in errors(at)), errors(at)
 
@@ -141,11 +145,14 @@ def test_neuron_out_of_range_shows_the_error_inline(db):
     assert at.multiselect(key="neurons").value == [*selected, "2:17"]
 
 
-@pytest.mark.parametrize(("filename", "content", "message"), [
-    ("notes.json", b'{"a": 1}', "record 'a': not a JSON object"),
-    ("table.csv", b"x,y\n1,2\n", "column 'question' is missing"),
-    ("broken.json", b"{not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("filename", "content", "message"),
+    [
+        ("notes.json", b'{"a": 1}', "record 'a': not a JSON object"),
+        ("table.csv", b"x,y\n1,2\n", "column 'question' is missing"),
+        ("broken.json", b"{not json", "not valid JSON"),
+    ],
+)
 def test_bad_upload_shows_the_error_and_leaves_the_store_unchanged(db, filename, content, message):
     before = row_counts(db)
     at = page("data")
@@ -231,9 +238,14 @@ def test_compare_page_shows_two_models_of_different_depth_side_by_side(two):
     at = page("compare")
     assert not at.exception and not at.error, errors(at)
     assert at.selectbox(key="model_b").value == DEEP_MODEL and at.selectbox(key="dataset").value == DATASET
-    assert [h.value for h in at.subheader] == ["Accuracy per group", "How concentrated the QR neurons are",
-                                                "Heatmaps per group", "Overlap between groups",
-                                                "Where the QR neurons sit", "PCR and flip rates"]
+    assert [h.value for h in at.subheader] == [
+        "Accuracy per group",
+        "How concentrated the QR neurons are",
+        "Heatmaps per group",
+        "Overlap between groups",
+        "Where the QR neurons sit",
+        "PCR and flip rates",
+    ]
     heatmaps = [f["data"][0] for f in figures(at) if f["layout"]["yaxis"]["title"]["text"] == "relative depth"]
     assert [typed(h["z"]).shape for h in heatmaps] == [(4, 96), (6, 128)]  # each model on its own grid
     for h, n_layers in zip(heatmaps, (4, 6)):
@@ -267,8 +279,12 @@ def test_runs_of_a_model_not_installed_browse_and_only_the_query_lab_says_what_t
 
 def test_methods_page_shows_the_papers_three_tables_or_the_command_to_make_them(db):
     at = page("methods")
-    assert [h.value for h in at.subheader] == ["Probability change ratio (Table 4)", "Flip rates (Table 6)",
-                                                "Neuron-based answer prediction (Table 7)", "Group prediction (ours)"]
+    assert [h.value for h in at.subheader] == [
+        "Probability change ratio (Table 4)",
+        "Flip rates (Table 6)",
+        "Neuron-based answer prediction (Table 7)",
+        "Group prediction (ours)",
+    ]
     (table,) = [d.value for d in at.dataframe if "prompt-based" in d.value.index]  # Table 7
     assert list(table.index) == ["qrnca", "random", "kn", "prompt-based", "random guess"]
     with duckdb.connect(str(db)) as con:

@@ -57,6 +57,7 @@ def live(db: Path, t: float, u: float, v: int):
 
 # Neuron card
 
+
 def test_neuron_card_shows_the_neuron_of_the_link(db):
     at = page("neuron", neuron="1:50")
     assert not at.exception and not at.error, errors(at)
@@ -70,11 +71,14 @@ def test_neuron_card_shows_the_neuron_of_the_link(db):
     assert at.query_params["neuron"] == "1:50" and at.query_params["run"] == RUN
 
 
-@pytest.mark.parametrize(("neuron", "message"), [
-    ("4:0", "neuron 4:0 is outside this run's model (layers 0-3, neurons 0-95); pick a layer and index in range."),
-    ("2:96", "neuron 2:96 is outside this run's model"),
-    ("twelve", "The neuron is not written as layer:index; use whole numbers, e.g. 12:345."),
-])
+@pytest.mark.parametrize(
+    ("neuron", "message"),
+    [
+        ("4:0", "neuron 4:0 is outside this run's model (layers 0-3, neurons 0-95); pick a layer and index in range."),
+        ("2:96", "neuron 2:96 is outside this run's model"),
+        ("twelve", "The neuron is not written as layer:index; use whole numbers, e.g. 12:345."),
+    ],
+)
 def test_neuron_outside_the_model_gets_one_line(db, neuron, message):
     before = row_counts(db)
     at = page("neuron", neuron=neuron)
@@ -112,13 +116,16 @@ def test_tables_link_to_neuron_cards(db):
 
 # Live thresholds
 
+
 def test_live_thresholds_recompute_common_neurons_and_change_nothing_stored(db):
     before = row_counts(db)
     at = page("common", t="0.45")
     assert not at.exception and not at.error, errors(at)
     want = live(db, 0.45, 0.3, 20)
     assert metric(at, "Common neurons") == str(len(want.common))
-    assert at.dataframe[0].value[["layer", "neuron"]].values.tolist() == want.common[["layer", "neuron"]].values.tolist()
+    assert (
+        at.dataframe[0].value[["layer", "neuron"]].values.tolist() == want.common[["layer", "neuron"]].values.tolist()
+    )
     at.slider(key="u").set_value(0.9).run()
     assert metric(at, "Common neurons") == str(len(live(db, 0.45, 0.9, 20).common))
     assert at.query_params["u"] == "0.9" and at.query_params["t"] == "0.45"
@@ -134,12 +141,15 @@ def test_heatmap_follows_the_live_threshold(db):
     assert at.get("plotly_chart")[0].proto.spec != stored
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"t": "0.01"}, "t = 0.01 is outside 0.05-0.99"),
-    ({"u": "2"}, "u = 2 is outside 0.01-1"),
-    ({"v": "abc"}, "v in the link is not a number"),
-    ({"v": "0"}, "v = 0 is not a whole number from 1 to 1000"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"t": "0.01"}, "t = 0.01 is outside 0.05-0.99"),
+        ({"u": "2"}, "u = 2 is outside 0.01-1"),
+        ({"v": "abc"}, "v in the link is not a number"),
+        ({"v": "0"}, "v = 0 is not a whole number from 1 to 1000"),
+    ],
+)
 def test_thresholds_out_of_range_in_the_link_get_one_line(db, params, message):
     before = row_counts(db)
     at = page("common", **params)
@@ -149,6 +159,7 @@ def test_thresholds_out_of_range_in_the_link_get_one_line(db, params, message):
 
 
 # Template consistency
+
 
 def test_template_consistency_page_per_group_and_per_query(db):
     at = page("consistency", query="geo-2")
@@ -162,7 +173,10 @@ def test_template_consistency_page_per_group_and_per_query(db):
     assert [c for c in templates.columns if c.startswith("template")] == ["template 1", "template 2", "template 3"]
     assert len(templates) == want.loc["geo-2", "cluster"]
     higher = page("consistency", t="0.5")
-    assert next(d.value for d in higher.dataframe if "question" in d.value.columns)["cluster"].sum() < want["cluster"].sum()
+    assert (
+        next(d.value for d in higher.dataframe if "question" in d.value.columns)["cluster"].sum()
+        < want["cluster"].sum()
+    )
 
 
 def test_template_consistency_says_when_a_run_has_no_template_ig(db):
@@ -188,11 +202,15 @@ def test_query_lab_shows_the_querys_template_consistency(db):
 
 # Custom question scored against the run
 
+
 def test_custom_question_gets_qrnca_against_the_run(db, tiny, monkeypatch):
     steps = []
     attribute = NeuronAttribution.attribute
-    monkeypatch.setattr(NeuronAttribution, "attribute",
-                        lambda self, *a, **k: steps.append(self.settings.steps) or attribute(self, *a, **k))
+    monkeypatch.setattr(
+        NeuronAttribution,
+        "attribute",
+        lambda self, *a, **k: steps.append(self.settings.steps) or attribute(self, *a, **k),
+    )
     st.cache_data.clear()  # the same question attributed by an earlier test would come from the cache
     at = page("lab", source="custom")
     button(at, "Run QRNCA").click().run()
@@ -206,13 +224,15 @@ def test_custom_question_gets_qrnca_against_the_run(db, tiny, monkeypatch):
         counts, n = store.cluster_counts(con, RUN)
         settings = store.run_info(con, RUN).settings
     query = at.session_state["attributed"].copy().pop()
-    rows = score_against_run(NeuronAttribution(lm, settings.attribution, settings.prompt).attribute(query), counts, n,
-                             settings.qrnca)
+    rows = score_against_run(
+        NeuronAttribution(lm, settings.attribution, settings.prompt).attribute(query), counts, n, settings.qrnca
+    )
     kept = rows.loc[rows["kept"]].sort_values("naica_rank")
     assert at.multiselect(key="neurons").value == [f"{l}:{n}" for l, n in zip(kept["layer"], kept["neuron"])][:10]
 
 
 # Per-neuron sliders and edit files
+
 
 def test_per_neuron_slider_edits_one_neuron_and_is_in_the_link(db, tiny):
     at = page("lab", query="sci-2", neurons="0:5,3:95", mult="2")
@@ -242,9 +262,12 @@ def test_edit_exported_in_the_app_gives_the_same_probabilities_in_python(db, tin
 
 
 def test_loading_an_edit_file_sets_neurons_and_multipliers(db, tiny):
-    text = edits.dump(edits.EDIT, {"model": MODEL, "model_fingerprint": tiny("llama").fingerprint},
-                      pd.DataFrame({"layer": [1, 2], "neuron": [7, 9], "multiplier": [0.0, 2.5]}),
-                      "json")
+    text = edits.dump(
+        edits.EDIT,
+        {"model": MODEL, "model_fingerprint": tiny("llama").fingerprint},
+        pd.DataFrame({"layer": [1, 2], "neuron": [7, 9], "multiplier": [0.0, 2.5]}),
+        "json",
+    )
     at = page("lab", query="geo-1")
     at.file_uploader(key="edit_file").set_value(("edit.json", text.encode(), "application/json")).run()
     assert not at.exception and not at.error, errors(at)
@@ -252,18 +275,26 @@ def test_loading_an_edit_file_sets_neurons_and_multipliers(db, tiny):
     assert (at.slider(key="each:1:7").value, at.slider(key="each:2:9").value) == (0.0, 2.5)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"{broken", "the file: not valid JSON"),
-    (b'{"format": "qrn-edit", "version": 1, "model": "m", "model_fingerprint": "0123", "neurons": []}',
-     "the edit was made for model m (fingerprint 0123), not for tiny-llama"),
-    (None, "layer 9 is out of range; this model has layers 0-3."),
-    (b"\xff\xfe", "the file is not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{broken", "the file: not valid JSON"),
+        (
+            b'{"format": "qrn-edit", "version": 1, "model": "m", "model_fingerprint": "0123", "neurons": []}',
+            "the edit was made for model m (fingerprint 0123), not for tiny-llama",
+        ),
+        (None, "layer 9 is out of range; this model has layers 0-3."),
+        (b"\xff\xfe", "the file is not UTF-8 text"),
+    ],
+)
 def test_bad_edit_file_gets_one_line_and_changes_nothing(db, tiny, content, message):
     if content is None:
-        content = edits.dump(edits.EDIT, {"model": MODEL, "model_fingerprint": tiny("llama").fingerprint},
-                             pd.DataFrame({"layer": [9], "neuron": [0], "multiplier": [0.0]}),
-                             "csv").encode()
+        content = edits.dump(
+            edits.EDIT,
+            {"model": MODEL, "model_fingerprint": tiny("llama").fingerprint},
+            pd.DataFrame({"layer": [9], "neuron": [0], "multiplier": [0.0]}),
+            "csv",
+        ).encode()
     before = row_counts(db)
     at = page("lab", query="geo-1")
     selected = at.multiselect(key="neurons").value
@@ -275,18 +306,25 @@ def test_bad_edit_file_gets_one_line_and_changes_nothing(db, tiny, content, mess
 
 # Neuron sets to take away
 
-@pytest.mark.parametrize(("params", "set_name"), [
-    ({"set": "common"}, "common neurons"),
-    ({"set": "query", "query": "sci-3"}, "QR neurons of query sci-3"),
-    ({"set": "group", "group": "geography"}, "QR neurons of group geography"),
-])
+
+@pytest.mark.parametrize(
+    ("params", "set_name"),
+    [
+        ({"set": "common"}, "common neurons"),
+        ({"set": "query", "query": "sci-3"}, "QR neurons of query sci-3"),
+        ({"set": "group", "group": "geography"}, "QR neurons of group geography"),
+    ],
+)
 def test_neuron_sets_download_as_json_and_csv(db, downloads, tmp_path, params, set_name):
     at = page("export", **params)
     assert not at.exception and not at.error, errors(at)
     with store.connect(db, read_only=True) as con:
         qr, common = store.qr_neurons(con, RUN), store.common_neurons(con, RUN)
-    want = {"common neurons": common, "QR neurons of query sci-3": qr.loc[qr["query_id"] == "sci-3"],
-            "QR neurons of group geography": qr.loc[qr["query_id"].str.startswith("geo")]}[set_name]
+    want = {
+        "common neurons": common,
+        "QR neurons of query sci-3": qr.loc[qr["query_id"] == "sci-3"],
+        "QR neurons of group geography": qr.loc[qr["query_id"].str.startswith("geo")],
+    }[set_name]
     for fmt in ("JSON", "CSV"):
         kind, meta, table = edits.parse(download(at, downloads, f"Download {fmt}"), fmt)
         assert kind == edits.NEURON_SET and meta["set"] == set_name and meta["run"] == RUN

@@ -55,8 +55,9 @@ def assert_shown_as_text(at: AppTest) -> int:
         assert not any(p.search(text_of(body)) for p in AUTOLINKS), body
     for text in plot_strings(at):
         assert not re.search(r"<\s*(a|img)\b", text, re.IGNORECASE), text
-    return sum(HOSTILE in shown(b) for b in markdown_bodies(at)) + sum(HOSTILE in html.unescape(t)
-                                                                        for t in plot_strings(at))
+    return sum(HOSTILE in shown(b) for b in markdown_bodies(at)) + sum(
+        HOSTILE in html.unescape(t) for t in plot_strings(at)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +90,10 @@ def test_typed_answer_in_the_error_shows_as_text(db):
     at = page("lab", source="custom")
     at.text_input(key="q_answer").set_value(HOSTILE).run()
     assert assert_shown_as_text(at) > 0
-    assert errors(at) == [f"the answer {HOSTILE!r} is not among the options ['Paris', 'London', 'Berlin', 'Madrid']; "
-                          "pass it as one of the options."]
+    assert errors(at) == [
+        f"the answer {HOSTILE!r} is not among the options ['Paris', 'London', 'Berlin', 'Madrid']; "
+        "pass it as one of the options."
+    ]
 
 
 def test_generated_answer_shows_as_text(db, monkeypatch):
@@ -112,9 +115,11 @@ def other_model_db(db: Path, tmp_path: Path, tiny, monkeypatch) -> Path:
 
 def test_query_lab_refuses_a_run_of_another_model_naming_both(other_model_db, tiny):
     at = page("lab", query="geo-1")
-    assert errors(at) == [f"run {RUN!r} was computed with model {MODEL} ({tiny('qwen2').fingerprint}), not with "
-                          f"{MODEL} ({tiny('llama').fingerprint}); use the run's model (qrn --model, or QRN_MODEL for "
-                          "the explorer)"]
+    assert errors(at) == [
+        f"run {RUN!r} was computed with model {MODEL} ({tiny('qwen2').fingerprint}), not with "
+        f"{MODEL} ({tiny('llama').fingerprint}); use the run's model (qrn --model, or QRN_MODEL for "
+        "the explorer)"
+    ]
     assert not at.metric and not at.get("plotly_chart")  # nothing edited with the wrong model
     at.radio(key="source").set_value("custom").run()
     assert not at.error and at.metric  # a question of one's own still works
@@ -130,11 +135,13 @@ def test_heatmap_projects_no_tokens_with_another_model(other_model_db):
 @pytest.mark.parametrize("name", PAGES)
 def test_damaged_store_is_refused_on_every_page_and_left_untouched(db, name, monkeypatch):
     full = db.stat().st_size
-    db.write_bytes(db.read_bytes()[:full // 2])
+    db.write_bytes(db.read_bytes()[: full // 2])
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in db.parent.iterdir()}
     monkeypatch.setenv("QRN_SEED", "1")  # start-up would load the shipped runs into it
-    line = (rf"{re.escape(str(db))} is damaged: the file is {full // 2:,} bytes but its tables use blocks up to byte "
-            r"[\d,]+; restore a copy or pass another --db")
+    line = (
+        rf"{re.escape(str(db))} is damaged: the file is {full // 2:,} bytes but its tables use blocks up to byte "
+        r"[\d,]+; restore a copy or pass another --db"
+    )
     at = AppTest.from_file(str(APP), default_timeout=60).run()  # the main script: start-up
     assert not at.exception and len(at.error) == 1 and re.fullmatch(line, errors(at)[0]), errors(at)
     at.switch_page(f"sections/{name}.py").run()

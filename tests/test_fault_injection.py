@@ -33,14 +33,26 @@ KILLS = 6
 """Kills per phase (write_query, finalize_run, merge, migration): 24 in all."""
 SHAPE = (4, 96)
 SETTINGS = RunSettings()
-QUERIES = [Query(id=f"q{i:02d}", group=("science", "geography")[i % 2], question=f"Question {i}?", answer="yes",
-                 distractors=("no", "maybe")) for i in range(8)]
-DERIVED = {"neuron_stats": "layer, neuron, n_clusters, ica, is_common",
-           "qr_neurons": "method, query_id, rank, layer, neuron, score",
-           "heatmaps": "group_name, layer, neuron, score"}
-MIGRATION = ["ALTER TABLE attributions ADD COLUMN doubled REAL", "UPDATE attributions SET doubled = 2 * na",
-             "CREATE TABLE attribution_sums AS SELECT run_id, query_id, sum(na) AS total FROM attributions "
-             "GROUP BY ALL"]
+QUERIES = [
+    Query(
+        id=f"q{i:02d}",
+        group=("science", "geography")[i % 2],
+        question=f"Question {i}?",
+        answer="yes",
+        distractors=("no", "maybe"),
+    )
+    for i in range(8)
+]
+DERIVED = {
+    "neuron_stats": "layer, neuron, n_clusters, ica, is_common",
+    "qr_neurons": "method, query_id, rank, layer, neuron, score",
+    "heatmaps": "group_name, layer, neuron, score",
+}
+MIGRATION = [
+    "ALTER TABLE attributions ADD COLUMN doubled REAL",
+    "UPDATE attributions SET doubled = 2 * na",
+    "CREATE TABLE attribution_sums AS SELECT run_id, query_id, sum(na) AS total FROM attributions GROUP BY ALL",
+]
 """A next schema version for the migration phase: a new column filled from the old ones, and a new table."""
 NEXT = store.SCHEMA_VERSION + 1
 UPGRADE = {**store.MIGRATIONS, store.SCHEMA_VERSION: MIGRATION}
@@ -94,9 +106,11 @@ def unkilled_seconds(work: Callable[[int], None]) -> float:
     return time.perf_counter() - start
 
 
-def kill_repeatedly(base: Path | None, db: Path, work: Callable[[int], None], check: Callable[[list[str]], None],
-                    rng: random.Random) -> int:
+def kill_repeatedly(
+    base: Path | None, db: Path, work: Callable[[int], None], check: Callable[[list[str]], None], rng: random.Random
+) -> int:
     """Restore `db` from `base` (if given), kill `work` at a random point, then `check`; KILLS times. The kills."""
+
     def fresh() -> None:
         for p in db.parent.iterdir():
             p.unlink()
@@ -121,8 +135,12 @@ def stored_rows(db: Path, run_id: str) -> dict[str, tuple[int, int]]:
     """query id -> (attribution rows, top activation rows) of every query the store has a result for (opens it)."""
     with store.connect(db, read_only=True) as con:
         done = store.done_query_ids(con, run_id)
-        rows = {t: dict(con.execute(f"SELECT query_id, count(*) FROM {t} WHERE run_id = ? GROUP BY ALL",
-                                    [run_id]).fetchall()) for t in ("attributions", "top_activations")}
+        rows = {
+            t: dict(
+                con.execute(f"SELECT query_id, count(*) FROM {t} WHERE run_id = ? GROUP BY ALL", [run_id]).fetchall()
+            )
+            for t in ("attributions", "top_activations")
+        }
     assert set(rows["attributions"]) <= done and set(rows["top_activations"]) <= done  # no rows of unstored queries
     return {q: (rows["attributions"].get(q, 0), rows["top_activations"].get(q, 0)) for q in done}
 
@@ -130,8 +148,10 @@ def stored_rows(db: Path, run_id: str) -> dict[str, tuple[int, int]]:
 def derived(db: Path, run_id: str) -> dict[str, pd.DataFrame]:
     """The rows finalize_run writes, sorted."""
     with store.connect(db, read_only=True) as con:
-        return {t: con.execute(f"SELECT {cols} FROM {t} WHERE run_id = ? ORDER BY ALL", [run_id]).df()
-                for t, cols in DERIVED.items()}
+        return {
+            t: con.execute(f"SELECT {cols} FROM {t} WHERE run_id = ? ORDER BY ALL", [run_id]).df()
+            for t, cols in DERIVED.items()
+        }
 
 
 def new_run(db: Path, lm) -> str:

@@ -41,6 +41,7 @@ def error_of(path: Path, name: str | None = None) -> str:
 
 # --- the paper's released files ---
 
+
 @pytest.mark.parametrize("name", PAPER_FILES)
 def test_paper_file_counts_and_groups(name: str) -> None:
     """Every record becomes one query, with the paper's group sizes."""
@@ -82,27 +83,61 @@ def test_paper_language_file_keeps_answer_and_relation() -> None:
 def test_paper_format_extra_keys_go_to_meta(tmp_path: Path) -> None:
     """Unknown keys are kept in `meta`; a non-string ori_label becomes a string."""
     path = tmp_path / "mine.json"
-    path.write_text(json.dumps({"q1": {"sentences": ["Pick one\n A. x\n B. y\n"], "obj_label": ["B"],
-                                       "relation_name": "toy", "ori_label": 7, "source": "me"}}), "utf-8")
-    assert import_file(path) == [Query(id="q1", group="toy", question="Pick one\n A. x\n B. y\n",
-                                       answer="7", prompts=("Pick one\n A. x\n B. y\n",), labels=("B",))]
+    path.write_text(
+        json.dumps(
+            {
+                "q1": {
+                    "sentences": ["Pick one\n A. x\n B. y\n"],
+                    "obj_label": ["B"],
+                    "relation_name": "toy",
+                    "ori_label": 7,
+                    "source": "me",
+                }
+            }
+        ),
+        "utf-8",
+    )
+    assert import_file(path) == [
+        Query(
+            id="q1",
+            group="toy",
+            question="Pick one\n A. x\n B. y\n",
+            answer="7",
+            prompts=("Pick one\n A. x\n B. y\n",),
+            labels=("B",),
+        )
+    ]
     assert import_file(path)[0].meta == {"source": "me"}
 
 
 # --- MMLU-style CSV ---
 
+
 def test_csv_with_subject_column(tmp_path: Path) -> None:
     """Answer letters map to option text, the other options stay in order, ids are `<stem>-<line>`."""
     path = tmp_path / "quiz.csv"
-    path.write_text('question,A,B,C,D,answer,subject\n'
-                    '"What is 2+2, in words?",three,four,five,six,B,math\n'
-                    '\n'
-                    'What is the capital of Japan?,Osaka,Kyoto,Tokyo,Nagoya, c ,geo\n', "utf-8")
+    path.write_text(
+        "question,A,B,C,D,answer,subject\n"
+        '"What is 2+2, in words?",three,four,five,six,B,math\n'
+        "\n"
+        "What is the capital of Japan?,Osaka,Kyoto,Tokyo,Nagoya, c ,geo\n",
+        "utf-8",
+    )
     assert import_file(path) == [
-        Query(id="quiz-2", group="math", question="What is 2+2, in words?", answer="four",
-              distractors=("three", "five", "six")),
-        Query(id="quiz-4", group="geo", question="What is the capital of Japan?", answer="Tokyo",
-              distractors=("Osaka", "Kyoto", "Nagoya")),
+        Query(
+            id="quiz-2",
+            group="math",
+            question="What is 2+2, in words?",
+            answer="four",
+            distractors=("three", "five", "six"),
+        ),
+        Query(
+            id="quiz-4",
+            group="geo",
+            question="What is the capital of Japan?",
+            answer="Tokyo",
+            distractors=("Osaka", "Kyoto", "Nagoya"),
+        ),
     ]
 
 
@@ -123,6 +158,7 @@ def test_csv_without_group_column_uses_stem_or_name(tmp_path: Path) -> None:
 
 # --- malformed files: one line naming the file, the record and the field, and what to do ---
 
+
 def write(tmp_path: Path, name: str, content: str | dict) -> Path:
     """Write `content` (text, or an object dumped as JSON) to tmp_path/name."""
     path = tmp_path / name
@@ -133,26 +169,47 @@ def write(tmp_path: Path, name: str, content: str | dict) -> Path:
 GOOD = {"sentences": ["p1", "p2", "p3"], "obj_label": ["A", "B", "C"], "relation_name": "biology"}
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"obj_label": ["A", "B"]},
-     "subject_qa.json: record '12': field 'obj_label' has 2 labels for 3 sentences; give one letter per sentence."),
-    ({"obj_label": ["A", "b", "C"]},
-     "subject_qa.json: record '12': field 'obj_label' item 2 is 'b'; give a single capital letter A-Z."),
-    ({"obj_label": ["A", "B", "AB"]},
-     "subject_qa.json: record '12': field 'obj_label' item 3 is 'AB'; give a single capital letter A-Z."),
-    ({"obj_label": [1, "B", "C"]},
-     "subject_qa.json: record '12': field 'obj_label' item 1 is 1; give a single capital letter A-Z."),
-    ({"obj_label": "ABC"},
-     "subject_qa.json: record '12': field 'obj_label' must be a list of letters; give one letter per sentence."),
-    ({"sentences": ["p1", "  ", "p3"]},
-     "subject_qa.json: record '12': field 'sentences' item 2 is empty; remove it or write the prompt."),
-    ({"sentences": []},
-     "subject_qa.json: record '12': field 'sentences' must be a non-empty list of strings; give the prompts."),
-    ({"sentences": "p1"},
-     "subject_qa.json: record '12': field 'sentences' must be a non-empty list of strings; give the prompts."),
-    ({"relation_name": ""},
-     "subject_qa.json: record '12': field 'relation_name' must be a non-empty string; give the group name."),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"obj_label": ["A", "B"]},
+            "subject_qa.json: record '12': field 'obj_label' has 2 labels for 3 sentences; give one letter per sentence.",
+        ),
+        (
+            {"obj_label": ["A", "b", "C"]},
+            "subject_qa.json: record '12': field 'obj_label' item 2 is 'b'; give a single capital letter A-Z.",
+        ),
+        (
+            {"obj_label": ["A", "B", "AB"]},
+            "subject_qa.json: record '12': field 'obj_label' item 3 is 'AB'; give a single capital letter A-Z.",
+        ),
+        (
+            {"obj_label": [1, "B", "C"]},
+            "subject_qa.json: record '12': field 'obj_label' item 1 is 1; give a single capital letter A-Z.",
+        ),
+        (
+            {"obj_label": "ABC"},
+            "subject_qa.json: record '12': field 'obj_label' must be a list of letters; give one letter per sentence.",
+        ),
+        (
+            {"sentences": ["p1", "  ", "p3"]},
+            "subject_qa.json: record '12': field 'sentences' item 2 is empty; remove it or write the prompt.",
+        ),
+        (
+            {"sentences": []},
+            "subject_qa.json: record '12': field 'sentences' must be a non-empty list of strings; give the prompts.",
+        ),
+        (
+            {"sentences": "p1"},
+            "subject_qa.json: record '12': field 'sentences' must be a non-empty list of strings; give the prompts.",
+        ),
+        (
+            {"relation_name": ""},
+            "subject_qa.json: record '12': field 'relation_name' must be a non-empty string; give the group name.",
+        ),
+    ],
+)
 def test_paper_record_errors(tmp_path: Path, change: dict, message: str) -> None:
     """A bad record is named with its id and field, even after good records (all-or-nothing)."""
     path = write(tmp_path, "subject_qa.json", {"11": GOOD, "12": {**GOOD, **change}})
@@ -167,16 +224,26 @@ def test_paper_missing_field(tmp_path: Path, field: str) -> None:
     assert error_of(path) == f"subject_qa.json: record '12': field '{field}' is missing; add it."
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("[1, 2]", 'data.json: not a JSON object; expected {id: {"sentences": [...], "obj_label": [...], '
-               '"relation_name": ...}}.'),
-    ('{"7": [1]}', "data.json: record '7': not a JSON object; give sentences, obj_label and relation_name."),
-    ("{}", "data.json: no records; add at least one query."),
-    ('{"7": %s, "8": %s, "7": %s}' % ((json.dumps(GOOD),) * 3),
-     "data.json: record '7': duplicate id; ids must be unique."),
-    ('{"7": {"sentences": ["p"], "obj_label": ["A"], "relation_name": "x", "obj_label": ["B"]}}',
-     "data.json: record '7': field 'obj_label' appears twice; keep one."),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            "[1, 2]",
+            'data.json: not a JSON object; expected {id: {"sentences": [...], "obj_label": [...], '
+            '"relation_name": ...}}.',
+        ),
+        ('{"7": [1]}', "data.json: record '7': not a JSON object; give sentences, obj_label and relation_name."),
+        ("{}", "data.json: no records; add at least one query."),
+        (
+            '{"7": %s, "8": %s, "7": %s}' % ((json.dumps(GOOD),) * 3),
+            "data.json: record '7': duplicate id; ids must be unique.",
+        ),
+        (
+            '{"7": {"sentences": ["p"], "obj_label": ["A"], "relation_name": "x", "obj_label": ["B"]}}',
+            "data.json: record '7': field 'obj_label' appears twice; keep one.",
+        ),
+    ],
+)
 def test_paper_file_errors(tmp_path: Path, content: str, message: str) -> None:
     """Whole-file problems: not an object, a record not an object, empty, repeated ids or fields."""
     assert error_of(write(tmp_path, "data.json", content)) == message
@@ -192,38 +259,53 @@ def test_not_json(tmp_path: Path) -> None:
 CSV_HEAD = "question,A,B,C,D,answer\n"
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("question,A,B,C,answer\nQ?,a,b,c,A\n",
-     "quiz.csv: line 1: column 'D' is missing; the first line must be a header with columns question, A, B, C, D, "
-     "answer (and optionally group)."),
-    ("Q?,a,b,c,d,A\n",
-     "quiz.csv: line 1: column 'question' is missing; the first line must be a header with columns question, A, B, "
-     "C, D, answer (and optionally group)."),
-    ("question,A,B,C,D,answer,A\nQ?,a,b,c,d,A,a\n",
-     "quiz.csv: line 1: column 'A' appears twice in the header; keep one."),
-    (CSV_HEAD + "Q?,a,b,c,d,A\nQ2?,a,b,c,d,E\n",
-     "quiz.csv: line 3: field 'answer' is 'E'; give one of the letters A, B, C, D."),
-    (CSV_HEAD + "Q?,a,b,c,d,\n",
-     "quiz.csv: line 2: field 'answer' is ''; give one of the letters A, B, C, D."),
-    (CSV_HEAD + " ,a,b,c,d,A\n",
-     "quiz.csv: line 2: field 'question' is empty; fill it in."),
-    (CSV_HEAD + "Q?,a,,c,d,A\n",
-     "quiz.csv: line 2: field 'B' is empty; fill it in."),
-    ("question,A,B,C,D,answer,group\nQ?,a,b,c,d,A,\n",
-     "quiz.csv: line 2: field 'group' is empty; fill it in."),
-    (CSV_HEAD + "Q?,a,b,c,d\n",
-     "quiz.csv: line 2: 5 fields but the header has 6; give every column a value and quote values that contain "
-     "commas."),
-    (CSV_HEAD + "Q?,a,b,c,d,A\n\"multi\nline?\",1,2,3,4,5,A\n",
-     "quiz.csv: line 3: 7 fields but the header has 6; give every column a value and quote values that contain "
-     "commas."),
-    (CSV_HEAD + "Q?,a,b,c,d,C\n\nQ2?,x,X,y,z,A\n",
-     "quiz.csv: line 4: query 'quiz-4': option 'x' appears twice; options must be distinct."),
-    (CSV_HEAD, "quiz.csv: no records; add at least one query."),
-    ("", "quiz.csv: no records; add a header line and at least one query."),
-    (CSV_HEAD + "Q?,a,b,c,d,A\nQ2?,\"" + "x" * 200_000 + "\",b,c,d,A\n",
-     "quiz.csv: line 3: not valid CSV (field larger than field limit (131072)); fix the quoting."),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            "question,A,B,C,answer\nQ?,a,b,c,A\n",
+            "quiz.csv: line 1: column 'D' is missing; the first line must be a header with columns question, A, B, C, D, "
+            "answer (and optionally group).",
+        ),
+        (
+            "Q?,a,b,c,d,A\n",
+            "quiz.csv: line 1: column 'question' is missing; the first line must be a header with columns question, A, B, "
+            "C, D, answer (and optionally group).",
+        ),
+        (
+            "question,A,B,C,D,answer,A\nQ?,a,b,c,d,A,a\n",
+            "quiz.csv: line 1: column 'A' appears twice in the header; keep one.",
+        ),
+        (
+            CSV_HEAD + "Q?,a,b,c,d,A\nQ2?,a,b,c,d,E\n",
+            "quiz.csv: line 3: field 'answer' is 'E'; give one of the letters A, B, C, D.",
+        ),
+        (CSV_HEAD + "Q?,a,b,c,d,\n", "quiz.csv: line 2: field 'answer' is ''; give one of the letters A, B, C, D."),
+        (CSV_HEAD + " ,a,b,c,d,A\n", "quiz.csv: line 2: field 'question' is empty; fill it in."),
+        (CSV_HEAD + "Q?,a,,c,d,A\n", "quiz.csv: line 2: field 'B' is empty; fill it in."),
+        ("question,A,B,C,D,answer,group\nQ?,a,b,c,d,A,\n", "quiz.csv: line 2: field 'group' is empty; fill it in."),
+        (
+            CSV_HEAD + "Q?,a,b,c,d\n",
+            "quiz.csv: line 2: 5 fields but the header has 6; give every column a value and quote values that contain "
+            "commas.",
+        ),
+        (
+            CSV_HEAD + 'Q?,a,b,c,d,A\n"multi\nline?",1,2,3,4,5,A\n',
+            "quiz.csv: line 3: 7 fields but the header has 6; give every column a value and quote values that contain "
+            "commas.",
+        ),
+        (
+            CSV_HEAD + "Q?,a,b,c,d,C\n\nQ2?,x,X,y,z,A\n",
+            "quiz.csv: line 4: query 'quiz-4': option 'x' appears twice; options must be distinct.",
+        ),
+        (CSV_HEAD, "quiz.csv: no records; add at least one query."),
+        ("", "quiz.csv: no records; add a header line and at least one query."),
+        (
+            CSV_HEAD + 'Q?,a,b,c,d,A\nQ2?,"' + "x" * 200_000 + '",b,c,d,A\n',
+            "quiz.csv: line 3: not valid CSV (field larger than field limit (131072)); fix the quoting.",
+        ),
+    ],
+)
 def test_csv_errors(tmp_path: Path, content: str, message: str) -> None:
     """CSV problems name the line and the column; nothing is returned if any line is bad."""
     assert error_of(write(tmp_path, "quiz.csv", content)) == message
@@ -232,10 +314,15 @@ def test_csv_errors(tmp_path: Path, content: str, message: str) -> None:
 def test_unknown_extension_missing_file_and_bad_encoding(tmp_path: Path) -> None:
     """The format is chosen by extension; unreadable files get a one-line message too."""
     assert error_of(write(tmp_path, "quiz.txt", CSV_HEAD)) == (
-        "quiz.txt: unknown extension '.txt'; give a .json file (the paper's format) or a .csv file (MMLU-style).")
+        "quiz.txt: unknown extension '.txt'; give a .json file (the paper's format) or a .csv file (MMLU-style)."
+    )
     assert error_of(write(tmp_path, "quiz", CSV_HEAD)) == (
-        "quiz: unknown extension '(none)'; give a .json file (the paper's format) or a .csv file (MMLU-style).")
-    assert error_of(tmp_path / "absent.csv") == f"absent.csv: no such file {str(tmp_path / 'absent.csv')!r}; check the path."
+        "quiz: unknown extension '(none)'; give a .json file (the paper's format) or a .csv file (MMLU-style)."
+    )
+    assert (
+        error_of(tmp_path / "absent.csv")
+        == f"absent.csv: no such file {str(tmp_path / 'absent.csv')!r}; check the path."
+    )
     latin1 = tmp_path / "latin.csv"
     latin1.write_bytes((CSV_HEAD + "Caf\xe9?,a,b,c,d,A\n").encode("latin-1"))
     assert error_of(latin1) == "latin.csv: not UTF-8 text; save it as UTF-8."

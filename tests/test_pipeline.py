@@ -26,8 +26,15 @@ def finished(tiny, tmp_path_factory):
     """A finished run of two groups x 3 queries of the domain set on tiny-llama."""
     db = str(tmp_path_factory.mktemp("run") / "qrn.duckdb")
     calls = []
-    run_id = run_dataset(tiny("llama"), "domain", db, name="r", groups=["biology", "physics"], per_group=3,
-                         progress=lambda done, total, qid: calls.append((done, total)))
+    run_id = run_dataset(
+        tiny("llama"),
+        "domain",
+        db,
+        name="r",
+        groups=["biology", "physics"],
+        per_group=3,
+        progress=lambda done, total, qid: calls.append((done, total)),
+    )
     assert calls[-1] == (6, 6)
     return db, run_id
 
@@ -77,11 +84,16 @@ def test_evaluations_and_report(finished, tiny, tmp_path):
     assert len(stored) == len(frame) > 0
     pcr = stored[(stored["metric"] == "pcr") & (stored["group_name"] == "all")]
     assert set(pcr["method"]) == {"qrnca", "random", "activation", "kn", "qrnca_no_ica", "qrnca_with_common"}
-    suppress = stored[(stored["method"] == "qrnca") & (stored["evaluation"] == "suppress")
-                      & (stored["metric"] == "related_change") & (stored["group_name"] == "all")]
+    suppress = stored[
+        (stored["method"] == "qrnca")
+        & (stored["evaluation"] == "suppress")
+        & (stored["metric"] == "related_change")
+        & (stored["group_name"] == "all")
+    ]
     assert suppress["value"].iloc[0] != 0  # zeroing a query's own neurons moves its probability
     answers = stored[stored["evaluation"] == "answer_prediction"].pivot_table(
-        index=["method", "group_name"], columns="metric", values="value")
+        index=["method", "group_name"], columns="metric", values="value"
+    )
     assert set(answers.index.get_level_values("method")) == set(pcr["method"])
     assert (answers["chance"] == 0.25).all()  # four options
     assert answers[["accuracy", "prompt_accuracy"]].stack().between(0, 1).all()
@@ -100,8 +112,9 @@ def test_evaluate_if_missing_keeps_existing_evaluations_without_loading_a_model(
 
     db, run_id = finished
     with store.connect(db) as con:
-        store.write_evaluations(con, run_id, "qrnca", "boost",
-                                pd.DataFrame({"group_name": ["all"], "metric": ["pcr"], "value": [7.0]}))
+        store.write_evaluations(
+            con, run_id, "qrnca", "boost", pd.DataFrame({"group_name": ["all"], "metric": ["pcr"], "value": [7.0]})
+        )
         before = store.evaluations(con, run_id)
     monkeypatch.setattr("qrcore.cli._load", lambda args: pytest.fail("no model is needed"))
     assert main(["evaluate", "--run", run_id, "--db", db, "--if-missing"]) in (0, None)
@@ -125,8 +138,22 @@ def test_export_and_import_round_trip(finished, tmp_path):
 
 def test_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path):
     db = str(tmp_path / "kill.duckdb")
-    cmd = [sys.executable, "-m", "qrcore.cli", "run", "--dataset", "domain", "--groups", "biology",
-           "--model", "tiny-llama", "--db", db, "--name", "k"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qrcore.cli",
+        "run",
+        "--dataset",
+        "domain",
+        "--groups",
+        "biology",
+        "--model",
+        "tiny-llama",
+        "--db",
+        db,
+        "--name",
+        "k",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     done = 0
     deadline = time.time() + 120
@@ -156,9 +183,18 @@ def test_evaluate_a_run_of_ready_made_prompts(tiny, tmp_path):
     options (the paper's language set does): chance comes from each template's letters."""
     db = str(tmp_path / "qrn.duckdb")
     three, four = " A. x\n B. y\n C. z\n", " A. x\n B. y\n C. z\n D. w\n"
-    queries = [Query(id=f"{g}{i}", group=g, question=f"Pick {g} {i}\n{three}", answer="y",
-                     prompts=(f"Pick {g} {i}\n{three}", f"Choose {g} {i}\n{four}"), labels=("ABC"[i % 3], "ABCD"[i]))
-               for g in ("g1", "g2") for i in range(3)]
+    queries = [
+        Query(
+            id=f"{g}{i}",
+            group=g,
+            question=f"Pick {g} {i}\n{three}",
+            answer="y",
+            prompts=(f"Pick {g} {i}\n{three}", f"Choose {g} {i}\n{four}"),
+            labels=("ABC"[i % 3], "ABCD"[i]),
+        )
+        for g in ("g1", "g2")
+        for i in range(3)
+    ]
     with store.connect(db) as con:
         store.upsert_dataset(con, "ready", "test", queries)
     run_id = run_dataset(tiny("llama"), "ready", db, name="ready-run")

@@ -13,9 +13,10 @@ from qrcore.precision import agreement, bfloat16_matmuls, jaccard
 from qrcore.queries import make_query
 from qrcore.settings import QRNCASettings
 
-QUERIES = [make_query("What is the capital of France?", ["Berlin", "Paris", "Rome", "Madrid"], "Paris"),
-           make_query("Which gas do plants take in?", ["Oxygen", "Carbon dioxide", "Nitrogen", "Helium"],
-                      "Carbon dioxide")]
+QUERIES = [
+    make_query("What is the capital of France?", ["Berlin", "Paris", "Rome", "Madrid"], "Paris"),
+    make_query("Which gas do plants take in?", ["Oxygen", "Carbon dioxide", "Nitrogen", "Helium"], "Carbon dioxide"),
+]
 
 
 def test_each_product_is_of_bfloat16_operands_accumulated_in_float32(tiny):
@@ -67,4 +68,5 @@ def test_the_benchmark_says_when_bfloat16_cannot_be_faster_here(monkeypatch, cap
     assert main(["bench", "precision", "--model", "tiny-llama", "--per-group", "1"]) == 2
     assert capsys.readouterr().err == (
         "qrn: error: bfloat16 products run at 0.3 GFLOP/s on this cpu against 300 in float32 (no AMX or AVX-512 BF16 "
-        "here), so mixed precision cannot be faster; run `qrn bench precision` on a CPU with AMX or on a GPU.\n")
+        "here), so mixed precision cannot be faster; run `qrn bench precision` on a CPU with AMX or on a GPU.\n"
+    )

@@ -60,8 +60,9 @@ def test_na_is_zero_when_z_is_not_positive():
 
 
 def test_sparsify_keeps_cluster_and_rows_above_a_templates_floor_with_their_ig():
-    ig = np.array([[[0.0, 0.5, 0.04], [1.0, 0.1, 0.06]],
-                   [[0.0, 0.0, 0.0], [0.0, 0.02, 1.0]]], np.float32)  # (2 templates, 2 layers, 3 neurons)
+    ig = np.array(
+        [[[0.0, 0.5, 0.04], [1.0, 0.1, 0.06]], [[0.0, 0.0, 0.0], [0.0, 0.02, 1.0]]], np.float32
+    )  # (2 templates, 2 layers, 3 neurons)
     attr = QueryAttribution("q", ig, np.zeros_like(ig[0]), 0.5, 1.0)
     rows = qrnca.sparsify(attr, QRNCASettings(t=0.2, floor=0.05))
     assert rows["query_id"].tolist() == ["q"] * 4
@@ -75,7 +76,12 @@ def test_sparsify_keeps_cluster_and_rows_above_a_templates_floor_with_their_ig()
 def test_cluster_counts_count_cluster_rows_only():
     counts = qrnca.cluster_counts(sparse_table())
     assert list(zip(counts["layer"], counts["neuron"], counts["n_clusters"])) == [
-        (0, 0, 3), (0, 1, 2), (1, 0, 2), (1, 1, 2), (1, 2, 1)]
+        (0, 0, 3),
+        (0, 1, 2),
+        (1, 0, 2),
+        (1, 1, 2),
+        (1, 2, 1),
+    ]
 
 
 def test_ica_is_natural_log_of_clusters_over_count_plus_one():
@@ -129,8 +135,14 @@ def test_kn_takes_as_many_cluster_neurons_by_na_as_qrnca_kept():
 
 
 def test_activation_baseline_takes_highest_activations_up_to_qrnca_count():
-    acts = pd.DataFrame({"query_id": ["q1", "q1", "q3", "q3", "q3"], "layer": [1, 0, 0, 1, 0],
-                         "neuron": [2, 0, 1, 1, 0], "activation": [5.0, 3.0, 2.0, 1.0, 4.0]})
+    acts = pd.DataFrame(
+        {
+            "query_id": ["q1", "q1", "q3", "q3", "q3"],
+            "layer": [1, 0, 0, 1, 0],
+            "neuron": [2, 0, 1, 1, 0],
+            "activation": [5.0, 3.0, 2.0, 1.0, 4.0],
+        }
+    )
     qr = qrnca.qr_neurons(sparse_table(), GROUPS, QRNCASettings(u=0.5, v=2), "activation", activations=acts)
     assert picked(qr) == {"q1": [E], "q3": [A, B]}
     assert qr["score"].tolist() == [5.0, 4.0, 2.0]
@@ -151,8 +163,9 @@ def test_random_baseline_matches_counts_and_is_deterministic():
 def test_random_baseline_of_a_query_does_not_depend_on_other_queries():
     s = QRNCASettings(u=0.5, v=2)
     full = picked(qrnca.qr_neurons(sparse_table(), GROUPS, s, "random", shape=(40, 1000)))
-    q3_only = picked(qrnca.qr_neurons(sparse_table([r for r in ROWS if r[0] == "q3"]), GROUPS, s, "random",
-                                      shape=(40, 1000)))
+    q3_only = picked(
+        qrnca.qr_neurons(sparse_table([r for r in ROWS if r[0] == "q3"]), GROUPS, s, "random", shape=(40, 1000))
+    )
     assert q3_only == {"q3": full["q3"]}
 
 
@@ -174,7 +187,9 @@ def test_explain_gives_each_reason():
     assert q1["naica_rank"].tolist() == [0, 1, 2, 0]
     rows = qrnca.naica(sparse_table(), qrnca.neuron_stats(sparse_table(), 5, 0.5))
     assert qrnca.explain(rows[rows["query_id"] == "q4"], v=2)["reason"].tolist() == [
-        qrnca.REASONS["kept"], qrnca.REASONS["common"]]
+        qrnca.REASONS["kept"],
+        qrnca.REASONS["common"],
+    ]
 
 
 def test_explain_kept_rows_are_the_qrnca_neurons():
@@ -182,7 +197,9 @@ def test_explain_kept_rows_are_the_qrnca_neurons():
     explained = qrnca.explain(qrnca.naica(sparse_table(), qrnca.neuron_stats(sparse_table(), 5, s.u)), s.v)
     kept = explained[explained["kept"]].sort_values(["query_id", "naica_rank"])
     qr = qrnca.qr_neurons(sparse_table(), GROUPS, s)
-    assert list(zip(kept["query_id"], kept["layer"], kept["neuron"])) == list(zip(qr["query_id"], qr["layer"], qr["neuron"]))
+    assert list(zip(kept["query_id"], kept["layer"], kept["neuron"])) == list(
+        zip(qr["query_id"], qr["layer"], qr["neuron"])
+    )
 
 
 def test_ties_are_broken_by_layer_then_neuron():

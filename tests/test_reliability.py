@@ -30,8 +30,11 @@ ONE_GROUP = [dataclasses.replace(q, group="science") for q in QUERIES]
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under `folder` with its bytes and modification time."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def fails(argv: list[str], capsys) -> str:
@@ -62,19 +65,24 @@ def work(seeded: Path, tmp_path: Path, monkeypatch) -> Path:
 
 # --- 1. results are used only with the model that made them ---------------------------------------------------------
 
+
 def test_evaluate_with_another_model_is_refused_naming_both(work, tiny, capsys):
     before = snapshot(work)
     message = fails(["evaluate", "--run", RUN, "--model", "tiny-gpt2", "--db", "qrn.duckdb"], capsys)
-    assert message == (f"run {RUN!r} was computed with model {MODEL} ({tiny('llama').fingerprint}), not with "
-                       f"tiny-gpt2 ({tiny('gpt2').fingerprint}); use the run's model (qrn --model, or QRN_MODEL for "
-                       "the explorer)")
+    assert message == (
+        f"run {RUN!r} was computed with model {MODEL} ({tiny('llama').fingerprint}), not with "
+        f"tiny-gpt2 ({tiny('gpt2').fingerprint}); use the run's model (qrn --model, or QRN_MODEL for "
+        "the explorer)"
+    )
     assert snapshot(work) == before
 
 
 def test_evaluate_checks_the_run_before_loading_any_model(work, capsys):
     before = snapshot(work)
-    assert fails(["evaluate", "--run", "nope", "--model", "./no/such/model", "--db", "qrn.duckdb"], capsys) == \
-        "no run 'nope' in this store; stored runs: half, one, tiny-run"
+    assert (
+        fails(["evaluate", "--run", "nope", "--model", "./no/such/model", "--db", "qrn.duckdb"], capsys)
+        == "no run 'nope' in this store; stored runs: half, one, tiny-run"
+    )
     assert snapshot(work) == before
 
 
@@ -98,8 +106,11 @@ def test_cut_short_store_is_refused_untouched(work, command, capsys):
     os.truncate(work / "qrn.duckdb", full // 2)
     before = snapshot(work)
     message = fails([*DAMAGED_COMMANDS[command], "--db", "qrn.duckdb"], capsys)
-    assert re.fullmatch(rf"qrn\.duckdb is damaged: the file is {full // 2:,} bytes but its tables use blocks up to "
-                        r"byte [\d,]+; restore a copy or pass another --db", message), message
+    assert re.fullmatch(
+        rf"qrn\.duckdb is damaged: the file is {full // 2:,} bytes but its tables use blocks up to "
+        r"byte [\d,]+; restore a copy or pass another --db",
+        message,
+    ), message
     assert snapshot(work) == before  # no lock file, no report, no write
 
 
@@ -109,8 +120,9 @@ def test_store_with_an_overwritten_block_is_refused_untouched(work, capsys):
         f.write(b"\xff" * 4096)
     before = snapshot(work)
     message = fails(["export", "--run", RUN, "--db", "qrn.duckdb", "--out", "out"], capsys)
-    assert re.fullmatch(r"qrn\.duckdb is damaged: DuckDB cannot open it \(.+\); restore a copy or pass another --db",
-                        message), message
+    assert re.fullmatch(
+        r"qrn\.duckdb is damaged: DuckDB cannot open it \(.+\); restore a copy or pass another --db", message
+    ), message
     assert snapshot(work) == before
 
 
@@ -119,12 +131,15 @@ def test_refused_foreign_store_gets_no_lock_file(work, capsys):
     with duckdb.connect(str(work / "sales.duckdb")) as con:
         con.execute("CREATE TABLE sales (id INTEGER)")
     before = snapshot(work)
-    assert fails(["import", "new.csv", "--db", "sales.duckdb"], capsys) == \
-        "sales.duckdb is not a QR Neuron Explorer store (no meta table); pass another --db or move the file away"
+    assert (
+        fails(["import", "new.csv", "--db", "sales.duckdb"], capsys)
+        == "sales.duckdb is not a QR Neuron Explorer store (no meta table); pass another --db or move the file away"
+    )
     assert snapshot(work) == before
 
 
 # --- migrations are built in a copy -------------------------------------------------------------------------------
+
 
 def test_migration_is_built_in_a_copy_and_swapped_in_whole(work, monkeypatch):
     db = work / "qrn.duckdb"
@@ -141,8 +156,14 @@ def test_migration_is_built_in_a_copy_and_swapped_in_whole(work, monkeypatch):
     monkeypatch.setattr(store, "_build", watched)
     current = store.SCHEMA_VERSION
     monkeypatch.setattr(store, "SCHEMA_VERSION", current + 1)
-    monkeypatch.setattr(store, "MIGRATIONS", {**store.MIGRATIONS, current: [
-        "ALTER TABLE attributions ADD COLUMN doubled REAL", "UPDATE attributions SET doubled = 2 * na"]})
+    monkeypatch.setattr(
+        store,
+        "MIGRATIONS",
+        {
+            **store.MIGRATIONS,
+            current: ["ALTER TABLE attributions ADD COLUMN doubled REAL", "UPDATE attributions SET doubled = 2 * na"],
+        },
+    )
     with store.connect(db, read_only=True) as con:
         assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == str(current + 1)
         assert con.execute("SELECT count(*), bool_and(doubled = 2 * na) FROM attributions").fetchone()[1]
@@ -151,6 +172,7 @@ def test_migration_is_built_in_a_copy_and_swapped_in_whole(work, monkeypatch):
 
 
 # --- 4. tracebacks that became one line ---------------------------------------------------------------------------
+
 
 def gguf_cases(folder: Path) -> dict[str, tuple[Path, str]]:
     """Broken .gguf files and the messages they get: empty, a text file renamed, the real model cut short."""
@@ -161,10 +183,16 @@ def gguf_cases(folder: Path) -> dict[str, tuple[Path, str]]:
         cut.write_bytes(f.read(3_000_000))
     return {
         "empty": (empty, re.escape(f"GGUF file {empty} is empty; pass a complete .gguf file.")),
-        "text": (text, re.escape(f"{text} is not a GGUF file (it does not start with the bytes 'GGUF'); "
-                                 "pass a .gguf model file.")),
-        "cut short": (cut, re.escape(f"cannot read GGUF file {cut} (") + r"[^\n]+"
-                      + re.escape("); it is cut short or damaged, pass a complete .gguf file.")),
+        "text": (
+            text,
+            re.escape(f"{text} is not a GGUF file (it does not start with the bytes 'GGUF'); pass a .gguf model file."),
+        ),
+        "cut short": (
+            cut,
+            re.escape(f"cannot read GGUF file {cut} (")
+            + r"[^\n]+"
+            + re.escape("); it is cut short or damaged, pass a complete .gguf file."),
+        ),
     }
 
 
@@ -178,11 +206,14 @@ def test_broken_gguf_file_is_one_line_and_leaves_the_cache_alone(case, tmp_path,
     assert list(cache.iterdir()) == []
 
 
-@pytest.mark.parametrize(("device", "gpus", "message"), [
-    ("banana", 0, "unknown device 'banana'; use cpu, cuda, cuda:N or auto."),
-    ("cuda", 0, "device 'cuda': torch sees no CUDA GPU on this machine; use --device cpu."),
-    ("cuda:3", 2, "device 'cuda:3': this machine has 2 CUDA GPU(s), cuda:0 to cuda:1; pass one of them or cpu."),
-])
+@pytest.mark.parametrize(
+    ("device", "gpus", "message"),
+    [
+        ("banana", 0, "unknown device 'banana'; use cpu, cuda, cuda:N or auto."),
+        ("cuda", 0, "device 'cuda': torch sees no CUDA GPU on this machine; use --device cpu."),
+        ("cuda:3", 2, "device 'cuda:3': this machine has 2 CUDA GPU(s), cuda:0 to cuda:1; pass one of them or cpu."),
+    ],
+)
 def test_unusable_device_is_one_line(device, gpus, message, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
@@ -196,19 +227,24 @@ def test_out_that_is_a_file_is_one_line(work, command, capsys):
     (work / "taken").write_text("mine")
     before = snapshot(work)
     message = fails([command, "--run", RUN, "--db", "qrn.duckdb", "--out", "taken"], capsys)
-    assert message == ("taken is a file, not a folder; pass a folder to --out (it is created if missing)"
-                       if command == "export" else
-                       f"taken is a file, so the folder taken/{RUN} cannot be made; pass another --out")
+    assert message == (
+        "taken is a file, not a folder; pass a folder to --out (it is created if missing)"
+        if command == "export"
+        else f"taken is a file, so the folder taken/{RUN} cannot be made; pass another --out"
+    )
     assert snapshot(work) == before
 
 
 # --- 5. unfinished runs do not leave as if finished ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", [["report"], ["export", "--out", "out"], ["evaluate", "--model", "tiny-llama"]])
 def test_unfinished_run_is_refused(work, command, capsys):
     before = snapshot(work)
-    assert fails([*command, "--run", "half", "--db", "qrn.duckdb"], capsys) == \
-        "run 'half' is unfinished (2 of 6 queries done); finish it first: the same qrn run again resumes it"
+    assert (
+        fails([*command, "--run", "half", "--db", "qrn.duckdb"], capsys)
+        == "run 'half' is unfinished (2 of 6 queries done); finish it first: the same qrn run again resumes it"
+    )
     assert snapshot(work) == before
 
 
@@ -216,21 +252,29 @@ def test_report_of_a_run_without_evaluations_says_how_to_make_them(work, capsys)
     with duckdb.connect(str(work / "qrn.duckdb")) as con:
         con.execute("DELETE FROM evaluations")
     before = snapshot(work)
-    assert fails(["report", "--run", RUN, "--db", "qrn.duckdb"], capsys) == \
-        f"run {RUN!r} has no evaluations yet; compute them with `qrn evaluate --run {RUN}`"
+    assert (
+        fails(["report", "--run", RUN, "--db", "qrn.duckdb"], capsys)
+        == f"run {RUN!r} has no evaluations yet; compute them with `qrn evaluate --run {RUN}`"
+    )
     assert snapshot(work) == before
 
 
 # --- 6. wrong or missing checks -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--top", "-5"], "--top is -5; it must be at least 1."),
-    (["--templates", "99"], "--templates is 99; there are 3 prompt templates, so pass 1 to 3."),
-    (["--option", "\u200b"], "an option is empty; remove it or fill it in."),
-    (["--option", "Par\nis"], "option 'Par\\nis' contains a line break; write each option on one line."),
-    (["--model", "notes.txt"],
-     "notes.txt is a file but not a .gguf model; pass a .gguf file, a Hugging Face model folder or a hub id."),
-])
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--top", "-5"], "--top is -5; it must be at least 1."),
+        (["--templates", "99"], "--templates is 99; there are 3 prompt templates, so pass 1 to 3."),
+        (["--option", "\u200b"], "an option is empty; remove it or fill it in."),
+        (["--option", "Par\nis"], "option 'Par\\nis' contains a line break; write each option on one line."),
+        (
+            ["--model", "notes.txt"],
+            "notes.txt is a file but not a .gguf model; pass a .gguf file, a Hugging Face model folder or a hub id.",
+        ),
+    ],
+)
 def test_attribute_argument_checks(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("not a model")
@@ -239,13 +283,24 @@ def test_attribute_argument_checks(argv, message, tmp_path, monkeypatch, capsys)
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--dataset", "nosuch"], "unknown dataset 'nosuch'; use one of domain, language, a .json/.csv file, "
-                              "or a dataset imported with `qrn import`."),
-    (["--dataset", "domain", "--groups", "biology", "--per-group", "1", "--templates", "4"],
-     "--templates is 4; there are 3 prompt templates, so pass 1 to 3."),
-    (["--dataset", "domain", "--groups", "biology", "--per-group", "0"], "--per-group is 0; it must be at least 1."),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--dataset", "nosuch"],
+            "unknown dataset 'nosuch'; use one of domain, language, a .json/.csv file, "
+            "or a dataset imported with `qrn import`.",
+        ),
+        (
+            ["--dataset", "domain", "--groups", "biology", "--per-group", "1", "--templates", "4"],
+            "--templates is 4; there are 3 prompt templates, so pass 1 to 3.",
+        ),
+        (
+            ["--dataset", "domain", "--groups", "biology", "--per-group", "0"],
+            "--per-group is 0; it must be at least 1.",
+        ),
+    ],
+)
 def test_run_argument_checks_on_a_new_store(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert fails(["run", "--model", "tiny-llama", "--db", "new.duckdb", *argv], capsys) == message
@@ -262,12 +317,14 @@ def test_tiny_models_take_dtype_and_device(dtype, tiny):
 
 def test_paper_record_whose_label_the_prompt_does_not_offer_is_refused_at_import(work, capsys):
     prompt = "Which is a fruit?\n A. apple\n B. brick\n C. chair\n"
-    (work / "paper.json").write_text(json.dumps({"q1": {"sentences": [prompt, prompt], "obj_label": ["A", "D"],
-                                                        "relation_name": "food"}}))
+    (work / "paper.json").write_text(
+        json.dumps({"q1": {"sentences": [prompt, prompt], "obj_label": ["A", "D"], "relation_name": "food"}})
+    )
     before = snapshot(work)
     assert fails(["import", "paper.json", "--db", "qrn.duckdb"], capsys) == (
         "paper.json: record 'q1': query 'q1': label 'D' of prompt 2 is not one of its options A, B, C; "
-        "give the letter of an option it shows.")
+        "give the letter of an option it shows."
+    )
     assert snapshot(work) == before
 
 
@@ -275,23 +332,28 @@ def test_stored_query_that_cannot_be_asked_fails_before_the_run_starts(work):
     bad = Query(id="z1", group="g", question="Pick?", prompts=("Pick?\n A. x\n B. y\n",), labels=("C",))
     with duckdb.connect(str(work / "qrn.duckdb")) as con:  # stored by a qrn that did not check labels
         con.execute("INSERT INTO datasets VALUES ('d-old', 'old', 'test', current_timestamp)")
-        con.execute("INSERT INTO queries VALUES ('d-old', 'z1', 0, 'g', 'Pick?', '', '[]', '', ?, '[\"C\"]', '{}')",
-                    [json.dumps(bad.prompts)])
+        con.execute(
+            "INSERT INTO queries VALUES ('d-old', 'z1', 0, 'g', 'Pick?', '', '[]', '', ?, '[\"C\"]', '{}')",
+            [json.dumps(bad.prompts)],
+        )
     with pytest.raises(QRNError, match=r"^query 'z1': label 'C' of prompt 1 is not one of its options A, B; "):
         plan_queries("old", str(work / "qrn.duckdb"))
 
 
 # --- 7. PCR needs two groups ----------------------------------------------------------------------------------------
 
+
 def test_evaluate_of_a_single_group_run_says_pcr_needs_two_groups(work, capsys):
     before = snapshot(work)
     assert fails(["evaluate", "--run", "one", "--model", "tiny-llama", "--db", "qrn.duckdb"], capsys) == (
         "run 'one' has QR neurons in 1 group(s) (science); PCR compares each query with a query of another group, "
-        "so evaluate a run of at least two groups")
+        "so evaluate a run of at least two groups"
+    )
     assert snapshot(work) == before
 
 
 # --- 8. one computation of the correct letter's probability ---------------------------------------------------------
+
 
 def test_attribute_prints_one_probability_for_the_correct_letter(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

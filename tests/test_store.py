@@ -31,10 +31,24 @@ NA = {
     "q5": [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]],
 }
 GROUP = {"q1": "g1", "q2": "g1", "q3": "g2", "q4": "g2", "q5": "g2"}
-QUERIES = [Query(id=q, group=g, question=f"question {q}?", answer="yes", distractors=("no", "maybe"),
-                 meta={"fact": q.upper()}) for q, g in GROUP.items()]
-TABLES = {"meta", "models", "datasets", "queries", "runs", "query_results", "attributions", "top_activations",
-          "neuron_stats", "qr_neurons", "heatmaps", "evaluations"}
+QUERIES = [
+    Query(id=q, group=g, question=f"question {q}?", answer="yes", distractors=("no", "maybe"), meta={"fact": q.upper()})
+    for q, g in GROUP.items()
+]
+TABLES = {
+    "meta",
+    "models",
+    "datasets",
+    "queries",
+    "runs",
+    "query_results",
+    "attributions",
+    "top_activations",
+    "neuron_stats",
+    "qr_neurons",
+    "heatmaps",
+    "evaluations",
+}
 
 
 def attribution(query_id: str) -> QueryAttribution:
@@ -74,6 +88,7 @@ def db(tmp_path: Path) -> Path:
 
 # --- schema, migrations, foreign files -----------------------------------------------------------------------------
 
+
 def test_new_store_has_all_tables_and_current_version(db):
     with store.connect(db) as con:
         tables = {r[0] for r in con.execute(store.LIST_TABLES).fetchall()}
@@ -92,8 +107,11 @@ def test_default_db_can_be_overridden_by_env(monkeypatch):
 
 def test_v0_store_is_migrated_to_current(db):
     db.parent.mkdir()
-    raw(db, "CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
-        "INSERT INTO meta VALUES ('app', 'qr-neuron-explorer'), ('schema_version', '0')")
+    raw(
+        db,
+        "CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+        "INSERT INTO meta VALUES ('app', 'qr-neuron-explorer'), ('schema_version', '0')",
+    )
     with store.connect(db, read_only=True) as con:
         assert {r[0] for r in con.execute(store.LIST_TABLES).fetchall()} == TABLES
         assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == "2"
@@ -101,11 +119,17 @@ def test_v0_store_is_migrated_to_current(db):
 
 def test_v1_store_gains_the_template_ig_column_and_keeps_its_rows(db):
     db.parent.mkdir()
-    raw(db, store.CREATE_META, "INSERT INTO meta VALUES ('app', 'qr-neuron-explorer'), ('schema_version', '1')",
-        *store.SCHEMA_V1, "INSERT INTO attributions VALUES ('r', 'q', 1, 2, 0.5, true)")
+    raw(
+        db,
+        store.CREATE_META,
+        "INSERT INTO meta VALUES ('app', 'qr-neuron-explorer'), ('schema_version', '1')",
+        *store.SCHEMA_V1,
+        "INSERT INTO attributions VALUES ('r', 'q', 1, 2, 0.5, true)",
+    )
     with store.connect(db, read_only=True) as con:
         assert con.execute("SELECT layer, neuron, na, in_cluster, ig FROM attributions").fetchall() == [
-            (1, 2, 0.5, True, None)]
+            (1, 2, 0.5, True, None)
+        ]
 
 
 def test_migration_step_keeps_data(db, monkeypatch):
@@ -113,8 +137,9 @@ def test_migration_step_keeps_data(db, monkeypatch):
         store.upsert_model(con, "m1", "tiny", "llama", 2, 3, "{}")
     current = store.SCHEMA_VERSION
     monkeypatch.setattr(store, "SCHEMA_VERSION", current + 1)
-    monkeypatch.setattr(store, "MIGRATIONS", {**store.MIGRATIONS,
-                                              current: ["ALTER TABLE models ADD COLUMN note VARCHAR DEFAULT 'n/a'"]})
+    monkeypatch.setattr(
+        store, "MIGRATIONS", {**store.MIGRATIONS, current: ["ALTER TABLE models ADD COLUMN note VARCHAR DEFAULT 'n/a'"]}
+    )
     with store.connect(db) as con:
         assert con.execute("SELECT model_id, name, note FROM models").fetchall() == [("m1", "tiny", "n/a")]
         assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == str(current + 1)
@@ -124,10 +149,16 @@ def test_failed_migration_leaves_store_unchanged(db, monkeypatch):
     store.connect(db).close()
     current = store.SCHEMA_VERSION
     monkeypatch.setattr(store, "SCHEMA_VERSION", current + 1)
-    monkeypatch.setattr(store, "MIGRATIONS", {**store.MIGRATIONS, current: ["ALTER TABLE models ADD COLUMN note VARCHAR",
-                                                                            "SELECT * FROM no_such_table"]})
-    with pytest.raises(QRNError, match=rf"could not upgrade .*qrn\.duckdb from store schema {current} to {current + 1} "
-                                       r"\(Catalog Error.*\); the file is unchanged"):
+    monkeypatch.setattr(
+        store,
+        "MIGRATIONS",
+        {**store.MIGRATIONS, current: ["ALTER TABLE models ADD COLUMN note VARCHAR", "SELECT * FROM no_such_table"]},
+    )
+    with pytest.raises(
+        QRNError,
+        match=rf"could not upgrade .*qrn\.duckdb from store schema {current} to {current + 1} "
+        r"\(Catalog Error.*\); the file is unchanged",
+    ):
         store.connect(db)
     with duckdb.connect(str(db)) as con:
         assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == str(current)
@@ -151,8 +182,9 @@ def test_foreign_duckdb_file_is_refused_untouched(db, read_only):
     before = fingerprint(db)
     with pytest.raises(QRNError) as err:
         store.connect(db, read_only=read_only)
-    assert str(err.value) == (f"{db} is not a QR Neuron Explorer store (no meta table); "
-                              "pass another --db or move the file away")
+    assert str(err.value) == (
+        f"{db} is not a QR Neuron Explorer store (no meta table); pass another --db or move the file away"
+    )
     assert fingerprint(db) == before
     assert sorted(p.name for p in db.parent.iterdir()) == ["qrn.duckdb"]
 
@@ -186,6 +218,7 @@ def test_read_only_connect_to_missing_file_says_what_to_do(db):
 
 # --- datasets and runs ---------------------------------------------------------------------------------------------
 
+
 def test_dataset_round_trip_and_identical_upsert_is_noop(db):
     with store.connect(db) as con:
         first = store.upsert_dataset(con, "tiny", "test", QUERIES)
@@ -203,8 +236,10 @@ def test_dataset_name_with_other_content_is_refused(db):
         store.upsert_dataset(con, "tiny", "test", QUERIES)
         with pytest.raises(QRNError) as err:
             store.upsert_dataset(con, "tiny", "test", QUERIES[:4])
-        assert str(err.value) == ("dataset 'tiny' is already stored with other queries (5 stored, 4 given); "
-                                  "import the new queries under another name, e.g. 'tiny-2'")
+        assert str(err.value) == (
+            "dataset 'tiny' is already stored with other queries (5 stored, 4 given); "
+            "import the new queries under another name, e.g. 'tiny-2'"
+        )
         with pytest.raises(QRNError, match="dataset 'dup': query id 'q1' appears twice; give every query its own id"):
             store.upsert_dataset(con, "dup", "test", QUERIES + QUERIES[:1])
         with pytest.raises(QRNError, match="no dataset 'nope' in this store; import it first"):
@@ -224,8 +259,10 @@ def test_run_name_with_other_settings_names_the_difference(db):
         other = RunSettings(qrnca=QRNCASettings(u=0.5, v=3, t=0.25, cluster="sum", z="max_abs"))
         with pytest.raises(QRNError) as err:
             new_run(con, settings=other)
-        assert str(err.value) == ("run 'r1' already exists and differs in settings (qrnca.t 0.2 -> 0.25, "
-                                  "qrnca.v 2 -> 3); choose another run name to compute a new run")
+        assert str(err.value) == (
+            "run 'r1' already exists and differs in settings (qrnca.t 0.2 -> 0.25, "
+            "qrnca.v 2 -> 3); choose another run name to compute a new run"
+        )
         dataset_id = store.upsert_dataset(con, "tiny", "test", QUERIES)
         with pytest.raises(QRNError, match=r"differs in code version \(0\.1\.0\+schema2 -> 9\.9\)"):
             store.get_or_create_run(con, "r1", "m" * 16, dataset_id, SETTINGS, code_version="9.9")
@@ -236,15 +273,19 @@ def test_same_inputs_under_another_name_points_to_the_existing_run(db):
         new_run(con, "r1")
         with pytest.raises(QRNError) as err:
             new_run(con, "r2")
-    assert str(err.value) == ("run 'r1' already has this model, dataset, settings and code version; "
-                              "use the name 'r1' to resume or view it")
+    assert str(err.value) == (
+        "run 'r1' already has this model, dataset, settings and code version; use the name 'r1' to resume or view it"
+    )
 
 
 # --- writing queries -----------------------------------------------------------------------------------------------
 
+
 def counts(con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
-    return tuple(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                 for t in ("query_results", "attributions", "top_activations"))
+    return tuple(
+        con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+        for t in ("query_results", "attributions", "top_activations")
+    )
 
 
 def test_write_query_is_all_or_nothing(db, monkeypatch):
@@ -268,19 +309,28 @@ def test_write_query_is_all_or_nothing(db, monkeypatch):
         store.write_query(con, run_id, attribution("q1"), SETTINGS.qrnca)  # a rewrite replaces, never duplicates
         assert counts(con) == (1, 4, 6)
         assert store.done_query_ids(con, run_id) == {"q1"}
-        assert con.execute("SELECT layer, neuron, na, in_cluster FROM attributions ORDER BY layer, neuron").fetchall() \
-            == [(0, 0, 1.0, True), (0, 1, pytest.approx(0.6), True), (1, 0, pytest.approx(0.3), True),
-                (1, 2, pytest.approx(0.1), False)]
+        assert con.execute(
+            "SELECT layer, neuron, na, in_cluster FROM attributions ORDER BY layer, neuron"
+        ).fetchall() == [
+            (0, 0, 1.0, True),
+            (0, 1, pytest.approx(0.6), True),
+            (1, 0, pytest.approx(0.3), True),
+            (1, 2, pytest.approx(0.1), False),
+        ]
 
 
 def test_top_activations_are_the_k_highest():
     acts = np.array([[1.0, 5.0, 3.0], [4.0, -1.0, 2.0]], np.float32)
     top = store.top_activations(QueryAttribution("q", acts[None], acts, 0.5, 1.0), k=3)
     assert sorted(zip(top["activation"], top["layer"], top["neuron"]), reverse=True) == [
-        (5.0, 0, 1), (4.0, 1, 0), (3.0, 0, 2)]
+        (5.0, 0, 1),
+        (4.0, 1, 0),
+        (3.0, 0, 2),
+    ]
 
 
 # --- finalize and readers ------------------------------------------------------------------------------------------
+
 
 def test_readers_need_a_finalized_run(db):
     with store.connect(db) as con:
@@ -297,20 +347,36 @@ def test_finalize_writes_qr_neurons_stats_and_heatmaps(db):
     with store.connect(db, read_only=True) as con:
         runs = store.list_runs(con)
         assert runs[["name", "model", "dataset", "status", "n_done", "n_queries"]].values.tolist() == [
-            ["r1", "tiny", "tiny", "finished", 5, 5]]
+            ["r1", "tiny", "tiny", "finished", 5, 5]
+        ]
         qr = store.qr_neurons(con, "r1", "qrnca")
         assert list(zip(qr["query_id"], qr["rank"], qr["layer"], qr["neuron"])) == [
-            ("q1", 1, 0, 1), ("q2", 1, 1, 1), ("q3", 1, 0, 1), ("q3", 2, 1, 1), ("q4", 1, 1, 2), ("q5", 1, 1, 0)]
-        assert qr["score"].tolist() == pytest.approx([0.6 * log(5 / 3), 0.5 * log(5 / 3), log(5 / 3),
-                                                      0.9 * log(5 / 3), log(5 / 2), log(5 / 3)])
+            ("q1", 1, 0, 1),
+            ("q2", 1, 1, 1),
+            ("q3", 1, 0, 1),
+            ("q3", 2, 1, 1),
+            ("q4", 1, 1, 2),
+            ("q5", 1, 1, 0),
+        ]
+        assert qr["score"].tolist() == pytest.approx(
+            [0.6 * log(5 / 3), 0.5 * log(5 / 3), log(5 / 3), 0.9 * log(5 / 3), log(5 / 2), log(5 / 3)]
+        )
         per_method = con.execute("SELECT method, count(*) FROM qr_neurons GROUP BY method ORDER BY method").fetchall()
-        assert per_method == [("activation", 6), ("kn", 6), ("qrnca", 6), ("qrnca_no_ica", 6),
-                              ("qrnca_with_common", 9), ("random", 6)]
+        assert per_method == [
+            ("activation", 6),
+            ("kn", 6),
+            ("qrnca", 6),
+            ("qrnca_no_ica", 6),
+            ("qrnca_with_common", 9),
+            ("random", 6),
+        ]
         assert store.common_neurons(con, run_id).to_dict("records") == [
-            {"layer": 0, "neuron": 0, "n_clusters": 3, "frequency": 0.6}]
+            {"layer": 0, "neuron": 0, "n_clusters": 3, "frequency": 0.6}
+        ]
         assert store.heatmap_groups(con, run_id) == ["g1", "g2"]
-        assert store.heatmap(con, run_id, "g1") == pytest.approx(np.array(
-            [[2 * log(5 / 4), 0.6 * log(5 / 3), 0.0], [0.3 * log(5 / 3), 0.5 * log(5 / 3), 0.0]]))
+        assert store.heatmap(con, run_id, "g1") == pytest.approx(
+            np.array([[2 * log(5 / 4), 0.6 * log(5 / 3), 0.0], [0.3 * log(5 / 3), 0.5 * log(5 / 3), 0.0]])
+        )
         with pytest.raises(QRNError, match="run 'r1' has no group 'g7'; groups: g1, g2"):
             store.heatmap(con, run_id, "g7")
         # Readers use qrcore.analysis on the stored QR neurons.
@@ -328,8 +394,20 @@ def test_query_neurons_explain_each_stored_neuron(db):
         rows = store.query_neurons(con, run_id, "q1")
         with pytest.raises(QRNError, match="run 'r1' has no stored neurons for query 'q9'"):
             store.query_neurons(con, run_id, "q9")
-    assert rows.columns.tolist() == ["layer", "neuron", "na", "in_cluster", "ig", "n_clusters", "ica", "is_common", "naica",
-                                     "naica_rank", "kept", "reason"]
+    assert rows.columns.tolist() == [
+        "layer",
+        "neuron",
+        "na",
+        "in_cluster",
+        "ig",
+        "n_clusters",
+        "ica",
+        "is_common",
+        "naica",
+        "naica_rank",
+        "kept",
+        "reason",
+    ]
     assert list(zip(rows["layer"], rows["neuron"], rows["n_clusters"], rows["kept"], rows["reason"])) == [
         (0, 1, 2, True, qrnca.REASONS["kept"]),
         (0, 0, 3, False, qrnca.REASONS["common"]),
@@ -347,16 +425,22 @@ def test_evaluations_are_replaced_per_method_and_evaluation(db):
         store.write_evaluations(con, run_id, "qrnca", "suppress", rows.assign(value=[4.0, 2.0]))
         store.write_evaluations(con, run_id, "kn", "suppress", rows)
         out = store.evaluations(con, "r1")
-    assert out.values.tolist() == [["kn", "suppress", "g1", "pcr", 3.5], ["kn", "suppress", "g2", "pcr", 1.25],
-                                   ["qrnca", "suppress", "g1", "pcr", 4.0], ["qrnca", "suppress", "g2", "pcr", 2.0]]
+    assert out.values.tolist() == [
+        ["kn", "suppress", "g1", "pcr", 3.5],
+        ["kn", "suppress", "g2", "pcr", 1.25],
+        ["qrnca", "suppress", "g1", "pcr", 4.0],
+        ["qrnca", "suppress", "g2", "pcr", 2.0],
+    ]
 
 
 # --- concurrency ---------------------------------------------------------------------------------------------------
 
+
 def run_python(code: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def test_second_writer_gets_a_clear_message(db):
@@ -364,8 +448,9 @@ def test_second_writer_gets_a_clear_message(db):
         with pytest.raises(QRNError) as err:
             with store.writer_lock(db):
                 pass
-        assert str(err.value) == (f"{db} is being written by another qrn run (pid {os.getpid()}); "
-                                  "wait for it to finish or use another --db")
+        assert str(err.value) == (
+            f"{db} is being written by another qrn run (pid {os.getpid()}); wait for it to finish or use another --db"
+        )
         other = run_python(f"from qrcore import store\nwith store.writer_lock({str(db)!r}): pass")
         assert other.wait(30) == 1
         assert f"is being written by another qrn run (pid {os.getpid()})" in other.stderr.read()
@@ -382,14 +467,18 @@ def test_reader_reads_while_the_writer_lock_is_held(db):
 
 def test_reader_waits_for_a_writer_in_another_process(db):
     finished_run(db)
-    writer = run_python(f"import duckdb, time\ncon = duckdb.connect({str(db)!r})\nprint('open', flush=True)\n"
-                        "time.sleep(1.5)\ncon.close()")
+    writer = run_python(
+        f"import duckdb, time\ncon = duckdb.connect({str(db)!r})\nprint('open', flush=True)\n"
+        "time.sleep(1.5)\ncon.close()"
+    )
     try:
         assert writer.stdout.readline().strip() == "open"
         with pytest.raises(QRNError) as err:
             store.connect(db, read_only=True, wait=0.2)
-        assert str(err.value) == (f"{db} is in use by another process (pid {writer.pid}) for more than 0.2 s; "
-                                  "try again when it is done or use another --db")
+        assert str(err.value) == (
+            f"{db} is in use by another process (pid {writer.pid}) for more than 0.2 s; "
+            "try again when it is done or use another --db"
+        )
         start = time.monotonic()
         with store.connect(db, read_only=True, wait=20) as con:  # retries until the writer has closed
             assert store.list_runs(con)["name"].tolist() == ["r1"]
@@ -400,20 +489,37 @@ def test_reader_waits_for_a_writer_in_another_process(db):
 
 # --- benchmark -----------------------------------------------------------------------------------------------------
 
+
 def test_synthetic_store_builds_a_finished_run_and_times_every_reader(tmp_path):
     from qrcore import bench_store
 
     path = tmp_path / "bench.duckdb"
-    run_id = bench_store.build_synthetic_store(path, n_queries=60, n_layers=4, n_neurons=50, rows_per_query=20, groups=3)
+    run_id = bench_store.build_synthetic_store(
+        path, n_queries=60, n_layers=4, n_neurons=50, rows_per_query=20, groups=3
+    )
     with store.connect(path, read_only=True) as con:
         info = store.run_info(con, run_id)
-        assert (info.name, info.status, info.n_clusters, info.n_layers, info.n_neurons) == \
-            ("synthetic", "finished", 60, 4, 50)
+        assert (info.name, info.status, info.n_clusters, info.n_layers, info.n_neurons) == (
+            "synthetic",
+            "finished",
+            60,
+            4,
+            50,
+        )
         assert store.heatmap_groups(con, run_id) == ["group0", "group1", "group2"]
     table = bench_store.bench_store(path, repeats=1, out=None)
     assert table["reader"].tolist() == [
-        "connect read-only + close", "list_runs", "heatmap (one group)", "heatmap_groups", "overlap",
-        "layer_distribution", "common_neurons", "query_neurons", "qr_neurons (one query)", "evaluations"]
+        "connect read-only + close",
+        "list_runs",
+        "heatmap (one group)",
+        "heatmap_groups",
+        "overlap",
+        "layer_distribution",
+        "common_neurons",
+        "query_neurons",
+        "qr_neurons (one query)",
+        "evaluations",
+    ]
     assert (table["ms"] > 0).all()
     with pytest.raises(QRNError, match="already exists; the benchmark builds a new store"):
         bench_store.build_synthetic_store(path)

@@ -12,11 +12,18 @@ run = views.require_run()
 at = thresholds.controls(run)
 common = state.read(store.common_neurons, run.id) if at is None else at.common
 u = state.read(store.run_info, run.id).settings.qrnca.u if at is None else at.settings.u
-st.caption(f"Neurons in more than u = {u:.0%} of the run's clusters (one coarse cluster per query). "
-           "They fire for almost any query, so QRNCA drops them from every query's QR neurons.")
+st.caption(
+    f"Neurons in more than u = {u:.0%} of the run's clusters (one coarse cluster per query). "
+    "They fire for almost any query, so QRNCA drops them from every query's QR neurons."
+)
 unavailable = run.model_unavailable()
-views.neuron_table(common, unavailable, column_config={"frequency": st.column_config.ProgressColumn(
-    "frequency", format="%.2f", min_value=0.0, max_value=1.0)})
+views.neuron_table(
+    common,
+    unavailable,
+    column_config={
+        "frequency": st.column_config.ProgressColumn("frequency", format="%.2f", min_value=0.0, max_value=1.0)
+    },
+)
 
 st.subheader("Why a query's neurons are (not) QR neurons")
 query = views.pick_query(views.run_queries(run))
@@ -24,11 +31,20 @@ with views.inline_errors():
     rows = state.read(store.query_neurons, run.id, query.id) if at is None else thresholds.query_rows(at, query.id)
     rows = rows.sort_values("na", ascending=False, ignore_index=True)
     kept = int(rows["kept"].sum())
-    st.caption(f"Every stored neuron of {views.md(repr(query.id))} (its coarse cluster and NA above the storage "
-               f"floor), highest NA first; NAICA = NA x ICA. {kept} kept as QR neurons.")
-    views.neuron_table(rows, unavailable, column_config={
-        "kept": st.column_config.CheckboxColumn("QR neuron"), "in_cluster": st.column_config.CheckboxColumn("cluster"),
-        "is_common": st.column_config.CheckboxColumn("common"),
-        "na": st.column_config.NumberColumn("NA", format="%.3f"),
-        "ica": st.column_config.NumberColumn("ICA", format="%.3f"),
-        "naica": st.column_config.NumberColumn("NAICA", format="%.3f"), "reason": st.column_config.TextColumn("why")})
+    st.caption(
+        f"Every stored neuron of {views.md(repr(query.id))} (its coarse cluster and NA above the storage "
+        f"floor), highest NA first; NAICA = NA x ICA. {kept} kept as QR neurons."
+    )
+    views.neuron_table(
+        rows,
+        unavailable,
+        column_config={
+            "kept": st.column_config.CheckboxColumn("QR neuron"),
+            "in_cluster": st.column_config.CheckboxColumn("cluster"),
+            "is_common": st.column_config.CheckboxColumn("common"),
+            "na": st.column_config.NumberColumn("NA", format="%.3f"),
+            "ica": st.column_config.NumberColumn("ICA", format="%.3f"),
+            "naica": st.column_config.NumberColumn("NAICA", format="%.3f"),
+            "reason": st.column_config.TextColumn("why"),
+        },
+    )

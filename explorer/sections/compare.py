@@ -15,9 +15,12 @@ from qrcore.analysis import relative_depth
 
 COLUMNS = 256
 """Heatmap columns per model (wide layers are max-pooled, as on the Heatmaps page)."""
-LOCALISATION = {"qr_per_query": "QR neurons per query", "neuron_share": "share of all FFN neurons that are QR neurons",
-                "mean_depth": "mean relative depth of QR neurons (0 first layer, 1 last)",
-                "overlap": "mean overlap between groups (Jaccard)"}
+LOCALISATION = {
+    "qr_per_query": "QR neurons per query",
+    "neuron_share": "share of all FFN neurons that are QR neurons",
+    "mean_depth": "mean relative depth of QR neurons (0 first layer, 1 last)",
+    "overlap": "mean overlap between groups (Jaccard)",
+}
 """`store.localisation` keys and how they read."""
 
 
@@ -28,10 +31,12 @@ def pick_pair(first: str) -> tuple[views.Run, views.Run]:
     mine = datasets.get(first, set())
     others = [m for m in datasets.index if m != first and datasets[m] & mine]
     if not others:
-        st.info(f"Comparing needs finished runs of two models on one dataset, and no other model in this store shares "
-                f"a dataset with {views.md(first)}. Compute one with `qrn run --model OTHER --dataset DATASET`, DATASET "
-                f"being the dataset of a run of {views.md(first)}"
-                + (f" ({views.md(', '.join(sorted(mine)))})." if mine else "."))
+        st.info(
+            f"Comparing needs finished runs of two models on one dataset, and no other model in this store shares "
+            f"a dataset with {views.md(first)}. Compute one with `qrn run --model OTHER --dataset DATASET`, DATASET "
+            f"being the dataset of a run of {views.md(first)}"
+            + (f" ({views.md(', '.join(sorted(mine)))})." if mine else ".")
+        )
         st.stop()
     left, right = st.columns(2)
     second = views.synced(left.selectbox, "Compare with", "model_b", options=others)
@@ -58,26 +63,39 @@ def layer_shares(run: views.Run, method: str, group: str) -> pd.DataFrame:
 st.title("Compare models")
 a, b = pick_pair(views.model())
 relative = a.n_layers != b.n_layers
-st.caption(f"**{views.md(a.model)}**: run {views.md(a.name)}, {a.n_layers} layers x {a.n_neurons} neurons · "
-           f"**{views.md(b.model)}**: run {views.md(b.name)}, "
-           f"{b.n_layers} layers x {b.n_neurons} neurons" + (" · the models differ in depth, so layers are drawn at "
-           "their relative depth (0 first layer, 1 last)." if relative else "."))
+st.caption(
+    f"**{views.md(a.model)}**: run {views.md(a.name)}, {a.n_layers} layers x {a.n_neurons} neurons · "
+    f"**{views.md(b.model)}**: run {views.md(b.name)}, "
+    f"{b.n_layers} layers x {b.n_neurons} neurons"
+    + (
+        " · the models differ in depth, so layers are drawn at their relative depth (0 first layer, 1 last)."
+        if relative
+        else "."
+    )
+)
 
 st.subheader("Accuracy per group")
 accuracy = pd.concat([state.read(store.group_accuracy, r.id).assign(model=r.model) for r in (a, b)])
 shown = accuracy.assign(group_name=accuracy["group_name"].map(views.plain), model=accuracy["model"].map(views.plain))
 left, right = st.columns([2, 3])
-left.dataframe(accuracy.pivot(index="group_name", columns="model", values="accuracy")[[a.model, b.model]]
-               .style.format("{:.2f}"), width="stretch")
+left.dataframe(
+    accuracy.pivot(index="group_name", columns="model", values="accuracy")[[a.model, b.model]].style.format("{:.2f}"),
+    width="stretch",
+)
 left.caption("Share of templates whose highest-probability option letter is the correct one; chance is 1 / options.")
-right.plotly_chart(px.bar(shown, x="group_name", y="accuracy", color="model", barmode="group", range_y=[0, 1])
-                   .update_layout(height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}), width="stretch",
-                   key="accuracy")
+right.plotly_chart(
+    px.bar(shown, x="group_name", y="accuracy", color="model", barmode="group", range_y=[0, 1]).update_layout(
+        height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}
+    ),
+    width="stretch",
+    key="accuracy",
+)
 
 st.subheader("How concentrated the QR neurons are")
 method = views.synced(st.selectbox, "Method", "method", options=qrnca.METHODS)
 summary = pd.DataFrame({r.model: state.read(store.localisation, r.id, method) for r in (a, b)}).rename(
-    index=LOCALISATION)
+    index=LOCALISATION
+)
 st.dataframe(summary.style.format("{:.4g}"), width="stretch")
 
 st.subheader("Heatmaps per group")
@@ -86,33 +104,61 @@ group = views.synced(st.selectbox, "Group", "group", options=groups)
 st.caption("NAICA summed over the group's queries, each model on its own layer x neuron grid and colour scale.")
 for column, r in zip(st.columns(2), (a, b)):
     binned = bin_heatmap(state.read(store.heatmap, r.id, group), COLUMNS)
-    column.plotly_chart(heatmap_figure(binned, title=views.plain(f"{r.model} · {group}"), depth_of=r.n_layers if relative else None),
-                        width="stretch", key=f"heatmap-{r.model}")
+    column.plotly_chart(
+        heatmap_figure(binned, title=views.plain(f"{r.model} · {group}"), depth_of=r.n_layers if relative else None),
+        width="stretch",
+        key=f"heatmap-{r.model}",
+    )
 
 st.subheader("Overlap between groups")
 for column, r in zip(st.columns(2), (a, b)):
     overlap = state.read(store.overlap, r.id, method).rename(index=views.plain, columns=views.plain)
-    column.plotly_chart(px.imshow(overlap, text_auto=".2f", zmin=0, zmax=1,
-                                  color_continuous_scale="Blues", title=views.plain(r.model),
-                                  labels={"x": "group", "y": "group", "color": "overlap"}),
-                        width="stretch", key=f"overlap-{r.model}")
+    column.plotly_chart(
+        px.imshow(
+            overlap,
+            text_auto=".2f",
+            zmin=0,
+            zmax=1,
+            color_continuous_scale="Blues",
+            title=views.plain(r.model),
+            labels={"x": "group", "y": "group", "color": "overlap"},
+        ),
+        width="stretch",
+        key=f"overlap-{r.model}",
+    )
 
 st.subheader("Where the QR neurons sit")
 shares = pd.concat([layer_shares(r, method, group) for r in (a, b)])
 shares = shares.assign(groups=shares["groups"].map(views.plain), model=shares["model"].map(views.plain))
-st.plotly_chart(px.line(shares, x="depth" if relative else "layer", y="share", color="model", line_dash="groups",
-                        markers=True, hover_data=["layer"], labels={"depth": "relative depth"}),
-                width="stretch", key="layers")
+st.plotly_chart(
+    px.line(
+        shares,
+        x="depth" if relative else "layer",
+        y="share",
+        color="model",
+        line_dash="groups",
+        markers=True,
+        hover_data=["layer"],
+        labels={"depth": "relative depth"},
+    ),
+    width="stretch",
+    key="layers",
+)
 
 st.subheader("PCR and flip rates")
 evaluations = pd.concat([state.read(store.evaluations, r.id).assign(model=r.model) for r in (a, b)])
 for r in (a, b):
     if not (evaluations["model"] == r.model).any():
-        st.info(f"Run {views.md(r.name)} of {views.md(r.model)} has no evaluations yet; compute them with "
-                f"{views.md(f'qrn evaluate --run {shlex.quote(r.name)}')}.")
+        st.info(
+            f"Run {views.md(r.name)} of {views.md(r.model)} has no evaluations yet; compute them with "
+            f"{views.md(f'qrn evaluate --run {shlex.quote(r.name)}')}."
+        )
 pcr = evaluations.loc[(evaluations["metric"] == "pcr") & (evaluations["group_name"] == "all")]
 flips = views.flip_cases(evaluations.loc[evaluations["metric"].isin(views.FLIPS)])
-for title, rows, case in (("PCR over all groups (Table 4)", pcr, "evaluation"), ("Flip rates (Table 6)", flips, "case")):
+for title, rows, case in (
+    ("PCR over all groups (Table 4)", pcr, "evaluation"),
+    ("Flip rates (Table 6)", flips, "case"),
+):
     if not rows.empty:
         st.markdown(f"**{title}**")
         table = views.method_table(rows, ["model", case]).reindex(columns=[a.model, b.model], level=0)

@@ -12,12 +12,16 @@ from qrcore.live import template_above
 
 st.title("Template consistency")
 run = views.require_run()
-st.caption("Each prompt template has its own cluster: its neurons above t x that template's maximum; a query's coarse "
-           "cluster is their union (Sec. 4.3). Agreement is the mean Jaccard index over pairs of templates: 1 when "
-           "they pick the same neurons, near 0 when the cluster depends on how the question is asked.")
+st.caption(
+    "Each prompt template has its own cluster: its neurons above t x that template's maximum; a query's coarse "
+    "cluster is their union (Sec. 4.3). Agreement is the mean Jaccard index over pairs of templates: 1 when "
+    "they pick the same neurons, near 0 when the cluster depends on how the question is asked."
+)
 if not state.read(store.has_template_ig, run.id):
-    st.info("Template consistency is not available for this run: it was stored without per-template IG (before "
-            "store schema 2). Compute a new run with `qrn run` to see it.")
+    st.info(
+        "Template consistency is not available for this run: it was stored without per-template IG (before "
+        "store schema 2). Compute a new run with `qrn run` to see it."
+    )
     st.stop()
 s = state.read(store.run_info, run.id).settings.qrnca
 thresholds.link_errors(s, ("t",))
@@ -28,30 +32,56 @@ queries = views.run_queries(run)
 left, right = st.columns([3, 2])
 left.subheader("Agreement per group")
 shown = table.assign(group=table["group_name"].map(views.plain), query=table["query_id"].map(views.plain))
-left.plotly_chart(px.box(shown, x="group", y="agreement", points="all", hover_data=["query", "cluster", "in_all"],
-                         labels={"agreement": "agreement (mean pairwise Jaccard)"})
-                  .update_layout(height=340, margin={"l": 40, "r": 10, "t": 10, "b": 40}), width="stretch",
-                  key="agreement")
+left.plotly_chart(
+    px.box(
+        shown,
+        x="group",
+        y="agreement",
+        points="all",
+        hover_data=["query", "cluster", "in_all"],
+        labels={"agreement": "agreement (mean pairwise Jaccard)"},
+    ).update_layout(height=340, margin={"l": 40, "r": 10, "t": 10, "b": 40}),
+    width="stretch",
+    key="agreement",
+)
 right.subheader("Summary")
-summary = table.groupby("group_name").agg(queries=("query_id", "count"), agreement=("agreement", "mean"),
-                                          in_all=("in_all", "mean"), cluster=("cluster", "median"))
+summary = table.groupby("group_name").agg(
+    queries=("query_id", "count"),
+    agreement=("agreement", "mean"),
+    in_all=("in_all", "mean"),
+    cluster=("cluster", "median"),
+)
 right.dataframe(summary.style.format({"agreement": "{:.2f}", "in_all": "{:.0%}", "cluster": "{:.0f}"}), width="stretch")
-right.caption(f"All queries: mean agreement {table['agreement'].mean():.2f}; on average {table['in_all'].mean():.0%} of "
-              "a cluster is in every template's cluster.")
+right.caption(
+    f"All queries: mean agreement {table['agreement'].mean():.2f}; on average {table['in_all'].mean():.0%} of "
+    "a cluster is in every template's cluster."
+)
 
 st.subheader("Per query")
-st.dataframe(table.assign(question=table["query_id"].map(lambda q: queries[q].question if q in queries else ""),
-                          template_sizes=table["template_sizes"].map(lambda n: " / ".join(map(str, n)))),
-             hide_index=True, width="stretch", column_config={
-                 "agreement": st.column_config.ProgressColumn("agreement", format="%.2f", min_value=0.0, max_value=1.0),
-                 "in_all": st.column_config.NumberColumn("in all templates", format="percent"),
-                 "template_sizes": st.column_config.TextColumn("cluster per template")})
+st.dataframe(
+    table.assign(
+        question=table["query_id"].map(lambda q: queries[q].question if q in queries else ""),
+        template_sizes=table["template_sizes"].map(lambda n: " / ".join(map(str, n))),
+    ),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "agreement": st.column_config.ProgressColumn("agreement", format="%.2f", min_value=0.0, max_value=1.0),
+        "in_all": st.column_config.NumberColumn("in all templates", format="percent"),
+        "template_sizes": st.column_config.TextColumn("cluster per template"),
+    },
+)
 
 st.subheader("One query's templates")
 query = views.pick_query({q: queries[q] for q in table["query_id"] if q in queries})
 rows = state.read(store.query_neurons, run.id, query.id)
 above = template_above(np.stack(rows["ig"].to_numpy()), np.zeros(len(rows), int), t)  # (rows, templates)
 cluster = rows.assign(**{f"template {p + 1}": above[:, p] for p in range(above.shape[1])})
-cluster = cluster.loc[above.any(axis=1), ["layer", "neuron", "na", *[f"template {p + 1}" for p in range(above.shape[1])]]]
-views.neuron_table(cluster.assign(in_all=above[above.any(axis=1)].all(axis=1)), run.model_unavailable(),
-                   column_config={"na": st.column_config.NumberColumn("NA", format="%.3f")})
+cluster = cluster.loc[
+    above.any(axis=1), ["layer", "neuron", "na", *[f"template {p + 1}" for p in range(above.shape[1])]]
+]
+views.neuron_table(
+    cluster.assign(in_all=above[above.any(axis=1)].all(axis=1)),
+    run.model_unavailable(),
+    column_config={"na": st.column_config.NumberColumn("NA", format="%.3f")},
+)

@@ -18,25 +18,43 @@ st.title("Heatmaps")
 run = views.require_run()
 groups = state.read(store.heatmap_groups, run.id)
 if not groups:
-    st.info(f"Run {views.md(repr(run.name))} has no neuron with positive NAICA in any group, so there is nothing to "
-            "draw.")
+    st.info(
+        f"Run {views.md(repr(run.name))} has no neuron with positive NAICA in any group, so there is nothing to draw."
+    )
     st.stop()
 at = thresholds.controls(run)
 left, middle, right = st.columns([2, 2, 3])
 mode = views.synced(middle.radio, "Show", "mode", options=MODES, horizontal=True)
 group = views.synced(left.selectbox, "Group", "group", options=groups)
 others = [g for g in groups if g != group] or groups
-other = views.synced(left.selectbox, "Second group", "group_b", options=groups, index=groups.index(others[0]),
-                     disabled=mode == MODES[0])
+other = views.synced(
+    left.selectbox, "Second group", "group_b", options=groups, index=groups.index(others[0]), disabled=mode == MODES[0]
+)
 last = run.n_layers - 1
-lo, hi = views.synced(right.slider, "Layers", "layers", min_value=0, max_value=last, value=(0, last),
-                      valid=lambda v: 0 <= v[0] <= v[1] <= last, parse=lambda s: tuple(map(int, s.split("-"))),
-                      dump=lambda v: f"{v[0]}-{v[1]}", scope=run.id)
-columns = right.select_slider("Columns", (128, 256, MAX_COLS), value=256, key="columns",
-                              help="Fewer columns pool more neurons into each, so sparse maps are easier to see.")
-st.caption(f"Run **{views.md(run.name)}** · {run.n_layers} layers x {run.n_neurons} neurons · wide layers are "
-           f"max-pooled into at most {columns} columns, each showing its strongest neuron; hover names it, with its "
-           f"top vocabulary tokens for the {TOKEN_CELLS} strongest cells.")
+lo, hi = views.synced(
+    right.slider,
+    "Layers",
+    "layers",
+    min_value=0,
+    max_value=last,
+    value=(0, last),
+    valid=lambda v: 0 <= v[0] <= v[1] <= last,
+    parse=lambda s: tuple(map(int, s.split("-"))),
+    dump=lambda v: f"{v[0]}-{v[1]}",
+    scope=run.id,
+)
+columns = right.select_slider(
+    "Columns",
+    (128, 256, MAX_COLS),
+    value=256,
+    key="columns",
+    help="Fewer columns pool more neurons into each, so sparse maps are easier to see.",
+)
+st.caption(
+    f"Run **{views.md(run.name)}** · {run.n_layers} layers x {run.n_neurons} neurons · wide layers are "
+    f"max-pooled into at most {columns} columns, each showing its strongest neuron; hover names it, with its "
+    f"top vocabulary tokens for the {TOKEN_CELLS} strongest cells."
+)
 
 
 unavailable = run.model_unavailable()
@@ -45,27 +63,40 @@ unavailable = run.model_unavailable()
 def view(name: str) -> np.ndarray:
     """The group's map restricted to the chosen layers (at the live thresholds, if they differ from the run's)."""
     full = state.read(store.heatmap, run.id, name) if at is None else thresholds.heatmap(at, name, run)
-    return full[lo:hi + 1]
+    return full[lo : hi + 1]
 
 
 def labels(*binned_maps) -> dict[tuple[int, int], str]:
     """Token hover text for the strongest cells of the maps, when the run's model is installed here."""
     if unavailable:
         return {}
-    cells = {(lo + int(l), int(b.top[l, c])): abs(float(b.values[l, c]))
-             for b in binned_maps for l, c in zip(*np.nonzero(b.values))}
+    cells = {
+        (lo + int(l), int(b.top[l, c])): abs(float(b.values[l, c]))
+        for b in binned_maps
+        for l, c in zip(*np.nonzero(b.values))
+    }
     strongest = sorted(cells, key=cells.__getitem__, reverse=True)[:TOKEN_CELLS]
     return views.hover_labels(run.model, sorted(strongest))
 
 
-maps = [(group, view(group))] if mode == MODES[0] else [(f"{group} − {other}", view(group) - view(other))] \
-    if mode == MODES[2] else [(group, view(group)), (other, view(other))]
+maps = (
+    [(group, view(group))]
+    if mode == MODES[0]
+    else [(f"{group} − {other}", view(group) - view(other))]
+    if mode == MODES[2]
+    else [(group, view(group)), (other, view(other))]
+)
 binned = [bin_heatmap(m, columns) for _, m in maps]
 hover = labels(*binned)
 zmax = color_limit([b.values for b in binned])
 for i, (column, (title, _), b) in enumerate(zip(st.columns(len(maps)), maps, binned)):
-    event = column.plotly_chart(views.clickable(heatmap_figure(b, lo, views.plain(title), zmax, hover)),
-                                width="stretch", key=f"heatmap-{i}", on_select="rerun", selection_mode="points")
+    event = column.plotly_chart(
+        views.clickable(heatmap_figure(b, lo, views.plain(title), zmax, hover)),
+        width="stretch",
+        key=f"heatmap-{i}",
+        on_select="rerun",
+        selection_mode="points",
+    )
     with column:
         views.clicked_card_link(event, run.name)
 

@@ -22,8 +22,14 @@ if message := state.missing(name):
     st.error(f"The query lab runs {views.md(name)} live, and it is not installed here: {message}")
     st.stop()
 run = views.pick_run()
-source = views.synced(st.radio, "Question", "source", options=SOURCES if run else SOURCES[1:], horizontal=True,
-                      format_func={"dataset": "from the run's dataset", "custom": "my own"}.__getitem__)
+source = views.synced(
+    st.radio,
+    "Question",
+    "source",
+    options=SOURCES if run else SOURCES[1:],
+    horizontal=True,
+    format_func={"dataset": "from the run's dataset", "custom": "my own"}.__getitem__,
+)
 
 
 def custom_query() -> Query:
@@ -46,8 +52,10 @@ def qr_table(query: Query) -> pd.DataFrame:
     if st.button("Run QRNCA", type="primary", help="Attribute every neuron (integrated gradients, Eq. 5)."):
         done.add(query)
     if query not in done:
-        st.info("Press *Run QRNCA* to find this question's QR neurons against the sidebar's run, or add neurons by "
-                "layer and index below.")
+        st.info(
+            "Press *Run QRNCA* to find this question's QR neurons against the sidebar's run, or add neurons by "
+            "layer and index below."
+        )
         return pd.DataFrame(columns=["rank", "layer", "neuron", "score"])
     return lab_scoring.custom_qr_table(run, name, query)
 
@@ -59,6 +67,7 @@ def default_labels(table: pd.DataFrame) -> list[str]:
 
 def choose_neurons(query: Query, table: pd.DataFrame, n_layers: int, n_neurons: int) -> list[tuple[int, int]]:
     """Multiselect of neurons from the table or added by layer and index; synced in the link as ?neurons=3:17,..."""
+
     def valid(label: str) -> bool:
         try:
             layer, neuron = views.parse_neuron(label)
@@ -86,8 +95,14 @@ def choose_neurons(query: Query, table: pd.DataFrame, n_layers: int, n_neurons: 
     linked = [] if "neurons" in st.session_state else st.query_params.get("neurons", "").split(",")
     table_labels = [views.neuron_label(n) for n in zip(table["layer"], table["neuron"])]
     options = [n for n in dict.fromkeys([*table_labels, *st.session_state.get("neurons", []), *linked]) if valid(n)]
-    labels = views.synced(st.multiselect, "Neurons to edit", "neurons", options=options,
-                          parse=lambda s: [n for n in s.split(",") if n], dump=",".join)
+    labels = views.synced(
+        st.multiselect,
+        "Neurons to edit",
+        "neurons",
+        options=options,
+        parse=lambda s: [n for n in s.split(",") if n],
+        dump=",".join,
+    )
     return [views.parse_neuron(label) for label in labels]
 
 
@@ -104,31 +119,52 @@ def show_probs(query: Query, edit: dict[tuple[int, int], float], n_neurons: int)
     prompt = state.prompts(name, query)[0]
     control = views.control_neurons(list(edit), n_neurons)
     control_edit = dict(zip(control, (edit[n] for n in sorted(edit))))
-    probs = {"original": state.option_probs(name, query),
-             "edited": state.option_probs(name, query, state.edit_key(list(edit), 1.0, edit)),
-             "control": state.option_probs(name, query, state.edit_key(control, 1.0, control_edit))}
+    probs = {
+        "original": state.option_probs(name, query),
+        "edited": state.option_probs(name, query, state.edit_key(list(edit), 1.0, edit)),
+        "control": state.option_probs(name, query, state.edit_key(control, 1.0, control_edit)),
+    }
     factors = set(edit.values())
     mult = f"x {factors.pop():g}" if len(factors) == 1 else "x their own multipliers"
     correct = {k: float(p[0, prompt.correct]) for k, p in probs.items()}
     cols = st.columns(3)
     cols[0].metric("P(correct), template 1", f"{correct['original']:.4g}")
-    cols[1].metric(f"Edited ({len(edit)} neurons {mult})", f"{correct['edited']:.4g}",
-                   f"{correct['edited'] - correct['original']:+.3g}")
-    cols[2].metric(f"Control ({len(control)} random neurons, same layers)", f"{correct['control']:.4g}",
-                   f"{correct['control'] - correct['original']:+.3g}")
-    options = [views.plain(f"{l}. {t}" if t else l)
-               for l, t in zip(prompt.letters, prompt.options or [""] * len(prompt.letters))]
+    cols[1].metric(
+        f"Edited ({len(edit)} neurons {mult})",
+        f"{correct['edited']:.4g}",
+        f"{correct['edited'] - correct['original']:+.3g}",
+    )
+    cols[2].metric(
+        f"Control ({len(control)} random neurons, same layers)",
+        f"{correct['control']:.4g}",
+        f"{correct['control'] - correct['original']:+.3g}",
+    )
+    options = [
+        views.plain(f"{l}. {t}" if t else l)
+        for l, t in zip(prompt.letters, prompt.options or [""] * len(prompt.letters))
+    ]
     options[prompt.correct] += " ✓"
-    long = pd.DataFrame([(k, o, float(v)) for k, p in probs.items() for o, v in zip(options, p[0])],
-                        columns=["setting", "option", "probability"])
-    fig = px.bar(long, x="option", y="probability", color="setting", barmode="group",
-                 color_discrete_sequence=["#9aa5b1", "#2f6fdf", "#e8a33d"])
+    long = pd.DataFrame(
+        [(k, o, float(v)) for k, p in probs.items() for o, v in zip(options, p[0])],
+        columns=["setting", "option", "probability"],
+    )
+    fig = px.bar(
+        long,
+        x="option",
+        y="probability",
+        color="setting",
+        barmode="group",
+        color_discrete_sequence=["#9aa5b1", "#2f6fdf", "#e8a33d"],
+    )
     fig.update_layout(height=320, margin={"l": 40, "r": 10, "t": 10, "b": 40})
     st.plotly_chart(fig, width="stretch", key="probs")
     rows = [p.correct for p in state.prompts(name, query)]
     means = {k: float(p[range(len(rows)), rows].mean()) for k, p in probs.items()}
-    st.caption("Mean P(correct) over the query's templates: " + " · ".join(f"{k} {v:.4g}" for k, v in means.items())
-               + (f" · control neurons: {', '.join(map(views.neuron_label, control))}" if control else ""))
+    st.caption(
+        "Mean P(correct) over the query's templates: "
+        + " · ".join(f"{k} {v:.4g}" for k, v in means.items())
+        + (f" · control neurons: {', '.join(map(views.neuron_label, control))}" if control else "")
+    )
 
 
 def show_answers(query: Query, edit: state.EditKey) -> None:
@@ -165,9 +201,18 @@ if not table.empty:
 st.subheader("Edit")
 neurons = choose_neurons(query, table, n_layers, n_neurons)
 left, right = st.columns([4, 1], vertical_alignment="bottom")
-mult = views.synced(left.slider, "Multiplier of the selected neurons' activation (0 suppresses, 1 leaves, 2 boosts)",
-                    "mult", min_value=0.0, max_value=4.0, step=0.1, value=1.0, parse=float,
-                    valid=lambda v: 0.0 <= v <= 4.0, dump=lambda v: f"{v:g}")
+mult = views.synced(
+    left.slider,
+    "Multiplier of the selected neurons' activation (0 suppresses, 1 leaves, 2 boosts)",
+    "mult",
+    min_value=0.0,
+    max_value=4.0,
+    step=0.1,
+    value=1.0,
+    parse=float,
+    valid=lambda v: 0.0 <= v <= 4.0,
+    dump=lambda v: f"{v:g}",
+)
 right.button("Reset", on_click=reset, args=(default_labels(table),))
 edit = lab_edit.per_neuron(neurons, mult)
 show_probs(query, edit, n_neurons)

@@ -21,34 +21,50 @@ def show(table: pd.DataFrame, rows: pd.DataFrame, x: str, label: str, key: str, 
     style = table.style.format("{:.3f}", na_rep="–")
     left.dataframe(style.highlight_max(axis=0, color="#d6e4ff") if higher_is_better else style, width="stretch")
     shown = rows.assign(**{x: rows[x].map(views.plain), "method": rows["method"].map(views.plain)})
-    fig = px.bar(shown, x=x, y="value", color="method", barmode="group", labels={"value": label},
-                 category_orders={"method": [views.plain(m) for m in table.index]})
-    right.plotly_chart(fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}),
-                       width="stretch", key=key)
+    fig = px.bar(
+        shown,
+        x=x,
+        y="value",
+        color="method",
+        barmode="group",
+        labels={"value": label},
+        category_orders={"method": [views.plain(m) for m in table.index]},
+    )
+    right.plotly_chart(
+        fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}), width="stretch", key=key
+    )
 
 
 st.title("Methods")
 run = views.require_run()
 evaluations = state.read(store.evaluations, run.id)
 if evaluations.empty:
-    st.info(f"Run {views.md(repr(run.name))} has no evaluations yet. Compute them with "
-            f"{views.md(f'qrn evaluate --run {shlex.quote(run.name)}')} "
-            "(PCR, flip rates and neuron-based prediction per method); this page then shows them.")
+    st.info(
+        f"Run {views.md(repr(run.name))} has no evaluations yet. Compute them with "
+        f"{views.md(f'qrn evaluate --run {shlex.quote(run.name)}')} "
+        "(PCR, flip rates and neuron-based prediction per method); this page then shows them."
+    )
     st.stop()
 metric = evaluations["metric"]
 
 pcr = evaluations.loc[metric == "pcr"]
 if not pcr.empty:
     st.subheader("Probability change ratio (Table 4)")
-    st.caption("Edit a query's neurons (boost x2, suppress x0): |mean % change of P(correct) of the query| / |mean % "
-               "change of an unrelated query of another group|. Higher means the neurons are more query-specific.")
+    st.caption(
+        "Edit a query's neurons (boost x2, suppress x0): |mean % change of P(correct) of the query| / |mean % "
+        "change of an unrelated query of another group|. Higher means the neurons are more query-specific."
+    )
     for evaluation, rows in pcr.groupby("evaluation"):
         st.markdown(f"**{views.md(evaluation)}**")
         show(views.method_table(rows, "group_name"), rows, "group_name", "PCR", f"pcr-{evaluation}")
     changes = evaluations.loc[metric.isin(CHANGES) & (evaluations["group_name"] == "all")]
     with st.expander("Mean % change of P(correct), related and unrelated queries"):
-        st.dataframe(views.method_table(changes.assign(metric=changes["metric"].map(CHANGES)), ["evaluation", "metric"])
-                     .style.format("{:+.2f}", na_rep="–"), width="stretch")
+        st.dataframe(
+            views.method_table(
+                changes.assign(metric=changes["metric"].map(CHANGES)), ["evaluation", "metric"]
+            ).style.format("{:+.2f}", na_rep="–"),
+            width="stretch",
+        )
 
 flips = evaluations.loc[metric.isin(views.FLIPS)]
 if not flips.empty:
@@ -60,20 +76,30 @@ if not flips.empty:
 answers = evaluations.loc[evaluations["evaluation"] == "answer_prediction"]
 if not answers.empty:
     st.subheader("Neuron-based answer prediction (Table 7)")
-    st.caption("Every fifth query of each group is held out. Each option letter is appended to its prompt; the "
-               "predicted option is the one under which the group's neurons (the QR neurons of its other queries) "
-               "are most active. Prompt-based: the model's own answer on the same queries.")
+    st.caption(
+        "Every fifth query of each group is held out. Each option letter is appended to its prompt; the "
+        "predicted option is the one under which the group's neurons (the QR neurons of its other queries) "
+        "are most active. Prompt-based: the model's own answer on the same queries."
+    )
     reference = answers.loc[(answers["method"] == qrnca.METHODS[0]) & answers["metric"].isin(PREDICTION_REFERENCE)]
     neuron_based = answers.loc[answers["metric"] == "accuracy"]
     both = pd.concat([neuron_based, reference.assign(method=reference["metric"].map(PREDICTION_REFERENCE))])
-    show(both.pivot_table(index="method", columns="group_name", values="value", aggfunc="first")
-         .reindex([*qrnca.METHODS, *PREDICTION_REFERENCE.values()]).dropna(how="all"),
-         both, "group_name", "accuracy", "answer-prediction")
+    show(
+        both.pivot_table(index="method", columns="group_name", values="value", aggfunc="first")
+        .reindex([*qrnca.METHODS, *PREDICTION_REFERENCE.values()])
+        .dropna(how="all"),
+        both,
+        "group_name",
+        "accuracy",
+        "answer-prediction",
+    )
 
 groups = evaluations.loc[evaluations["evaluation"] == "group_prediction"]
 if not groups.empty:
     st.subheader("Group prediction (ours)")
     n_groups = evaluations.loc[evaluations["group_name"] != "all", "group_name"].nunique()
-    st.caption("Held-out queries' groups predicted from which group's QR neurons they activate most at the answer "
-               f"position; chance is 1/{n_groups} for {n_groups} groups.")
+    st.caption(
+        "Held-out queries' groups predicted from which group's QR neurons they activate most at the answer "
+        f"position; chance is 1/{n_groups} for {n_groups} groups."
+    )
     show(views.method_table(groups, "metric"), groups, "metric", "accuracy", "group-prediction")

@@ -20,8 +20,9 @@ unavailable = run.model_unavailable()
 if "neuron" not in st.session_state and "neuron" not in st.query_params:
     common = state.read(store.common_neurons, run.id)
     first = common if not common.empty else state.read(store.qr_neurons, run.id)
-    st.session_state["neuron"] = views.neuron_label((int(first["layer"].iloc[0]), int(first["neuron"].iloc[0]))) \
-        if not first.empty else "0:0"
+    st.session_state["neuron"] = (
+        views.neuron_label((int(first["layer"].iloc[0]), int(first["neuron"].iloc[0]))) if not first.empty else "0:0"
+    )
 text = views.synced(st.text_input, "Neuron (layer:index)", "neuron", help="For example 12:345; tables link here.")
 try:
     layer, index = views.parse_neuron(text.strip())
@@ -41,8 +42,14 @@ cols[0].metric("Cluster frequency", f"{card.frequency:.0%}", help=f"In {card.n_c
 cols[1].metric("ICA (Eq. 6)", f"{card.ica:.3f}")
 cols[2].metric("Common neuron", "yes" if card.is_common else "no")
 cols[3].metric("QR neuron of queries", int((card.queries["qr_rank"] > 0).sum()))
-cols[4].button("Edit it in the lab", type="primary", on_click=lab_edit.add_to_lab, args=([neuron],),
-               disabled=unavailable is not None, help="Opens the query lab with this neuron in its edit set.")
+cols[4].button(
+    "Edit it in the lab",
+    type="primary",
+    on_click=lab_edit.add_to_lab,
+    args=([neuron],),
+    disabled=unavailable is not None,
+    help="Opens the query lab with this neuron in its edit set.",
+)
 if st.session_state.pop(lab_edit.GO_TO_LAB, False):
     st.switch_page("sections/lab.py")
 
@@ -51,38 +58,76 @@ left.subheader("Vocabulary projection (Table 5)")
 if not unavailable:
     top = state.vocab_tokens(run.model, (neuron,), TOKENS)[neuron]
     bottom = state.vocab_tokens(run.model, (neuron,), TOKENS, largest=False)[neuron]
-    left.dataframe(pd.DataFrame({"pushes up": [repr(t) for t in top], "pushes down": [repr(t) for t in bottom]}),
-                   width="stretch", hide_index=True)
+    left.dataframe(
+        pd.DataFrame({"pushes up": [repr(t) for t in top], "pushes down": [repr(t) for t in bottom]}),
+        width="stretch",
+        hide_index=True,
+    )
 else:
     left.caption(f"No vocabulary projection: {unavailable}")
 right.subheader("NA per group")
 bars = card.groups.assign(group=card.groups["group_name"].map(views.plain))
-right.plotly_chart(px.bar(bars, x="group", y="mean_na", hover_data=["clusters", "qr_neuron"],
-                          labels={"mean_na": "mean NA over the group's queries", "group": "group"})
-                   .update_layout(height=280, margin={"l": 40, "r": 10, "t": 10, "b": 40}), width="stretch", key="na")
+right.plotly_chart(
+    px.bar(
+        bars,
+        x="group",
+        y="mean_na",
+        hover_data=["clusters", "qr_neuron"],
+        labels={"mean_na": "mean NA over the group's queries", "group": "group"},
+    ).update_layout(height=280, margin={"l": 40, "r": 10, "t": 10, "b": 40}),
+    width="stretch",
+    key="na",
+)
 
 st.subheader("Queries whose coarse cluster holds it")
-table = card.queries.assign(question=card.queries["query_id"].map(lambda q: queries[q].question if q in queries else ""))
-st.dataframe(table, hide_index=True, width="stretch", column_config={
-    "na": st.column_config.NumberColumn("NA", format="%.3f"), "naica": st.column_config.NumberColumn("NAICA", format="%.3f"),
-    "qr_rank": st.column_config.NumberColumn("QR rank", help="Its rank among the query's QR neurons; 0: not one.")})
+table = card.queries.assign(
+    question=card.queries["query_id"].map(lambda q: queries[q].question if q in queries else "")
+)
+st.dataframe(
+    table,
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "na": st.column_config.NumberColumn("NA", format="%.3f"),
+        "naica": st.column_config.NumberColumn("NAICA", format="%.3f"),
+        "qr_rank": st.column_config.NumberColumn("QR rank", help="Its rank among the query's QR neurons; 0: not one."),
+    },
+)
 
 st.subheader("Activation at the answer position")
 acts = None if unavailable else state.cached_activations(run.model, run.id)
 if acts is None:
-    st.caption(f"The store keeps each query's {store.TOP_ACTIVATIONS} highest activations; this neuron is among them "
-               f"for {len(card.top_activations)} queries.")
+    st.caption(
+        f"The store keeps each query's {store.TOP_ACTIVATIONS} highest activations; this neuron is among them "
+        f"for {len(card.top_activations)} queries."
+    )
     st.dataframe(card.top_activations, hide_index=True, width="stretch")
-    if not unavailable and st.button(f"Compute its activation on all {len(queries)} queries",
-                                      help="One forward per prompt; kept for every later card of this run."):
+    if not unavailable and st.button(
+        f"Compute its activation on all {len(queries)} queries",
+        help="One forward per prompt; kept for every later card of this run.",
+    ):
         bar = st.progress(0.0, "Computing activations…")
         settings = state.read(store.run_info, run.id).settings
-        state.compute_activations(run.model, run.id, list(queries.values()), settings,
-                                  lambda done, total: bar.progress(done / total, f"Query {done} of {total}"))
+        state.compute_activations(
+            run.model,
+            run.id,
+            list(queries.values()),
+            settings,
+            lambda done, total: bar.progress(done / total, f"Query {done} of {total}"),
+        )
         st.rerun()
 else:
-    values = pd.DataFrame({"query": [views.plain(q) for q in queries], "activation": acts[:, layer, index],
-                           "group": [views.plain(q.group) for q in queries.values()]})
-    st.plotly_chart(px.strip(values, x="group", y="activation", hover_data=["query"])
-                    .update_layout(height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}), width="stretch",
-                    key="activations")
+    values = pd.DataFrame(
+        {
+            "query": [views.plain(q) for q in queries],
+            "activation": acts[:, layer, index],
+            "group": [views.plain(q.group) for q in queries.values()],
+        }
+    )
+    st.plotly_chart(
+        px.strip(values, x="group", y="activation", hover_data=["query"]).update_layout(
+            height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}
+        ),
+        width="stretch",
+        key="activations",
+    )

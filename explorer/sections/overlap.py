@@ -15,9 +15,18 @@ left, right = st.columns(2)
 
 overlap = state.read(store.overlap, run.id, method)
 left.subheader("Overlap rate (Jaccard) between groups")
-left.plotly_chart(px.imshow(overlap.rename(index=views.plain, columns=views.plain), text_auto=".2f", zmin=0, zmax=1,
-                            color_continuous_scale="Blues", labels={"x": "group", "y": "group", "color": "overlap"}),
-                  width="stretch", key="overlap")
+left.plotly_chart(
+    px.imshow(
+        overlap.rename(index=views.plain, columns=views.plain),
+        text_auto=".2f",
+        zmin=0,
+        zmax=1,
+        color_continuous_scale="Blues",
+        labels={"x": "group", "y": "group", "color": "overlap"},
+    ),
+    width="stretch",
+    key="overlap",
+)
 
 share = state.read(store.layer_distribution, run.id, method)
 long = share.reset_index().melt(id_vars="group_name", var_name="layer", value_name="share")
@@ -25,8 +34,18 @@ long["group_name"] = long["group_name"].map(views.plain)
 right.subheader("Share of QR neurons per layer")
 style = right.radio("Draw as", ("lines", "bars"), horizontal=True, key="layer_style")
 draw = px.line if style == "lines" else px.bar
-right.plotly_chart(draw(long, x="layer", y="share", color="group_name",
-                        **({"markers": True} if style == "lines" else {"barmode": "group"})),
-                   width="stretch", key="layers")
-st.caption(f"Run **{views.md(run.name)}**, method **{views.md(method)}**. Overlap is |A ∩ B| / |A ∪ B| of the "
-           "groups' QR-neuron sets; layer shares count every (query, neuron) selection, so each group's shares sum to 1.")
+right.plotly_chart(
+    draw(
+        long,
+        x="layer",
+        y="share",
+        color="group_name",
+        **({"markers": True} if style == "lines" else {"barmode": "group"}),
+    ),
+    width="stretch",
+    key="layers",
+)
+st.caption(
+    f"Run **{views.md(run.name)}**, method **{views.md(method)}**. Overlap is |A ∩ B| / |A ∪ B| of the "
+    "groups' QR-neuron sets; layer shares count every (query, neuron) selection, so each group's shares sum to 1."
+)

@@ -61,7 +61,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == n]
     if not lists:
-        raise QRNError(f"{type(model).__name__}: found no list of {n} decoder layers; this architecture is not supported.")
+        raise QRNError(
+            f"{type(model).__name__}: found no list of {n} decoder layers; this architecture is not supported."
+        )
     return lists[0]
 
 
@@ -69,16 +71,20 @@ def _site(layer: int, block: nn.Module, model_name: str) -> FFNSite:
     """Find the FFN site inside one decoder block."""
     mlp = next((getattr(block, n) for n in MLP_NAMES if hasattr(block, n)), None)
     if mlp is None:
-        raise QRNError(f"{model_name}: decoder layer {layer} has no FFN submodule named one of {MLP_NAMES}; "
-                       "this architecture is not supported.")
+        raise QRNError(
+            f"{model_name}: decoder layer {layer} has no FFN submodule named one of {MLP_NAMES}; "
+            "this architecture is not supported."
+        )
     children = dict(mlp.named_children())
     down = next((children[n] for n in DOWN_NAMES if n in children), None)
     fused = next((children[n] for n in GATE_UP_NAMES if n in children), None)
     up = next((children[n] for n in UP_NAMES if n in children), None)
     if down is None or (fused is None and up is None):
-        raise QRNError(f"{model_name}: FFN of layer {layer} ({type(mlp).__name__}) has children {sorted(children)}; "
-                       f"looked for an up projection {UP_NAMES + GATE_UP_NAMES} and a down projection {DOWN_NAMES}. "
-                       "This architecture is not supported.")
+        raise QRNError(
+            f"{model_name}: FFN of layer {layer} ({type(mlp).__name__}) has children {sorted(children)}; "
+            f"looked for an up projection {UP_NAMES + GATE_UP_NAMES} and a down projection {DOWN_NAMES}. "
+            "This architecture is not supported."
+        )
     if fused is not None:  # Phi-3: output is [gate | up]; f is the second half.
         width = _out_features(fused) // 2
         return FFNSite(layer, fused, width, width, down)
@@ -92,8 +98,9 @@ def ffn_sites(model: nn.Module) -> list[FFNSite]:
 
 
 @contextmanager
-def patch_ffn(model: nn.Module, fn: ActivationFn, layers: list[int] | None = None,
-              sites: list[FFNSite] | None = None) -> Iterator[list[FFNSite]]:
+def patch_ffn(
+    model: nn.Module, fn: ActivationFn, layers: list[int] | None = None, sites: list[FFNSite] | None = None
+) -> Iterator[list[FFNSite]]:
     """Within the block, every forward replaces f of the chosen layers by fn(layer, f).
 
     Hooks are removed in `finally`, also when the forward raises.
@@ -104,13 +111,14 @@ def patch_ffn(model: nn.Module, fn: ActivationFn, layers: list[int] | None = Non
 
     def make_hook(site: FFNSite):
         def hook(_module, _inputs, output):
-            f = output[..., site.offset:site.offset + site.n_neurons]  # (batch, seq, neurons)
+            f = output[..., site.offset : site.offset + site.n_neurons]  # (batch, seq, neurons)
             new = fn(site.layer, f)
             if new is f:
                 return None
             if site.offset == 0 and site.n_neurons == output.shape[-1]:
                 return new
-            return torch.cat([output[..., :site.offset], new, output[..., site.offset + site.n_neurons:]], dim=-1)
+            return torch.cat([output[..., : site.offset], new, output[..., site.offset + site.n_neurons :]], dim=-1)
+
         return hook
 
     try:

@@ -34,8 +34,11 @@ class ModelShape:
         heads = getattr(config, "num_attention_heads", None) or config.n_head
         hidden = getattr(config, "hidden_size", None) or config.n_embd
         head_dim = getattr(config, "head_dim", None) or hidden // heads
-        return cls(tuple(sum(p.numel() for p in block.parameters() if p.ndim == 2) for block in decoder_layers(model)),
-                   heads * head_dim, model.get_output_embeddings().weight.numel())
+        return cls(
+            tuple(sum(p.numel() for p in block.parameters() if p.ndim == 2) for block in decoder_layers(model)),
+            heads * head_dim,
+            model.get_output_embeddings().weight.numel(),
+        )
 
     def forward(self, rows: list[int], keys: list[int], head_rows: int) -> int:
         """Forward FLOPs when layer k runs rows[k] positions that each attend to keys[k] positions, and the LM head

