@@ -47,6 +47,7 @@ import pandas as pd
 from qrcore import __version__, analysis, card, consistency, live, qrnca
 from qrcore.errors import QRNError
 from qrcore.outputs import make_folder
+from qrcore.processes import alive
 from qrcore.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import QRNCASettings, RunSettings
@@ -950,19 +951,8 @@ def _remove_stale_temps(path: Path) -> None:
     """Remove the temporary stores (and their logs) that killed processes left beside `path`."""
     for stale in path.parent.glob(f".{path.name}{TEMP_INFIX}*"):
         pid = stale.name.removeprefix(f".{path.name}{TEMP_INFIX}").split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             stale.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process
-    return True
 
 
 def _remove_temp(tmp: Path) -> None:

@@ -15,6 +15,7 @@ from qrcore.cli import main
 from qrcore.errors import QRNError
 from qrcore.model import load
 from qrcore.model.spec import ModelSpec
+from qrcore.processes import alive
 
 QWEN = "qwen2.5-coder-1.5b"
 FAKE = "fake-chunked"
@@ -60,7 +61,7 @@ def fake(tmp_path, monkeypatch) -> tuple[Path, list[bytes], list[bytes]]:
 
 def dead_pid() -> int:
     """A process id that no process has right now."""
-    return next(pid for pid in range(4_000_000, 4_100_000) if not load._alive(pid))
+    return next(pid for pid in range(4_000_000, 4_100_000) if not alive(pid))
 
 
 def test_chunks_are_joined_in_order_converted_once_and_the_joined_file_removed(fake):

@@ -24,6 +24,7 @@ import torch
 from qrcore.errors import QRNError
 from qrcore.model.spec import DEFAULT_MODEL, DTYPES, LoadedModel, ModelSpec, fingerprint
 from qrcore.model.tiny import ARCHITECTURES, tiny_model
+from qrcore.processes import alive
 
 
 @dataclass(frozen=True)
@@ -164,24 +165,13 @@ def _temporary(target: Path) -> Path:
     """This process's temporary name for `target`, after removing those left by processes that no longer run."""
     for stale in target.parent.glob(f"{target.name}.tmp*"):
         pid = stale.name.rsplit(".tmp", 1)[1]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or alive(int(pid)):
             continue
         if stale.is_dir():
             shutil.rmtree(stale)
         else:
             stale.unlink()
     return target.with_name(f"{target.name}.tmp{os.getpid()}")
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (for a process of another user, too)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _slug(path: Path) -> str:
