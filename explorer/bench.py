@@ -81,9 +81,9 @@ def bench_edit(repeats: int = 7) -> dict[str, float]:
     from streamlit.testing.v1 import AppTest
 
     from qrcore.attribution import NeuronAttribution
+    from qrcore.data.queries import make_query
     from qrcore.editing import letter_probs, prefix_cache
     from qrcore.model.load import load_model
-    from qrcore.queries import make_query
 
     lm = load_model()
     query = make_query("What is the capital of France?", ["Paris", "London", "Berlin", "Madrid"], "Paris")

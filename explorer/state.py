@@ -22,10 +22,10 @@ import numpy as np
 import streamlit as st
 
 from qrcore import store
-from qrcore.datasets import import_file
+from qrcore.data.datasets import import_file
+from qrcore.data.prompts import ChoicePrompt
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.prompts import ChoicePrompt
-from qrcore.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import RunSettings
 

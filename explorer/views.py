@@ -19,8 +19,8 @@ import streamlit as st
 
 from explorer import state
 from qrcore import qrnca, store
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.queries import Query
 
 SYNCED = "_synced_keys"
 """Session-state key of the set of widget keys that `synced` mirrors in the link."""

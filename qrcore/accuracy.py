@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 
 from qrcore.attribution import NeuronAttribution
+from qrcore.data.prompts import fill_distractors
+from qrcore.data.queries import Query
 from qrcore.editing import correct_probs, letter_probs
 from qrcore.model.spec import LoadedModel
-from qrcore.prompts import fill_distractors
-from qrcore.queries import Query
 from qrcore.settings import PromptSettings
 
 

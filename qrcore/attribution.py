@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from qrcore.data.prompts import ChoicePrompt, query_prompts
+from qrcore.data.queries import Query
 from qrcore.model.ffn import FFNSite, decoder_layers, ffn_sites, patch_ffn
 from qrcore.model.spec import LoadedModel
-from qrcore.prompts import ChoicePrompt, query_prompts
-from qrcore.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import AttributionSettings, PromptSettings
 

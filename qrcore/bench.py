@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from qrcore.attribution import NeuronAttribution
+from qrcore.data.prompts import ChoicePrompt
 from qrcore.errors import QRNError
 from qrcore.model.flops import ModelShape, ig_prompt_flops, matmul_peak
 from qrcore.model.spec import LoadedModel
 from qrcore.oracle import ig_prompt_oracle
-from qrcore.prompts import ChoicePrompt
 from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings, QRNCASettings
 from qrcore.topk import top_neurons
 
@@ -35,7 +35,7 @@ def bench_attribution(lm: LoadedModel, n_queries: int = 2, oracle_prompts: int =
     (`qrcore.model.flops`), the rate achieved and that rate as a share of the matmul peak measured here in the same dtype
     and thread count; the oracle with its ratio and agreement, the preview with its top-20 overlap with IG.
     """
-    from qrcore.datasets import load_builtin
+    from qrcore.data.datasets import load_builtin
 
     attr = NeuronAttribution(lm, AttributionSettings(steps=steps))
     preview = NeuronAttribution(lm, GRADIENT_X_ACTIVATION)
@@ -110,7 +110,7 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
 def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16) -> dict:
     """Exact against mixed precision (`qrcore.precision`) on per_group built-in domain queries of each group: seconds
     per query each way, their ratio, and the agreement of coarse clusters, QR neurons and scores."""
-    from qrcore.datasets import load_builtin
+    from qrcore.data.datasets import load_builtin
     from qrcore.precision import agreement, bfloat16_matmuls
     from qrcore.runner import select_queries
 

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from qrcore import store
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.queries import Query
 from qrcore.settings import RunSettings
 
 RUN_NAME = "synthetic"

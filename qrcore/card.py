@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from qrcore import qrnca
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.queries import Query
 from qrcore.settings import RunSettings
 
 if TYPE_CHECKING:

@@ -43,10 +43,10 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from qrcore.attribution import NeuronAttribution
+    from qrcore.data.prompts import check_templates
+    from qrcore.data.queries import make_query
     from qrcore.editing import correct_probs, letter_probs
-    from qrcore.prompts import check_templates
     from qrcore.qrnca import query_na
-    from qrcore.queries import make_query
     from qrcore.topk import top_neurons
 
     query = make_query(args.question, args.option, args.answer)
@@ -169,7 +169,7 @@ def cmd_import(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qrcore import store
-    from qrcore.datasets import dataset_stats, import_file
+    from qrcore.data.datasets import dataset_stats, import_file
 
     queries = import_file(args.file, args.name)
     name = args.name or Path(args.file).stem

@@ -20,9 +20,9 @@ import sys
 from typing import Callable
 
 from qrcore import shards, store
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.model.spec import LoadedModel
-from qrcore.queries import Query
 from qrcore.runner import RunProgress, plan_queries
 from qrcore.settings import RunSettings
 

@@ -12,11 +12,11 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
+from qrcore.data.prompts import ChoicePrompt
 from qrcore.edits import check_model
 from qrcore.errors import QRNError
 from qrcore.model.ffn import ffn_sites, patch_ffn
 from qrcore.model.spec import LoadedModel
-from qrcore.prompts import ChoicePrompt
 
 BOOST, SUPPRESS = 2.0, 0.0
 """The paper's edits: f doubled, f set to zero."""

@@ -24,13 +24,13 @@ from transformers import DynamicCache
 
 from qrcore import analysis, store
 from qrcore.attribution import NeuronAttribution, answer_activation, packed_mask, prefix_kv
+from qrcore.data.prompts import ChoicePrompt
+from qrcore.data.queries import Query
 from qrcore.editing import BOOST, SUPPRESS, correct_probs, letter_probs, pad_rows, prefix_cache
 from qrcore.errors import QRNError
 from qrcore.model.ffn import FFNSite, patch_ffn
 from qrcore.model.spec import LoadedModel
-from qrcore.prompts import ChoicePrompt
 from qrcore.qrnca import METHODS
-from qrcore.queries import Query
 
 EDITS = {"boost": BOOST, "suppress": SUPPRESS}
 

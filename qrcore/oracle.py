@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from qrcore.attribution import clean_pass, riemann_alphas
+from qrcore.data.prompts import ChoicePrompt
 from qrcore.model.ffn import ffn_sites, patch_ffn
 from qrcore.model.spec import LoadedModel
-from qrcore.prompts import ChoicePrompt
 from qrcore.settings import AttributionSettings
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Callable
 
 from qrcore import store
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.model.spec import LoadedModel
-from qrcore.queries import Query
 from qrcore.settings import RunSettings
 
 RunProgress = Callable[[int, int, str], None]
@@ -21,7 +21,7 @@ RunProgress = Callable[[int, int, str], None]
 
 def resolve_dataset(dataset: str, db: str | None = None) -> tuple[str, str, list[Query]]:
     """(name, source, queries) of a built-in set, a dataset file, or a dataset already in the store."""
-    from qrcore.datasets import BUILTIN, import_file, load_builtin
+    from qrcore.data.datasets import BUILTIN, import_file, load_builtin
 
     if dataset in BUILTIN:
         return dataset, "builtin", load_builtin(dataset)
@@ -70,7 +70,7 @@ def plan_queries(
 
     Bad settings, a refused store and queries that cannot be asked fail here, before a model is loaded.
     """
-    from qrcore.prompts import check_templates, fill_distractors
+    from qrcore.data.prompts import check_templates, fill_distractors
 
     check_templates(settings.prompt)
     store.verify(db)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qrcore import store
 
-SHIPPED = Path(str(files("qrcore") / "data" / "default_runs"))
+SHIPPED = Path(str(files("qrcore.data") / "default_runs"))
 
 
 def pending(db: str | None = None) -> bool:

@@ -45,10 +45,10 @@ import numpy as np
 import pandas as pd
 
 from qrcore import __version__, analysis, card, consistency, live, qrnca
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.outputs import make_folder
 from qrcore.processes import alive
-from qrcore.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import QRNCASettings, RunSettings
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from qrcore import store
+from qrcore.data.queries import Query
 from qrcore.model.spec import LoadedModel
-from qrcore.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import RunSettings
 

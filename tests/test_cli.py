@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from qrcore.cli import main
+from qrcore.data.prompts import query_prompts
+from qrcore.data.queries import make_query
 from qrcore.errors import QRNError
 from qrcore.model import load
 from qrcore.model.ffn import ffn_sites
-from qrcore.prompts import query_prompts
-from qrcore.queries import make_query
 
 OPTS = ["--option", "Paris", "--option", "Rome"]
 

@@ -12,9 +12,9 @@ import unicodedata
 
 import pytest
 
-from qrcore.datasets import BUILTIN, dataset_stats, groups, load_builtin
+from qrcore.data.datasets import BUILTIN, dataset_stats, groups, load_builtin
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.queries import Query
 
 DOMAIN_GROUPS = ["biology", "physics", "chemistry", "mathematics", "computer_science", "geography"]
 LANGUAGES = ["ar", "en", "fr", "ja", "ru", "zh"]
@@ -169,7 +169,7 @@ def test_builtin_names_and_unknown_name() -> None:
 @pytest.mark.parametrize("name", BUILTIN)
 def test_raw_file_is_one_object_per_line_without_escapes(name: str) -> None:
     """The files are plain JSONL with exactly the documented fields, readable as UTF-8 (no \\u escapes)."""
-    text = (resources.files("qrcore") / "data" / f"{name}.jsonl").read_text(encoding="utf-8")
+    text = (resources.files("qrcore.data") / f"{name}.jsonl").read_text(encoding="utf-8")
     keys = {"id", "group", "question", "answer", "distractors"} | (
         {"relation", "fact"} if name == "language" else set()
     )

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from qrcore.attribution import NeuronAttribution
+from qrcore.data.queries import make_query
 from qrcore.evaluate import option_activations
 from qrcore.oracle import option_activations_oracle
-from qrcore.queries import make_query
 
 QUERY = make_query("Which gas do plants take in?", ["Oxygen", "Carbon dioxide", "Nitrogen", "Helium"], "Carbon dioxide")
 

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from qrcore import qrnca, shards, store
-from qrcore.queries import Query
+from qrcore.data.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import RunSettings
 from seeded_store import MODEL, synthetic_attribution

@@ -7,8 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from qrcore.attribution import NeuronAttribution
+from qrcore.data.queries import make_query
 from qrcore.model.flops import ModelShape, ig_prompt_flops, matmul_peak
-from qrcore.queries import make_query
 
 QUERY = make_query("What is the capital of France?", ["Berlin", "Paris", "Rome", "Madrid"], "Paris")
 

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from qrcore.datasets import dataset_stats, groups, import_file
+from qrcore.data.datasets import dataset_stats, groups, import_file
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.queries import Query
 
 PAPER_DATA = Path(__file__).resolve().parents[2] / "shared" / "paper-data"
 DOMAIN_GROUPS = ["biology", "physics", "chemistry", "mathematics", "computer_science", "geography"]

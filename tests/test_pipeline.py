@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from qrcore import store
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.evaluate import evaluate_run
-from qrcore.queries import Query
 from qrcore.report import write_report
 from qrcore.runner import run_dataset
 from qrcore.settings import QRNCASettings, RunSettings

@@ -9,8 +9,8 @@ import torch
 from qrcore import bench
 from qrcore.attribution import NeuronAttribution
 from qrcore.cli import main
+from qrcore.data.queries import make_query
 from qrcore.precision import agreement, bfloat16_matmuls, jaccard
-from qrcore.queries import make_query
 from qrcore.settings import QRNCASettings
 
 QUERIES = [

@@ -16,11 +16,11 @@ import torch
 
 from qrcore import store
 from qrcore.cli import main
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.model import load
 from qrcore.model.load import load_model
 from qrcore.model.spec import DEFAULT_MODEL, ModelSpec
-from qrcore.queries import Query
 from qrcore.runner import plan_queries
 from seeded_store import MODEL, QUERIES, RUN, seed_store
 

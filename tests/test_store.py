@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from qrcore import analysis, qrnca, store
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.queries import Query
 from qrcore.results import QueryAttribution
 from qrcore.settings import QRNCASettings, RunSettings
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from explorer import state, views
-from qrcore.datasets import BUILTIN
+from qrcore.data.datasets import BUILTIN
 from qrcore.errors import QRNError
 from qrcore.settings import RunSettings
 

@@ -8,8 +8,8 @@ import streamlit as st
 
 from explorer import lab_edit, lab_scoring, state, views
 from qrcore import store
+from qrcore.data.queries import Query, make_query
 from qrcore.errors import QRNError
-from qrcore.queries import Query, make_query
 
 SOURCES = ("dataset", "custom")
 # How many of its best QR neurons are selected when a query is opened.

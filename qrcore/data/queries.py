@@ -38,7 +38,7 @@ def prompt_letters(prompt: str) -> tuple[str, ...]:
 class Query:
     """One query of a dataset.
 
-    Either `answer` plus `distractors` (turned into multi-choice prompts by `qrcore.prompts`), or
+    Either `answer` plus `distractors` (turned into multi-choice prompts by `qrcore.data.prompts`), or
     ready-made `prompts` with their correct `labels` (the paper's released format).
     """
 

@@ -11,8 +11,8 @@ import hashlib
 import random
 import string
 
+from qrcore.data.queries import Query, prompt_letters
 from qrcore.errors import QRNError
-from qrcore.queries import Query, prompt_letters
 from qrcore.settings import PromptSettings
 
 TEMPLATES = (

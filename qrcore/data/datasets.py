@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.queries import Query
 
 BUILTIN = ("domain", "language")
 """Names of the packaged datasets (qrcore/data/<name>.jsonl)."""
@@ -49,7 +49,7 @@ def load_builtin(name: str) -> list[Query]:
     """The packaged dataset `name` (domain or language), validated, in file order."""
     if name not in BUILTIN:
         raise QRNError(f"unknown dataset {name!r}; choose one of: {', '.join(BUILTIN)}")
-    text = (resources.files("qrcore") / "data" / f"{name}.jsonl").read_text(encoding="utf-8")
+    text = (resources.files("qrcore.data") / f"{name}.jsonl").read_text(encoding="utf-8")
     return _parse_jsonl(text, f"{name}.jsonl")
 
 
