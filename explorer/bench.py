@@ -80,7 +80,7 @@ def bench_edit(repeats: int = 7) -> dict[str, float]:
     """(a) letter_probs under a 10-neuron edit of the default model, and the query lab's re-run after a slider move."""
     from streamlit.testing.v1 import AppTest
 
-    from qrcore.attribution import NeuronAttribution
+    from qrcore.attribution.ig import NeuronAttribution
     from qrcore.data.queries import make_query
     from qrcore.editing import letter_probs, prefix_cache
     from qrcore.model.load import load_model

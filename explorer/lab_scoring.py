@@ -10,12 +10,12 @@ import streamlit as st
 
 from explorer import state, views
 from qrcore import store
+from qrcore.attribution.results import QueryAttribution
 from qrcore.consistency import dense_consistency
 from qrcore.custom import score_against_run
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.qrnca import query_na
-from qrcore.results import QueryAttribution
 from qrcore.settings import GRADIENT_X_ACTIVATION, RunSettings
 from qrcore.topk import top_neurons
 

@@ -22,11 +22,11 @@ import numpy as np
 import streamlit as st
 
 from qrcore import store
+from qrcore.attribution.results import QueryAttribution
 from qrcore.data.datasets import import_file
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.results import QueryAttribution
 from qrcore.settings import RunSettings
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def edit_key(neurons: list[Neuron], multiplier: float, each: dict[Neuron, float]
 @st.cache_data(show_spinner=False, max_entries=64)
 def prompts(name: str, query: Query) -> list[ChoicePrompt]:
     """The query's multi-choice prompts for model `name` (QRNError for a prompt over the context)."""
-    from qrcore.attribution import NeuronAttribution
+    from qrcore.attribution.ig import NeuronAttribution
 
     return NeuronAttribution(model(name)).prompts(query)
 
@@ -214,7 +214,7 @@ def attribution(name: str, query: Query, settings: RunSettings = RunSettings()) 
 
     The bar is made inside so that a cache hit replays it (as an empty element) instead of failing.
     """
-    from qrcore.attribution import NeuronAttribution
+    from qrcore.attribution.ig import NeuronAttribution
 
     bar = st.progress(0.0, "Attributing…")
     with _lock(f"model:{name}"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from qrcore.attribution import NeuronAttribution
+from qrcore.attribution.ig import NeuronAttribution
 from qrcore.data.prompts import fill_distractors
 from qrcore.data.queries import Query
 from qrcore.editing import correct_probs, letter_probs

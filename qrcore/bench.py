@@ -10,12 +10,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from qrcore.attribution import NeuronAttribution
+from qrcore.attribution.ig import NeuronAttribution
+from qrcore.attribution.oracle import ig_prompt_oracle
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.errors import QRNError
 from qrcore.model.flops import ModelShape, ig_prompt_flops, matmul_peak
 from qrcore.model.spec import LoadedModel
-from qrcore.oracle import ig_prompt_oracle
 from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings, QRNCASettings
 from qrcore.topk import top_neurons
 
@@ -108,10 +108,10 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
 
 
 def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16) -> dict:
-    """Exact against mixed precision (`qrcore.precision`) on per_group built-in domain queries of each group: seconds
+    """Exact against mixed precision (`qrcore.attribution.precision`) on per_group built-in domain queries of each group: seconds
     per query each way, their ratio, and the agreement of coarse clusters, QR neurons and scores."""
+    from qrcore.attribution.precision import agreement, bfloat16_matmuls
     from qrcore.data.datasets import load_builtin
-    from qrcore.precision import agreement, bfloat16_matmuls
     from qrcore.runner import select_queries
 
     fp32, bf16 = (matmul_peak(dtype, lm.device, size=512, repeats=2) for dtype in (torch.float32, torch.bfloat16))

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from qrcore import qrnca, store
+from qrcore.attribution.results import QueryAttribution
 from qrcore.bench_store import median_ms
 from qrcore.custom import score_against_run
 from qrcore.data.queries import Query
-from qrcore.results import QueryAttribution
 from qrcore.seed import SHIPPED
 from qrcore.settings import RunSettings
 

@@ -113,7 +113,7 @@ def answer_activations(
 
     The prompts are the run's (its prompt settings); one unedited forward per prompt.
     """
-    from qrcore.attribution import NeuronAttribution, answer_activation
+    from qrcore.attribution.ig import NeuronAttribution, answer_activation
 
     attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
     out = []

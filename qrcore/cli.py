@@ -42,7 +42,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     """NA of one custom question: answer probabilities and the top neurons."""
     from tqdm import tqdm
 
-    from qrcore.attribution import NeuronAttribution
+    from qrcore.attribution.ig import NeuronAttribution
     from qrcore.data.prompts import check_templates
     from qrcore.data.queries import make_query
     from qrcore.editing import correct_probs, letter_probs

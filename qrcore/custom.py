@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from qrcore import qrnca
-from qrcore.results import QueryAttribution
+from qrcore.attribution.results import QueryAttribution
 from qrcore.settings import QRNCASettings
 
 

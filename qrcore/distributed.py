@@ -114,7 +114,7 @@ def compute_shards(
     progress: Callable[[str], None] | None = None,
 ) -> None:
     """The shard worker: attribute each query and write it as a shard of `rank`, one file per finished query."""
-    from qrcore.attribution import NeuronAttribution
+    from qrcore.attribution.ig import NeuronAttribution
 
     attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
     for q in queries:

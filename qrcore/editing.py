@@ -16,6 +16,7 @@ from qrcore.data.prompts import ChoicePrompt
 from qrcore.edits import check_model
 from qrcore.errors import QRNError
 from qrcore.model.ffn import ffn_sites, patch_ffn
+from qrcore.model.forward import packed_mask, prefix_kv
 from qrcore.model.spec import LoadedModel
 
 BOOST, SUPPRESS = 2.0, 0.0
@@ -96,7 +97,6 @@ class PackedPrefix:
 def prefix_cache(lm: LoadedModel, prompts: list[ChoicePrompt]) -> PackedPrefix:
     """Each prompt's prefix keys/values, computed once: edits act at the answer position only, so every later
     `letter_probs` with this cache costs one forward of len(prompts) packed positions."""
-    from qrcore.attribution import prefix_kv
 
     per = [prefix_kv(lm.model, torch.tensor([p.input_ids[:-1]], device=lm.device)) for p in prompts]
     kv = [tuple(torch.cat([c[layer][i] for c in per], dim=2) for i in (0, 1)) for layer in range(len(per[0]))]
@@ -119,8 +119,6 @@ def letter_probs(
             ]  # each (vocab,)
     else:
         from transformers import DynamicCache
-
-        from qrcore.attribution import packed_mask
 
         n = len(prompts)
         ids = torch.tensor([[p.input_ids[-1] for p in prompts]], device=lm.device)  # (1, n)

@@ -23,12 +23,13 @@ import torch
 from transformers import DynamicCache
 
 from qrcore import analysis, store
-from qrcore.attribution import NeuronAttribution, answer_activation, packed_mask, prefix_kv
+from qrcore.attribution.ig import NeuronAttribution, answer_activation
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import Query
 from qrcore.editing import BOOST, SUPPRESS, correct_probs, letter_probs, pad_rows, prefix_cache
 from qrcore.errors import QRNError
 from qrcore.model.ffn import FFNSite, patch_ffn
+from qrcore.model.forward import packed_mask, prefix_kv
 from qrcore.model.spec import LoadedModel
 from qrcore.qrnca import METHODS
 
@@ -39,7 +40,7 @@ def option_activations(lm: LoadedModel, sites: list[FFNSite], prompt: ChoiceProm
     """(options, layers, neurons) f at the position of each option letter appended to the prompt (Table 7).
 
     The prompt's keys and values are computed once; the letters go through together as packed rows that each see
-    the prompt and themselves, all at position T. `qrcore.oracle.option_activations_oracle` is the plain version.
+    the prompt and themselves, all at position T. `qrcore.attribution.oracle.option_activations_oracle` is the plain version.
     """
     model = lm.model
     ids = torch.tensor([prompt.input_ids], device=lm.device)  # (1, T)

@@ -20,7 +20,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from qrcore.results import QueryAttribution
+from qrcore.attribution.results import QueryAttribution
 from qrcore.settings import QRNCASettings
 
 METHODS = ("qrnca", "random", "activation", "kn", "qrnca_no_ica", "qrnca_with_common")

@@ -94,7 +94,7 @@ def run_dataset(
     progress: RunProgress | None = None,
 ) -> str:
     """Attribute the dataset's (selected) queries not yet stored, then finalize; returns the run id."""
-    from qrcore.attribution import NeuronAttribution
+    from qrcore.attribution.ig import NeuronAttribution
     from qrcore.model.ffn import ffn_sites
 
     ds_name, source, queries = plan_queries(dataset, db, settings, groups, per_group)

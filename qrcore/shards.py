@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qrcore import qrnca, store
+from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.model.load import cache_dir
 from qrcore.model.spec import LoadedModel
-from qrcore.results import QueryAttribution
 from qrcore.settings import QRNCASettings, RunSettings
 
 MANIFEST = "manifest.json"

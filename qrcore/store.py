@@ -45,11 +45,11 @@ import numpy as np
 import pandas as pd
 
 from qrcore import __version__, analysis, card, consistency, live, qrnca
+from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.outputs import make_folder
 from qrcore.processes import alive
-from qrcore.results import QueryAttribution
 from qrcore.settings import QRNCASettings, RunSettings
 
 SCHEMA_VERSION = 2

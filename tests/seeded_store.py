@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 from qrcore import store
+from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.model.spec import LoadedModel
-from qrcore.results import QueryAttribution
 from qrcore.settings import RunSettings
 
 MODEL = "tiny-llama"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from qrcore.attribution import NeuronAttribution, riemann_alphas
+from qrcore.attribution.ig import NeuronAttribution, riemann_alphas
+from qrcore.attribution.oracle import ig_prompt_oracle
 from qrcore.data.queries import make_query
 from qrcore.editing import letter_probs
 from qrcore.model.tiny import ARCHITECTURES
-from qrcore.oracle import ig_prompt_oracle
 from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings
 
 QUERY = make_query("What is the capital of France?", ["Berlin", "Paris", "Rome", "Madrid"], "Paris")

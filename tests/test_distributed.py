@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from qrcore import shards, store
-from qrcore.attribution import NeuronAttribution
+from qrcore.attribution.ig import NeuronAttribution
 from qrcore.distributed import run_distributed
 from qrcore.errors import QRNError
 from qrcore.runner import run_dataset

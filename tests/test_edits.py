@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from qrcore import edits
-from qrcore.attribution import NeuronAttribution
+from qrcore.attribution.ig import NeuronAttribution
 from qrcore.editing import edited, letter_probs
 from qrcore.errors import QRNError
 from seeded_store import QUERIES

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qrcore.attribution import NeuronAttribution
+from qrcore.attribution.ig import NeuronAttribution
+from qrcore.attribution.oracle import option_activations_oracle
 from qrcore.data.queries import make_query
 from qrcore.evaluate import option_activations
-from qrcore.oracle import option_activations_oracle
 
 QUERY = make_query("Which gas do plants take in?", ["Oxygen", "Carbon dioxide", "Nitrogen", "Helium"], "Carbon dioxide")
 

@@ -16,7 +16,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
 from app_driver import button, errors, page
 from qrcore import edits, store
-from qrcore.attribution import NeuronAttribution
+from qrcore.attribution.ig import NeuronAttribution
 from qrcore.custom import score_against_run
 from qrcore.editing import letter_probs
 from qrcore.edits import load_edit

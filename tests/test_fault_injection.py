@@ -24,8 +24,8 @@ import pandas as pd
 import pytest
 
 from qrcore import qrnca, shards, store
+from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
-from qrcore.results import QueryAttribution
 from qrcore.settings import RunSettings
 from seeded_store import MODEL, synthetic_attribution
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from qrcore.attribution import NeuronAttribution
+from qrcore.attribution.ig import NeuronAttribution
 from qrcore.data.queries import make_query
 from qrcore.model.flops import ModelShape, ig_prompt_flops, matmul_peak
 

@@ -150,7 +150,7 @@ def test_qwen_with_missing_chunks_is_one_cli_line_and_writes_nothing(tmp_path, m
 
 @pytest.mark.slow
 def test_qwen_loads_offline_answers_a_domain_question_and_loads_again_memory_mapped(monkeypatch):
-    from qrcore.attribution import NeuronAttribution
+    from qrcore.attribution.ig import NeuronAttribution
     from qrcore.data.datasets import load_builtin
     from qrcore.data.prompts import fill_distractors
     from qrcore.editing import letter_probs

@@ -57,7 +57,7 @@ def test_same_run_again_is_a_cache_hit_without_forward(finished, tiny, monkeypat
     def forbidden(*_a, **_k):
         raise AssertionError("model forward on a cache hit")
 
-    monkeypatch.setattr("qrcore.attribution.NeuronAttribution.attribute", forbidden)
+    monkeypatch.setattr("qrcore.attribution.ig.NeuronAttribution.attribute", forbidden)
     assert run_dataset(tiny("llama"), "domain", db, name="r", groups=["biology", "physics"], per_group=3) == run_id
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from qrcore import bench
-from qrcore.attribution import NeuronAttribution
+from qrcore.attribution.ig import NeuronAttribution
+from qrcore.attribution.precision import agreement, bfloat16_matmuls, jaccard
 from qrcore.cli import main
 from qrcore.data.queries import make_query
-from qrcore.precision import agreement, bfloat16_matmuls, jaccard
 from qrcore.settings import QRNCASettings
 
 QUERIES = [

@@ -6,7 +6,7 @@ import pytest
 
 from hand_tables import GROUPS, ICA_A, ICA_BCD, ICA_E, ROWS, A, B, C, D, E, sparse_table
 from qrcore import qrnca
-from qrcore.results import QueryAttribution
+from qrcore.attribution.results import QueryAttribution
 from qrcore.settings import QRNCASettings
 
 

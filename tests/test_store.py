@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from qrcore import analysis, qrnca, store
+from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.results import QueryAttribution
 from qrcore.settings import QRNCASettings, RunSettings
 
 REPO = Path(__file__).resolve().parents[1]

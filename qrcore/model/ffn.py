@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -98,6 +98,23 @@ def ffn_sites(model: nn.Module) -> list[FFNSite]:
 
 
 @contextmanager
+def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]], pre: bool = False) -> Iterator[None]:
+    """Within the block, each (module, hook) is registered: a forward hook, or with `pre` a forward pre-hook that
+    also receives the keyword arguments. All are removed in `finally`, also when the forward raises."""
+    handles = []
+    try:
+        for module, hook in hooks:
+            if pre:
+                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
 def patch_ffn(
     model: nn.Module, fn: ActivationFn, layers: list[int] | None = None, sites: list[FFNSite] | None = None
 ) -> Iterator[list[FFNSite]]:
@@ -107,7 +124,6 @@ def patch_ffn(
     """
     sites = sites or ffn_sites(model)
     chosen = sites if layers is None else [sites[i] for i in layers]
-    handles = []
 
     def make_hook(site: FFNSite):
         def hook(_module, _inputs, output):
@@ -121,10 +137,5 @@ def patch_ffn(
 
         return hook
 
-    try:
-        for site in chosen:
-            handles.append(site.module.register_forward_hook(make_hook(site)))
+    with forward_hooks((site.module, make_hook(site)) for site in chosen):
         yield sites
-    finally:
-        for h in handles:
-            h.remove()

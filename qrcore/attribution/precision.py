@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from qrcore import qrnca
-from qrcore.results import QueryAttribution
+from qrcore.attribution.results import QueryAttribution
 from qrcore.settings import QRNCASettings
 
 

@@ -1,7 +1,7 @@
 """Slow, obviously right versions of the engine's fast paths, kept as their oracles.
 
 - `ig_prompt_oracle`: the textbook integrated-gradients neuron attribution (Dai et al.; the paper's released code)
-  for `qrcore.attribution`: per layer, a full-sequence forward and backward of m scaled copies, the activation
+  for `qrcore.attribution.ig`: per layer, a full-sequence forward and backward of m scaled copies, the activation
   replaced at the last position.
 - `option_activations_oracle`: for `qrcore.evaluate.option_activations`, one full forward per option letter.
 """
@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qrcore.attribution import clean_pass, riemann_alphas
+from qrcore.attribution.ig import riemann_alphas
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.model.ffn import ffn_sites, patch_ffn
+from qrcore.model.forward import clean_pass
 from qrcore.model.spec import LoadedModel
 from qrcore.settings import AttributionSettings
 

@@ -10,7 +10,7 @@ unchanged, so their keys and values are computed once (a prefix KV cache); (2) t
 all layers can go through together, packed as extra positions of one sequence that each attend to the
 prefix and to themselves only (a 4D mask, all at position id T-1); (3) a copy patched at layer l differs
 from the clean run only from layer l up, so one forward and one backward give every layer's gradient.
-`qrcore.oracle` keeps the textbook algorithm; tests check the two agree.
+`qrcore.attribution.oracle` keeps the textbook algorithm; tests check the two agree.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from qrcore.attribution.results import QueryAttribution
 from qrcore.data.prompts import ChoicePrompt, query_prompts
 from qrcore.data.queries import Query
-from qrcore.model.ffn import FFNSite, decoder_layers, ffn_sites, patch_ffn
+from qrcore.model.ffn import decoder_layers, ffn_sites, forward_hooks, patch_ffn
+from qrcore.model.forward import clean_pass, packed_mask, prefix_kv
 from qrcore.model.spec import LoadedModel
-from qrcore.results import QueryAttribution
 from qrcore.settings import AttributionSettings, PromptSettings
 
 Progress = Callable[[int, int], None]
@@ -40,70 +41,6 @@ def riemann_alphas(settings: AttributionSettings, dtype: torch.dtype, device: to
     if settings.riemann == "linspace":
         return torch.linspace(0, 1, m, dtype=dtype, device=device)
     return torch.arange(1, m + 1, dtype=dtype, device=device) / m
-
-
-def clean_pass(model: torch.nn.Module, sites: list[FFNSite], ids: torch.Tensor, cache: DynamicCache | None = None):
-    """Unedited forward of `ids` (after `cache`, if given).
-
-    Returns the output, f at the last position (layers, neurons) and each decoder layer's input there (layers, hidden).
-    """
-    f_rec: dict[int, torch.Tensor] = {}
-    h_rec: list[torch.Tensor] = []
-
-    def record(layer: int, f: torch.Tensor) -> torch.Tensor:
-        f_rec[layer] = f[0, -1].detach()  # (neurons,)
-        return f
-
-    def record_input(_module, args, kwargs):
-        h_rec.append((args[0] if args else kwargs["hidden_states"])[0, -1].detach())  # (hidden,)
-
-    kwargs = {} if cache is None else {"past_key_values": cache, "use_cache": True}
-    handles = [b.register_forward_pre_hook(record_input, with_kwargs=True) for b in decoder_layers(model)]
-    try:
-        with torch.no_grad(), patch_ffn(model, record, sites=sites):
-            out = model(ids, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-    return out, torch.stack([f_rec[s.layer] for s in sites]), torch.stack(h_rec)
-
-
-def prefix_kv(model: torch.nn.Module, prefix_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Keys and values of every layer for the positions before the answer position, computed once.
-
-    A config-less DynamicCache keeps every position in every layer; sliding windows are applied by the mask.
-    """
-    cache = DynamicCache()
-    with torch.no_grad():
-        model(prefix_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)  # logits of the prefix are unused
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def packed_mask(config, lengths: list[int], rows: list[int], dtype: torch.dtype, device: torch.device):
-    """Additive 4D mask (1, 1, n, P + n) for n packed answer positions after P cached prefix positions.
-
-    The cache holds prefixes of `lengths` one after another; packed row i sees only its own prefix
-    (number rows[i]) and itself, never another row. Models with sliding-window layers get a dict by layer
-    type, the window applied within each prefix.
-    """
-    lo = torch.finfo(dtype).min
-    length = torch.tensor(lengths, device=device)
-    end = length.cumsum(0)[torch.tensor(rows, device=device)]  # (n,) end of each row's prefix
-    start = end - length[torch.tensor(rows, device=device)]  # (n,)
-    col = torch.arange(int(length.sum()), device=device)  # (P,)
-    n = len(rows)
-
-    def build(window: int | None) -> torch.Tensor:
-        first = start if window is None else torch.maximum(start, end + 1 - window)  # (n,)
-        seen = (col[None] >= first[:, None]) & (col[None] < end[:, None])  # (n, P)
-        mask = torch.cat([seen, torch.eye(n, dtype=torch.bool, device=device)], dim=1)  # (n, P + n)
-        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, lo)[None, None]
-
-    types = getattr(config, "layer_types", None)
-    if not types:
-        return build(None)
-    window = getattr(config, "sliding_window", None)
-    return {t: build(window if "sliding" in t else None) for t in set(types)}
 
 
 class NeuronAttribution:
@@ -242,14 +179,8 @@ def enter_at_layer(blocks: torch.nn.ModuleList, h0: torch.Tensor, chunk: range, 
 
         return hook
 
-    handles = []
-    try:
-        for k, block in enumerate(blocks):
-            handles.append(block.register_forward_pre_hook(make_hook(k), with_kwargs=True))
+    with forward_hooks(((block, make_hook(k)) for k, block in enumerate(blocks)), pre=True):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def answer_activation(lm: LoadedModel, attr: NeuronAttribution, prompts) -> np.ndarray:
