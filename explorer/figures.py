@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import plotly.graph_objects as go
 
-from qrcore.analysis import relative_depth
+from qrcore.selection.analysis import relative_depth
 
 MAX_COLS = 512
 """Default column limit of a drawn heatmap."""

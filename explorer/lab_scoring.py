@@ -11,13 +11,13 @@ import streamlit as st
 from explorer import state, views
 from qrcore import store
 from qrcore.attribution.results import QueryAttribution
-from qrcore.consistency import dense_consistency
-from qrcore.custom import score_against_run
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.qrnca import query_na
+from qrcore.selection.consistency import dense_consistency
+from qrcore.selection.custom import score_against_run
+from qrcore.selection.qrnca import query_na
+from qrcore.selection.topk import top_neurons
 from qrcore.settings import GRADIENT_X_ACTIVATION, RunSettings
-from qrcore.topk import top_neurons
 
 COLUMNS = ["rank", "layer", "neuron", "score"]
 TOP_NA = 20
@@ -90,7 +90,7 @@ def run_query_consistency(run: views.Run, query_id: str) -> None:
 
 
 def consistency_line(row: pd.Series, t: float) -> None:
-    """One caption: how far the templates' clusters agree (a `qrcore.consistency` row)."""
+    """One caption: how far the templates' clusters agree (a `qrcore.selection.consistency` row)."""
     sizes = ", ".join(str(int(n)) for n in row["template_sizes"])
     st.caption(
         f"Template consistency at t = {t:g}: the templates' clusters ({sizes} neurons) agree "

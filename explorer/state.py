@@ -263,8 +263,8 @@ def cached_activations(name: str, run_id: str) -> np.ndarray | None:
 def compute_activations(
     name: str, run_id: str, queries: list[Query], settings: RunSettings, progress: Callable[[int, int], None]
 ) -> np.ndarray:
-    """`qrcore.card.answer_activations` of model `name` over the run's queries (in order), kept for later cards."""
-    from qrcore.card import answer_activations
+    """`qrcore.selection.card.answer_activations` of model `name` over the run's queries (in order), kept for later cards."""
+    from qrcore.selection.card import answer_activations
 
     if (name, run_id) not in _activations():
         with _lock(f"model:{name}"):

@@ -1,5 +1,5 @@
 """Live thresholds t, u, v (Sec. 4.3-4.5) for the heatmap, common-neuron and export pages: sliders kept in the link
-(?t=&u=&v=), and the run's QRNCA results recomputed at them from its stored rows (`qrcore.live`)."""
+(?t=&u=&v=), and the run's QRNCA results recomputed at them from its stored rows (`qrcore.selection.live`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pandas as pd
 import streamlit as st
 
 from explorer import state, views
-from qrcore import analysis, live, store
+from qrcore import store
 from qrcore.errors import QRNError
-from qrcore.live import LiveQRNCA
+from qrcore.selection import analysis, live
+from qrcore.selection.live import LiveQRNCA
 from qrcore.settings import QRNCASettings
 
 KEYS = ("t", "u", "v")

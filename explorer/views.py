@@ -18,9 +18,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from explorer import state
-from qrcore import qrnca, store
+from qrcore import store
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from qrcore.selection import qrnca
 
 SYNCED = "_synced_keys"
 """Session-state key of the set of widget keys that `synced` mirrors in the link."""

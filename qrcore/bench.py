@@ -16,8 +16,8 @@ from qrcore.data.prompts import ChoicePrompt
 from qrcore.errors import QRNError
 from qrcore.model.flops import ModelShape, ig_prompt_flops, matmul_peak
 from qrcore.model.spec import LoadedModel
+from qrcore.selection.topk import top_neurons
 from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings, QRNCASettings
-from qrcore.topk import top_neurons
 
 
 def peak_memory_mib(device: torch.device) -> float:

@@ -15,12 +15,13 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from qrcore import qrnca, store
+from qrcore import store
 from qrcore.attribution.results import QueryAttribution
 from qrcore.bench_store import median_ms
-from qrcore.custom import score_against_run
 from qrcore.data.queries import Query
 from qrcore.seed import SHIPPED
+from qrcore.selection import qrnca
+from qrcore.selection.custom import score_against_run
 from qrcore.settings import RunSettings
 
 SHAPE = (30, 1536)

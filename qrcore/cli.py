@@ -46,8 +46,8 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     from qrcore.data.prompts import check_templates
     from qrcore.data.queries import make_query
     from qrcore.editing import correct_probs, letter_probs
-    from qrcore.qrnca import query_na
-    from qrcore.topk import top_neurons
+    from qrcore.selection.qrnca import query_na
+    from qrcore.selection.topk import top_neurons
 
     query = make_query(args.question, args.option, args.answer)
     _at_least_one(args, "top")

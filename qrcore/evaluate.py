@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from transformers import DynamicCache
 
-from qrcore import analysis, store
+from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution, answer_activation
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import Query
@@ -31,7 +31,8 @@ from qrcore.errors import QRNError
 from qrcore.model.ffn import FFNSite, patch_ffn
 from qrcore.model.forward import packed_mask, prefix_kv
 from qrcore.model.spec import LoadedModel
-from qrcore.qrnca import METHODS
+from qrcore.selection import analysis
+from qrcore.selection.qrnca import METHODS
 
 EDITS = {"boost": BOOST, "suppress": SUPPRESS}
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from qrcore import analysis, store
+from qrcore import store
 from qrcore.errors import QRNError
 from qrcore.outputs import make_folder
-from qrcore.qrnca import METHODS
+from qrcore.selection import analysis
+from qrcore.selection.qrnca import METHODS
 
 
 def markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:

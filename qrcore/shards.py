@@ -23,12 +23,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qrcore import qrnca, store
+from qrcore import store
 from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.model.load import cache_dir
 from qrcore.model.spec import LoadedModel
+from qrcore.selection import qrnca
 from qrcore.settings import QRNCASettings, RunSettings
 
 MANIFEST = "manifest.json"

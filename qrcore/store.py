@@ -44,12 +44,13 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from qrcore import __version__, analysis, card, consistency, live, qrnca
+from qrcore import __version__
 from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.outputs import make_folder
 from qrcore.processes import alive
+from qrcore.selection import analysis, card, consistency, live, qrnca
 from qrcore.settings import QRNCASettings, RunSettings
 
 SCHEMA_VERSION = 2
@@ -728,7 +729,7 @@ def has_template_ig(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
 
 
 def qrnca_at(con: duckdb.DuckDBPyConnection, run_id: str, t: float, u: float, v: int) -> live.LiveQRNCA:
-    """The run's QRNCA results at thresholds t, u, v, recomputed from its stored rows (`qrcore.live`); nothing is written."""
+    """The run's QRNCA results at thresholds t, u, v, recomputed from its stored rows (`qrcore.selection.live`); nothing is written."""
     info = _finished(con, run_id)
     rows, ig = stored_rows(con, info.run_id)
     return live.at_thresholds(rows, ig, run_groups(con, info.run_id), info.settings.qrnca, t, u, v)

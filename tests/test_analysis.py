@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from hand_tables import GROUPS, sparse_table
-from qrcore import analysis, qrnca
+from qrcore.selection import analysis, qrnca
 
 NAN = np.nan
 ICA_A, ICA_BCD, ICA_E = log(5 / 4), log(5 / 3), log(5 / 2)

@@ -15,9 +15,9 @@ from app_driver import APP, PAGES, app_on_copy, button, errors, page
 from explorer.figures import bin_heatmap, heatmap_figure
 from markdown_view import shown
 from qrcore import store
-from qrcore.analysis import relative_depth
 from qrcore.model.spec import ModelSpec
 from qrcore.seed import SHIPPED
+from qrcore.selection.analysis import relative_depth
 from qrcore.settings import RunSettings
 from seeded_store import DATASET, DEEP_MODEL, DEEP_RUN, MODEL, QUERIES, RUN, row_counts, seed_store
 

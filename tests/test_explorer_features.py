@@ -17,9 +17,9 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from app_driver import button, errors, page
 from qrcore import edits, store
 from qrcore.attribution.ig import NeuronAttribution
-from qrcore.custom import score_against_run
 from qrcore.editing import letter_probs
 from qrcore.edits import load_edit
+from qrcore.selection.custom import score_against_run
 from seeded_store import MODEL, QUERIES, RUN, row_counts
 
 
@@ -93,7 +93,7 @@ def test_neuron_card_computes_activations_on_demand(db, tiny):
     assert not at.exception and len(at.get("plotly_chart")) == 2
     traces = json.loads(at.get("plotly_chart")[1].proto.spec)["data"]  # y as plotly's typed arrays
     shown = np.concatenate([np.frombuffer(base64.b64decode(t["y"]["bdata"]), t["y"]["dtype"]) for t in traces])
-    from qrcore.card import answer_activations
+    from qrcore.selection.card import answer_activations
     from qrcore.settings import RunSettings
 
     want = answer_activations(tiny("llama"), QUERIES, RunSettings())[:, 2, 5]

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qrcore import live, qrnca, store
-from qrcore.consistency import dense_consistency, template_consistency
-from qrcore.custom import score_against_run
+from qrcore import store
 from qrcore.errors import QRNError
+from qrcore.selection import live, qrnca
+from qrcore.selection.consistency import dense_consistency, template_consistency
+from qrcore.selection.custom import score_against_run
 from qrcore.settings import QRNCASettings, RunSettings
 from seeded_store import QUERIES, synthetic_attribution, write_run
 

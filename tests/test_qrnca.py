@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from hand_tables import GROUPS, ICA_A, ICA_BCD, ICA_E, ROWS, A, B, C, D, E, sparse_table
-from qrcore import qrnca
 from qrcore.attribution.results import QueryAttribution
+from qrcore.selection import qrnca
 from qrcore.settings import QRNCASettings
 
 

@@ -33,7 +33,7 @@ def test_shipped_runs_cover_both_builtin_datasets(seeded):
 @pytest.mark.slow
 def test_recomputed_sample_matches_shipped_attributions(seeded, smollm2):
     from qrcore.attribution.ig import NeuronAttribution
-    from qrcore.qrnca import query_na
+    from qrcore.selection.qrnca import query_na
 
     with store.connect(seeded, read_only=True) as con:
         for run in ("domain-smollm2", "language-smollm2"):

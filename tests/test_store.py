@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qrcore import analysis, qrnca, store
+from qrcore import store
 from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from qrcore.selection import analysis, qrnca
 from qrcore.settings import QRNCASettings, RunSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -379,7 +380,7 @@ def test_finalize_writes_qr_neurons_stats_and_heatmaps(db):
         )
         with pytest.raises(QRNError, match="run 'r1' has no group 'g7'; groups: g1, g2"):
             store.heatmap(con, run_id, "g7")
-        # Readers use qrcore.analysis on the stored QR neurons.
+        # Readers use qrcore.selection.analysis on the stored QR neurons.
         pd.testing.assert_frame_equal(store.overlap(con, run_id), analysis.overlap_matrix(qr, GROUP))
         assert store.overlap(con, run_id).loc["g1", "g2"] == pytest.approx(2 / 4)  # {B, D} vs {B, C, D, E}
         # g1: B in layer 0, D in layer 1; g2: B in layer 0, C, D, E in layer 1.

@@ -10,8 +10,9 @@ import streamlit as st
 
 from explorer import state, views
 from explorer.figures import bin_heatmap, heatmap_figure
-from qrcore import qrnca, store
-from qrcore.analysis import relative_depth
+from qrcore import store
+from qrcore.selection import qrnca
+from qrcore.selection.analysis import relative_depth
 
 COLUMNS = 256
 """Heatmap columns per model (wide layers are max-pooled, as on the Heatmaps page)."""

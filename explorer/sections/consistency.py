@@ -8,7 +8,7 @@ import streamlit as st
 
 from explorer import state, thresholds, views
 from qrcore import store
-from qrcore.live import template_above
+from qrcore.selection.live import template_above
 
 st.title("Template consistency")
 run = views.require_run()

@@ -9,7 +9,8 @@ import plotly.express as px
 import streamlit as st
 
 from explorer import state, views
-from qrcore import qrnca, store
+from qrcore import store
+from qrcore.selection import qrnca
 
 CHANGES = {"related_change": "related queries", "unrelated_change": "unrelated queries"}
 PREDICTION_REFERENCE = {"prompt_accuracy": "prompt-based", "chance": "random guess"}

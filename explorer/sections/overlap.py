@@ -6,7 +6,8 @@ import plotly.express as px
 import streamlit as st
 
 from explorer import state, views
-from qrcore import qrnca, store
+from qrcore import store
+from qrcore.selection import qrnca
 
 st.title("Overlap and layers")
 run = views.require_run()

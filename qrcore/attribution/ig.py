@@ -3,7 +3,7 @@ respect to every FFN neuron's activation f at the answer position.
 
 For template p and layer l, IG_l(f) = f * (1/m) * sum_k dP(alpha_k f)/df over m points alpha_k of [0, 1]
 (`AttributionSettings.riemann`), where only f at the answer (last) position is scaled. This module returns each
-template's IG; `qrcore.qrnca.query_na` forms the coarse cluster and divides by Z to give NA.
+template's IG; `qrcore.selection.qrnca.query_na` forms the coarse cluster and divides by Z to give NA.
 
 The fast path exploits three facts: (1) scaling f at the last position leaves every earlier position
 unchanged, so their keys and values are computed once (a prefix KV cache); (2) the m scaled copies of

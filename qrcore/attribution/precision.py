@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from qrcore import qrnca
 from qrcore.attribution.results import QueryAttribution
+from qrcore.selection import qrnca
 from qrcore.settings import QRNCASettings
 
 

@@ -15,7 +15,7 @@ class QueryAttribution:
     ig: np.ndarray
     """float32 (templates, layers, neurons): each template's IG scores (Eq. 5 before summation and Z).
 
-    `qrcore.qrnca.query_na` turns them into NA and the coarse cluster under a run's QRNCA settings."""
+    `qrcore.selection.qrnca.query_na` turns them into NA and the coarse cluster under a run's QRNCA settings."""
     activation: np.ndarray
     """float32 (layers, neurons): the attributed activation f at the answer position, mean over templates."""
     correct_prob: float

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from qrcore import qrnca
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from qrcore.selection import qrnca
 from qrcore.settings import RunSettings
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The paper's measurements that need no model: heatmaps, overlap, layer distribution, PCR, flip rates, prediction.
 
-`qr` tables are `qrcore.qrnca.qr_neurons` output (query_id, rank, layer, neuron, score); `groups` maps
+`qr` tables are `qrcore.selection.qrnca.qr_neurons` output (query_id, rank, layer, neuron, score); `groups` maps
 query_id -> group (domain or language). Group-level results are sorted by group name.
 """
 
@@ -41,7 +41,7 @@ def heatmap_sums(naica_rows: pd.DataFrame, groups: Mapping[str, str]) -> pd.Data
     """Fig. 5 data: per group, NAICA summed over its queries' coarse-cluster rows, as (group_name, layer, neuron, score).
 
     NAICA is defined on a query's coarse cluster (Sec. 4.4), so rows outside it (kept only above the storage
-    floor) do not count. `naica_rows` are `qrcore.qrnca.naica` rows.
+    floor) do not count. `naica_rows` are `qrcore.selection.qrnca.naica` rows.
     """
     rows = naica_rows.loc[naica_rows["in_cluster"].to_numpy(), ["query_id", "layer", "neuron", "naica"]]
     rows = rows.assign(group_name=rows["query_id"].map(groups))

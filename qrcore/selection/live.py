@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from qrcore import analysis, qrnca
 from qrcore.errors import QRNError
+from qrcore.selection import analysis, qrnca
 from qrcore.settings import QRNCASettings
 
 T_MAX = 0.99

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from qrcore import qrnca
 from qrcore.attribution.results import QueryAttribution
+from qrcore.selection import qrnca
 from qrcore.settings import QRNCASettings
 
 

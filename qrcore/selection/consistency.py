@@ -13,7 +13,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from qrcore.live import template_above
+from qrcore.selection.live import template_above
 
 COLUMNS = ["query_id", "cluster", "in_all", "agreement", "template_sizes"]
 
