@@ -82,7 +82,7 @@ def bench_edit(repeats: int = 7) -> dict[str, float]:
 
     from qrcore.attribution.ig import NeuronAttribution
     from qrcore.data.queries import make_query
-    from qrcore.editing import letter_probs, prefix_cache
+    from qrcore.editing.scaling import letter_probs, prefix_cache
     from qrcore.model.load import load_model
 
     lm = load_model()

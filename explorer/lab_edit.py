@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import state, views
-from qrcore import edits
+from qrcore.editing import edits
 from qrcore.errors import QRNError
 
 Neuron = tuple[int, int]
@@ -101,7 +101,7 @@ def _load(name: str) -> None:
         if over:
             raise QRNError(
                 f"neuron {over[0]} is beyond the lab's largest multiplier {MULT_MAX:g}; lower it in the "
-                "file, or apply the file in Python with qrcore.edits.load_edit."
+                "file, or apply the file in Python with qrcore.editing.edits.load_edit."
             )
     except UnicodeDecodeError:
         st.session_state[LOAD_ERROR] = "the file is not UTF-8 text; load a JSON or CSV file exported by the explorer."
@@ -139,5 +139,5 @@ def take_away(name: str, edit: dict[Neuron, float]) -> None:
         st.error(views.md(st.session_state.pop(LOAD_ERROR)))
     st.caption(
         "An edit file names the model by its fingerprint; load it in Python with "
-        "`qrcore.edits.load_edit(path)` and apply it with `qrcore.editing.edited(lm, edit)`."
+        "`qrcore.editing.edits.load_edit(path)` and apply it with `qrcore.editing.scaling.edited(lm, edit)`."
     )

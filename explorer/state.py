@@ -30,7 +30,7 @@ from qrcore.errors import QRNError
 from qrcore.settings import RunSettings
 
 if TYPE_CHECKING:
-    from qrcore.editing import PackedPrefix
+    from qrcore.editing.scaling import PackedPrefix
     from qrcore.model.spec import LoadedModel
 
 MODEL_ENV = "QRN_MODEL"
@@ -165,7 +165,7 @@ def shape(name: str) -> tuple[int, int]:
 
 def check(name: str, neurons: list[Neuron]) -> None:
     """QRNError naming a layer or neuron index outside model `name`."""
-    from qrcore.editing import check_neurons
+    from qrcore.editing.scaling import check_neurons
 
     check_neurons(model(name), neurons)
 
@@ -187,7 +187,7 @@ def prompts(name: str, query: Query) -> list[ChoicePrompt]:
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _prefixes(name: str, query: Query) -> PackedPrefix:
     """The query's prompt prefixes under model `name`, run once: an edit touches only the answer position."""
-    from qrcore.editing import prefix_cache
+    from qrcore.editing.scaling import prefix_cache
 
     with _lock(f"model:{name}"):
         return prefix_cache(model(name), prompts(name, query))
@@ -197,10 +197,10 @@ def _prefixes(name: str, query: Query) -> PackedPrefix:
 def option_probs(name: str, query: Query, edit: EditKey = ()) -> np.ndarray:
     """(prompts, options) probability of each option letter after each of the query's prompts, under `edit`.
 
-    `qrcore.editing.letter_probs` over the cached prefixes, so a slider move costs one packed forward of the
+    `qrcore.editing.scaling.letter_probs` over the cached prefixes, so a slider move costs one packed forward of the
     answer positions (tens of milliseconds instead of a second).
     """
-    from qrcore.editing import letter_probs
+    from qrcore.editing.scaling import letter_probs
 
     lm, cache = model(name), _prefixes(name, query)
     with _lock(f"model:{name}"):
@@ -228,7 +228,7 @@ def attribution(name: str, query: Query, settings: RunSettings = RunSettings()) 
 @st.cache_data(show_spinner=False, max_entries=64)
 def answer(name: str, question: str, edit: EditKey = ()) -> str:
     """The free-form greedy answer of model `name` to `question` under `edit`."""
-    from qrcore.editing import generate
+    from qrcore.editing.scaling import generate
 
     with _lock(f"model:{name}"):
         return generate(model(name), question, {(layer, neuron): m for layer, neuron, m in edit})
@@ -237,7 +237,7 @@ def answer(name: str, question: str, edit: EditKey = ()) -> str:
 @st.cache_data(show_spinner=False, max_entries=256)
 def vocab_tokens(name: str, neurons: tuple[Neuron, ...], k: int = 8, largest: bool = True) -> dict[Neuron, list[str]]:
     """Top-k (or with largest=False bottom-k) vocabulary tokens of each neuron's value vector (Table 5) under `name`."""
-    from qrcore.vocab import project_neurons
+    from qrcore.editing.vocab import project_neurons
 
     with _lock(f"model:{name}"):
         frame = project_neurons(model(name), list(neurons), k, largest=largest)

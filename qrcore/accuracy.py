@@ -8,7 +8,7 @@ import pandas as pd
 from qrcore.attribution.ig import NeuronAttribution
 from qrcore.data.prompts import fill_distractors
 from qrcore.data.queries import Query
-from qrcore.editing import correct_probs, letter_probs
+from qrcore.editing.scaling import correct_probs, letter_probs
 from qrcore.model.spec import LoadedModel
 from qrcore.settings import PromptSettings
 

@@ -45,7 +45,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     from qrcore.attribution.ig import NeuronAttribution
     from qrcore.data.prompts import check_templates
     from qrcore.data.queries import make_query
-    from qrcore.editing import correct_probs, letter_probs
+    from qrcore.editing.scaling import correct_probs, letter_probs
     from qrcore.selection.qrnca import query_na
     from qrcore.selection.topk import top_neurons
 

@@ -26,7 +26,7 @@ from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution, answer_activation
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import Query
-from qrcore.editing import BOOST, SUPPRESS, correct_probs, letter_probs, pad_rows, prefix_cache
+from qrcore.editing.scaling import BOOST, SUPPRESS, correct_probs, letter_probs, pad_rows, prefix_cache
 from qrcore.errors import QRNError
 from qrcore.model.ffn import FFNSite, patch_ffn
 from qrcore.model.forward import packed_mask, prefix_kv

@@ -9,7 +9,7 @@ import torch
 from qrcore.attribution.ig import NeuronAttribution, riemann_alphas
 from qrcore.attribution.oracle import ig_prompt_oracle
 from qrcore.data.queries import make_query
-from qrcore.editing import letter_probs
+from qrcore.editing.scaling import letter_probs
 from qrcore.model.tiny import ARCHITECTURES
 from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings
 
@@ -123,7 +123,7 @@ def test_smollm2_answers_multiple_choice(smollm2):
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
 def test_cached_letter_probs_match_full_forward_under_edits(tiny, arch):
     """The prefix-cache path of letter_probs (used by sliders and evaluations) equals a full forward."""
-    from qrcore.editing import prefix_cache
+    from qrcore.editing.scaling import prefix_cache
 
     lm = tiny(arch)
     prompts = NeuronAttribution(lm).prompts(QUERY)

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from browser_driver import IDLE, METRIC, PAGES, REPO, open_page, settle
-from qrcore import edits
+from qrcore.editing import edits
 from seeded_store import DEEP_MODEL, DEEP_RUN, RUN
 
 pytestmark = pytest.mark.slow

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qrcore import edits
 from qrcore.attribution.ig import NeuronAttribution
-from qrcore.editing import edited, letter_probs
+from qrcore.editing import edits
+from qrcore.editing.scaling import edited, letter_probs
 from qrcore.errors import QRNError
 from seeded_store import QUERIES
 

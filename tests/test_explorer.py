@@ -47,7 +47,7 @@ def test_wide_heatmap_is_binned_to_at_most_max_cols_and_hovers_the_top_neuron():
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
 def test_cached_prefix_probabilities_equal_letter_probs(arch, tiny, monkeypatch):
     from explorer import state
-    from qrcore.editing import letter_probs
+    from qrcore.editing.scaling import letter_probs
 
     query = QUERIES[3]
     lm = state.model(f"tiny-{arch}")

@@ -15,10 +15,11 @@ import streamlit as st
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
 from app_driver import button, errors, page
-from qrcore import edits, store
+from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
-from qrcore.editing import letter_probs
-from qrcore.edits import load_edit
+from qrcore.editing import edits
+from qrcore.editing.edits import load_edit
+from qrcore.editing.scaling import letter_probs
 from qrcore.selection.custom import score_against_run
 from seeded_store import MODEL, QUERIES, RUN, row_counts
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qrcore.attribution.ig import enter_at_layer
-from qrcore.editing import edited
+from qrcore.editing.scaling import edited
 from qrcore.model.ffn import decoder_layers, forward_hooks, patch_ffn
 
 

@@ -153,7 +153,7 @@ def test_qwen_loads_offline_answers_a_domain_question_and_loads_again_memory_map
     from qrcore.attribution.ig import NeuronAttribution
     from qrcore.data.datasets import load_builtin
     from qrcore.data.prompts import fill_distractors
-    from qrcore.editing import letter_probs
+    from qrcore.editing.scaling import letter_probs
     from qrcore.model.ffn import ffn_sites
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from explorer import state, thresholds, views
-from qrcore import edits, store
+from qrcore import store
+from qrcore.editing import edits
 
 SETS = {"query": "a query's QR neurons", "group": "a group's QR neurons", "common": "the common neurons"}
 
@@ -50,8 +51,8 @@ for column, fmt, mime in ((left, "json", "application/json"), (right, "csv", "te
         disabled=neurons.empty,
     )
 st.caption(
-    "Load it in Python with `qrcore.edits.load_edit(path, multiplier=0.0)` (suppress) or `multiplier=2.0` "
-    "(boost) and apply it with `qrcore.editing.edited(lm, edit)`; the query lab loads it too."
+    "Load it in Python with `qrcore.editing.edits.load_edit(path, multiplier=0.0)` (suppress) or `multiplier=2.0` "
+    "(boost) and apply it with `qrcore.editing.scaling.edited(lm, edit)`; the query lab loads it too."
 )
 views.neuron_table(
     pd.DataFrame(neurons),

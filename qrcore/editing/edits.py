@@ -2,7 +2,7 @@
 
 An edit file lists neurons with the multiplier of their activation (0 suppresses, 2 boosts); a neuron-set file lists
 neurons found by QRNCA (a query's or a group's QR neurons, the common neurons) with their score. Both load back with
-`load_edit`, which gives a mapping that `qrcore.editing.edited` applies:
+`load_edit`, which gives a mapping that `qrcore.editing.scaling.edited` applies:
 
     with edited(lm, load_edit("edit.json")):
         ...
@@ -137,7 +137,7 @@ def to_edit(
 
 
 def load_edit(path: str | os.PathLike, multiplier: float | None = None) -> EditFile:
-    """An edit file (JSON or CSV, from the explorer's query lab) to apply with `qrcore.editing.edited`.
+    """An edit file (JSON or CSV, from the explorer's query lab) to apply with `qrcore.editing.scaling.edited`.
 
     A neuron-set file (from the explorer's export page) loads too, with every neuron scaled by `multiplier`.
     """

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from qrcore.data.prompts import ChoicePrompt
-from qrcore.edits import check_model
+from qrcore.editing.edits import check_model
 from qrcore.errors import QRNError
 from qrcore.model.ffn import ffn_sites, patch_ffn
 from qrcore.model.forward import packed_mask, prefix_kv
@@ -44,7 +44,7 @@ def edited(lm: LoadedModel, edit: Edit, every_position: bool = False) -> Iterato
     (or at every position, for packed answer positions).
 
     During generation with a cache each step's input is the last position, so generated tokens are edited too.
-    An edit loaded from a file (`qrcore.edits.load_edit`) must have been made for this model.
+    An edit loaded from a file (`qrcore.editing.edits.load_edit`) must have been made for this model.
     """
     check_model(edit, lm.fingerprint, lm.spec.name)
     check_neurons(lm, edit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from qrcore.editing import check_neurons
+from qrcore.editing.scaling import check_neurons
 from qrcore.model.ffn import ffn_sites
 from qrcore.model.spec import LoadedModel
 
