@@ -58,13 +58,13 @@ def bench_first_start() -> dict[str, float]:
     from streamlit.testing.v1 import AppTest
 
     from qrcore.model.spec import DEFAULT_MODEL
-    from qrcore.seed import ensure_default_store
+    from qrcore.store.shipped import load_shipped_runs
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        ensure_default_store(str(Path(tmp) / "alone.duckdb"))
+        load_shipped_runs(str(Path(tmp) / "alone.duckdb"))
         out = {"seed_ms": (time.perf_counter() - start) * 1000.0}
-        with _env(QRN_DB=str(Path(tmp) / "qrn.duckdb"), QRN_SEED="1", QRN_MODEL=DEFAULT_MODEL):
+        with _env(QRN_DB=str(Path(tmp) / "qrn.duckdb"), QRN_SHIPPED="1", QRN_MODEL=DEFAULT_MODEL):
             at = AppTest.from_file(str(APP), default_timeout=300)
             start = time.perf_counter()
             at.run()
@@ -95,7 +95,7 @@ def bench_edit(repeats: int = 7) -> dict[str, float]:
         "probs_cached_ms": median_ms(lambda: letter_probs(lm, prompts, edit, cache), repeats),
     }
     neurons = ",".join(f"{layer}:{neuron}" for layer, neuron in edit)
-    with _env(QRN_MODEL="smollm2", QRN_SEED="0", QRN_DB=os.devnull + ".none"):
+    with _env(QRN_MODEL="smollm2", QRN_SHIPPED="0", QRN_DB=os.devnull + ".none"):
         at = AppTest.from_file(str(APP), default_timeout=300)
         at.query_params.update(source="custom", neurons=neurons, mult="1")
         at.run()
@@ -122,7 +122,7 @@ def bench_heatmap(db_path: str | os.PathLike, repeats: int = 7) -> dict[str, flo
         heatmap_figure(bin_heatmap(matrix), title=group).to_json()
 
     out = {"heatmap_ms": median_ms(fetch_bin_draw, repeats)}
-    with _env(QRN_DB=str(db_path), QRN_SEED="0"):
+    with _env(QRN_DB=str(db_path), QRN_SHIPPED="0"):
         at = AppTest.from_file(str(APP), default_timeout=120)
         at.query_params.update(run=RUN_NAME, group=group)
         start = time.perf_counter()

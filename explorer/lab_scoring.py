@@ -44,7 +44,7 @@ def custom_qr_table(run: views.Run | None, name: str, query: Query) -> pd.DataFr
             "so this is NA without ICA or common neurons; pick or compute a run of the app's model for QRNCA."
         )
         return top.assign(rank=range(1, len(top) + 1))[COLUMNS]
-    counts, n_clusters = state.read(store.cluster_counts, run.id)
+    counts, n_clusters = state.read(store.read_cluster_counts, run.id)
     s = settings.qrnca
     rows = score_against_run(result, counts, n_clusters, s)
     kept = rows.loc[rows["kept"]].sort_values("naica_rank")
@@ -81,7 +81,7 @@ def run_query_consistency(run: views.Run, query_id: str) -> None:
         )
         return
     try:
-        table = state.read(store.template_consistency, run.id).set_index("query_id")
+        table = state.read(store.read_template_consistency, run.id).set_index("query_id")
     except QRNError as err:
         st.error(str(err))
         return

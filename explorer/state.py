@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from qrcore.model.spec import LoadedModel
 
 MODEL_ENV = "QRN_MODEL"
-SEED_ENV = "QRN_SEED"
+SHIPPED_ENV = "QRN_SHIPPED"
 """Set to 0 to skip loading the shipped default run into the store at start-up (tests, benchmarks)."""
 R = TypeVar("R")
 Neuron = tuple[int, int]
@@ -55,13 +55,13 @@ def db_path() -> str:
 
 
 def startup(db: str) -> None:
-    """Once per process and store: load the shipped runs into it (`qrcore.seed`) unless $QRN_SEED is 0.
+    """Once per process and store: load the shipped runs into it (`qrcore.store.shipped`) unless $QRN_SHIPPED is 0.
 
     A first start shows a progress bar while the runs load, instead of a blank page.
     """
-    if os.environ.get(SEED_ENV, "1") == "0":
+    if os.environ.get(SHIPPED_ENV, "1") == "0":
         return
-    from qrcore.seed import ensure_default_store, pending
+    from qrcore.store.shipped import load_shipped_runs, pending
 
     with _lock("startup"):
         started = _started()
@@ -70,7 +70,7 @@ def startup(db: str) -> None:
         if pending(db):
             with st.status("First start: loading the shipped runs into the store…", expanded=True) as status:
                 bar = st.progress(0.0)
-                ensure_default_store(
+                load_shipped_runs(
                     db, lambda done, total, table: bar.progress(done / total, f"{table} · {done / total:.0%}")
                 )
                 status.update(label="Shipped runs loaded", state="complete", expanded=False)

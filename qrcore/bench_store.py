@@ -16,6 +16,7 @@ import pandas as pd
 from qrcore import store
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from qrcore.selection import qrnca
 from qrcore.settings import RunSettings
 
 RUN_NAME = "synthetic"
@@ -56,7 +57,7 @@ def build_synthetic_store(
             "ig": None,
         }
     )
-    top = sparse.groupby("query_id", sort=False).head(store.TOP_ACTIVATIONS)[["query_id", "layer", "neuron", "na"]]
+    top = sparse.groupby("query_id", sort=False).head(qrnca.TOP_ACTIVATIONS)[["query_id", "layer", "neuron", "na"]]
     top = top.rename(columns={"na": "activation"}).assign(activation=lambda d: d["activation"] * 3.0)
     results = pd.DataFrame(
         {
@@ -107,16 +108,16 @@ def bench_store(path: str | os.PathLike, repeats: int = 7, out: TextIO | None = 
     with store.connect(path, read_only=True) as con:
         info = store.run_info(con, RUN_NAME)
         group = store.heatmap_groups(con, info.run_id)[0]
-        query = store.qr_neurons(con, info.run_id, "qrnca")["query_id"].iloc[0]
+        query = store.read_qr_neurons(con, info.run_id, "qrnca")["query_id"].iloc[0]
         cases: dict[str, Callable[[], object]] = {
             "list_runs": lambda: store.list_runs(con),
             "heatmap (one group)": lambda: store.heatmap(con, info.run_id, group),
             "heatmap_groups": lambda: store.heatmap_groups(con, info.run_id),
             "overlap": lambda: store.overlap(con, info.run_id, "qrnca"),
-            "layer_distribution": lambda: store.layer_distribution(con, info.run_id, "qrnca"),
-            "common_neurons": lambda: store.common_neurons(con, info.run_id),
+            "layer_distribution": lambda: store.read_layer_distribution(con, info.run_id, "qrnca"),
+            "common_neurons": lambda: store.read_common_neurons(con, info.run_id),
             "query_neurons": lambda: store.query_neurons(con, info.run_id, query),
-            "qr_neurons (one query)": lambda: store.qr_neurons(con, info.run_id, "qrnca", query),
+            "qr_neurons (one query)": lambda: store.read_qr_neurons(con, info.run_id, "qrnca", query),
             "evaluations": lambda: store.evaluations(con, info.run_id),
         }
         rows = [(name, median_ms(fn, repeats)) for name, fn in cases.items()]

@@ -74,7 +74,7 @@ def plan_evaluation(
     with store.connect(db, read_only=True) as con:
         info = store.finished_run(con, run)
         queries = {q.id: q for q in store.load_queries(con, store.run_dataset_id(con, info.run_id))}
-        qr = {m: store.qr_neurons(con, info.run_id, m) for m in METHODS}
+        qr = {m: store.read_qr_neurons(con, info.run_id, m) for m in METHODS}
     group = {qid: q.group for qid, q in queries.items()}
     chosen: list[str] = []
     for g in sorted(set(group.values())):

@@ -59,8 +59,8 @@ def write_report(run: str, db: str | None, out: str) -> list[Path]:
     with store.connect(db, read_only=True) as con:
         info = store.finished_run(con, run)
         evals = store.evaluations(con, info.run_id)
-        counts = analysis.qr_counts(store.qr_neurons(con, info.run_id), store.run_groups(con, info.run_id))
-        n_common = len(store.common_neurons(con, info.run_id))
+        counts = analysis.qr_counts(store.read_qr_neurons(con, info.run_id), store.run_groups(con, info.run_id))
+        n_common = len(store.read_common_neurons(con, info.run_id))
     if evals.empty:
         raise QRNError(f"run {info.name!r} has no evaluations yet; compute them with `qrn evaluate --run {info.name}`")
     folder = make_folder(Path(out) / info.name.replace("/", "_"))

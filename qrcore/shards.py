@@ -31,10 +31,12 @@ from qrcore.model.load import cache_dir
 from qrcore.model.spec import LoadedModel
 from qrcore.selection import qrnca
 from qrcore.settings import QRNCASettings, RunSettings
+from qrcore.store.schema import CODE_VERSION
+from qrcore.store.writes import run_diff
 
 MANIFEST = "manifest.json"
 KEY = ("model", "dataset", "settings", "code_version")
-"""What makes shards one run's: model fingerprint, dataset id, settings JSON, code version (`store._run_diff` order)."""
+"""What makes shards one run's: model fingerprint, dataset id, settings JSON, code version (`store.writes.run_diff` order)."""
 RESULT = ("query_id", "correct_prob", "accuracy", "seconds")
 META = b"qrn"
 """Parquet metadata entry of a shard: JSON of its KEY and RESULT fields."""
@@ -57,7 +59,7 @@ def make_manifest(
         "run_name": run_name,
         "model": lm.fingerprint,
         "settings": settings.to_json(),
-        "code_version": store.CODE_VERSION,
+        "code_version": CODE_VERSION,
         "model_name": lm.spec.name,
         "architecture": type(lm.model).__name__,
         "n_layers": len(sites),
@@ -113,7 +115,7 @@ def write_shard(folder: Path, rank: int, key: dict, attr: QueryAttribution, sett
     """Write one query's sparse attributions (`qrnca.sparsify`) and top activations as rank's shard, atomically."""
     sparse = qrnca.sparsify(attr, settings).rename(columns={"na": "value"}).assign(kind="sparse")
     top = (
-        store.top_activations(attr)
+        qrnca.top_activations(attr)
         .rename(columns={"activation": "value"})
         .assign(kind="top", in_cluster=False, ig=None)
     )
@@ -142,7 +144,7 @@ def read_shards(folder: Path, manifest: dict, paths: list[Path]) -> tuple[pd.Dat
         expected, got = [manifest[k] for k in KEY], [meta[k] for k in KEY]
         if got != expected:
             raise QRNError(
-                f"shard {path.relative_to(folder)} was made with {store._run_diff(expected, got)}; "
+                f"shard {path.relative_to(folder)} was made with {run_diff(expected, got)}; "
                 "merge only shards of one run"
             )
         results.append({k: meta[k] for k in RESULT})

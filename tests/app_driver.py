@@ -41,5 +41,5 @@ def app_on_copy(store_file: Path, tmp_path: Path, monkeypatch) -> Path:
     shutil.copy(store_file, path)
     monkeypatch.setenv("QRN_DB", str(path))
     monkeypatch.setenv("QRN_MODEL", MODEL)
-    monkeypatch.setenv("QRN_SEED", "0")
+    monkeypatch.setenv("QRN_SHIPPED", "0")
     return path

@@ -91,7 +91,7 @@ def tiny_env(tmp_path_factory, seeded_two: Path) -> dict[str, str]:
     """The app's environment on a copy of the two-model store."""
     db = tmp_path_factory.mktemp("browser-store") / "qrn.duckdb"
     shutil.copy(seeded_two, db)
-    return {**os.environ, "QRN_MODEL": MODEL, "QRN_DB": str(db), "QRN_SEED": "0"}
+    return {**os.environ, "QRN_MODEL": MODEL, "QRN_DB": str(db), "QRN_SHIPPED": "0"}
 
 
 @pytest.fixture(scope="module")

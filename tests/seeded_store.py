@@ -12,6 +12,7 @@ from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.model.spec import LoadedModel
 from qrcore.settings import RunSettings
+from qrcore.store import connection
 
 MODEL = "tiny-llama"
 RUN = "tiny-run"
@@ -161,7 +162,7 @@ def synthetic_evaluations(rng: np.random.Generator, groups: list[str]) -> dict[s
 def row_counts(path: Path) -> dict[str, int]:
     """Rows per table of the store, to check that a failed action changed nothing."""
     with store.connect(path, read_only=True) as con:
-        tables = [r[0] for r in con.execute(store.LIST_TABLES).fetchall()]
+        tables = [r[0] for r in con.execute(connection.LIST_TABLES).fetchall()]
         return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
 
 

@@ -24,8 +24,8 @@ def hostile_server_store(tmp_path_factory, tiny) -> Iterator[None]:
     """Point test_browser's server at a hostile store (it reads QRN_SCREENSHOT_DB), before the server starts."""
     path = tmp_path_factory.mktemp("hostile-browser") / "qrn.duckdb"
     seed_store(path, tiny("llama"), [hostile(q) for q in QUERIES], run=f"run {HOSTILE}", dataset=f"set {HOSTILE}")
-    saved = {k: os.environ.get(k) for k in ("QRN_SCREENSHOT_DB", "QRN_SEED")}
-    os.environ.update(QRN_SCREENSHOT_DB=str(path), QRN_SEED="0")
+    saved = {k: os.environ.get(k) for k in ("QRN_SCREENSHOT_DB", "QRN_SHIPPED")}
+    os.environ.update(QRN_SCREENSHOT_DB=str(path), QRN_SHIPPED="0")
     yield
     for key, value in saved.items():
         os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)

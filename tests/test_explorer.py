@@ -16,9 +16,9 @@ from explorer.figures import bin_heatmap, heatmap_figure
 from markdown_view import shown
 from qrcore import store
 from qrcore.model.spec import ModelSpec
-from qrcore.seed import SHIPPED
 from qrcore.selection.analysis import relative_depth
 from qrcore.settings import RunSettings
+from qrcore.store.shipped import SHIPPED
 from seeded_store import DATASET, DEEP_MODEL, DEEP_RUN, MODEL, QUERIES, RUN, row_counts, seed_store
 
 
@@ -182,7 +182,7 @@ def test_first_start_loads_the_shipped_runs_with_progress_and_only_once(tmp_path
     db = tmp_path / "fresh.duckdb"
     monkeypatch.setenv("QRN_DB", str(db))
     monkeypatch.setenv("QRN_MODEL", MODEL)
-    monkeypatch.setenv("QRN_SEED", "1")
+    monkeypatch.setenv("QRN_SHIPPED", "1")
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     assert not at.exception and not at.error, errors(at)
     assert [s.label for s in at.status] == ["Shipped runs loaded"] and at.progress[0].value == 100
@@ -193,7 +193,7 @@ def test_first_start_loads_the_shipped_runs_with_progress_and_only_once(tmp_path
     def load_again(*args):
         raise AssertionError("the shipped runs were loaded twice")
 
-    monkeypatch.setattr("qrcore.seed.ensure_default_store", load_again)
+    monkeypatch.setattr("qrcore.store.shipped.load_shipped_runs", load_again)
     again = AppTest.from_file(str(APP), default_timeout=120)
     again.switch_page("sections/methods.py").run()
     assert not again.exception and not again.status, again.exception
@@ -296,7 +296,7 @@ def test_methods_page_shows_the_papers_three_tables_or_the_command_to_make_them(
 def test_missing_store_explains_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("QRN_DB", str(tmp_path / "none.duckdb"))
     monkeypatch.setenv("QRN_MODEL", MODEL)
-    monkeypatch.setenv("QRN_SEED", "0")
+    monkeypatch.setenv("QRN_SHIPPED", "0")
     for name in ("heatmaps", "data"):
         at = page(name)
         assert not at.exception and not at.error

@@ -166,7 +166,7 @@ def test_template_consistency_page_per_group_and_per_query(db):
     at = page("consistency", query="geo-2")
     assert not at.exception and not at.error, errors(at)
     with store.connect(db, read_only=True) as con:
-        want = store.template_consistency(con, RUN).set_index("query_id")
+        want = store.read_template_consistency(con, RUN).set_index("query_id")
     table = next(d.value for d in at.dataframe if "agreement" in d.value.columns and "question" in d.value.columns)
     np.testing.assert_allclose(table.set_index("query_id")["agreement"], want.loc[table["query_id"], "agreement"])
     assert 0 < want["agreement"].mean() < 1
@@ -197,7 +197,7 @@ def test_query_lab_shows_the_querys_template_consistency(db):
     at = page("lab", query="geo-1")
     line = next(c.value for c in at.caption if c.value.startswith("Template consistency at t = 0.2"))
     with store.connect(db, read_only=True) as con:
-        row = store.template_consistency(con, RUN).set_index("query_id").loc["geo-1"]
+        row = store.read_template_consistency(con, RUN).set_index("query_id").loc["geo-1"]
     assert f"agree {row['agreement']:.2f}" in line
 
 
@@ -222,7 +222,7 @@ def test_custom_question_gets_qrnca_against_the_run(db, tiny, monkeypatch):
     assert any("QRNCA against run tiny-run" in c and "6 clusters and this question's, 7 in all" in c for c in captions)
     lm = tiny("llama")
     with store.connect(db, read_only=True) as con:
-        counts, n = store.cluster_counts(con, RUN)
+        counts, n = store.read_cluster_counts(con, RUN)
         settings = store.run_info(con, RUN).settings
     query = at.session_state["attributed"].copy().pop()
     rows = score_against_run(
@@ -320,7 +320,7 @@ def test_neuron_sets_download_as_json_and_csv(db, downloads, tmp_path, params, s
     at = page("export", **params)
     assert not at.exception and not at.error, errors(at)
     with store.connect(db, read_only=True) as con:
-        qr, common = store.qr_neurons(con, RUN), store.common_neurons(con, RUN)
+        qr, common = store.read_qr_neurons(con, RUN), store.read_common_neurons(con, RUN)
     want = {
         "common neurons": common,
         "QR neurons of query sci-3": qr.loc[qr["query_id"] == "sci-3"],

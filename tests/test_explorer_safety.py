@@ -137,7 +137,7 @@ def test_damaged_store_is_refused_on_every_page_and_left_untouched(db, name, mon
     full = db.stat().st_size
     db.write_bytes(db.read_bytes()[: full // 2])
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in db.parent.iterdir()}
-    monkeypatch.setenv("QRN_SEED", "1")  # start-up would load the shipped runs into it
+    monkeypatch.setenv("QRN_SHIPPED", "1")  # start-up would load the shipped runs into it
     line = (
         rf"{re.escape(str(db))} is damaged: the file is {full // 2:,} bytes but its tables use blocks up to byte "
         r"[\d,]+; restore a copy or pass another --db"

@@ -28,6 +28,7 @@ from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.selection import qrnca
 from qrcore.settings import RunSettings
+from qrcore.store import schema
 from seeded_store import MODEL, synthetic_attribution
 
 KILLS = 6
@@ -55,8 +56,8 @@ MIGRATION = [
     "CREATE TABLE attribution_sums AS SELECT run_id, query_id, sum(na) AS total FROM attributions GROUP BY ALL",
 ]
 """A next schema version for the migration phase: a new column filled from the old ones, and a new table."""
-NEXT = store.SCHEMA_VERSION + 1
-UPGRADE = {**store.MIGRATIONS, store.SCHEMA_VERSION: MIGRATION}
+NEXT = schema.SCHEMA_VERSION + 1
+UPGRADE = {**schema.MIGRATIONS, schema.SCHEMA_VERSION: MIGRATION}
 """The migrations with MIGRATION taking the current schema to NEXT."""
 
 
@@ -67,7 +68,7 @@ def attribution(query: Query) -> QueryAttribution:
 
 def expected_rows() -> dict[str, tuple[int, int]]:
     """query id -> (attribution rows, top activation rows) that storing the query writes."""
-    return {q.id: (len(qrnca.sparsify(attribution(q), SETTINGS.qrnca)), store.TOP_ACTIVATIONS) for q in QUERIES}
+    return {q.id: (len(qrnca.sparsify(attribution(q), SETTINGS.qrnca)), qrnca.TOP_ACTIVATIONS) for q in QUERIES}
 
 
 def fork(work: Callable[[int], None], fd: int) -> int:
@@ -254,16 +255,16 @@ def test_killed_writers_lose_or_double_nothing_and_reruns_complete(tmp_path, tin
     original = digest(ref)
 
     def upgrade(fd: int) -> None:
-        store.SCHEMA_VERSION, store.MIGRATIONS = NEXT, UPGRADE  # only in the child
+        schema.SCHEMA_VERSION, schema.MIGRATIONS = NEXT, UPGRADE  # only in the child
         store.connect(db).close()
 
     def after_migration_kill(_: list[str]) -> None:
         with duckdb.connect(str(db), read_only=True) as con:
-            version = dict(con.execute(store.SELECT_META).fetchall())["schema_version"]
+            version = dict(con.execute(schema.SELECT_META).fetchall())["schema_version"]
         assert version == str(NEXT) or digest(db) == original  # upgraded whole, or not touched at all
         with monkeypatch.context() as m:
-            m.setattr(store, "SCHEMA_VERSION", NEXT)
-            m.setattr(store, "MIGRATIONS", UPGRADE)
+            m.setattr(schema, "SCHEMA_VERSION", NEXT)
+            m.setattr(schema, "MIGRATIONS", UPGRADE)
             with store.connect(db, read_only=True) as con:  # opens, upgrading now if the kill came first
                 assert con.execute("SELECT bool_and(doubled = 2 * na) FROM attributions").fetchone()[0]
                 assert con.execute("SELECT count(*) FROM attribution_sums").fetchone()[0] == len(QUERIES)

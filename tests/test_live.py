@@ -101,9 +101,9 @@ def test_live_thresholds_equal_a_run_computed_with_them(tmp_path):
     with store.connect(path, read_only=True) as con:
         for name, (t, u, v) in {"base": (0.2, 0.3, 20), "other": (0.35, 0.5, 5)}.items():
             got = store.qrnca_at(con, "base", t, u, v)
-            want_qr = store.qr_neurons(con, name)
+            want_qr = store.read_qr_neurons(con, name)
             pd.testing.assert_frame_equal(got.qr.reset_index(drop=True), want_qr, check_dtype=False, atol=1e-6)
-            pd.testing.assert_frame_equal(got.common, store.common_neurons(con, name), check_dtype=False)
+            pd.testing.assert_frame_equal(got.common, store.read_common_neurons(con, name), check_dtype=False)
             for group in store.heatmap_groups(con, name):
                 part = got.heat.loc[got.heat["group_name"] == group]
                 np.testing.assert_allclose(
@@ -141,7 +141,7 @@ def test_template_consistency_from_the_store_equals_the_full_attribution(tmp_pat
     with store.connect(path, read_only=True) as con:
         assert store.has_template_ig(con, "base")
         for t in (0.2, 0.4):
-            table = store.template_consistency(con, "base", t).set_index("query_id")
+            table = store.read_template_consistency(con, "base", t).set_index("query_id")
             for a in attrs:
                 want = dense_consistency(a.query_id, a.ig, t)
                 assert table.loc[a.query_id, ["cluster", "in_all", "agreement"]].tolist() == pytest.approx(
@@ -150,20 +150,20 @@ def test_template_consistency_from_the_store_equals_the_full_attribution(tmp_pat
         assert set(table["group_name"]) == {"science", "geography"}
         assert 0 < table["agreement"].mean() < 1  # the templates agree in part
         with pytest.raises(QRNError, match=r"^t = 0.01 is outside"):
-            store.template_consistency(con, "base", 0.01)
+            store.read_template_consistency(con, "base", 0.01)
         con.close()
     with store.connect(path) as con:
         con.execute("UPDATE attributions SET ig = NULL")
         assert not store.has_template_ig(con, "base")
         with pytest.raises(QRNError, match="stored without per-template IG .* not available for it; recompute"):
-            store.template_consistency(con, "base")
+            store.read_template_consistency(con, "base")
 
 
 def test_custom_question_gets_the_qr_neurons_it_would_get_as_one_more_run_query(tmp_path):
     attrs = attributions()
     path = open_store(tmp_path, attrs[:-1], run=RunSettings())
     with store.connect(path, read_only=True) as con:
-        counts, n_clusters = store.cluster_counts(con, "run")
+        counts, n_clusters = store.read_cluster_counts(con, "run")
     rows = score_against_run(attrs[-1], counts, n_clusters, QRNCASettings())
     both = pd.concat([qrnca.sparsify(a, QRNCASettings()).drop(columns="ig") for a in attrs], ignore_index=True)
     groups = {q.id: q.group for q in QUERIES}
@@ -187,7 +187,7 @@ def test_neuron_card_from_the_store(tmp_path):
         stats = con.execute(
             "SELECT n_clusters, ica, is_common FROM neuron_stats WHERE layer = 1 AND neuron = 50"
         ).fetchone()
-        qr = store.qr_neurons(con, "run")
+        qr = store.read_qr_neurons(con, "run")
         with pytest.raises(QRNError, match=r"^neuron 4:0 is outside this run's model \(layers 0-3, neurons 0-95\)"):
             store.neuron_card(con, "run", 4, 0)
         with pytest.raises(QRNError, match=r"neurons 0-95\)"):

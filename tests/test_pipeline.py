@@ -47,7 +47,7 @@ def test_run_stores_every_query_and_run_level_results(finished):
         assert info.status == "finished" and info.n_clusters == 6
         assert store.heatmap_groups(con, run_id) == ["biology", "physics"]
         assert store.heatmap(con, run_id, "biology").shape == (4, 96)
-        qr = store.qr_neurons(con, run_id)
+        qr = store.read_qr_neurons(con, run_id)
         assert set(qr["query_id"]) <= store.done_query_ids(con, run_id) and len(qr) > 0
 
 

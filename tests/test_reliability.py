@@ -22,6 +22,7 @@ from qrcore.model import load
 from qrcore.model.load import load_model
 from qrcore.model.spec import DEFAULT_MODEL, ModelSpec
 from qrcore.runner import plan_queries
+from qrcore.store import connection, schema
 from seeded_store import MODEL, QUERIES, RUN, seed_store
 
 QUESTION = ["--question", "Capital?", "--option", "Paris", "--option", "Rome", "--answer", "Paris"]
@@ -116,7 +117,7 @@ def test_cut_short_store_is_refused_untouched(work, command, capsys):
 
 def test_store_with_an_overwritten_block_is_refused_untouched(work, capsys):
     with (work / "qrn.duckdb").open("r+b") as f:  # the catalog's first block overwritten, as a bad disk would
-        f.seek(store.DUCKDB_HEADERS)
+        f.seek(connection.DUCKDB_HEADERS)
         f.write(b"\xff" * 4096)
     before = snapshot(work)
     message = fails(["export", "--run", RUN, "--db", "qrn.duckdb", "--out", "out"], capsys)
@@ -144,30 +145,30 @@ def test_refused_foreign_store_gets_no_lock_file(work, capsys):
 def test_migration_is_built_in_a_copy_and_swapped_in_whole(work, monkeypatch):
     db = work / "qrn.duckdb"
     original = db.read_bytes()
-    stale = work / f".qrn.duckdb{store.TEMP_INFIX}999999999"  # left by a killed upgrade (no such process)
+    stale = work / f".qrn.duckdb{schema.TEMP_INFIX}999999999"  # left by a killed upgrade (no such process)
     stale.write_bytes(b"half a store")
     seen = []
-    build = store._build
+    build = schema.build
 
     def watched(path: Path, version: int) -> None:
         build(path, version)
         seen.append((path.name, version, db.read_bytes() == original))  # the store itself is untouched until the swap
 
-    monkeypatch.setattr(store, "_build", watched)
-    current = store.SCHEMA_VERSION
-    monkeypatch.setattr(store, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setattr(schema, "build", watched)
+    current = schema.SCHEMA_VERSION
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
     monkeypatch.setattr(
-        store,
+        schema,
         "MIGRATIONS",
         {
-            **store.MIGRATIONS,
+            **schema.MIGRATIONS,
             current: ["ALTER TABLE attributions ADD COLUMN doubled REAL", "UPDATE attributions SET doubled = 2 * na"],
         },
     )
     with store.connect(db, read_only=True) as con:
-        assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == str(current + 1)
+        assert dict(con.execute(schema.SELECT_META).fetchall())["schema_version"] == str(current + 1)
         assert con.execute("SELECT count(*), bool_and(doubled = 2 * na) FROM attributions").fetchone()[1]
-    assert seen == [(f".qrn.duckdb{store.TEMP_INFIX}{os.getpid()}", current, True)]
+    assert seen == [(f".qrn.duckdb{schema.TEMP_INFIX}{os.getpid()}", current, True)]
     assert sorted(p.name for p in work.iterdir()) == ["qrn.duckdb"]
 
 

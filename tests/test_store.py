@@ -18,6 +18,7 @@ from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.selection import analysis, qrnca
 from qrcore.settings import QRNCASettings, RunSettings
+from qrcore.store import connection, schema, sql, writes
 
 REPO = Path(__file__).resolve().parents[1]
 # The five queries of tests/test_qrnca.py as dense (2 layers, 3 neurons) NA maps; q1's (1, 2) is above the floor only.
@@ -92,11 +93,11 @@ def db(tmp_path: Path) -> Path:
 
 def test_new_store_has_all_tables_and_current_version(db):
     with store.connect(db) as con:
-        tables = {r[0] for r in con.execute(store.LIST_TABLES).fetchall()}
-        meta = dict(con.execute(store.SELECT_META).fetchall())
+        tables = {r[0] for r in con.execute(connection.LIST_TABLES).fetchall()}
+        meta = dict(con.execute(schema.SELECT_META).fetchall())
     assert tables == TABLES
     assert meta == {"app": "qr-neuron-explorer", "schema_version": "2"}
-    assert store.CODE_VERSION == "0.1.0+schema2"
+    assert schema.CODE_VERSION == "0.1.0+schema2"
 
 
 def test_default_db_can_be_overridden_by_env(monkeypatch):
@@ -114,17 +115,17 @@ def test_v0_store_is_migrated_to_current(db):
         "INSERT INTO meta VALUES ('app', 'qr-neuron-explorer'), ('schema_version', '0')",
     )
     with store.connect(db, read_only=True) as con:
-        assert {r[0] for r in con.execute(store.LIST_TABLES).fetchall()} == TABLES
-        assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == "2"
+        assert {r[0] for r in con.execute(connection.LIST_TABLES).fetchall()} == TABLES
+        assert dict(con.execute(schema.SELECT_META).fetchall())["schema_version"] == "2"
 
 
 def test_v1_store_gains_the_template_ig_column_and_keeps_its_rows(db):
     db.parent.mkdir()
     raw(
         db,
-        store.CREATE_META,
+        schema.CREATE_META,
         "INSERT INTO meta VALUES ('app', 'qr-neuron-explorer'), ('schema_version', '1')",
-        *store.SCHEMA_V1,
+        *schema.SCHEMA_V1,
         "INSERT INTO attributions VALUES ('r', 'q', 1, 2, 0.5, true)",
     )
     with store.connect(db, read_only=True) as con:
@@ -136,24 +137,26 @@ def test_v1_store_gains_the_template_ig_column_and_keeps_its_rows(db):
 def test_migration_step_keeps_data(db, monkeypatch):
     with store.connect(db) as con:
         store.upsert_model(con, "m1", "tiny", "llama", 2, 3, "{}")
-    current = store.SCHEMA_VERSION
-    monkeypatch.setattr(store, "SCHEMA_VERSION", current + 1)
+    current = schema.SCHEMA_VERSION
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
     monkeypatch.setattr(
-        store, "MIGRATIONS", {**store.MIGRATIONS, current: ["ALTER TABLE models ADD COLUMN note VARCHAR DEFAULT 'n/a'"]}
+        schema,
+        "MIGRATIONS",
+        {**schema.MIGRATIONS, current: ["ALTER TABLE models ADD COLUMN note VARCHAR DEFAULT 'n/a'"]},
     )
     with store.connect(db) as con:
         assert con.execute("SELECT model_id, name, note FROM models").fetchall() == [("m1", "tiny", "n/a")]
-        assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == str(current + 1)
+        assert dict(con.execute(schema.SELECT_META).fetchall())["schema_version"] == str(current + 1)
 
 
 def test_failed_migration_leaves_store_unchanged(db, monkeypatch):
     store.connect(db).close()
-    current = store.SCHEMA_VERSION
-    monkeypatch.setattr(store, "SCHEMA_VERSION", current + 1)
+    current = schema.SCHEMA_VERSION
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
     monkeypatch.setattr(
-        store,
+        schema,
         "MIGRATIONS",
-        {**store.MIGRATIONS, current: ["ALTER TABLE models ADD COLUMN note VARCHAR", "SELECT * FROM no_such_table"]},
+        {**schema.MIGRATIONS, current: ["ALTER TABLE models ADD COLUMN note VARCHAR", "SELECT * FROM no_such_table"]},
     )
     with pytest.raises(
         QRNError,
@@ -162,7 +165,7 @@ def test_failed_migration_leaves_store_unchanged(db, monkeypatch):
     ):
         store.connect(db)
     with duckdb.connect(str(db)) as con:
-        assert dict(con.execute(store.SELECT_META).fetchall())["schema_version"] == str(current)
+        assert dict(con.execute(schema.SELECT_META).fetchall())["schema_version"] == str(current)
         assert "note" not in [r[0] for r in con.execute("DESCRIBE models").fetchall()]
 
 
@@ -290,22 +293,22 @@ def counts(con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
 
 
 def test_write_query_is_all_or_nothing(db, monkeypatch):
-    real = store._execute_with
+    real = sql.execute_with
 
     def fail_on_results(con, sql, frame, *params):
-        if sql == store.INSERT_RESULTS:
+        if sql == writes.INSERT_RESULTS:
             assert counts(con)[1:] == (4, 6)  # attributions and activations are in, inside the transaction
             raise RuntimeError("disk full")
         real(con, sql, frame, *params)
 
     with store.connect(db) as con:
         run_id = new_run(con)
-        monkeypatch.setattr(store, "_execute_with", fail_on_results)
+        monkeypatch.setattr(sql, "execute_with", fail_on_results)
         with pytest.raises(RuntimeError, match="disk full"):
             store.write_query(con, run_id, attribution("q1"), SETTINGS.qrnca)
         assert counts(con) == (0, 0, 0)
         assert store.done_query_ids(con, run_id) == set()
-        monkeypatch.setattr(store, "_execute_with", real)
+        monkeypatch.setattr(sql, "execute_with", real)
         store.write_query(con, run_id, attribution("q1"), SETTINGS.qrnca)
         store.write_query(con, run_id, attribution("q1"), SETTINGS.qrnca)  # a rewrite replaces, never duplicates
         assert counts(con) == (1, 4, 6)
@@ -322,7 +325,7 @@ def test_write_query_is_all_or_nothing(db, monkeypatch):
 
 def test_top_activations_are_the_k_highest():
     acts = np.array([[1.0, 5.0, 3.0], [4.0, -1.0, 2.0]], np.float32)
-    top = store.top_activations(QueryAttribution("q", acts[None], acts, 0.5, 1.0), k=3)
+    top = qrnca.top_activations(QueryAttribution("q", acts[None], acts, 0.5, 1.0), k=3)
     assert sorted(zip(top["activation"], top["layer"], top["neuron"]), reverse=True) == [
         (5.0, 0, 1),
         (4.0, 1, 0),
@@ -350,7 +353,7 @@ def test_finalize_writes_qr_neurons_stats_and_heatmaps(db):
         assert runs[["name", "model", "dataset", "status", "n_done", "n_queries"]].values.tolist() == [
             ["r1", "tiny", "tiny", "finished", 5, 5]
         ]
-        qr = store.qr_neurons(con, "r1", "qrnca")
+        qr = store.read_qr_neurons(con, "r1", "qrnca")
         assert list(zip(qr["query_id"], qr["rank"], qr["layer"], qr["neuron"])) == [
             ("q1", 1, 0, 1),
             ("q2", 1, 1, 1),
@@ -371,7 +374,7 @@ def test_finalize_writes_qr_neurons_stats_and_heatmaps(db):
             ("qrnca_with_common", 9),
             ("random", 6),
         ]
-        assert store.common_neurons(con, run_id).to_dict("records") == [
+        assert store.read_common_neurons(con, run_id).to_dict("records") == [
             {"layer": 0, "neuron": 0, "n_clusters": 3, "frequency": 0.6}
         ]
         assert store.heatmap_groups(con, run_id) == ["g1", "g2"]
@@ -384,9 +387,11 @@ def test_finalize_writes_qr_neurons_stats_and_heatmaps(db):
         pd.testing.assert_frame_equal(store.overlap(con, run_id), analysis.overlap_matrix(qr, GROUP))
         assert store.overlap(con, run_id).loc["g1", "g2"] == pytest.approx(2 / 4)  # {B, D} vs {B, C, D, E}
         # g1: B in layer 0, D in layer 1; g2: B in layer 0, C, D, E in layer 1.
-        assert store.layer_distribution(con, run_id).to_numpy() == pytest.approx(np.array([[0.5, 0.5], [0.25, 0.75]]))
+        assert store.read_layer_distribution(con, run_id).to_numpy() == pytest.approx(
+            np.array([[0.5, 0.5], [0.25, 0.75]])
+        )
         with pytest.raises(QRNError, match="unknown method 'best'; choose one of qrnca, random"):
-            store.qr_neurons(con, run_id, "best")
+            store.read_qr_neurons(con, run_id, "best")
 
 
 def test_query_neurons_explain_each_stored_neuron(db):

@@ -10,7 +10,7 @@ from qrcore import store
 st.title("Common neurons")
 run = views.require_run()
 at = thresholds.controls(run)
-common = state.read(store.common_neurons, run.id) if at is None else at.common
+common = state.read(store.read_common_neurons, run.id) if at is None else at.common
 u = state.read(store.run_info, run.id).settings.qrnca.u if at is None else at.settings.u
 st.caption(
     f"Neurons in more than u = {u:.0%} of the run's clusters (one coarse cluster per query). "

@@ -22,7 +22,7 @@ LOCALISATION = {
     "mean_depth": "mean relative depth of QR neurons (0 first layer, 1 last)",
     "overlap": "mean overlap between groups (Jaccard)",
 }
-"""`store.localisation` keys and how they read."""
+"""`store.read_localisation` keys and how they read."""
 
 
 def pick_pair(first: str) -> tuple[views.Run, views.Run]:
@@ -55,7 +55,7 @@ def pick_run(runs: pd.DataFrame, name: str, dataset: str) -> views.Run:
 
 def layer_shares(run: views.Run, method: str, group: str) -> pd.DataFrame:
     """The run's share of QR neurons per layer for `group` and as the mean over groups, with each layer's depth."""
-    share = state.read(store.layer_distribution, run.id, method)  # (groups, layers)
+    share = state.read(store.read_layer_distribution, run.id, method)  # (groups, layers)
     lines = pd.DataFrame({group: share.loc[group], "mean over groups": share.mean(axis=0)})
     lines = lines.assign(layer=range(run.n_layers), depth=relative_depth(run.n_layers))
     return lines.melt(id_vars=["layer", "depth"], var_name="groups", value_name="share").assign(model=run.model)
@@ -94,7 +94,7 @@ right.plotly_chart(
 
 st.subheader("How concentrated the QR neurons are")
 method = views.synced(st.selectbox, "Method", "method", options=qrnca.METHODS)
-summary = pd.DataFrame({r.model: state.read(store.localisation, r.id, method) for r in (a, b)}).rename(
+summary = pd.DataFrame({r.model: state.read(store.read_localisation, r.id, method) for r in (a, b)}).rename(
     index=LOCALISATION
 )
 st.dataframe(summary.style.format("{:.4g}"), width="stretch")

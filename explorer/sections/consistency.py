@@ -26,7 +26,7 @@ if not state.read(store.has_template_ig, run.id):
 s = state.read(store.run_info, run.id).settings.qrnca
 thresholds.link_errors(s, ("t",))
 t = thresholds.t_slider(s)
-table = state.read(store.template_consistency, run.id, t)
+table = state.read(store.read_template_consistency, run.id, t)
 queries = views.run_queries(run)
 
 left, right = st.columns([3, 2])

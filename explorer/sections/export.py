@@ -16,7 +16,7 @@ st.title("Take it away")
 run = views.require_run()
 at = thresholds.controls(run)
 kind = views.synced(st.radio, "Neuron set", "set", options=list(SETS), format_func=SETS.__getitem__, horizontal=True)
-qr = state.read(store.qr_neurons, run.id) if at is None else at.qr
+qr = state.read(store.read_qr_neurons, run.id) if at is None else at.qr
 if kind == "query":
     query = views.pick_query(views.run_queries(run))
     neurons = qr.loc[qr["query_id"] == query.id, ["layer", "neuron", "score"]]
@@ -29,7 +29,7 @@ elif kind == "group":
     neurons = (mine.groupby(["layer", "neuron"]).size() / max(len(members), 1)).rename("score").reset_index()
     name, score = f"QR neurons of group {group}", "the share of the group's queries it is a QR neuron of"
 else:
-    common = state.read(store.common_neurons, run.id) if at is None else at.common
+    common = state.read(store.read_common_neurons, run.id) if at is None else at.common
     neurons = common.assign(score=common["frequency"])[["layer", "neuron", "score"]]
     name, score = "common neurons", "the share of all clusters that hold it"
 if at is not None:

@@ -10,6 +10,7 @@ import streamlit as st
 from explorer import lab_edit, state, views
 from qrcore import store
 from qrcore.errors import QRNError
+from qrcore.selection import qrnca
 
 # Tokens shown at each end of the vocabulary projection.
 TOKENS = 10
@@ -18,8 +19,8 @@ st.title("Neuron card")
 run = views.require_run()
 unavailable = run.model_unavailable()
 if "neuron" not in st.session_state and "neuron" not in st.query_params:
-    common = state.read(store.common_neurons, run.id)
-    first = common if not common.empty else state.read(store.qr_neurons, run.id)
+    common = state.read(store.read_common_neurons, run.id)
+    first = common if not common.empty else state.read(store.read_qr_neurons, run.id)
     st.session_state["neuron"] = (
         views.neuron_label((int(first["layer"].iloc[0]), int(first["neuron"].iloc[0]))) if not first.empty else "0:0"
     )
@@ -98,7 +99,7 @@ st.subheader("Activation at the answer position")
 acts = None if unavailable else state.cached_activations(run.model, run.id)
 if acts is None:
     st.caption(
-        f"The store keeps each query's {store.TOP_ACTIVATIONS} highest activations; this neuron is among them "
+        f"The store keeps each query's {qrnca.TOP_ACTIVATIONS} highest activations; this neuron is among them "
         f"for {len(card.top_activations)} queries."
     )
     st.dataframe(card.top_activations, hide_index=True, width="stretch")

@@ -29,7 +29,7 @@ left.plotly_chart(
     key="overlap",
 )
 
-share = state.read(store.layer_distribution, run.id, method)
+share = state.read(store.read_layer_distribution, run.id, method)
 long = share.reset_index().melt(id_vars="group_name", var_name="layer", value_name="share")
 long["group_name"] = long["group_name"].map(views.plain)
 right.subheader("Share of QR neurons per layer")

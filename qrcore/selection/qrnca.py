@@ -21,12 +21,15 @@ import numpy as np
 import pandas as pd
 
 from qrcore.attribution.results import QueryAttribution
+from qrcore.selection import analysis
 from qrcore.settings import QRNCASettings
 
 METHODS = ("qrnca", "random", "activation", "kn", "qrnca_no_ica", "qrnca_with_common")
 """QRNCA, the Sec. 5.1 baselines (random, activation, kn = Knowledge Neuron*) and two ablations."""
 
 QR_COLUMNS = ["query_id", "rank", "layer", "neuron", "score"]
+TOP_ACTIVATIONS = 50
+"""Highest activations kept per query for the activation baseline."""
 
 REASONS = {
     "kept": "kept as QR neuron",
@@ -262,4 +265,54 @@ def _random_neurons(quota: pd.Series, shape: tuple[int, int], seed: int) -> pd.D
             "score": np.full(len(flat), np.nan),
         },
         columns=QR_COLUMNS,
+    )
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """A finished run's QRNCA results, computed from its stored rows."""
+
+    stats: pd.DataFrame
+    """Per stored neuron: cluster count, ICA (Eq. 6) and the common flag (Sec. 4.4), as `neuron_stats`."""
+    qr: pd.DataFrame
+    """QR neurons of every method of METHODS (QR_COLUMNS and the method)."""
+    heatmaps: pd.DataFrame
+    """NAICA (Eq. 7) summed per group, layer and neuron (Fig. 5), as `analysis.heatmap_sums`."""
+
+
+def run_results(
+    sparse: pd.DataFrame,
+    top: pd.DataFrame,
+    groups: Mapping[str, str],
+    s: QRNCASettings,
+    shape: tuple[int, int],
+    seed: int = 0,
+) -> RunResults:
+    """Everything a run stores once its queries are done: |C| is the number of queries in `groups`.
+
+    `sparse` holds the `sparsify` rows of all queries, `top` their `top_activations`; `seed` seeds the random baseline.
+    """
+    stats = neuron_stats(sparse, len(groups), s.u)
+    qr = pd.concat(
+        [
+            qr_neurons(sparse, groups, s, method, activations=top, shape=shape, seed=seed).assign(method=method)
+            for method in METHODS
+        ],
+        ignore_index=True,
+    )
+    return RunResults(stats, qr, analysis.heatmap_sums(naica(sparse, stats), groups))
+
+
+def top_activations(attr: QueryAttribution, k: int = TOP_ACTIVATIONS) -> pd.DataFrame:
+    """The k highest activations of a query at the answer position, as (query_id, layer, neuron, activation) rows."""
+    flat = attr.activation.ravel()  # (layers * neurons,)
+    k = min(k, flat.size)
+    top = np.argpartition(-flat, k - 1)[:k]  # (k,) flat indices, unordered
+    return pd.DataFrame(
+        {
+            "query_id": attr.query_id,
+            "layer": (top // attr.activation.shape[1]).astype(np.int16),
+            "neuron": (top % attr.activation.shape[1]).astype(np.int32),
+            "activation": flat[top].astype(np.float32),
+        }
     )

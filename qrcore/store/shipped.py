@@ -1,6 +1,6 @@
 """The default run shipped with the package, so a newcomer sees heatmaps before running anything.
 
-`qrn export --run NAME ... --out qrcore/data/default_runs` remakes it from a store; `ensure_default_store`
+`qrn export --run NAME ... --out qrcore/data/default_runs` remakes it from a store; `load_shipped_runs`
 loads it into the store on the explorer's first start (a no-op once its runs are there), and `pending` says
 whether a start is a first start.
 """
@@ -26,7 +26,7 @@ def pending(db: str | None = None) -> bool:
         return not store.has_runs(con, SHIPPED)
 
 
-def ensure_default_store(db: str | None = None, progress: Callable[[int, int, str], None] | None = None) -> bool:
+def load_shipped_runs(db: str | None = None, progress: Callable[[int, int, str], None] | None = None) -> bool:
     """Load the shipped default runs into the store if they are missing; True if anything was loaded.
 
     `progress(done, total, table)` as in `store.import_runs`.

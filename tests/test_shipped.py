@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 
 from qrcore import store
-from qrcore.seed import SHIPPED, ensure_default_store
+from qrcore.store.shipped import SHIPPED, load_shipped_runs
 
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
     """A fresh store with the shipped runs loaded."""
     db = str(tmp_path_factory.mktemp("seed") / "qrn.duckdb")
-    assert ensure_default_store(db) is True
-    assert ensure_default_store(db) is False  # second start: nothing loaded twice
+    assert load_shipped_runs(db) is True
+    assert load_shipped_runs(db) is False  # second start: nothing loaded twice
     return db
 
 
