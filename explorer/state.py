@@ -149,7 +149,7 @@ def start_run(
     name: str, dataset: str, run_name: str | None, per_group: int | None, progress: Callable[[int, int, str], None]
 ) -> str:
     """Compute a run of model `name` on `dataset` (at most `per_group` queries a group) into the store; its id."""
-    from qrcore.runner import run_dataset
+    from qrcore.runs.batch import run_dataset
 
     with _lock(f"model:{name}"):
         return run_dataset(model(name), dataset, db=db_path(), name=run_name, per_group=per_group, progress=progress)

@@ -112,7 +112,7 @@ def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16) -> dic
     per query each way, their ratio, and the agreement of coarse clusters, QR neurons and scores."""
     from qrcore.attribution.precision import agreement, bfloat16_matmuls
     from qrcore.data.datasets import load_builtin
-    from qrcore.runner import select_queries
+    from qrcore.runs.batch import select_queries
 
     fp32, bf16 = (matmul_peak(dtype, lm.device, size=512, repeats=2) for dtype in (torch.float32, torch.bfloat16))
     print(f"matmul peak here: float32 {fp32 / 1e9:,.0f} GFLOP/s, bfloat16 {bf16 / 1e9:,.1f} GFLOP/s")

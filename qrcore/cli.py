@@ -115,13 +115,14 @@ def _settings(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> None:
     """Batch-attribute a dataset into the store (resumable), then compute QRNCA for the run.
 
-    Under accelerate launch or torchrun every process takes its share of the queries (`qrcore.distributed`);
+    Under accelerate launch or torchrun every process takes its share of the queries (`qrcore.runs.distributed`);
     --processes N starts N such processes on this machine.
     """
     from tqdm import tqdm
 
-    from qrcore import distributed, store
-    from qrcore.runner import plan_queries, run_dataset
+    from qrcore import store
+    from qrcore.runs import distributed
+    from qrcore.runs.batch import plan_queries, run_dataset
 
     settings = _settings(args)
     _at_least_one(args, "per-group")
@@ -181,11 +182,11 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 def cmd_data_stats(args: argparse.Namespace) -> None:
     """Accuracy of the model on a dataset, per group (mean over templates)."""
-    from qrcore.accuracy import dataset_accuracy
-    from qrcore.runner import resolve_dataset
+    from qrcore.evaluation.accuracy import dataset_accuracy
+    from qrcore.runs.batch import resolve_dataset
 
     _, _, queries = resolve_dataset(args.dataset, args.db)
-    from qrcore.report import markdown
+    from qrcore.evaluation.report import markdown
 
     table = dataset_accuracy(_load(args), queries, args.seed)
     print(markdown(table, ".3f") if args.markdown else table.to_string(index=False))
@@ -196,7 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from qrcore import store
-    from qrcore.evaluate import evaluate_run, plan_evaluation
+    from qrcore.evaluation.evaluate import evaluate_run, plan_evaluation
 
     _at_least_one(args, "per-group")
     if args.if_missing:
@@ -219,7 +220,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     """Write the run's tables (PCR, flip rates, prediction, data) as Markdown and CSV."""
-    from qrcore.report import write_report
+    from qrcore.evaluation.report import write_report
 
     for path in write_report(args.run, args.db, args.out):
         print(path)
@@ -249,7 +250,7 @@ def cmd_bench_store(args: argparse.Namespace) -> None:
 
 def cmd_merge(args: argparse.Namespace) -> None:
     """Merge a run folder of Parquet shards (e.g. copied from a cluster) into the store, then finalize."""
-    from qrcore.shards import merge_shards
+    from qrcore.runs.shards import merge_shards
 
     run_id, n = merge_shards(args.folder, args.db)
     print(f"merged {n} queries into run {run_id}")
@@ -257,7 +258,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 def cmd_bench_processes(args: argparse.Namespace) -> None:
     """Queries per minute with 1 and 2 processes on this machine."""
-    from qrcore.distributed import bench_processes
+    from qrcore.runs.distributed import bench_processes
 
     bench_processes(args.model, args.queries)
 

@@ -139,7 +139,7 @@ def seed_store(
 
 
 def synthetic_evaluations(rng: np.random.Generator, groups: list[str]) -> dict[str, pd.DataFrame]:
-    """One method's numbers in the shape `qrcore.evaluate` stores: PCR and changes, flip rates, prediction."""
+    """One method's numbers in the shape `qrcore.evaluation.evaluate` stores: PCR and changes, flip rates, prediction."""
     out = {}
     for evaluation in ("boost", "suppress"):
         rows = [

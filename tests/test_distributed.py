@@ -13,11 +13,12 @@ import pandas as pd
 import psutil
 import pytest
 
-from qrcore import shards, store
+from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
-from qrcore.distributed import run_distributed
 from qrcore.errors import QRNError
-from qrcore.runner import run_dataset
+from qrcore.runs import shards
+from qrcore.runs.batch import run_dataset
+from qrcore.runs.distributed import run_distributed
 from qrcore.settings import QRNCASettings, RunSettings
 
 RUN = ["run", "--model", "tiny-llama", "--dataset", "domain", "--groups", "biology"]

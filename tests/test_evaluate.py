@@ -8,7 +8,7 @@ import pytest
 from qrcore.attribution.ig import NeuronAttribution
 from qrcore.attribution.oracle import option_activations_oracle
 from qrcore.data.queries import make_query
-from qrcore.evaluate import option_activations
+from qrcore.evaluation.evaluate import option_activations
 
 QUERY = make_query("Which gas do plants take in?", ["Oxygen", "Carbon dioxide", "Nitrogen", "Helium"], "Carbon dioxide")
 

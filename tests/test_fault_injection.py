@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qrcore import shards, store
+from qrcore import store
 from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
+from qrcore.runs import shards
 from qrcore.selection import qrnca
 from qrcore.settings import RunSettings
 from qrcore.store import schema

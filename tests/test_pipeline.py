@@ -15,9 +15,9 @@ import pytest
 from qrcore import store
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.evaluate import evaluate_run
-from qrcore.report import write_report
-from qrcore.runner import run_dataset
+from qrcore.evaluation.evaluate import evaluate_run
+from qrcore.evaluation.report import write_report
+from qrcore.runs.batch import run_dataset
 from qrcore.settings import QRNCASettings, RunSettings
 
 

@@ -21,7 +21,7 @@ from qrcore.errors import QRNError
 from qrcore.model import load
 from qrcore.model.load import load_model
 from qrcore.model.spec import DEFAULT_MODEL, ModelSpec
-from qrcore.runner import plan_queries
+from qrcore.runs.batch import plan_queries
 from qrcore.store import connection, schema
 from seeded_store import MODEL, QUERIES, RUN, seed_store
 

@@ -1,5 +1,5 @@
 """Data-parallel `qrn run`: started by accelerate launch or torchrun (or `qrn run --processes N`), every process
-attributes its share of the queries into Parquet shards (`qrcore.shards`); the main process merges them into the
+attributes its share of the queries into Parquet shards (`qrcore.runs.shards`); the main process merges them into the
 store in one transaction and finalizes the run.
 
 Process r of N takes the queries at positions r, r + N, r + 2N, ... of the run's dataset, so the split is the
@@ -19,11 +19,12 @@ import subprocess
 import sys
 from typing import Callable
 
-from qrcore import shards, store
+from qrcore import store
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.model.spec import LoadedModel
-from qrcore.runner import RunProgress, plan_queries
+from qrcore.runs import shards
+from qrcore.runs.batch import RunProgress, plan_queries
 from qrcore.settings import RunSettings
 
 WORLD_ENV = ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"]

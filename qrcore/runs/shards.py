@@ -1,4 +1,4 @@
-"""Per-query Parquet shards of a data-parallel run (`qrcore.distributed`) and their merge into the store.
+"""Per-query Parquet shards of a data-parallel run (`qrcore.runs.distributed`) and their merge into the store.
 
 A run folder <root>/<run_id>/ holds manifest.json (run name, model, dataset with its queries, settings and
 code version: all a merge needs to recreate the run in any store) and rank-<r>/<query id>.parquet, one file
