@@ -18,8 +18,8 @@ import tempfile
 import time
 
 from explorer.figures import bin_heatmap, heatmap_figure
+from qrbench.store import RUN_NAME, build_synthetic_store, median_ms
 from qrcore import store
-from qrcore.bench_store import RUN_NAME, build_synthetic_store, median_ms
 
 APP = Path(__file__).resolve().parent / "app.py"
 EDIT_NEURONS = 10
@@ -137,7 +137,7 @@ def bench_heatmap(db_path: str | os.PathLike, repeats: int = 7) -> dict[str, flo
 def bench_explorer(db_path: str | os.PathLike | None = None, repeats: int = 7) -> dict[str, float]:
     """Both explorer speed targets, printed as a table.
 
-    `db_path` is a synthetic 32 x 11008 store of `qrcore.bench_store` (built there if missing; default: a temporary
+    `db_path` is a synthetic 32 x 11008 store of `qrbench.store` (built there if missing; default: a temporary
     one, about 10 s to build), not the store of real runs.
     """
     if db_path is None:

@@ -88,14 +88,14 @@ def cmd_attribute(args: argparse.Namespace) -> None:
 
 def cmd_bench_attribution(args: argparse.Namespace) -> None:
     """Fast path, preview and oracle on the same queries: seconds and FLOPs per query, share of the matmul peak."""
-    from qrcore.bench import bench_attribution
+    from qrbench.attribution import bench_attribution
 
     bench_attribution(_load(args), n_queries=args.queries, oracle_prompts=args.oracle_prompts, steps=args.steps)
 
 
 def cmd_bench_precision(args: argparse.Namespace) -> None:
     """Exact vs mixed precision on built-in queries: seconds per query, speed-up, Jaccard of clusters and QR neurons."""
-    from qrcore.bench import bench_precision
+    from qrbench.attribution import bench_precision
 
     _at_least_one(args, "per-group", "steps")
     bench_precision(_load(args), per_group=args.per_group, steps=args.steps)
@@ -240,7 +240,7 @@ def cmd_bench_store(args: argparse.Namespace) -> None:
     from pathlib import Path
     import tempfile
 
-    from qrcore.bench_store import bench_store, build_synthetic_store
+    from qrbench.store import bench_store, build_synthetic_store
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "synthetic.duckdb"
@@ -258,7 +258,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 def cmd_bench_processes(args: argparse.Namespace) -> None:
     """Queries per minute with 1 and 2 processes on this machine."""
-    from qrcore.runs.distributed import bench_processes
+    from qrbench.processes import bench_processes
 
     bench_processes(args.model, args.queries)
 
@@ -272,7 +272,7 @@ def cmd_bench_explorer(args: argparse.Namespace) -> None:
 
 def cmd_bench_features(args: argparse.Namespace) -> None:
     """Neuron card, threshold change and custom-question scoring times on the shipped runs and a synthetic one."""
-    from qrcore.bench_features import bench_features
+    from qrbench.features import bench_features
 
     bench_features()
 

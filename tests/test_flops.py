@@ -29,7 +29,7 @@ def test_matmul_peak_is_a_positive_rate():
 
 
 def test_bench_attribution_prints_each_path_against_the_peak(tiny, capsys):
-    from qrcore.bench import bench_attribution
+    from qrbench.attribution import bench_attribution
 
     row = bench_attribution(tiny("llama"), n_queries=1, oracle_prompts=0)
     out = capsys.readouterr().out

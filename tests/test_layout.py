@@ -13,7 +13,7 @@ import sys
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("qrcore", "explorer")
+PACKAGES = ("qrcore", "explorer", "qrbench")
 
 
 def module_names(package: str) -> list[str]:

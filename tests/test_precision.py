@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qrcore import bench
+from qrbench import attribution as bench
 from qrcore.attribution.ig import NeuronAttribution
 from qrcore.attribution.precision import agreement, bfloat16_matmuls, jaccard
 from qrcore.cli import main

@@ -497,7 +497,7 @@ def test_reader_waits_for_a_writer_in_another_process(db):
 
 
 def test_synthetic_store_builds_a_finished_run_and_times_every_reader(tmp_path):
-    from qrcore import bench_store
+    from qrbench import store as bench_store
 
     path = tmp_path / "bench.duckdb"
     run_id = bench_store.build_synthetic_store(

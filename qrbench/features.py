@@ -15,9 +15,9 @@ import tempfile
 import numpy as np
 import pandas as pd
 
+from qrbench.store import median_ms
 from qrcore import store
 from qrcore.attribution.results import QueryAttribution
-from qrcore.bench_store import median_ms
 from qrcore.data.queries import Query
 from qrcore.selection import qrnca
 from qrcore.selection.custom import score_against_run
