@@ -8,9 +8,10 @@ import shutil
 from streamlit.testing.v1 import AppTest
 
 from markdown_view import shown
+from repo import REPO
 from seeded_store import MODEL
 
-APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
+APP = REPO / "explorer" / "app.py"
 PAGES = ("heatmaps", "overlap", "common", "lab", "methods", "compare", "data")
 
 

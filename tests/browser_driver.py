@@ -13,7 +13,8 @@ import urllib.request
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from repo import REPO
+
 APP = REPO / "explorer" / "app.py"
 CHROMIUM = Path("/usr/bin/chromium")
 PAGES = {

@@ -14,9 +14,9 @@ from app_driver import app_on_copy
 from browser_driver import CHROMIUM, open_page, streamlit_server
 from qrcore.model.load import embedded_folder
 from qrcore.model.spec import DEFAULT_MODEL
+from repo import REPO
 from seeded_store import DEEP_RUN, MODEL, seed_store
 
-REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("QRN_CACHE", str(REPO / "cache"))
 
 

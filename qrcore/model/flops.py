@@ -3,7 +3,7 @@
 `qrn bench attribution` divides the first by the measured seconds and compares the rate with the second, so that a
 speed figure says how close to this machine it is. Only matrix products are counted (linear layers, attention
 scores and the LM head), forward and input-gradient backward; element-wise work is overhead, not model arithmetic.
-`tests/test_flops.py` checks the count against torch's FlopCounterMode on a real run.
+`tests/unit/model/test_flops.py` checks the count against torch's FlopCounterMode on a real run.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Opening the store: created or upgraded on first use, foreign, newer or damaged files refused untouched.
 
-Concurrency (measured with duckdb 2.0.0, two processes, see tests/test_store.py):
+Concurrency (measured with duckdb 2.0.0, two processes, see tests/unit/store/test_store.py):
 - A process with a read-write connection open holds an exclusive file lock: another process can open the
   file neither read-write nor read-only ("IO Error: Could not set lock on file ... Conflicting lock is held
   in ... (PID n)").

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from repo import REPO
+
 PACKAGES = ("qrcore", "explorer", "qrbench")
 
 

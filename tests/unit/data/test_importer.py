@@ -11,8 +11,8 @@ import pytest
 from qrcore.data.datasets import dataset_stats, groups, import_file
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from repo import PAPER_DATA
 
-PAPER_DATA = Path(__file__).resolve().parents[2] / "shared" / "paper-data"
 DOMAIN_GROUPS = ["biology", "physics", "chemistry", "mathematics", "computer_science", "geography"]
 
 PAPER_FILES = {

@@ -19,8 +19,8 @@ from qrcore.errors import QRNError
 from qrcore.selection import analysis, qrnca
 from qrcore.settings import QRNCASettings, RunSettings
 from qrcore.store import connection, schema, sql, writes
+from repo import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 # The five queries of tests/test_qrnca.py as dense (2 layers, 3 neurons) NA maps; q1's (1, 2) is above the floor only.
 # Each map is one template's IG; with the summed cluster and Z = max |score| the stored NA equals the map itself,
 # so the hand-computed numbers below hold (tests/test_qrnca.py covers the other cluster and Z settings).
