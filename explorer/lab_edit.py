@@ -122,16 +122,7 @@ def take_away(name: str, edit: dict[Neuron, float]) -> None:
     table = pd.DataFrame([(l, n, m) for (l, n), m in sorted(edit.items())], columns=["layer", "neuron", "multiplier"])
     meta = {"model": name, "model_fingerprint": state.fingerprint(name)}
     left, middle, right = st.columns([1, 1, 2], vertical_alignment="bottom")
-    for column, fmt, mime in ((left, "json", "application/json"), (middle, "csv", "text/csv")):
-        column.download_button(
-            f"Edit as {fmt.upper()}",
-            edits.dump(edits.EDIT, meta, table, fmt),
-            file_name=f"qrn-edit.{fmt}",
-            mime=mime,
-            key=f"edit_{fmt}",
-            disabled=not edit,
-            icon=":material/download:",
-        )
+    views.download_buttons((left, middle), "Edit as", edits.EDIT, meta, table, disabled=not edit)
     right.file_uploader(
         "Load an edit or neuron-set file", type=["json", "csv"], key="edit_file", on_change=_load, args=(name,)
     )

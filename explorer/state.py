@@ -27,6 +27,7 @@ from qrcore.data.datasets import import_file
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from qrcore.progress import Progress
 from qrcore.settings import RunSettings
 
 if TYPE_CHECKING:
@@ -145,9 +146,7 @@ def import_dataset(filename: str, data: bytes, name: str) -> int:
     return len(queries)
 
 
-def start_run(
-    name: str, dataset: str, run_name: str | None, per_group: int | None, progress: Callable[[int, int, str], None]
-) -> str:
+def start_run(name: str, dataset: str, run_name: str | None, per_group: int | None, progress: Progress) -> str:
     """Compute a run of model `name` on `dataset` (at most `per_group` queries a group) into the store; its id."""
     from qrcore.runs.batch import run_dataset
 
@@ -219,7 +218,7 @@ def attribution(name: str, query: Query, settings: RunSettings = RunSettings()) 
     bar = st.progress(0.0, "Attributing…")
     with _lock(f"model:{name}"):
         result = NeuronAttribution(model(name), settings.attribution, settings.prompt).attribute(
-            query, lambda done, total: bar.progress(done / total, f"Attributing… pass {done} of {total}")
+            query, lambda done, total, _pass: bar.progress(done / total, f"Attributing… pass {done} of {total}")
         )
     bar.empty()
     return result
@@ -261,7 +260,7 @@ def cached_activations(name: str, run_id: str) -> np.ndarray | None:
 
 
 def compute_activations(
-    name: str, run_id: str, queries: list[Query], settings: RunSettings, progress: Callable[[int, int], None]
+    name: str, run_id: str, queries: list[Query], settings: RunSettings, progress: Progress
 ) -> np.ndarray:
     """`qrcore.selection.card.answer_activations` of model `name` over the run's queries (in order), kept for later cards."""
     from qrcore.selection.card import answer_activations

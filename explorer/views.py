@@ -20,6 +20,7 @@ import streamlit as st
 from explorer import state
 from qrcore import store
 from qrcore.data.queries import Query
+from qrcore.editing import edits
 from qrcore.errors import QRNError
 from qrcore.selection import qrnca
 
@@ -331,3 +332,23 @@ def control_neurons(neurons: Sequence[tuple[int, int]], n_neurons: int, seed: in
         free = np.setdiff1d(np.arange(n_neurons), [n for l, n in chosen | set(out) if l == layer])
         out.append((layer, int(rng.choice(free))))
     return out
+
+
+EDIT_FILE_FORMATS = (("json", "application/json"), ("csv", "text/csv"))
+"""The formats of edit and neuron-set files (`qrcore.editing.edits`) and their MIME types."""
+
+
+def download_buttons(
+    columns: Sequence[Any], label: str, kind: str, meta: dict[str, str], table: pd.DataFrame, disabled: bool
+) -> None:
+    """One download button per edit-file format, in `columns`: `table` as a file of `kind` with `meta`."""
+    for column, (fmt, mime) in zip(columns, EDIT_FILE_FORMATS):
+        column.download_button(
+            f"{label} {fmt.upper()}",
+            edits.dump(kind, meta, table, fmt),
+            file_name=f"{kind}.{fmt}",
+            mime=mime,
+            key=f"{kind}_{fmt}",
+            disabled=disabled,
+            icon=":material/download:",
+        )

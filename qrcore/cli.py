@@ -10,14 +10,19 @@ from typing import Callable
 from qrcore.errors import QRNError
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    """--model, --dtype, --device: shared by every command that loads a model."""
+def _model_name_arg(p: argparse.ArgumentParser) -> None:
+    """--model: an embedded model's name, a GGUF file, a model folder or a hub id."""
     p.add_argument(
         "--model",
         default="smollm2",
         help="smollm2 (the default), gemma3-270m or qwen2.5-coder-1.5b "
         "(embedded), a .gguf file, a model folder or a hub id",
     )
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """--model, --dtype, --device: shared by every command that loads a model in this process."""
+    _model_name_arg(p)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (device_map over all GPUs)")
 
@@ -210,7 +215,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     store.require_model(info, lm.spec.name, lm.fingerprint)
     with tqdm(desc="evaluate", unit="edit") as bar:
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int, _edit: str) -> None:
             bar.total, bar.n = total, done
             bar.refresh()
 
@@ -306,12 +311,12 @@ def cmd_explore(args: argparse.Namespace) -> None:
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     """Settings of a run: prompts, attribution, QRNCA (all part of the cache key); defaults from qrcore.settings."""
-    from qrcore.settings import CLUSTERS, NORMALISERS, RIEMANN, AttributionSettings, QRNCASettings
+    from qrcore.settings import CLUSTERS, NORMALISERS, RIEMANN, AttributionSettings, PromptSettings, QRNCASettings
 
     a, q = AttributionSettings(), QRNCASettings()
-    p.add_argument("--templates", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0, help="option shuffling and sampling seed")
-    p.add_argument("--steps", type=int, default=a.steps, help="Riemann steps m (Eq. 5)")
+    p.add_argument("--templates", type=int, default=PromptSettings().templates)
+    _seed_arg(p)
+    _steps_arg(p)
     p.add_argument(
         "--riemann",
         choices=RIEMANN,
@@ -328,6 +333,33 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--z", choices=NORMALISERS, default=q.z, help="Z of Eq. 5 (see the README)")
     p.add_argument("--u", type=float, default=q.u, help="common-neuron threshold (Sec. 4.4)")
     p.add_argument("--v", type=int, default=q.v, help="top-v before removing common neurons (Sec. 4.5)")
+
+
+def _steps_arg(p: argparse.ArgumentParser) -> None:
+    """--steps: the Riemann steps m of Eq. 5."""
+    from qrcore.settings import AttributionSettings
+
+    p.add_argument("--steps", type=int, default=AttributionSettings().steps, help="Riemann steps m (Eq. 5)")
+
+
+def _seed_arg(p: argparse.ArgumentParser) -> None:
+    """--seed: option shuffling and sampling."""
+    p.add_argument("--seed", type=int, default=0, help="option shuffling and sampling seed")
+
+
+def _per_group_arg(p: argparse.ArgumentParser, what: str, default: int | None = None) -> None:
+    """--per-group: at most this many queries of each group take part in `what`."""
+    p.add_argument(
+        "--per-group",
+        type=int,
+        default=default,
+        help=f"{what}: at most this many queries of each group (default {default or 'all'})",
+    )
+
+
+def _out_arg(p: argparse.ArgumentParser) -> None:
+    """--out: the folder that reports are written into."""
+    p.add_argument("--out", default="cache/reports", help="folder of the report files (default cache/reports)")
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
@@ -350,25 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(func=cmd_attribute)
 
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="what", required=True)
-    p = bench.add_parser("attribution", help="fast path vs oracle, seconds per query")
-    p.add_argument("--queries", type=int, default=2, help="queries timed with the fast path")
-    p.add_argument("--oracle-prompts", type=int, default=1, help="prompts timed with the (slow) oracle; 0: none")
-    p.add_argument("--steps", type=int, default=16)
-    _model_args(p)
-    p.set_defaults(func=cmd_bench_attribution)
-    p = bench.add_parser(
-        "precision", help="exact vs mixed precision: speed-up and agreement of clusters and QR neurons"
-    )
-    p.add_argument("--per-group", type=int, default=5, help="built-in domain queries of each group (6 groups)")
-    p.add_argument("--steps", type=int, default=16)
-    _model_args(p)
-    p.set_defaults(func=cmd_bench_precision)
-
     p = sub.add_parser("run", help="attribute a dataset into the store and compute QRNCA (resumable)")
     p.add_argument("--dataset", required=True, help="domain, language, a .json/.csv file or an imported dataset")
     p.add_argument("--groups", help="comma-separated groups to run (default all)")
-    p.add_argument("--per-group", type=int, help="at most this many queries of each group")
+    _per_group_arg(p, "queries run")
     p.add_argument("--name", help="run name (default DATASET@MODEL)")
     p.add_argument(
         "--processes",
@@ -395,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="what", required=True)
     p = data.add_parser("stats", help="the model's accuracy per group")
     p.add_argument("--dataset", default="domain")
-    p.add_argument("--seed", type=int, default=0)
+    _seed_arg(p)
     p.add_argument("--markdown", action="store_true")
     _model_args(p)
     _db_arg(p)
@@ -403,17 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="PCR, flip rates and neuron-based prediction of a finished run")
     p.add_argument("--run", required=True)
-    p.add_argument("--per-group", type=int, help="edit at most this many queries of each group (default all)")
+    _per_group_arg(p, "queries edited")
     p.add_argument("--if-missing", action="store_true", help="do nothing if the run already has evaluations")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="cache/reports")
+    _seed_arg(p)
+    _out_arg(p)
     _model_args(p)
     _db_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="write a run's tables as Markdown and CSV")
     p.add_argument("--run", required=True)
-    p.add_argument("--out", default="cache/reports")
+    _out_arg(p)
     _db_arg(p)
     p.set_defaults(func=cmd_report)
 
@@ -424,29 +441,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("explore", help="open the explorer on localhost")
-    p.add_argument("--model", default="smollm2")
+    _model_name_arg(p)
     p.add_argument("--port", type=int, default=8501)
     _db_arg(p)
     p.set_defaults(func=cmd_explore)
-
-    p = bench.add_parser("store", help="reader latency on a synthetic 32 x 11008 store")
-    p.add_argument("--queries", type=int, default=10_000)
-    p.set_defaults(func=cmd_bench_store)
-
-    p = bench.add_parser("processes", help="queries per minute with 1 and 2 processes")
-    p.add_argument("--model", default="smollm2")
-    p.add_argument("--queries", type=int, default=8)
-    p.set_defaults(func=cmd_bench_processes)
 
     p = sub.add_parser("merge", help="merge a run folder of shards into the store")
     p.add_argument("folder")
     _db_arg(p)
     p.set_defaults(func=cmd_merge)
 
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="what", required=True)
+    p = bench.add_parser("attribution", help="fast path vs oracle, seconds per query")
+    p.add_argument("--queries", type=int, default=2, help="queries timed with the fast path")
+    p.add_argument("--oracle-prompts", type=int, default=1, help="prompts timed with the (slow) oracle; 0: none")
+    _steps_arg(p)
+    _model_args(p)
+    p.set_defaults(func=cmd_bench_attribution)
+    p = bench.add_parser(
+        "precision", help="exact vs mixed precision: speed-up and agreement of clusters and QR neurons"
+    )
+    _per_group_arg(p, "built-in domain queries (6 groups)", default=5)
+    _steps_arg(p)
+    _model_args(p)
+    p.set_defaults(func=cmd_bench_precision)
+    p = bench.add_parser("store", help="reader latency on a synthetic 32 x 11008 store")
+    p.add_argument("--queries", type=int, default=10_000)
+    p.set_defaults(func=cmd_bench_store)
+    p = bench.add_parser("processes", help="queries per minute with 1 and 2 processes")
+    p.add_argument("--queries", type=int, default=8)
+    _model_name_arg(p)
+    p.set_defaults(func=cmd_bench_processes)
     p = bench.add_parser("explorer", help="slider latency and heatmap page time")
     _db_arg(p)
     p.set_defaults(func=cmd_bench_explorer)
-
     p = bench.add_parser("features", help="neuron card, live threshold and custom-question QRNCA times")
     p.set_defaults(func=cmd_bench_features)
     return parser

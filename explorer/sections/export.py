@@ -40,16 +40,7 @@ fingerprint, model = state.read(store.run_model, run.id)
 meta = {"model": model, "model_fingerprint": fingerprint, "run": run.name, "set": name}
 st.text(f"{name}: {len(neurons)} neurons of run {run.name} (model {model}); score: {score}.")
 left, right, _ = st.columns([1, 1, 3])
-for column, fmt, mime in ((left, "json", "application/json"), (right, "csv", "text/csv")):
-    column.download_button(
-        f"Download {fmt.upper()}",
-        edits.dump(edits.NEURON_SET, meta, neurons, fmt),
-        file_name=f"qrn-neurons.{fmt}",
-        mime=mime,
-        key=f"set_{fmt}",
-        icon=":material/download:",
-        disabled=neurons.empty,
-    )
+views.download_buttons((left, right), "Download", edits.NEURON_SET, meta, neurons, disabled=neurons.empty)
 st.caption(
     "Load it in Python with `qrcore.editing.edits.load_edit(path, multiplier=0.0)` (suppress) or `multiplier=2.0` "
     "(boost) and apply it with `qrcore.editing.scaling.edited(lm, edit)`; the query lab loads it too."

@@ -114,7 +114,7 @@ if acts is None:
             run.id,
             list(queries.values()),
             settings,
-            lambda done, total: bar.progress(done / total, f"Query {done} of {total}"),
+            lambda done, total, _query: bar.progress(done / total, f"Query {done} of {total}"),
         )
         st.rerun()
 else:

@@ -29,10 +29,8 @@ from qrcore.data.queries import Query
 from qrcore.model.ffn import decoder_layers, ffn_sites, forward_hooks, patch_ffn
 from qrcore.model.forward import clean_pass, packed_mask, prefix_kv
 from qrcore.model.spec import LoadedModel
+from qrcore.progress import Progress
 from qrcore.settings import AttributionSettings, PromptSettings
-
-Progress = Callable[[int, int], None]
-"""progress(done, total) is called after each forward/backward pass."""
 
 
 def riemann_alphas(settings: AttributionSettings, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -83,7 +81,7 @@ class NeuronAttribution:
             nonlocal done
             done += 1
             if progress:
-                progress(done, total)
+                progress(done, total, f"pass {done} of {total}")
 
         igs, acts, probs, hits = [], [], [], []
         for prompt in prompts:

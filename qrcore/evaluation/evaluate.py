@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import random
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,6 +30,7 @@ from qrcore.errors import QRNError
 from qrcore.model.ffn import FFNSite, patch_ffn
 from qrcore.model.forward import packed_mask, prefix_kv
 from qrcore.model.spec import LoadedModel
+from qrcore.progress import Progress
 from qrcore.selection import analysis
 from qrcore.selection.qrnca import METHODS
 
@@ -97,7 +97,7 @@ def evaluate_run(
     db: str | None = None,
     per_group: int | None = None,
     seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Run Tables 4, 6 and 7 on every query of the run (or up to per_group of each group); store and return them."""
     info, queries, qr, chosen = plan_evaluation(run, db, per_group)
@@ -131,7 +131,7 @@ def evaluate_run(
                 flips_after += list(rel_after)
                 flips_correct += correct[qid]
                 if progress:
-                    progress((m_i * len(EDITS) + e_i) * len(chosen) + i + 1, total)
+                    progress((m_i * len(EDITS) + e_i) * len(chosen) + i + 1, total, f"{method} {kind} {qid}")
             rel = pd.DataFrame(related, columns=["group_name", "before", "after"])
             rel["change"] = analysis.percent_change(rel["before"].to_numpy(), rel["after"].to_numpy())
             unrel = np.array(unrelated)  # (queries, 2)

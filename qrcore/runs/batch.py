@@ -7,16 +7,13 @@ and a rerun skips what is stored. A run with the same model, data and settings i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from qrcore import store
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.model.spec import LoadedModel
+from qrcore.progress import Progress
 from qrcore.settings import RunSettings
-
-RunProgress = Callable[[int, int, str], None]
-"""progress(done, total, query_id) after each stored query."""
 
 
 def resolve_dataset(dataset: str, db: str | None = None) -> tuple[str, str, list[Query]]:
@@ -91,7 +88,7 @@ def run_dataset(
     settings: RunSettings = RunSettings(),
     groups: list[str] | None = None,
     per_group: int | None = None,
-    progress: RunProgress | None = None,
+    progress: Progress | None = None,
 ) -> str:
     """Attribute the dataset's (selected) queries not yet stored, then finalize; returns the run id."""
     from qrcore.attribution.ig import NeuronAttribution

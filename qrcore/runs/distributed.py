@@ -17,14 +17,14 @@ import os
 from pathlib import Path
 import subprocess
 import sys
-from typing import Callable
 
 from qrcore import store
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.model.spec import LoadedModel
+from qrcore.progress import Progress
 from qrcore.runs import shards
-from qrcore.runs.batch import RunProgress, plan_queries
+from qrcore.runs.batch import plan_queries
 from qrcore.settings import RunSettings
 
 WORLD_ENV = ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"]
@@ -60,7 +60,7 @@ def run_distributed(
     groups: list[str] | None = None,
     per_group: int | None = None,
     root: str | os.PathLike | None = None,
-    progress: RunProgress | None = None,
+    progress: Progress | None = None,
 ) -> str:
     """`run_dataset` for each process of a launch: its share of the queries into shards, then merge; the run id.
 
@@ -88,16 +88,17 @@ def run_distributed(
         queries = shards.queries_of(manifest)
         mine = [q for i, q in enumerate(queries) if i % state.num_processes == state.process_index and q.id not in skip]
 
-        def tick(query_id: str) -> None:
+        def tick(_done: int, _of_mine: int, what: str) -> None:
+            """Shows the whole run's finished queries (all processes' shards), not this process's count."""
             if progress and state.is_main_process:
-                progress(len(skip | shards.finished_shards(folder).keys()), len(queries), query_id)
+                progress(len(skip | shards.finished_shards(folder).keys()), len(queries), what)
 
         compute_shards(
             lm, folder, state.process_index, {**shards.key_of(manifest), "model": lm.fingerprint}, mine, settings, tick
         )
         state.wait_for_everyone()
         if state.is_main_process:
-            tick("merge")
+            tick(len(mine), len(mine), "merge")
             with store.connect(db) as con:
                 shards.merge_into(con, folder)
     return manifest["run_id"]
@@ -110,16 +111,16 @@ def compute_shards(
     key: dict,
     queries: list[Query],
     settings: RunSettings,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> None:
     """The shard worker: attribute each query and write it as a shard of `rank`, one file per finished query."""
     from qrcore.attribution.ig import NeuronAttribution
 
     attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
-    for q in queries:
+    for i, q in enumerate(queries):
         shards.write_shard(folder, rank, key, attr.attribute(q), settings.qrnca)
         if progress:
-            progress(q.id)
+            progress(i + 1, len(queries), q.id)
 
 
 def _open_run(

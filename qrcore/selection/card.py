@@ -3,7 +3,7 @@ its activation at the answer position over the run's queries, computed on demand
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -12,6 +12,7 @@ import pandas as pd
 
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from qrcore.progress import Progress
 from qrcore.selection import qrnca
 from qrcore.settings import RunSettings
 
@@ -107,7 +108,7 @@ def build_card(
 
 
 def answer_activations(
-    lm: LoadedModel, queries: Sequence[Query], settings: RunSettings, progress: Callable[[int, int], None] | None = None
+    lm: LoadedModel, queries: Sequence[Query], settings: RunSettings, progress: Progress | None = None
 ) -> np.ndarray:
     """(queries, layers, neurons) float32 activation f at the answer position, mean over each query's templates.
 
@@ -120,5 +121,5 @@ def answer_activations(
     for i, query in enumerate(queries):
         out.append(answer_activation(lm, attr, attr.prompts(query)).astype(np.float32))
         if progress:
-            progress(i + 1, len(queries))
+            progress(i + 1, len(queries), query.id)
     return np.stack(out)

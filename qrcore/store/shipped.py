@@ -7,11 +7,11 @@ whether a start is a first start.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
 from qrcore import store
+from qrcore.progress import Progress
 
 SHIPPED = Path(str(files("qrcore.data") / "default_runs"))
 
@@ -26,7 +26,7 @@ def pending(db: str | None = None) -> bool:
         return not store.has_runs(con, SHIPPED)
 
 
-def load_shipped_runs(db: str | None = None, progress: Callable[[int, int, str], None] | None = None) -> bool:
+def load_shipped_runs(db: str | None = None, progress: Progress | None = None) -> bool:
     """Load the shipped default runs into the store if they are missing; True if anything was loaded.
 
     `progress(done, total, table)` as in `store.import_runs`.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 import os
 from pathlib import Path
 
@@ -10,6 +10,7 @@ import duckdb
 import pandas as pd
 
 from qrcore.outputs import make_folder
+from qrcore.progress import Progress
 from qrcore.store.reads import finished_run
 from qrcore.store.sql import transaction
 
@@ -58,9 +59,7 @@ def has_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike) -> bool:
     return con.execute(COUNT_RUNS, [ids]).fetchone()[0] == len(ids)
 
 
-def import_runs(
-    con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, progress: Callable[[int, int, str], None] | None = None
-) -> bool:
+def import_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, progress: Progress | None = None) -> bool:
     """Load an `export_runs` folder in one transaction, unless its runs are already stored; True if loaded.
 
     `progress(done, total, table)` follows each table, in bytes of Parquet read (the attributions dominate).

@@ -91,10 +91,10 @@ def test_attribute_normalises_and_reports_progress(tiny):
     lm = tiny("llama")
     attr = NeuronAttribution(lm, max_copies=32)
     calls = []
-    result = attr.attribute(QUERY, lambda done, total: calls.append((done, total)))
+    result = attr.attribute(QUERY, lambda done, total, what: calls.append((done, total, what)))
     assert result.ig.shape == (3, 4, 96) and result.ig.dtype == np.float32  # (templates, layers, neurons)
     assert np.abs(result.ig).max() > 0
-    assert calls == [(i, 6) for i in range(1, 7)]  # 3 templates x 2 layer chunks
+    assert calls == [(i, 6, f"pass {i} of 6") for i in range(1, 7)]  # 3 templates x 2 layer chunks
     assert 0 < result.correct_prob < 1 and result.accuracy in (0, 1 / 3, 2 / 3, 1)
 
 
