@@ -22,7 +22,6 @@ from qrcore import store
 from qrcore.data.queries import Query
 from qrcore.editing import edits
 from qrcore.errors import QRNError
-from qrcore.selection import qrnca
 
 SYNCED = "_synced_keys"
 """Session-state key of the set of widget keys that `synced` mirrors in the link."""
@@ -310,12 +309,6 @@ def hover_labels(name: str, neurons: Sequence[tuple[int, int]]) -> dict[tuple[in
     """Hover text per neuron: its top vocabulary tokens under model `name`, HTML-escaped for plotly."""
     tokens = state.vocab_tokens(name, tuple(neurons))
     return {n: "tokens: " + plain(" ".join(repr(t) for t in tokens[n])) for n in neurons}
-
-
-def method_table(rows: pd.DataFrame, columns: str | list[str]) -> pd.DataFrame:
-    """Evaluation rows pivoted to one line per method (in qrnca.METHODS order) and one column per `columns` value."""
-    table = rows.pivot_table(index="method", columns=columns, values="value", aggfunc="first")
-    return table.sort_index(key=lambda idx: idx.map({m: i for i, m in enumerate(qrnca.METHODS)}.get))
 
 
 def flip_cases(flips: pd.DataFrame) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import streamlit as st
 from explorer import state, views
 from explorer.figures import bin_heatmap, heatmap_figure
 from qrcore import store
+from qrcore.evaluation import report
 from qrcore.selection import qrnca
 from qrcore.selection.analysis import relative_depth
 
@@ -162,5 +163,5 @@ for title, rows, case in (
 ):
     if not rows.empty:
         st.markdown(f"**{title}**")
-        table = views.method_table(rows, ["model", case]).reindex(columns=[a.model, b.model], level=0)
+        table = report.by_method(rows, ["model", case]).reindex(columns=[a.model, b.model], level=0)
         st.dataframe(table.style.format("{:.2f}", na_rep="–"), width="stretch")

@@ -9,6 +9,7 @@ import streamlit as st
 from explorer import state, thresholds, views
 from explorer.figures import MAX_COLS, bin_heatmap, color_limit, heatmap_figure
 from qrcore import store
+from qrcore.selection.topk import top_neurons
 
 MODES = ("one group", "side by side", "difference")
 # Hover shows vocabulary tokens for this many strongest cells of the view (projecting every cell takes seconds).
@@ -102,7 +103,7 @@ for i, (column, (title, _), b) in enumerate(zip(st.columns(len(maps)), maps, bin
 
 st.subheader("Strongest neurons in view")
 first = maps[0][1]
-flat = np.argsort(-np.abs(first), axis=None)[:20]
-layers, neurons = np.unravel_index(flat, first.shape)
-top = pd.DataFrame({"layer": layers + lo, "neuron": neurons, "score": first[layers, neurons]})
+top = pd.DataFrame(top_neurons(np.abs(first), 20), columns=["layer", "neuron", "score"])
+top["score"] = first[top["layer"], top["neuron"]]  # signed
+top["layer"] += lo
 views.neuron_table(top.loc[top["score"] != 0], unavailable)

@@ -10,10 +10,11 @@ import streamlit as st
 
 from explorer import state, views
 from qrcore import store
+from qrcore.evaluation import report
 from qrcore.selection import qrnca
 
 CHANGES = {"related_change": "related queries", "unrelated_change": "unrelated queries"}
-PREDICTION_REFERENCE = {"prompt_accuracy": "prompt-based", "chance": "random guess"}
+REFERENCE_LABELS = {"prompt_accuracy": "prompt-based", "chance": "random guess"}
 
 
 def show(table: pd.DataFrame, rows: pd.DataFrame, x: str, label: str, key: str, higher_is_better: bool = True) -> None:
@@ -57,11 +58,11 @@ if not pcr.empty:
     )
     for evaluation, rows in pcr.groupby("evaluation"):
         st.markdown(f"**{views.md(evaluation)}**")
-        show(views.method_table(rows, "group_name"), rows, "group_name", "PCR", f"pcr-{evaluation}")
+        show(report.by_method(rows, "group_name"), rows, "group_name", "PCR", f"pcr-{evaluation}")
     changes = evaluations.loc[metric.isin(CHANGES) & (evaluations["group_name"] == "all")]
     with st.expander("Mean % change of P(correct), related and unrelated queries"):
         st.dataframe(
-            views.method_table(
+            report.by_method(
                 changes.assign(metric=changes["metric"].map(CHANGES)), ["evaluation", "metric"]
             ).style.format("{:+.2f}", na_rep="–"),
             width="stretch",
@@ -72,7 +73,7 @@ if not flips.empty:
     st.subheader("Flip rates (Table 6)")
     st.caption("Share of answers (argmax option) that flip when the query's neurons are suppressed or boosted.")
     flips = views.flip_cases(flips)
-    show(views.method_table(flips, "case"), flips, "case", "flip rate", "flips", higher_is_better=False)
+    show(report.by_method(flips, "case"), flips, "case", "flip rate", "flips", higher_is_better=False)
 
 answers = evaluations.loc[evaluations["evaluation"] == "answer_prediction"]
 if not answers.empty:
@@ -82,13 +83,10 @@ if not answers.empty:
         "predicted option is the one under which the group's neurons (the QR neurons of its other queries) "
         "are most active. Prompt-based: the model's own answer on the same queries."
     )
-    reference = answers.loc[(answers["method"] == qrnca.METHODS[0]) & answers["metric"].isin(PREDICTION_REFERENCE)]
-    neuron_based = answers.loc[answers["metric"] == "accuracy"]
-    both = pd.concat([neuron_based, reference.assign(method=reference["metric"].map(PREDICTION_REFERENCE))])
+    both = report.answer_prediction_rows(answers)
+    both = both.assign(method=both["method"].replace(REFERENCE_LABELS))
     show(
-        both.pivot_table(index="method", columns="group_name", values="value", aggfunc="first")
-        .reindex([*qrnca.METHODS, *PREDICTION_REFERENCE.values()])
-        .dropna(how="all"),
+        report.by_method(both, "group_name", (*qrnca.METHODS, *REFERENCE_LABELS.values())),
         both,
         "group_name",
         "accuracy",
@@ -103,4 +101,4 @@ if not groups.empty:
         "Held-out queries' groups predicted from which group's QR neurons they activate most at the answer "
         f"position; chance is 1/{n_groups} for {n_groups} groups."
     )
-    show(views.method_table(groups, "metric"), groups, "metric", "accuracy", "group-prediction")
+    show(report.by_method(groups, "metric"), groups, "metric", "accuracy", "group-prediction")

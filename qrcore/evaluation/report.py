@@ -39,19 +39,27 @@ def metric_table(evals: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return part.pivot_table(index=["method", "evaluation"], columns="metric", values="value", sort=False).reset_index()
 
 
+PREDICTION_REFERENCES = ("prompt_accuracy", "chance")
+"""Table 7's reference rows beside the neuron-based accuracy: the model's own prompt-based accuracy, random guess."""
+
+
+def by_method(rows: pd.DataFrame, columns: str | list[str], order: tuple[str, ...] = METHODS) -> pd.DataFrame:
+    """Evaluation rows pivoted to one line per method (in `order`) and one column per `columns` value."""
+    table = rows.pivot_table(index="method", columns=columns, values="value", aggfunc="first", sort=False)
+    return table.reindex([m for m in order if m in table.index])
+
+
+def answer_prediction_rows(evals: pd.DataFrame) -> pd.DataFrame:
+    """Table 7's rows: each method's neuron-based accuracy per group, then the references as methods of their own."""
+    part = evals[evals["evaluation"] == "answer_prediction"]
+    reference = part[(part["method"] == METHODS[0]) & part["metric"].isin(PREDICTION_REFERENCES)]
+    return pd.concat([part[part["metric"] == "accuracy"], reference.assign(method=reference["metric"])])
+
+
 def answer_prediction_table(evals: pd.DataFrame) -> pd.DataFrame:
     """Table 7: rows the methods' neuron-based accuracy, then prompt-based accuracy and chance; columns the groups."""
-    part = evals[evals["evaluation"] == "answer_prediction"]
-    reference = part[part["method"] == METHODS[0]]
-    rows = pd.concat(
-        [
-            part[part["metric"] == "accuracy"],
-            reference[reference["metric"] != "accuracy"].assign(method=lambda d: d["metric"]),
-        ]
-    )
-    order = [m for m in (*METHODS, "prompt_accuracy", "chance") if m in set(rows["method"])]
-    table = rows.pivot_table(index="method", columns="group_name", values="value", sort=False)
-    return table.reindex(order).reset_index()
+    rows = answer_prediction_rows(evals)
+    return by_method(rows, "group_name", (*METHODS, *PREDICTION_REFERENCES)).reset_index()
 
 
 def write_report(run: str, db: str | None, out: str) -> list[Path]:

@@ -42,6 +42,20 @@ class LoadedModel:
         """Device of the input embeddings (where inputs go)."""
         return self.model.get_input_embeddings().weight.device
 
+    def store_row(self) -> dict[str, str | int]:
+        """The model as the store records it: the arguments of `store.upsert_model` by name."""
+        from qrcore.model.ffn import ffn_sites
+
+        sites = ffn_sites(self.model)
+        return {
+            "model_id": self.fingerprint,
+            "name": self.spec.name,
+            "architecture": type(self.model).__name__,
+            "n_layers": len(sites),
+            "n_neurons": sites[0].n_neurons,
+            "config_json": self.model.config.to_json_string(),
+        }
+
 
 PATH_DEPENDENT_CONFIG = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
 """Config keys that depend on where or how a model was loaded, not on the model: left out of fingerprints."""

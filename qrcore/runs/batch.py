@@ -92,21 +92,11 @@ def run_dataset(
 ) -> str:
     """Attribute the dataset's (selected) queries not yet stored, then finalize; returns the run id."""
     from qrcore.attribution.ig import NeuronAttribution
-    from qrcore.model.ffn import ffn_sites
 
     ds_name, source, queries = plan_queries(dataset, db, settings, groups, per_group)
-    sites = ffn_sites(lm.model)
     with store.writer_lock(db):
         with store.connect(db) as con:
-            store.upsert_model(
-                con,
-                lm.fingerprint,
-                lm.spec.name,
-                type(lm.model).__name__,
-                len(sites),
-                sites[0].n_neurons,
-                lm.model.config.to_json_string(),
-            )
+            store.upsert_model(con, **lm.store_row())
             dataset_id = store.upsert_dataset(con, ds_name, source, queries)
             run_id = store.get_or_create_run(
                 con, name or f"{ds_name}@{lm.spec.name}", lm.fingerprint, dataset_id, settings

@@ -52,19 +52,12 @@ def make_manifest(
     lm: LoadedModel, run_name: str, ds_name: str, source: str, queries: list[Query], settings: RunSettings
 ) -> dict:
     """A run's manifest before it is stored: the rows `open_run` needs for its model, dataset and run."""
-    from qrcore.model.ffn import ffn_sites
-
-    sites = ffn_sites(lm.model)
     return {
         "run_name": run_name,
         "model": lm.fingerprint,
         "settings": settings.to_json(),
         "code_version": CODE_VERSION,
-        "model_name": lm.spec.name,
-        "architecture": type(lm.model).__name__,
-        "n_layers": len(sites),
-        "n_neurons": sites[0].n_neurons,
-        "config_json": lm.model.config.to_json_string(),
+        "model_row": lm.store_row(),
         "dataset_name": ds_name,
         "dataset_source": source,
         "queries": [asdict(q) for q in queries],
@@ -77,9 +70,7 @@ def open_run(con: duckdb.DuckDBPyConnection, manifest: dict) -> dict:
     QRNError, as for `qrn run`, when the run name is taken by another model, dataset or settings.
     """
     m = manifest
-    store.upsert_model(
-        con, m["model"], m["model_name"], m["architecture"], m["n_layers"], m["n_neurons"], m["config_json"]
-    )
+    store.upsert_model(con, **m["model_row"])
     dataset_id = store.upsert_dataset(con, m["dataset_name"], m["dataset_source"], queries_of(m))
     run_id = store.get_or_create_run(
         con, m["run_name"], m["model"], dataset_id, RunSettings.from_json(m["settings"]), m["code_version"]

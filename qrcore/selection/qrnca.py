@@ -22,6 +22,7 @@ import pandas as pd
 
 from qrcore.attribution.results import QueryAttribution
 from qrcore.selection import analysis
+from qrcore.selection.topk import top_neurons
 from qrcore.settings import QRNCASettings
 
 METHODS = ("qrnca", "random", "activation", "kn", "qrnca_no_ica", "qrnca_with_common")
@@ -305,14 +306,12 @@ def run_results(
 
 def top_activations(attr: QueryAttribution, k: int = TOP_ACTIVATIONS) -> pd.DataFrame:
     """The k highest activations of a query at the answer position, as (query_id, layer, neuron, activation) rows."""
-    flat = attr.activation.ravel()  # (layers * neurons,)
-    k = min(k, flat.size)
-    top = np.argpartition(-flat, k - 1)[:k]  # (k,) flat indices, unordered
+    top = top_neurons(attr.activation, k)  # [(layer, neuron, activation)], highest first
     return pd.DataFrame(
         {
             "query_id": attr.query_id,
-            "layer": (top // attr.activation.shape[1]).astype(np.int16),
-            "neuron": (top % attr.activation.shape[1]).astype(np.int32),
-            "activation": flat[top].astype(np.float32),
+            "layer": np.array([t[0] for t in top], dtype=np.int16),
+            "neuron": np.array([t[1] for t in top], dtype=np.int32),
+            "activation": np.array([t[2] for t in top], dtype=np.float32),
         }
     )
