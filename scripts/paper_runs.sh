@@ -5,16 +5,12 @@
 # them and writes the reports. Resumable: rerun after a kill. QRN_DB (default cache/paper.duckdb) holds the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/runs.sh
 data=${1:?the folder that holds subject_qa.json and language_qa.json}
 model=${2:-smollm2}
 per_group=${3:-20}
 export QRN_DB=${QRN_DB:-cache/paper.duckdb}
-qrn=".venv/bin/python -m qrcore.cli"
-short=${model%%-*}; short=${short%%.*}   # smollm2, qwen2 ...
 for set in subject language; do
-    name="paper-$set-$short"
     $qrn import "$data/${set}_qa.json" --name "paper-$set"
-    $qrn run --model "$model" --dataset "paper-$set" --per-group "$per_group" --name "$name"
-    $qrn evaluate --model "$model" --run "$name" --if-missing
-    $qrn report --run "$name"
+    run_and_evaluate "paper-$set-$(short_name "$model")" "$model" "paper-$set" --per-group "$per_group"
 done

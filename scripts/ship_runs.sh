@@ -5,15 +5,13 @@
 # query or evaluation in flight: rerun it. QRN_DB (default cache/ship.duckdb) holds the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/runs.sh
 export QRN_DB=${QRN_DB:-cache/ship.duckdb}
-qrn=".venv/bin/python -m qrcore.cli"
 runs=()
 for model in "$@"; do
-    short=${model%%-*}; short=${short%%.*}   # smollm2, qwen2 ...
     for dataset in domain language; do
-        name="$dataset-$short"
-        $qrn run --model "$model" --dataset "$dataset" --name "$name"
-        $qrn evaluate --model "$model" --run "$name" --if-missing
+        name="$dataset-$(short_name "$model")"
+        run_and_evaluate "$name" "$model" "$dataset"
         runs+=(--run "$name")
     done
 done
