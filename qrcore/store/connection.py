@@ -34,7 +34,7 @@ import time
 import duckdb
 
 from qrcore.errors import QRNError
-import qrcore.store.schema as schema
+import qrcore.store.schema as schema  # schema.SCHEMA_VERSION looked up at each call: tests raise it
 from qrcore.store.schema import APP, SELECT_META, create, migrate, remove_stale_temps
 
 DEFAULT_DB = "cache/qrn.duckdb"

@@ -21,7 +21,7 @@ from qrcore.selection import qrnca
 from qrcore.settings import QRNCASettings, RunSettings
 from qrcore.store.reads import FIND_DATASET, RUN_GROUPS, run_info
 from qrcore.store.schema import CODE_VERSION
-import qrcore.store.sql as sql
+import qrcore.store.sql as sql  # sql.execute_with looked up at each call: tests make it fail midway
 from qrcore.store.sql import FRAME, transaction
 
 INSERT_MODEL = "INSERT OR IGNORE INTO models (model_id, name, architecture, n_layers, n_neurons, config_json) VALUES (?, ?, ?, ?, ?, ?)"
