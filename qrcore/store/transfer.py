@@ -1,4 +1,9 @@
-"""Runs as Parquet files, one per table: `qrn export` writes them; `qrn import` and the shipped runs load them."""
+"""Runs as Parquet files, one per table: `qrn export` writes them; `qrn import` and the shipped runs load them.
+
+Rows load by column name, so exports of older schema versions (fewer columns) load too. Only runs the store lacks are
+loaded, so no row is ever doubled; a run or dataset whose name the store already gives to another one is loaded under
+its name and its id's first 8 digits (the store's own runs are never renamed or replaced).
+"""
 
 from __future__ import annotations
 
@@ -34,11 +39,24 @@ EXPORT_SELECT = {
     "queries": f"SELECT * FROM queries WHERE dataset_id IN (SELECT dataset_id FROM runs WHERE run_id IN {_IN_RUNS})",
     **{t: f"SELECT * FROM {t} WHERE run_id IN {_IN_RUNS}" for t in EXPORT_TABLES[3:]},
 }
-IMPORT_TABLE = {t: f"INSERT OR IGNORE INTO {t} BY NAME SELECT * FROM read_parquet(?)" for t in EXPORT_TABLES[:4]} | {
-    t: f"INSERT INTO {t} BY NAME SELECT * FROM read_parquet(?)" for t in EXPORT_TABLES[4:]
+IMPORT_SHARED = {
+    "models": "INSERT OR IGNORE INTO models BY NAME SELECT * FROM read_parquet(?)",
+    "datasets": """INSERT INTO datasets BY NAME SELECT * REPLACE (CASE WHEN name IN (SELECT name FROM datasets)
+        THEN name || '-' || left(dataset_id, 8) ELSE name END AS name) FROM read_parquet(?)
+        WHERE dataset_id NOT IN (SELECT dataset_id FROM datasets)""",
+    "queries": "INSERT OR IGNORE INTO queries BY NAME SELECT * FROM read_parquet(?)",
 }
-"""By column name, so exports of older schema versions (fewer columns) load too."""
-COUNT_RUNS = f"SELECT count(*) FROM runs WHERE run_id IN {_IN_RUNS}"
+"""Rows that runs share: bound to the Parquet file only."""
+IMPORT_RUN_ROWS = {
+    "runs": f"""INSERT INTO runs BY NAME SELECT * REPLACE (CASE WHEN name IN (SELECT name FROM runs)
+        THEN name || '-' || left(run_id, 8) ELSE name END AS name) FROM read_parquet(?) WHERE run_id IN {_IN_RUNS}""",
+    **{
+        t: f"INSERT INTO {t} BY NAME SELECT * FROM read_parquet(?) WHERE run_id IN {_IN_RUNS}"
+        for t in EXPORT_TABLES[4:]
+    },
+}
+"""A run's own rows: bound to the Parquet file and the ids of the runs to load."""
+STORED_RUNS = f"SELECT run_id FROM runs WHERE run_id IN {_IN_RUNS}"
 
 
 def export_runs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], folder: str | os.PathLike) -> dict[str, int]:
@@ -55,24 +73,31 @@ def export_runs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], folder: str
 
 def has_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike) -> bool:
     """Whether every run of an `export_runs` folder is in the store."""
-    ids = pd.read_parquet(Path(folder) / "runs.parquet", columns=["run_id"])["run_id"].tolist()
-    return con.execute(COUNT_RUNS, [ids]).fetchone()[0] == len(ids)
+    return not _new_runs(con, Path(folder))
 
 
 def import_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, progress: Progress | None = None) -> bool:
-    """Load an `export_runs` folder in one transaction, unless its runs are already stored; True if loaded.
+    """Load the runs of an `export_runs` folder that the store lacks, in one transaction; True if any was loaded.
 
     `progress(done, total, table)` follows each table, in bytes of Parquet read (the attributions dominate).
     """
     folder = Path(folder)
-    if has_runs(con, folder):
+    new = _new_runs(con, folder)
+    if not new:
         return False
-    files = {table: folder / f"{table}.parquet" for table in IMPORT_TABLE}
+    files = {table: folder / f"{table}.parquet" for table in EXPORT_TABLES}
     total, done = sum(f.stat().st_size for f in files.values()), 0
     with transaction(con):
-        for table, sql in IMPORT_TABLE.items():
-            con.execute(sql, [str(files[table])])
+        for table, sql in (IMPORT_SHARED | IMPORT_RUN_ROWS).items():
+            con.execute(sql, [str(files[table]), new] if table in IMPORT_RUN_ROWS else [str(files[table])])
             done += files[table].stat().st_size
             if progress:
                 progress(done, total, table)
     return True
+
+
+def _new_runs(con: duckdb.DuckDBPyConnection, folder: Path) -> list[str]:
+    """Ids of the folder's runs that are not in the store."""
+    ids = pd.read_parquet(folder / "runs.parquet", columns=["run_id"])["run_id"].tolist()
+    stored = {row[0] for row in con.execute(STORED_RUNS, [ids]).fetchall()}
+    return [i for i in ids if i not in stored]

@@ -136,6 +136,33 @@ def test_export_and_import_round_trip(finished, tmp_path):
         assert np.array_equal(store.heatmap(con, run_id, "physics"), expected)
 
 
+def test_import_loads_only_missing_runs_and_renames_one_whose_name_is_taken(finished, tmp_path):
+    db, run_id = finished
+    with store.connect(db, read_only=True) as con:
+        store.export_runs(con, [run_id], tmp_path / "a")
+        name, results = store.run_info(con, run_id).name, len(store.group_accuracy(con, run_id))
+    other = "feedfacecafe0000"  # the same run recomputed under other settings: another id, the same name
+    (tmp_path / "both").mkdir()
+    for table in (tmp_path / "a").glob("*.parquet"):
+        rows = pd.read_parquet(table)
+        if "run_id" in rows:
+            rows = pd.concat([rows, rows.assign(run_id=other)])
+        rows.to_parquet(tmp_path / "both" / table.name, index=False)
+    fresh = str(tmp_path / "fresh.duckdb")
+    with store.connect(fresh) as con:
+        assert store.import_runs(con, tmp_path / "a") is True
+        assert store.import_runs(con, tmp_path / "both") is True  # loads the other run only
+        assert dict(zip(store.list_runs(con)["run_id"], store.list_runs(con)["name"])) == {
+            run_id: name,
+            other: f"{name}-feedface",
+        }
+        for run in (run_id, other):
+            count = con.execute("SELECT count(*) FROM query_results WHERE run_id = ?", [run]).fetchone()[0]
+            assert count == 6 and len(store.group_accuracy(con, run)) == results  # nothing doubled
+        assert np.array_equal(store.heatmap(con, other, "physics"), store.heatmap(con, run_id, "physics"))
+        assert store.import_runs(con, tmp_path / "both") is False
+
+
 def test_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path):
     db = str(tmp_path / "kill.duckdb")
     cmd = [
