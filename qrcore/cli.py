@@ -62,7 +62,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
     prompts = attr.prompts(query)
     with tqdm(total=len(prompts) * len(attr.layer_chunks), desc="attribution", unit="pass", disable=args.json) as bar:
-        result = attr.attribute(query, lambda done, total: bar.update(done - bar.n))
+        result = attr.attribute(query, lambda done, _total, _pass: bar.update(done - bar.n))
     probs = letter_probs(lm, prompts)  # (templates, options): the table and the mean below are both read from it
     mean = float(correct_probs(probs, prompts).mean().round(6))
     top = top_neurons(query_na(result.ig, settings.qrnca).na, args.top)
