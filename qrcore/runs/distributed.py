@@ -24,7 +24,7 @@ from qrcore.errors import QRNError
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
 from qrcore.runs import shards
-from qrcore.runs.batch import plan_queries
+from qrcore.runs.batch import plan_queries, run_name
 from qrcore.settings import RunSettings
 
 WORLD_ENV = ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"]
@@ -88,17 +88,16 @@ def run_distributed(
         queries = shards.queries_of(manifest)
         mine = [q for i, q in enumerate(queries) if i % state.num_processes == state.process_index and q.id not in skip]
 
-        def tick(_done: int, _of_mine: int, what: str) -> None:
-            """Shows the whole run's finished queries (all processes' shards), not this process's count."""
+        def show(what: str) -> None:
+            """The whole run's finished queries (all processes' shards), not this process's count."""
             if progress and state.is_main_process:
                 progress(len(skip | shards.finished_shards(folder).keys()), len(queries), what)
 
-        compute_shards(
-            lm, folder, state.process_index, {**shards.key_of(manifest), "model": lm.fingerprint}, mine, settings, tick
-        )
+        key = {**shards.key_of(manifest), "model": lm.fingerprint}
+        compute_shards(lm, folder, state.process_index, key, mine, settings, lambda _i, _n, query_id: show(query_id))
         state.wait_for_everyone()
         if state.is_main_process:
-            tick(len(mine), len(mine), "merge")
+            show("merge")
             with store.connect(db) as con:
                 shards.merge_into(con, folder)
     return manifest["run_id"]
@@ -135,7 +134,7 @@ def _open_run(
 ) -> tuple[dict, set[str], bool]:
     """Main process: store the run's model, dataset and run and write its manifest; (manifest, ids done, cache hit)."""
     ds_name, source, queries = plan_queries(dataset, db, settings, groups, per_group)
-    manifest = shards.make_manifest(lm, name or f"{ds_name}@{lm.spec.name}", ds_name, source, queries, settings)
+    manifest = shards.make_manifest(lm, run_name(name, ds_name, lm), ds_name, source, queries, settings)
     with store.connect(db) as con:
         manifest = shards.open_run(con, manifest)
         stored = store.done_query_ids(con, manifest["run_id"])
