@@ -5,11 +5,12 @@ For template p and layer l, IG_l(f) = f * (1/m) * sum_k dP(alpha_k f)/df over m 
 (`AttributionSettings.riemann`), where only f at the answer (last) position is scaled. This module returns each
 template's IG; `qrcore.selection.qrnca.query_na` forms the coarse cluster and divides by Z to give NA.
 
-The fast path exploits three facts: (1) scaling f at the last position leaves every earlier position
+The fast path exploits four facts: (1) scaling f at the last position leaves every earlier position
 unchanged, so their keys and values are computed once (a prefix KV cache); (2) the m scaled copies of
 all layers can go through together, packed as extra positions of one sequence that each attend to the
 prefix and to themselves only (a 4D mask, all at position id T-1); (3) a copy patched at layer l differs
-from the clean run only from layer l up, so one forward and one backward give every layer's gradient.
+from the clean run only from layer l up, so one forward and one backward give every layer's gradient; (4) under
+that mask a copy needs only its own packed key, not all of them (`qrcore.model.forward.packed_attention_forward`).
 `qrcore.attribution.oracle` keeps the textbook algorithm; tests check the two agree.
 """
 
@@ -27,7 +28,7 @@ from qrcore.attribution.results import QueryAttribution
 from qrcore.data.prompts import ChoicePrompt, query_prompts
 from qrcore.data.queries import Query
 from qrcore.model.ffn import decoder_layers, ffn_sites, forward_hooks, patch_ffn
-from qrcore.model.forward import clean_pass, packed_mask, prefix_kv
+from qrcore.model.forward import clean_pass, packed_attention, packed_mask, prefix_kv
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
 from qrcore.settings import AttributionSettings, PromptSettings
@@ -39,6 +40,31 @@ def riemann_alphas(settings: AttributionSettings, dtype: torch.dtype, device: to
     if settings.riemann == "linspace":
         return torch.linspace(0, 1, m, dtype=dtype, device=device)
     return torch.arange(1, m + 1, dtype=dtype, device=device) / m
+
+
+class TargetProbability(torch.autograd.Function):
+    """P(target) of each row from its logits, with one soft-max over the vocabulary kept for the backward.
+
+    The textbook `softmax(logits)[:, target]` (the oracle's) passes over the (rows, vocabulary) logits about six times
+    forward and backward; here the forward computes the soft-max s once, in float32 at least, and the backward reuses
+    it: dP_t/dz = P_t (onehot_t - s).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: int) -> torch.Tensor:  # logits: (rows, vocab)
+        s = logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))  # (rows, vocab)
+        p = s[:, target].clone()  # (rows,)
+        ctx.save_for_backward(s, p)
+        ctx.target, ctx.dtype = target, logits.dtype
+        return p
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        s, p = ctx.saved_tensors  # (rows, vocab), (rows,)
+        gp = grad * p  # (rows,)
+        g = s * -gp[:, None]  # (rows, vocab)
+        g[:, ctx.target] += gp
+        return g.to(ctx.dtype), None
 
 
 class NeuronAttribution:
@@ -111,15 +137,15 @@ class NeuronAttribution:
         ig = torch.zeros_like(f0, dtype=torch.float32)  # (layers, neurons)
         for chunk in self.layer_chunks:
             a, n = chunk.start, len(chunk) * steps
-            x = (alphas[None, :, None] * f0[chunk, None, :]).requires_grad_()  # (chunk, m, neurons)
+            xs = [(alphas[:, None] * f0[layer]).requires_grad_() for layer in chunk]  # chunk x (m, neurons)
 
-            def patch(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, rows, neurons), newest copies last
-                i = (layer - a) * steps
-                return torch.cat([f[:, :i], x[layer - a][None], f[:, i + steps :]], dim=1)
+            def patch(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, rows, neurons), this layer's copies last
+                return torch.cat([f[:, : (layer - a) * steps], xs[layer - a][None]], dim=1)
 
             with (
                 enter_at_layer(self.blocks, h0, chunk, steps, prefix),
                 patch_ffn(model, patch, layers=list(chunk), sites=self.sites),
+                packed_attention(model),
             ):
                 logits = model(
                     input_ids=ids[:, -1:].expand(1, n),
@@ -127,10 +153,10 @@ class NeuronAttribution:
                     attention_mask=packed_mask(model.config, [prefix], [0] * n, f0.dtype, ids.device),
                     past_key_values=DynamicCache(kv),
                     use_cache=True,
-                ).logits[0]  # (n, vocab)
-            p = (logits[:, prompt.target_id].float() - logits.float().logsumexp(-1)).exp().sum()
-            (grad,) = torch.autograd.grad(p, x)  # (chunk, m, neurons)
-            ig[chunk] = (f0[chunk] * grad.mean(1)).float()
+                ).logits.squeeze(0)  # (n, vocab); a view, so its backward copies nothing
+            p = TargetProbability.apply(logits, prompt.target_id).sum()
+            grads = torch.autograd.grad(p, xs)  # chunk x (m, neurons)
+            ig[chunk] = (f0[chunk] * torch.stack([g.mean(0) for g in grads])).float()  # (chunk, neurons)
             on_pass()
         return ig.cpu().numpy(), f0.float().cpu().numpy(), letter_probs.cpu().numpy()
 

@@ -51,16 +51,16 @@ def ig_prompt_flops(shape: ModelShape, length: int, steps: int) -> int:
     """Matmul FLOPs of `NeuronAttribution.ig_prompt` on a prompt of `length` tokens with m = `steps`, one pass.
 
     The prefix (length - 1 positions, causal) and the answer position run once, forward only. In the packed pass the
-    m copies patched at layer l enter at layer l, so layer k runs m (k + 1) rows, each seeing the prefix and every
-    packed row (the mask hides most, the products are still computed); the LM head runs every row. The backward
-    to the copies costs as much again for every product (input gradients only: no weight gradients are taken).
+    m copies patched at layer l enter at layer l, so layer k runs m (k + 1) rows, each attending to the prefix and to
+    itself (`qrcore.model.forward.packed_attention_forward`); the LM head runs every row. The backward to the copies
+    costs as much again for every product (input gradients only: no weight gradients are taken).
     """
     n_layers, prefix = len(shape.layer_weights), length - 1
     once = shape.forward([prefix] * n_layers, [(prefix + 1) / 2] * n_layers, 1)  # causal: on average half the keys
     once += shape.forward([1] * n_layers, [length] * n_layers, 1)
     n = n_layers * steps
     rows = [steps * (k + 1) for k in range(n_layers)]
-    packed = shape.forward(rows, [prefix + r for r in rows], n)
+    packed = shape.forward(rows, [length] * n_layers, n)
     return int(once + 2 * packed)
 
 

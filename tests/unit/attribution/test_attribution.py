@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qrcore.attribution.ig import NeuronAttribution, riemann_alphas
+from qrcore.attribution.ig import NeuronAttribution, TargetProbability, riemann_alphas
 from qrcore.attribution.oracle import ig_prompt_oracle
 from qrcore.data.queries import make_query
 from qrcore.editing.scaling import letter_probs
@@ -19,6 +19,17 @@ QUERY = make_query("What is the capital of France?", ["Berlin", "Paris", "Rome",
 def agreement(fast: np.ndarray, ref: np.ndarray) -> float:
     """max |fast - oracle| relative to the largest absolute oracle score."""
     return float(np.abs(fast - ref).max() / np.abs(ref).max())
+
+
+def test_target_probability_is_the_softmax_entry_and_its_gradient():
+    """The fused P(target) equals softmax(logits)[:, t] and passes torch's numerical gradient check."""
+    logits = torch.randn(5, 11, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(TargetProbability.apply(logits, 3), logits.softmax(-1)[:, 3])
+    weights = torch.rand(5, dtype=torch.float64)
+    (fused,) = torch.autograd.grad((TargetProbability.apply(logits, 3) * weights).sum(), logits)
+    (textbook,) = torch.autograd.grad((logits.softmax(-1)[:, 3] * weights).sum(), logits)
+    assert torch.allclose(fused, textbook)
+    assert torch.autograd.gradcheck(lambda z: TargetProbability.apply(z, 3), (logits,))
 
 
 @pytest.mark.parametrize("arch,max_copies", [(a, 4096) for a in ARCHITECTURES] + [("llama", 32), ("gemma3", 16)])

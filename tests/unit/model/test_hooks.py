@@ -6,6 +6,7 @@ import torch
 from qrcore.attribution.ig import enter_at_layer
 from qrcore.editing.scaling import edited
 from qrcore.model.ffn import decoder_layers, forward_hooks, patch_ffn
+from qrcore.model.forward import PACKED, packed_attention
 
 
 def _hook_count(model: torch.nn.Module) -> int:
@@ -38,3 +39,14 @@ def test_hooks_are_gone_after_a_forward_raises(tiny, name):
             with patch_ffn(lm.model, _raise):
                 lm.model(torch.tensor([[1, 2, 3]]))
     assert _hook_count(lm.model) == before
+
+
+def test_packed_attention_is_restored_after_a_forward_raises(tiny):
+    lm = tiny("llama")
+    before = lm.model.config._attn_implementation
+    with pytest.raises(RuntimeError):
+        with packed_attention(lm.model):
+            assert lm.model.config._attn_implementation == PACKED
+            with forward_hooks([(decoder_layers(lm.model)[0], _raise)], pre=True):
+                lm.model(torch.tensor([[1, 2, 3]]))
+    assert lm.model.config._attn_implementation == before
