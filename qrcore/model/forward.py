@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from transformers import AttentionInterface, DynamicCache
+from transformers import DynamicCache
 
 from qrcore.model.ffn import FFNSite, decoder_layers, forward_hooks, patch_ffn
 
@@ -105,15 +105,15 @@ def packed_attention_forward(
     return out.reshape(b, heads, n, d).transpose(1, 2), None  # (b, n, heads, d)
 
 
-AttentionInterface.register(PACKED, packed_attention_forward)
-
-
 @contextmanager
 def packed_attention(model: torch.nn.Module) -> Iterator[None]:
     """Within the block, the model's attention layers run `packed_attention_forward`; restored in `finally`.
 
     Only for forwards whose mask is a `packed_mask`. Models whose attention has logit soft-capping or sinks keep theirs.
     """
+    from transformers import AttentionInterface  # here, not at the top: it loads transformers' model registry
+
+    AttentionInterface.register(PACKED, packed_attention_forward)
     config = model.config
     if getattr(config, "attn_logit_softcapping", None) or any(hasattr(m, "sinks") for m in model.modules()):
         yield
