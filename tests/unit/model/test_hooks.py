@@ -50,3 +50,15 @@ def test_packed_attention_is_restored_after_a_forward_raises(tiny):
             with forward_hooks([(decoder_layers(lm.model)[0], _raise)], pre=True):
                 lm.model(torch.tensor([[1, 2, 3]]))
     assert lm.model.config._attn_implementation == before
+
+
+def test_packed_attention_leaves_soft_capped_attention_alone(tiny):
+    """Attention with logit soft-capping (Gemma 2) keeps its own implementation: the packed one has no soft-cap."""
+    lm = tiny("llama")
+    before = lm.model.config._attn_implementation
+    lm.model.config.attn_logit_softcapping = 50.0
+    try:
+        with packed_attention(lm.model):
+            assert lm.model.config._attn_implementation == before
+    finally:
+        del lm.model.config.attn_logit_softcapping
