@@ -106,6 +106,14 @@ def cmd_bench_precision(args: argparse.Namespace) -> None:
     bench_precision(_load(args), per_group=args.per_group, steps=args.steps)
 
 
+def cmd_bench_evaluation(args: argparse.Namespace) -> None:
+    """The evaluation's edits of a query one forward per edit against all packed in one forward: seconds and ratio."""
+    from qrbench.evaluation import bench_evaluation
+
+    _at_least_one(args, "queries")
+    bench_evaluation(_load(args), n_queries=args.queries)
+
+
 def _settings(args: argparse.Namespace):
     """RunSettings from the `_run_args` arguments; the settings dataclasses check the values (QRNError)."""
     from qrcore.settings import AttributionSettings, PromptSettings, QRNCASettings, RunSettings
@@ -213,9 +221,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     info = plan_evaluation(args.run, args.db, args.per_group)[0]  # a run that cannot be evaluated fails before loading
     lm = _load(args)
     store.require_model(info, lm.spec.name, lm.fingerprint)
-    with tqdm(desc="evaluate", unit="edit") as bar:
+    with tqdm(desc="evaluate", unit="query") as bar:
 
-        def progress(done: int, total: int, _edit: str) -> None:
+        def progress(done: int, total: int, _query: str) -> None:
             bar.total, bar.n = total, done
             bar.refresh()
 
@@ -465,6 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     _steps_arg(p)
     _model_args(p)
     p.set_defaults(func=cmd_bench_precision)
+    p = bench.add_parser("evaluation", help="the evaluation's edits one forward each vs packed, seconds per query")
+    p.add_argument("--queries", type=int, default=4, help="built-in domain queries edited")
+    _model_args(p)
+    p.set_defaults(func=cmd_bench_evaluation)
     p = bench.add_parser("store", help="reader latency on a synthetic 32 x 11008 store")
     p.add_argument("--queries", type=int, default=10_000)
     p.set_defaults(func=cmd_bench_store)

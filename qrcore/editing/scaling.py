@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
+import functools
+import operator
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,29 +40,54 @@ def check_neurons(lm: LoadedModel, neurons: Iterable[tuple[int, int]]) -> None:
             )
 
 
+def _by_layer(lm: LoadedModel, edits: Sequence[Edit]) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """layer -> (rows, neurons, multipliers) of every edited neuron, row r holding edits[r]; checked against the model."""
+    entries: dict[int, list[tuple[int, int, float]]] = defaultdict(list)
+    for row, edit in enumerate(edits):
+        check_model(edit, lm.fingerprint, lm.spec.name)
+        check_neurons(lm, edit)
+        for (layer, neuron), mult in edit.items():
+            entries[layer].append((row, neuron, mult))
+    device = lm.device
+    return {
+        layer: (
+            torch.tensor([e[0] for e in part], device=device),
+            torch.tensor([e[1] for e in part], device=device),
+            torch.tensor([e[2] for e in part], device=device),
+        )
+        for layer, part in entries.items()
+    }
+
+
 @contextmanager
-def edited(lm: LoadedModel, edit: Edit, every_position: bool = False) -> Iterator[None]:
-    """Within the block, f of each edited neuron is multiplied at the last position of every forward
-    (or at every position, for packed answer positions).
+def edited(lm: LoadedModel, edit: Edit) -> Iterator[None]:
+    """Within the block, f of each edited neuron is multiplied at the last position of every forward.
 
     During generation with a cache each step's input is the last position, so generated tokens are edited too.
     An edit loaded from a file (`qrcore.editing.edits.load_edit`) must have been made for this model.
     """
-    check_model(edit, lm.fingerprint, lm.spec.name)
-    check_neurons(lm, edit)
-    by_layer: dict[int, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
-    for (layer, neuron), mult in edit.items():
-        by_layer[layer][0].append(neuron)
-        by_layer[layer][1].append(mult)
-    device = lm.device
-    index = {l: torch.tensor(n, device=device) for l, (n, _) in by_layer.items()}
-    scale = {l: torch.tensor(m, device=device) for l, (_, m) in by_layer.items()}
+    by_layer = _by_layer(lm, [edit])
 
     def apply(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (batch, seq, neurons)
-        part = f if every_position else f[:, -1:]
-        part = part.clone()
-        part[..., index[layer]] = part[..., index[layer]] * scale[layer].to(f.dtype)
-        return part if every_position else torch.cat([f[:, :-1], part], dim=1)
+        _, neurons, mults = by_layer[layer]
+        last = f[:, -1:].clone()  # (batch, 1, neurons)
+        last[..., neurons] = last[..., neurons] * mults.to(f.dtype)
+        return torch.cat([f[:, :-1], last], dim=1)
+
+    with patch_ffn(lm.model, apply, layers=sorted(by_layer)):
+        yield
+
+
+@contextmanager
+def edited_rows(lm: LoadedModel, edits: Sequence[Edit]) -> Iterator[None]:
+    """Within the block, packed row r of a forward of shape (1, len(edits)) has edits[r] applied to its f."""
+    by_layer = _by_layer(lm, edits)
+
+    def apply(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, rows, neurons)
+        rows, neurons, mults = by_layer[layer]
+        out = f.clone()
+        out[0, rows, neurons] = out[0, rows, neurons] * mults.to(f.dtype)
+        return out
 
     with patch_ffn(lm.model, apply, layers=sorted(by_layer)):
         yield
@@ -93,14 +120,24 @@ class PackedPrefix:
     lengths: list[int]
     """Prefix length of each prompt (its answer token's position id)."""
 
+    def __add__(self, other: PackedPrefix) -> PackedPrefix:
+        """Both prefixes' prompts, this one's first (one packed forward can then run them all)."""
+        kv = [tuple(torch.cat([a[i], b[i]], dim=2) for i in (0, 1)) for a, b in zip(self.kv, other.kv)]
+        return PackedPrefix(kv, self.lengths + other.lengths)
+
 
 def prefix_cache(lm: LoadedModel, prompts: list[ChoicePrompt]) -> PackedPrefix:
     """Each prompt's prefix keys/values, computed once: edits act at the answer position only, so every later
     `letter_probs` with this cache costs one forward of len(prompts) packed positions."""
-
-    per = [prefix_kv(lm.model, torch.tensor([p.input_ids[:-1]], device=lm.device)) for p in prompts]
-    kv = [tuple(torch.cat([c[layer][i] for c in per], dim=2) for i in (0, 1)) for layer in range(len(per[0]))]
-    return PackedPrefix(kv, [len(p.input_ids) - 1 for p in prompts])
+    return functools.reduce(
+        operator.add,
+        (
+            PackedPrefix(
+                prefix_kv(lm.model, torch.tensor([p.input_ids[:-1]], device=lm.device)), [len(p.input_ids) - 1]
+            )
+            for p in prompts
+        ),
+    )
 
 
 def letter_probs(
@@ -110,28 +147,44 @@ def letter_probs(
     prompt's own letters when the prompts have different numbers of options (imported ready-made prompts).
 
     With `cache` (from `prefix_cache`) only the answer positions run, packed into one forward (the same
-    4D-mask packing as the attribution's fast path); without it, each whole prompt runs on its own.
+    4D-mask packing as the attribution's fast path); without it, each whole prompt runs on its own (the oracle of
+    the packed path).
     """
-    if cache is None:
-        with torch.no_grad(), edited(lm, edit or {}):
-            rows = [
-                lm.model(torch.tensor([p.input_ids], device=lm.device), logits_to_keep=1).logits[0, -1] for p in prompts
-            ]  # each (vocab,)
-    else:
-        from transformers import DynamicCache
-
-        n = len(prompts)
-        ids = torch.tensor([[p.input_ids[-1] for p in prompts]], device=lm.device)  # (1, n)
-        dtype = cache.kv[0][0].dtype
-        with torch.no_grad(), one_thread(lm.device), edited(lm, edit or {}, every_position=True):
-            rows = lm.model(
-                ids,
-                position_ids=torch.tensor([cache.lengths], device=lm.device),
-                attention_mask=packed_mask(lm.model.config, cache.lengths, list(range(n)), dtype, lm.device),
-                past_key_values=DynamicCache(cache.kv),
-                use_cache=True,
-            ).logits[0]  # (n, vocab)
+    if cache is not None:
+        return letter_probs_under(lm, prompts, cache, [edit or {}])[0]
+    with torch.no_grad(), edited(lm, edit or {}):
+        rows = [
+            lm.model(torch.tensor([p.input_ids], device=lm.device), logits_to_keep=1).logits[0, -1] for p in prompts
+        ]  # each (vocab,)
     return pad_rows([row.float().softmax(-1)[list(p.letter_ids)].cpu().numpy() for row, p in zip(rows, prompts)])
+
+
+def letter_probs_under(
+    lm: LoadedModel, prompts: list[ChoicePrompt], cache: PackedPrefix, edits: Sequence[Edit]
+) -> np.ndarray:
+    """(edits, prompts, options) `letter_probs` of every prompt under every edit, all in one packed forward.
+
+    A forward of a few positions reads every weight once whatever the number of rows, so the evaluation's
+    edits of a query cost about as much together as one of them alone.
+    """
+    from transformers import DynamicCache
+
+    n = len(prompts)
+    ids = torch.tensor([[p.input_ids[-1] for p in prompts] * len(edits)], device=lm.device)  # (1, edits * n)
+    rows = list(range(n)) * len(edits)  # the prefix each packed row sees
+    dtype = cache.kv[0][0].dtype
+    with torch.no_grad(), one_thread(lm.device), edited_rows(lm, [e for e in edits for _ in prompts]):
+        logits = lm.model(
+            ids,
+            position_ids=torch.tensor([[cache.lengths[r] for r in rows]], device=lm.device),
+            attention_mask=packed_mask(lm.model.config, cache.lengths, rows, dtype, lm.device),
+            past_key_values=DynamicCache(cache.kv),
+            use_cache=True,
+        ).logits[0]  # (edits * n, vocab)
+    probs = pad_rows(
+        [row.float().softmax(-1)[list(p.letter_ids)].cpu().numpy() for row, p in zip(logits, prompts * len(edits))]
+    )  # (edits * n, options)
+    return probs.reshape(len(edits), n, -1)
 
 
 def pad_rows(rows: Iterable[np.ndarray]) -> np.ndarray:

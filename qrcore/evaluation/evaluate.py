@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 import random
 
 import numpy as np
@@ -25,7 +26,15 @@ from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution, answer_activation
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import Query
-from qrcore.editing.scaling import BOOST, SUPPRESS, correct_probs, letter_probs, pad_rows, prefix_cache
+from qrcore.editing.scaling import (
+    BOOST,
+    SUPPRESS,
+    PackedPrefix,
+    correct_probs,
+    letter_probs_under,
+    pad_rows,
+    prefix_cache,
+)
 from qrcore.errors import QRNError
 from qrcore.model.ffn import FFNSite, patch_ffn
 from qrcore.model.forward import packed_mask, prefix_kv
@@ -106,47 +115,68 @@ def evaluate_run(
     rng = random.Random(seed)
     attr = NeuronAttribution(lm, info.settings.attribution, info.settings.prompt)
     prompts = {qid: attr.prompts(queries[qid]) for qid in chosen}
-    correct = {qid: [p.correct for p in ps] for qid, ps in prompts.items()}
-    kv = {qid: prefix_cache(lm, ps) for qid, ps in prompts.items()}
-    before = {qid: letter_probs(lm, ps, cache=kv[qid]) for qid, ps in prompts.items()}
+    control = {qid: rng.choice([c for c in chosen if group[c] != group[qid]]) for qid in chosen}
+    caches: dict[str, PackedPrefix] = {}
+
+    def cache(qid: str) -> PackedPrefix:
+        """The query's prefix keys/values, computed on first use (a query is also another's control)."""
+        if qid not in caches:
+            caches[qid] = prefix_cache(lm, prompts[qid])
+        return caches[qid]
 
     def mean_correct(probs: np.ndarray, qid: str) -> float:
         """Mean over the query's templates of the correct letter's probability."""
         return float(correct_probs(probs, prompts[qid]).mean())
 
-    control = {qid: rng.choice([c for c in chosen if group[c] != group[qid]]) for qid in chosen}
-    rows, total = [], len(chosen) * len(METHODS) * len(EDITS)
-    for m_i, method in enumerate(METHODS):
-        neurons = {qid: list(zip(part["layer"], part["neuron"])) for qid, part in qr[method].groupby("query_id")}
-        for e_i, (kind, mult) in enumerate(EDITS.items()):
-            related, unrelated, flips_before, flips_after, flips_correct = [], [], [], [], []
-            for i, qid in enumerate(chosen):
-                edit = {n: mult for n in neurons.get(qid, [])}
-                ctrl = control[qid]
-                rel_after = letter_probs(lm, prompts[qid], edit, kv[qid])
-                ctrl_after = letter_probs(lm, prompts[ctrl], edit, kv[ctrl])
-                related.append((group[qid], mean_correct(before[qid], qid), mean_correct(rel_after, qid)))
-                unrelated.append((mean_correct(before[ctrl], ctrl), mean_correct(ctrl_after, ctrl)))
-                flips_before += list(before[qid])
-                flips_after += list(rel_after)
-                flips_correct += correct[qid]
-                if progress:
-                    progress((m_i * len(EDITS) + e_i) * len(chosen) + i + 1, total, f"{method} {kind} {qid}")
-            rel = pd.DataFrame(related, columns=["group_name", "before", "after"])
-            rel["change"] = analysis.percent_change(rel["before"].to_numpy(), rel["after"].to_numpy())
-            unrel = np.array(unrelated)  # (queries, 2)
-            rel["unrelated"] = analysis.percent_change(unrel[:, 0], unrel[:, 1])
-            for g, part in [*rel.groupby("group_name"), ("all", rel)]:
-                rows += [
-                    (method, kind, g, "related_change", float(part["change"].mean())),
-                    (method, kind, g, "unrelated_change", float(part["unrelated"].mean())),
-                    (method, kind, g, "pcr", analysis.pcr(part["change"].to_numpy(), part["unrelated"].to_numpy())),
-                ]
-            flips = analysis.flip_rates(pad_rows(flips_before), pad_rows(flips_after), np.array(flips_correct))
+    edits = [(method, kind, mult) for method in METHODS for kind, mult in EDITS.items()]
+    neurons = {
+        m: {qid: list(zip(part["layer"], part["neuron"])) for qid, part in qr[m].groupby("query_id")} for m in METHODS
+    }
+    before: dict[str, np.ndarray] = {}  # query -> (templates, options) unedited
+    after: dict[tuple[str, str], list] = defaultdict(list)  # (method, kind) -> per query (control, its 3 arrays)
+    for i, qid in enumerate(chosen):
+        ctrl, k = control[qid], len(prompts[qid])
+        probs = letter_probs_under(
+            lm,
+            prompts[qid] + prompts[ctrl],
+            cache(qid) + cache(ctrl),
+            [{}] + [{n: mult for n in neurons[m].get(qid, [])} for m, _, mult in edits],
+        )  # (1 + edits, query's and control's templates, options): unedited, then each edit of the query's neurons
+        before[qid] = probs[0, :k]
+        for j, (method, kind, _) in enumerate(edits, start=1):
+            after[method, kind].append((ctrl, probs[j, :k], probs[0, k:], probs[j, k:]))
+        if progress:
+            progress(i + 1, len(chosen), qid)
+    rows = []
+    for method, kind, _ in edits:
+        per_query = after[method, kind]
+        rel = pd.DataFrame(
+            [
+                (group[qid], mean_correct(before[qid], qid), mean_correct(rel_after, qid))
+                for qid, (_, rel_after, _, _) in zip(chosen, per_query)
+            ],
+            columns=["group_name", "before", "after"],
+        )
+        rel["change"] = analysis.percent_change(rel["before"].to_numpy(), rel["after"].to_numpy())
+        unrel = np.array(
+            [(mean_correct(b, ctrl), mean_correct(a, ctrl)) for ctrl, _, b, a in per_query]
+        )  # (queries, 2)
+        rel["unrelated"] = analysis.percent_change(unrel[:, 0], unrel[:, 1])
+        for g, part in [*rel.groupby("group_name"), ("all", rel)]:
             rows += [
-                (method, kind, "all", "correct_to_incorrect", flips.correct_to_incorrect),
-                (method, kind, "all", "incorrect_to_correct", flips.incorrect_to_correct),
+                (method, kind, g, "related_change", float(part["change"].mean())),
+                (method, kind, g, "unrelated_change", float(part["unrelated"].mean())),
+                (method, kind, g, "pcr", analysis.pcr(part["change"].to_numpy(), part["unrelated"].to_numpy())),
             ]
+        flips = analysis.flip_rates(
+            pad_rows(r for qid in chosen for r in before[qid]),
+            pad_rows(r for _, rel_after, _, _ in per_query for r in rel_after),
+            np.array([p.correct for qid in chosen for p in prompts[qid]]),
+        )
+        rows += [
+            (method, kind, "all", "correct_to_incorrect", flips.correct_to_incorrect),
+            (method, kind, "all", "incorrect_to_correct", flips.incorrect_to_correct),
+        ]
     held = [qid for g in sorted(set(group.values())) for qid in [c for c in chosen if group[c] == g][::5]]
     rows += _group_prediction_rows(lm, attr, held, prompts, group, qr)
     rows += _answer_prediction_rows(lm, attr, held, prompts, before, group, qr)

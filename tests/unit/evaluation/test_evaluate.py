@@ -23,3 +23,13 @@ def test_option_activations_match_one_full_forward_per_letter(tiny, arch):
     assert fast.shape == (4, len(attr.sites), attr.sites[0].n_neurons)
     assert np.abs(fast - ref).max() <= 1e-5 * np.abs(ref).max()
     assert np.abs(fast[0] - fast[1]).max() > 1e-3 * np.abs(ref).max()  # each letter gives its own activations
+
+
+def test_bench_evaluation_times_both_ways_on_the_same_edits_and_they_agree(tiny, capsys):
+    from qrbench.evaluation import bench_evaluation
+
+    row = bench_evaluation(tiny("llama"), n_queries=2)
+    out = capsys.readouterr().out
+    assert "ratio one-by-one/packed:" in out and "1 forward of 78 positions" in out
+    assert row["one_by_one_s"] > 0 and row["packed_s"] > 0
+    assert row["max_diff"] < 1e-5

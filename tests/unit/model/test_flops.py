@@ -33,7 +33,8 @@ def test_bench_attribution_prints_each_path_against_the_peak(tiny, capsys):
 
     row = bench_attribution(tiny("llama"), n_queries=1, oracle_prompts=0)
     out = capsys.readouterr().out
-    assert "measured matmul peak" in out and "oracle" not in out.split("\n", 1)[1]  # no oracle asked for
+    assert "measured matmul peak" in out and "read before and after" in out
+    assert "oracle" not in out.split("\n", 1)[1]  # no oracle asked for
     for path in ("fast", "preview"):
         assert f"{path}_peak_share" in row and 0 < row[f"{path}_peak_share"] < 1
     assert row["fast_gflop_per_query"] > 5 * row["preview_gflop_per_query"]  # m = 16 copies against one

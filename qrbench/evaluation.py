@@ -1,0 +1,72 @@
+"""`qrn bench evaluation`: the evaluation's edits of a query (Tables 4 and 6) run one forward per edit and prompt set,
+as before, against all of them packed into one forward (`letter_probs_under`), on the same queries in one process."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import torch
+
+from qrcore.editing.scaling import BOOST, SUPPRESS, letter_probs, letter_probs_under, prefix_cache
+from qrcore.model.ffn import ffn_sites
+from qrcore.model.spec import LoadedModel
+from qrcore.selection.qrnca import METHODS
+
+NEURONS_PER_EDIT = 15
+"""Neurons in each timed edit, about a query's QR neuron count."""
+
+
+def bench_evaluation(lm: LoadedModel, n_queries: int = 4, seed: int = 0) -> dict:
+    """Seconds per query of the evaluation's forwards done per edit and packed, their ratio and largest difference.
+
+    Each query is edited with one random neuron set per method and edit kind (as many edits as the evaluation
+    makes), read on its own prompts and on a control query's; the prefix keys/values are computed once for both
+    ways and timed apart.
+    """
+    from qrcore.attribution.ig import NeuronAttribution
+    from qrcore.data.datasets import load_builtin
+
+    attr = NeuronAttribution(lm)
+    queries = load_builtin("domain")[:: len(load_builtin("domain")) // n_queries][:n_queries]
+    sizes = [s.n_neurons for s in ffn_sites(lm.model)]
+    rng = random.Random(seed)
+
+    def random_edit(mult: float) -> dict[tuple[int, int], float]:
+        """NEURONS_PER_EDIT random neurons of random layers scaled by mult."""
+        picks = [(layer := rng.randrange(len(sizes)), rng.randrange(sizes[layer])) for _ in range(NEURONS_PER_EDIT)]
+        return {n: mult for n in picks}
+
+    prompts = [attr.prompts(q) for q in queries]
+    start = time.perf_counter()
+    caches = [prefix_cache(lm, p) for p in prompts]
+    prefix_s = (time.perf_counter() - start) / n_queries
+    edits = [[random_edit(m) for _ in METHODS for m in (BOOST, SUPPRESS)] for _ in queries]
+    pairs = [(i, (i + 1) % n_queries) for i in range(n_queries)]  # (query, its control)
+    letter_probs(lm, prompts[0], edits[0][0], caches[0])  # warm-up
+    start = time.perf_counter()
+    one_by_one = [
+        np.stack(
+            [
+                np.concatenate([letter_probs(lm, prompts[q], e, caches[q]), letter_probs(lm, prompts[c], e, caches[c])])
+                for e in [{}, *edits[q]]
+            ]
+        )
+        for q, c in pairs
+    ]  # per query (1 + edits, 6 prompts, options)
+    one_s = (time.perf_counter() - start) / n_queries
+    start = time.perf_counter()
+    packed = [letter_probs_under(lm, prompts[q] + prompts[c], caches[q] + caches[c], [{}, *edits[q]]) for q, c in pairs]
+    packed_s = (time.perf_counter() - start) / n_queries
+    diff = max(float(np.nanmax(np.abs(a - b))) for a, b in zip(one_by_one, packed))
+    rows = (1 + len(edits[0])) * 6
+    print(
+        f"model {lm.spec.name}, {n_queries} queries, {len(edits[0])} edits of {NEURONS_PER_EDIT} neurons each plus the "
+        f"unedited prompts, read on the query's 3 prompts and its control's 3; {torch.get_num_threads()} threads"
+    )
+    print(f"prefix keys/values      {prefix_s:7.2f} s/query   (once per query, both ways)")
+    print(f"one forward per edit    {one_s:7.2f} s/query   ({2 * (1 + len(edits[0]))} forwards of 3 positions)")
+    print(f"all edits packed        {packed_s:7.2f} s/query   (1 forward of {rows} positions)")
+    print(f"ratio one-by-one/packed: {one_s / packed_s:.1f}x   max |difference| of a probability: {diff:.1e}")
+    return {"prefix_s": prefix_s, "one_by_one_s": one_s, "packed_s": packed_s, "max_diff": diff}
