@@ -61,7 +61,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     lm = _load(args)
     attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
     prompts = attr.prompts(query)
-    with tqdm(total=len(prompts) * len(attr.layer_chunks), desc="attribution", unit="pass", disable=args.json) as bar:
+    with tqdm(total=len(prompts) * attr.passes_per_prompt, desc="attribution", unit="pass", disable=args.json) as bar:
         result = attr.attribute(query, lambda done, _total, _pass: bar.update(done - bar.n))
     probs = letter_probs(lm, prompts)  # (templates, options): the table and the mean below are both read from it
     mean = float(correct_probs(probs, prompts).mean().round(6))

@@ -11,7 +11,8 @@ all layers can go through together, packed as extra positions of one sequence th
 prefix and to themselves only (a 4D mask, all at position id T-1); (3) a copy patched at layer l differs
 from the clean run only from layer l up, so one forward and one backward give every layer's gradient; (4) under
 that mask a copy needs only its own packed key, not all of them (`qrcore.model.forward.packed_attention_forward`).
-`qrcore.attribution.oracle` keeps the textbook algorithm; tests check the two agree.
+At the single point alpha = 1 (the preview) all copies are the clean run, so one row and one backward give every
+layer's gradient. `qrcore.attribution.oracle` keeps the textbook algorithm; tests check the two agree.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class NeuronAttribution:
         """Each template's IG (Eq. 5 before Z), answer-position activations and answer probabilities of one query."""
         start = time.perf_counter()
         prompts = self.prompts(query)
-        total, done = len(prompts) * len(self.layer_chunks), 0
+        total, done = len(prompts) * self.passes_per_prompt, 0
 
         def tick() -> None:
             nonlocal done
@@ -131,6 +132,8 @@ class NeuronAttribution:
         ids = torch.tensor([prompt.input_ids], device=self.lm.device)  # (1, T)
         prefix = ids.shape[1] - 1
         kv = prefix_kv(model, ids[:, :-1])
+        if self.at_clean_point:
+            return self._gradient_x_activation(prompt, ids, kv, on_pass)
         out, f0, h0 = clean_pass(model, self.sites, ids[:, -1:], cache=DynamicCache(kv))  # (layers, neurons|hidden)
         letter_probs = out.logits[0, -1].float().softmax(-1)[list(prompt.letter_ids)]  # (options,)
         alphas = riemann_alphas(self.settings, f0.dtype, f0.device)  # (m,)
@@ -158,6 +161,39 @@ class NeuronAttribution:
             grads = torch.autograd.grad(p, xs)  # chunk x (m, neurons)
             ig[chunk] = (f0[chunk] * torch.stack([g.mean(0) for g in grads])).float()  # (chunk, neurons)
             on_pass()
+        return ig.cpu().numpy(), f0.float().cpu().numpy(), letter_probs.cpu().numpy()
+
+    @property
+    def passes_per_prompt(self) -> int:
+        """Forward-and-backward passes `ig_prompt` makes (progress counts them): one per layer chunk, one at alpha = 1."""
+        return 1 if self.at_clean_point else len(self.layer_chunks)
+
+    @property
+    def at_clean_point(self) -> bool:
+        """Whether Eq. 5 has the single point alpha = 1 (`settings.GRADIENT_X_ACTIVATION`, the preview)."""
+        return self.settings.steps == 1 and self.settings.riemann == "right"
+
+    def _gradient_x_activation(self, prompt: ChoicePrompt, ids: torch.Tensor, kv, on_pass: Callable[[], None]):
+        """`ig_prompt` at the single point alpha = 1: there every layer's scaled copy is the clean run itself, so one
+        row does: a zero offset added to every layer's f gives dP/df of all layers in one backward, each through
+        the layers above it."""
+        model = self.lm.model
+        offsets: dict[int, torch.Tensor] = {}  # layer -> (1, 1, neurons) zeros, the leaves
+        f_rec: dict[int, torch.Tensor] = {}
+
+        def add_offset(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, 1, neurons)
+            f_rec[layer] = f[0, -1].detach()
+            offsets[layer] = torch.zeros_like(f, requires_grad=True)
+            return f + offsets[layer]
+
+        with patch_ffn(model, add_offset, sites=self.sites):
+            logits = model(ids[:, -1:], past_key_values=DynamicCache(kv), use_cache=True).logits[0]  # (1, vocab)
+        p = TargetProbability.apply(logits, prompt.target_id).sum()
+        grads = torch.autograd.grad(p, [offsets[s.layer] for s in self.sites])
+        f0 = torch.stack([f_rec[s.layer] for s in self.sites])  # (layers, neurons)
+        ig = (f0 * torch.cat([g[0].to(f0.device) for g in grads])).float()  # (layers, neurons)
+        letter_probs = logits[-1].detach().float().softmax(-1)[list(prompt.letter_ids)]  # (options,)
+        on_pass()
         return ig.cpu().numpy(), f0.float().cpu().numpy(), letter_probs.cpu().numpy()
 
 

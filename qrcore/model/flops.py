@@ -47,21 +47,23 @@ class ModelShape:
         return layers + 2 * head_rows * self.head_weights
 
 
-def ig_prompt_flops(shape: ModelShape, length: int, steps: int) -> int:
+def ig_prompt_flops(shape: ModelShape, length: int, steps: int, at_clean_point: bool = False) -> int:
     """Matmul FLOPs of `NeuronAttribution.ig_prompt` on a prompt of `length` tokens with m = `steps`, one pass.
 
     The prefix (length - 1 positions, causal) and the answer position run once, forward only. In the packed pass the
     m copies patched at layer l enter at layer l, so layer k runs m (k + 1) rows, each attending to the prefix and to
     itself (`qrcore.model.forward.packed_attention_forward`); the LM head runs every row. The backward to the copies
-    costs as much again for every product (input gradients only: no weight gradients are taken).
+    costs as much again for every product (input gradients only: no weight gradients are taken). At the single
+    point alpha = 1 (`at_clean_point`, the preview) the answer position's forward is the only one, and its backward.
     """
     n_layers, prefix = len(shape.layer_weights), length - 1
     once = shape.forward([prefix] * n_layers, [(prefix + 1) / 2] * n_layers, 1)  # causal: on average half the keys
-    once += shape.forward([1] * n_layers, [length] * n_layers, 1)
-    n = n_layers * steps
+    answer = shape.forward([1] * n_layers, [length] * n_layers, 1)
+    if at_clean_point:
+        return int(once + 2 * answer)
     rows = [steps * (k + 1) for k in range(n_layers)]
-    packed = shape.forward(rows, [length] * n_layers, n)
-    return int(once + 2 * packed)
+    packed = shape.forward(rows, [length] * n_layers, n_layers * steps)
+    return int(once + answer + 2 * packed)
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 5) -> float:

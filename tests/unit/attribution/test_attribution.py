@@ -63,15 +63,18 @@ def test_fast_path_matches_oracle_with_the_texts_points(tiny):
     assert agreement(default, ref) > 1e-3  # the two point sets give different sums
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_preview_is_gradient_times_activation_through_the_same_engine(tiny, arch):
-    """The query lab's preview, f * dP/df at alpha = 1, equals the oracle at that single point and differs from IG."""
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_preview_is_gradient_times_activation_in_one_row(tiny, arch):
+    """The query lab's preview, f * dP/df at alpha = 1 from one row and one backward, equals the oracle at that single
+    point (and the packed engine's f and probabilities), and differs from IG."""
     lm = tiny(arch)
     attr = NeuronAttribution(lm, GRADIENT_X_ACTIVATION)
     prompt = attr.prompts(QUERY)[0]
-    fast, _, _ = attr.ig_prompt(prompt)
+    fast, f0, probs = attr.ig_prompt(prompt)
     assert agreement(fast, ig_prompt_oracle(lm, prompt, GRADIENT_X_ACTIVATION)) < 1e-4
-    assert agreement(fast, NeuronAttribution(lm).ig_prompt(prompt)[0]) > 1e-3
+    ig, ig_f0, ig_probs = NeuronAttribution(lm).ig_prompt(prompt)
+    assert np.allclose(f0, ig_f0, rtol=1e-5, atol=1e-6) and np.allclose(probs, ig_probs, atol=1e-6)
+    assert agreement(fast, ig) > 1e-3
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gpt2"])
@@ -107,6 +110,9 @@ def test_attribute_normalises_and_reports_progress(tiny):
     assert np.abs(result.ig).max() > 0
     assert calls == [(i, 6, f"pass {i} of 6") for i in range(1, 7)]  # 3 templates x 2 layer chunks
     assert 0 < result.correct_prob < 1 and result.accuracy in (0, 1 / 3, 2 / 3, 1)
+    calls.clear()
+    NeuronAttribution(lm, GRADIENT_X_ACTIVATION, max_copies=32).attribute(QUERY, lambda *call: calls.append(call))
+    assert calls == [(i, 3, f"pass {i} of 3") for i in range(1, 4)]  # the preview: one pass per template
 
 
 @pytest.mark.slow

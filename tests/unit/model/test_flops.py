@@ -9,19 +9,24 @@ from torch.utils.flop_counter import FlopCounterMode
 from qrcore.attribution.ig import NeuronAttribution
 from qrcore.data.queries import make_query
 from qrcore.model.flops import ModelShape, ig_prompt_flops, matmul_peak
+from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings
 
 QUERY = make_query("What is the capital of France?", ["Berlin", "Paris", "Rome", "Madrid"], "Paris")
 
 
+@pytest.mark.parametrize("settings", [AttributionSettings(), GRADIENT_X_ACTIVATION], ids=["ig", "preview"])
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
-def test_counted_flops_match_torchs_flop_counter(tiny, arch):
+def test_counted_flops_match_torchs_flop_counter(tiny, arch, settings):
     lm = tiny(arch)
-    attr = NeuronAttribution(lm)
+    attr = NeuronAttribution(lm, settings)
     prompt = attr.prompts(QUERY)[0]
     with FlopCounterMode(display=False) as counter:
         attr.ig_prompt(prompt)
-    counted = ig_prompt_flops(ModelShape.of(lm.model), len(prompt.input_ids), attr.settings.steps)
-    assert counted == pytest.approx(counter.get_total_flops(), rel=0.03)  # causal prefix keys are averaged
+    shape, prefix = ModelShape.of(lm.model), len(prompt.input_ids) - 1
+    counted = ig_prompt_flops(shape, prefix + 1, settings.steps, attr.at_clean_point)
+    # torch counts the prefix's whole causal score square; the count takes the keys each position sees
+    square = 4 * len(shape.layer_weights) * prefix * (prefix - (prefix + 1) / 2) * shape.attention_width
+    assert counted == pytest.approx(counter.get_total_flops() - square, rel=0.03)
 
 
 def test_matmul_peak_is_a_positive_rate():
