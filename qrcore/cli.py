@@ -61,8 +61,13 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     lm = _load(args)
     attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
     prompts = attr.prompts(query)
-    with tqdm(total=len(prompts) * attr.passes_per_prompt, desc="attribution", unit="pass", disable=args.json) as bar:
-        result = attr.attribute(query, lambda done, _total, _pass: bar.update(done - bar.n))
+    with tqdm(desc="attribution", unit="pass", disable=args.json) as bar:
+
+        def progress(done: int, total: int, _pass: str) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        result = attr.attribute(query, progress)
     probs = letter_probs(lm, prompts)  # (templates, options): the table and the mean below are both read from it
     mean = float(correct_probs(probs, prompts).mean().round(6))
     top = top_neurons(query_na(result.ig, settings.qrnca).na, args.top)

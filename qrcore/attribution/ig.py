@@ -11,8 +11,8 @@ all layers can go through together, packed as extra positions of one sequence th
 prefix and to themselves only (a 4D mask, all at position id T-1); (3) a copy patched at layer l differs
 from the clean run only from layer l up, so one forward and one backward give every layer's gradient; (4) under
 that mask a copy needs only its own packed key, not all of them (`qrcore.model.forward.packed_attention_forward`).
-At the single point alpha = 1 (the preview) all copies are the clean run, so one row and one backward give every
-layer's gradient. `qrcore.attribution.oracle` keeps the textbook algorithm; tests check the two agree.
+At the single point alpha = 1 (the preview) all copies are the clean run, so one row per prompt and one backward
+give every layer's gradient. `qrcore.attribution.oracle` keeps the textbook algorithm; tests check the two agree.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class NeuronAttribution:
         """Each template's IG (Eq. 5 before Z), answer-position activations and answer probabilities of one query."""
         start = time.perf_counter()
         prompts = self.prompts(query)
-        total, done = len(prompts) * self.passes_per_prompt, 0
+        total, done = 1 if self.at_clean_point else len(prompts) * len(self.layer_chunks), 0
 
         def tick() -> None:
             nonlocal done
@@ -110,9 +110,13 @@ class NeuronAttribution:
             if progress:
                 progress(done, total, f"pass {done} of {total}")
 
+        if self.at_clean_point:
+            per_prompt = self.gradient_x_activation(prompts)
+            tick()
+        else:
+            per_prompt = [self.ig_prompt(prompt, tick) for prompt in prompts]
         igs, acts, probs, hits = [], [], [], []
-        for prompt in prompts:
-            ig, f0, letter_probs = self.ig_prompt(prompt, tick)
+        for prompt, (ig, f0, letter_probs) in zip(prompts, per_prompt):
             igs.append(ig)
             acts.append(f0)
             probs.append(letter_probs[prompt.correct])
@@ -128,12 +132,14 @@ class NeuronAttribution:
 
     def ig_prompt(self, prompt: ChoicePrompt, on_pass: Callable[[], None] = lambda: None):
         """Raw IG of one prompt (layers, neurons), f at the answer position, and each letter's probability."""
+        if self.at_clean_point:
+            result = self.gradient_x_activation([prompt])[0]
+            on_pass()
+            return result
         model, steps = self.lm.model, self.settings.steps
         ids = torch.tensor([prompt.input_ids], device=self.lm.device)  # (1, T)
         prefix = ids.shape[1] - 1
         kv = prefix_kv(model, ids[:, :-1])
-        if self.at_clean_point:
-            return self._gradient_x_activation(prompt, ids, kv, on_pass)
         out, f0, h0 = clean_pass(model, self.sites, ids[:, -1:], cache=DynamicCache(kv))  # (layers, neurons|hidden)
         letter_probs = out.logits[0, -1].float().softmax(-1)[list(prompt.letter_ids)]  # (options,)
         alphas = riemann_alphas(self.settings, f0.dtype, f0.device)  # (m,)
@@ -164,37 +170,54 @@ class NeuronAttribution:
         return ig.cpu().numpy(), f0.float().cpu().numpy(), letter_probs.cpu().numpy()
 
     @property
-    def passes_per_prompt(self) -> int:
-        """Forward-and-backward passes `ig_prompt` makes (progress counts them): one per layer chunk, one at alpha = 1."""
-        return 1 if self.at_clean_point else len(self.layer_chunks)
-
-    @property
     def at_clean_point(self) -> bool:
         """Whether Eq. 5 has the single point alpha = 1 (`settings.GRADIENT_X_ACTIVATION`, the preview)."""
         return self.settings.steps == 1 and self.settings.riemann == "right"
 
-    def _gradient_x_activation(self, prompt: ChoicePrompt, ids: torch.Tensor, kv, on_pass: Callable[[], None]):
-        """`ig_prompt` at the single point alpha = 1: there every layer's scaled copy is the clean run itself, so one
-        row does: a zero offset added to every layer's f gives dP/df of all layers in one backward, each through
-        the layers above it."""
-        model = self.lm.model
-        offsets: dict[int, torch.Tensor] = {}  # layer -> (1, 1, neurons) zeros, the leaves
+    def gradient_x_activation(self, prompts: list[ChoicePrompt]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`ig_prompt` of each prompt at the single point alpha = 1, all prompts in one batch.
+
+        There every layer's scaled copy is the clean run itself, so one row per prompt does: a zero offset added to
+        every layer's f gives dP/df of all layers in one backward, each through the layers above it. The prompts go
+        left-padded in one batch, so the weights are read once for all of them.
+        """
+        model, device = self.lm.model, self.lm.device
+        lengths = [len(p.input_ids) for p in prompts]
+        width, pad = max(lengths), self.lm.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - n) + list(p.input_ids) for p, n in zip(prompts, lengths)], device=device)
+        mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)  # (prompts, width)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (prompts, width)
+        cache = DynamicCache()
+        with torch.no_grad():  # the prefixes' keys and values
+            model(
+                ids[:, :-1],
+                attention_mask=mask[:, :-1],
+                position_ids=positions[:, :-1],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        offsets: dict[int, torch.Tensor] = {}  # layer -> (prompts, 1, neurons) zeros, the leaves
         f_rec: dict[int, torch.Tensor] = {}
 
-        def add_offset(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, 1, neurons)
-            f_rec[layer] = f[0, -1].detach()
+        def add_offset(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (prompts, 1, neurons)
+            f_rec[layer] = f[:, -1].detach()
             offsets[layer] = torch.zeros_like(f, requires_grad=True)
             return f + offsets[layer]
 
         with patch_ffn(model, add_offset, sites=self.sites):
-            logits = model(ids[:, -1:], past_key_values=DynamicCache(kv), use_cache=True).logits[0]  # (1, vocab)
-        p = TargetProbability.apply(logits, prompt.target_id).sum()
-        grads = torch.autograd.grad(p, [offsets[s.layer] for s in self.sites])
-        f0 = torch.stack([f_rec[s.layer] for s in self.sites])  # (layers, neurons)
-        ig = (f0 * torch.cat([g[0].to(f0.device) for g in grads])).float()  # (layers, neurons)
-        letter_probs = logits[-1].detach().float().softmax(-1)[list(prompt.letter_ids)]  # (options,)
-        on_pass()
-        return ig.cpu().numpy(), f0.float().cpu().numpy(), letter_probs.cpu().numpy()
+            logits = model(
+                ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], past_key_values=cache, use_cache=True
+            ).logits[:, -1]  # (prompts, vocab)
+        p = sum(TargetProbability.apply(logits[i : i + 1], q.target_id).sum() for i, q in enumerate(prompts))
+        grads = torch.autograd.grad(p, [offsets[s.layer] for s in self.sites])  # layers x (prompts, 1, neurons)
+        f0 = torch.stack([f_rec[s.layer] for s in self.sites], dim=1)  # (prompts, layers, neurons)
+        ig = (f0 * torch.stack([g[:, -1].to(f0.device) for g in grads], dim=1)).float()  # (prompts, layers, neurons)
+        probs = logits.detach().float().softmax(-1)  # (prompts, vocab)
+        return [
+            (ig[i].cpu().numpy(), f0[i].float().cpu().numpy(), probs[i, list(q.letter_ids)].cpu().numpy())
+            for i, q in enumerate(prompts)
+        ]
 
 
 def _shrink(value, n: int, prefix: int, rows: int):

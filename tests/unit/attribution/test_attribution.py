@@ -65,16 +65,18 @@ def test_fast_path_matches_oracle_with_the_texts_points(tiny):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_preview_is_gradient_times_activation_in_one_row(tiny, arch):
-    """The query lab's preview, f * dP/df at alpha = 1 from one row and one backward, equals the oracle at that single
-    point (and the packed engine's f and probabilities), and differs from IG."""
+    """The query lab's preview, f * dP/df at alpha = 1 from one row per prompt and one backward, all templates in one
+    left-padded batch, equals the oracle at that single point (and the packed engine's f and probabilities), and
+    differs from IG."""
     lm = tiny(arch)
     attr = NeuronAttribution(lm, GRADIENT_X_ACTIVATION)
-    prompt = attr.prompts(QUERY)[0]
-    fast, f0, probs = attr.ig_prompt(prompt)
-    assert agreement(fast, ig_prompt_oracle(lm, prompt, GRADIENT_X_ACTIVATION)) < 1e-4
-    ig, ig_f0, ig_probs = NeuronAttribution(lm).ig_prompt(prompt)
-    assert np.allclose(f0, ig_f0, rtol=1e-5, atol=1e-6) and np.allclose(probs, ig_probs, atol=1e-6)
-    assert agreement(fast, ig) > 1e-3
+    prompts = attr.prompts(QUERY)
+    assert len({len(p.input_ids) for p in prompts}) > 1  # the batch is padded
+    for prompt, (fast, f0, probs) in zip(prompts, attr.gradient_x_activation(prompts)):
+        assert agreement(fast, ig_prompt_oracle(lm, prompt, GRADIENT_X_ACTIVATION)) < 1e-4
+        ig, ig_f0, ig_probs = NeuronAttribution(lm).ig_prompt(prompt)
+        assert agreement(f0, ig_f0) < 1e-5 and np.allclose(probs, ig_probs, atol=1e-6)  # padding reorders sums
+        assert agreement(fast, ig) > 1e-3
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gpt2"])
@@ -112,7 +114,7 @@ def test_attribute_normalises_and_reports_progress(tiny):
     assert 0 < result.correct_prob < 1 and result.accuracy in (0, 1 / 3, 2 / 3, 1)
     calls.clear()
     NeuronAttribution(lm, GRADIENT_X_ACTIVATION, max_copies=32).attribute(QUERY, lambda *call: calls.append(call))
-    assert calls == [(i, 3, f"pass {i} of 3") for i in range(1, 4)]  # the preview: one pass per template
+    assert calls == [(1, 1, "pass 1 of 1")]  # the preview: one batched pass for all templates
 
 
 @pytest.mark.slow
