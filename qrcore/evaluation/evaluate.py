@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 import random
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,16 @@ from qrcore.selection import analysis
 from qrcore.selection.qrnca import METHODS
 
 EDITS = {"boost": BOOST, "suppress": SUPPRESS}
+
+
+class EditedQuery(NamedTuple):
+    """A query's letter probabilities under one edit of its neurons, and its control query's before and after."""
+
+    query: str
+    control: str
+    after: np.ndarray  # (templates, options)
+    control_before: np.ndarray  # (control's templates, options)
+    control_after: np.ndarray  # (control's templates, options)
 
 
 def option_activations(lm: LoadedModel, sites: list[FFNSite], prompt: ChoicePrompt) -> np.ndarray:
@@ -124,16 +135,12 @@ def evaluate_run(
             caches[qid] = prefix_cache(lm, prompts[qid])
         return caches[qid]
 
-    def mean_correct(probs: np.ndarray, qid: str) -> float:
-        """Mean over the query's templates of the correct letter's probability."""
-        return float(correct_probs(probs, prompts[qid]).mean())
-
     edits = [(method, kind, mult) for method in METHODS for kind, mult in EDITS.items()]
     neurons = {
         m: {qid: list(zip(part["layer"], part["neuron"])) for qid, part in qr[m].groupby("query_id")} for m in METHODS
     }
     before: dict[str, np.ndarray] = {}  # query -> (templates, options) unedited
-    after: dict[tuple[str, str], list] = defaultdict(list)  # (method, kind) -> per query (control, its 3 arrays)
+    edited: dict[tuple[str, str], list[EditedQuery]] = defaultdict(list)  # (method, kind) -> one per chosen query
     for i, qid in enumerate(chosen):
         ctrl, k = control[qid], len(prompts[qid])
         probs = letter_probs_under(
@@ -144,39 +151,12 @@ def evaluate_run(
         )  # (1 + edits, query's and control's templates, options): unedited, then each edit of the query's neurons
         before[qid] = probs[0, :k]
         for j, (method, kind, _) in enumerate(edits, start=1):
-            after[method, kind].append((ctrl, probs[j, :k], probs[0, k:], probs[j, k:]))
+            edited[method, kind].append(EditedQuery(qid, ctrl, probs[j, :k], probs[0, k:], probs[j, k:]))
         if progress:
             progress(i + 1, len(chosen), qid)
     rows = []
     for method, kind, _ in edits:
-        per_query = after[method, kind]
-        rel = pd.DataFrame(
-            [
-                (group[qid], mean_correct(before[qid], qid), mean_correct(rel_after, qid))
-                for qid, (_, rel_after, _, _) in zip(chosen, per_query)
-            ],
-            columns=["group_name", "before", "after"],
-        )
-        rel["change"] = analysis.percent_change(rel["before"].to_numpy(), rel["after"].to_numpy())
-        unrel = np.array(
-            [(mean_correct(b, ctrl), mean_correct(a, ctrl)) for ctrl, _, b, a in per_query]
-        )  # (queries, 2)
-        rel["unrelated"] = analysis.percent_change(unrel[:, 0], unrel[:, 1])
-        for g, part in [*rel.groupby("group_name"), ("all", rel)]:
-            rows += [
-                (method, kind, g, "related_change", float(part["change"].mean())),
-                (method, kind, g, "unrelated_change", float(part["unrelated"].mean())),
-                (method, kind, g, "pcr", analysis.pcr(part["change"].to_numpy(), part["unrelated"].to_numpy())),
-            ]
-        flips = analysis.flip_rates(
-            pad_rows(r for qid in chosen for r in before[qid]),
-            pad_rows(r for _, rel_after, _, _ in per_query for r in rel_after),
-            np.array([p.correct for qid in chosen for p in prompts[qid]]),
-        )
-        rows += [
-            (method, kind, "all", "correct_to_incorrect", flips.correct_to_incorrect),
-            (method, kind, "all", "incorrect_to_correct", flips.incorrect_to_correct),
-        ]
+        rows += _pcr_and_flip_rows(method, kind, edited[method, kind], before, prompts, group)
     held = [qid for g in sorted(set(group.values())) for qid in [c for c in chosen if group[c] == g][::5]]
     rows += _group_prediction_rows(lm, attr, held, prompts, group, qr)
     rows += _answer_prediction_rows(lm, attr, held, prompts, before, group, qr)
@@ -185,6 +165,47 @@ def evaluate_run(
         for (method, evaluation), part in frame.groupby(["method", "evaluation"]):
             store.write_evaluations(con, info.run_id, method, evaluation, part[["group_name", "metric", "value"]])
     return frame
+
+
+def _pcr_and_flip_rows(
+    method: str,
+    kind: str,
+    edited: list[EditedQuery],
+    before: dict[str, np.ndarray],
+    prompts: dict[str, list[ChoicePrompt]],
+    group: dict[str, str],
+) -> list[tuple]:
+    """Table 4 (related and unrelated change, PCR; per group and all) and Table 6 (flip rates) of one method's edit."""
+
+    def mean_correct(probs: np.ndarray, qid: str) -> float:
+        """Mean over the query's templates of the correct letter's probability."""
+        return float(correct_probs(probs, prompts[qid]).mean())
+
+    rel = pd.DataFrame(
+        [(group[e.query], mean_correct(before[e.query], e.query), mean_correct(e.after, e.query)) for e in edited],
+        columns=["group_name", "before", "after"],
+    )
+    rel["change"] = analysis.percent_change(rel["before"].to_numpy(), rel["after"].to_numpy())
+    unrel = np.array(
+        [(mean_correct(e.control_before, e.control), mean_correct(e.control_after, e.control)) for e in edited]
+    )  # (queries, 2)
+    rel["unrelated"] = analysis.percent_change(unrel[:, 0], unrel[:, 1])
+    rows = []
+    for g, part in [*rel.groupby("group_name"), ("all", rel)]:
+        rows += [
+            (method, kind, g, "related_change", float(part["change"].mean())),
+            (method, kind, g, "unrelated_change", float(part["unrelated"].mean())),
+            (method, kind, g, "pcr", analysis.pcr(part["change"].to_numpy(), part["unrelated"].to_numpy())),
+        ]
+    flips = analysis.flip_rates(
+        pad_rows(row for e in edited for row in before[e.query]),
+        pad_rows(row for e in edited for row in e.after),
+        np.array([p.correct for e in edited for p in prompts[e.query]]),
+    )
+    return rows + [
+        (method, kind, "all", "correct_to_incorrect", flips.correct_to_incorrect),
+        (method, kind, "all", "incorrect_to_correct", flips.incorrect_to_correct),
+    ]
 
 
 def _training_sets(qr: pd.DataFrame, group: dict[str, str], held: list[str]) -> pd.DataFrame:
