@@ -29,7 +29,8 @@ def bench_evaluation(lm: LoadedModel, n_queries: int = 4, seed: int = 0) -> dict
     from qrcore.data.datasets import load_builtin
 
     attr = NeuronAttribution(lm)
-    queries = load_builtin("domain")[:: len(load_builtin("domain")) // n_queries][:n_queries]
+    domain = load_builtin("domain")
+    queries = domain[:: len(domain) // n_queries][:n_queries]
     sizes = [s.n_neurons for s in ffn_sites(lm.model)]
     rng = random.Random(seed)
 

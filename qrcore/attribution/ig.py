@@ -187,16 +187,7 @@ class NeuronAttribution:
         ids = torch.tensor([[pad] * (width - n) + list(p.input_ids) for p, n in zip(prompts, lengths)], device=device)
         mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)  # (prompts, width)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (prompts, width)
-        cache = DynamicCache()
-        with torch.no_grad():  # the prefixes' keys and values
-            model(
-                ids[:, :-1],
-                attention_mask=mask[:, :-1],
-                position_ids=positions[:, :-1],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+        cache = DynamicCache(prefix_kv(model, ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1]))
         offsets: dict[int, torch.Tensor] = {}  # layer -> (prompts, 1, neurons) zeros, the leaves
         f_rec: dict[int, torch.Tensor] = {}
 

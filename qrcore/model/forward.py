@@ -35,14 +35,17 @@ def clean_pass(model: torch.nn.Module, sites: list[FFNSite], ids: torch.Tensor, 
     return out, torch.stack([f_rec[s.layer] for s in sites]), torch.stack(h_rec)
 
 
-def prefix_kv(model: torch.nn.Module, prefix_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def prefix_kv(
+    model: torch.nn.Module, prefix_ids: torch.Tensor, **inputs: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Keys and values of every layer for the positions before the answer position, computed once.
 
     A config-less DynamicCache keeps every position in every layer; sliding windows are applied by the mask.
+    `inputs` go to the forward as they are (attention_mask and position_ids of a left-padded batch).
     """
     cache = DynamicCache()
-    with torch.no_grad():
-        model(prefix_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)  # logits of the prefix are unused
+    with torch.no_grad():  # logits of the prefix are unused
+        model(prefix_ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **inputs)
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
