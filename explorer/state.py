@@ -103,13 +103,36 @@ def missing(name: str) -> str | None:
     return None
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
-def model(name: str) -> LoadedModel:
-    """The model `name` (any `qrn --model` name; "tiny-<arch>" is a seeded random tiny model)."""
+@st.cache_resource(
+    show_spinner="Loading the model for its vocabulary tokens (its first use here de-quantizes it once: minutes)…",
+    max_entries=2,
+)
+def _load(name: str) -> LoadedModel:
+    """The model `name`, loaded once per process for every session."""
     from qrcore.model.load import load_model
     from qrcore.model.spec import ModelSpec
 
     return load_model(ModelSpec(name))
+
+
+@st.cache_resource
+def _loaded() -> set[str]:
+    """Names of the models `model` has returned in this process (one that `_load` has evicted since loads again on
+    its next use, without the first draw of `loading_needed`)."""
+    return set()
+
+
+def model(name: str) -> LoadedModel:
+    """The model `name` (any `qrn --model` name; "tiny-<arch>" is a seeded random tiny model)."""
+    lm = _load(name)
+    _loaded().add(name)
+    return lm
+
+
+def loading_needed(name: str) -> bool:
+    """Whether model `name` is installed but not loaded in this process yet: pages then draw what needs no model at
+    once and add its vocabulary tokens when it has loaded (a first use de-quantizes it: minutes for 1.5B)."""
+    return missing(name) is None and name not in _loaded()
 
 
 def has_store() -> bool:

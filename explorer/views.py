@@ -295,12 +295,19 @@ def with_card_links(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(card=[card_url(run, (int(l), int(n))) for l, n in zip(frame["layer"], frame["neuron"])])
 
 
-def neuron_table(frame: pd.DataFrame, unavailable: str | None, **kwargs: Any) -> None:
-    """A neuron table with vocabulary tokens of the picked model and a link to each neuron's card; with `unavailable`
-    (why there are no tokens), a caption instead of the tokens."""
+def neuron_table(frame: pd.DataFrame, run: Run | None, **kwargs: Any) -> None:
+    """A neuron table with a link to each neuron's card and its vocabulary tokens under the run's model (with run None:
+    the picked model, loaded already), or a caption saying why there are none.
+
+    While the run's model loads, the table is shown without tokens, and they are added in place when it has loaded.
+    """
     config = {"card": st.column_config.LinkColumn("card", display_text="open card"), **kwargs.pop("column_config", {})}
-    shown = frame if unavailable else with_tokens(frame, model())
-    st.dataframe(with_card_links(shown), hide_index=True, width="stretch", column_config=config, **kwargs)
+    slot = st.empty()
+    if run is not None and state.loading_needed(run.model):
+        slot.dataframe(with_card_links(frame), hide_index=True, width="stretch", column_config=config, **kwargs)
+    unavailable = run.model_unavailable() if run is not None else None
+    shown = frame if unavailable else with_tokens(frame, run.model if run is not None else model())
+    slot.dataframe(with_card_links(shown), hide_index=True, width="stretch", column_config=config, **kwargs)
     if unavailable:
         st.caption(f"No vocabulary tokens: {unavailable}")
 

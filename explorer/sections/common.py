@@ -16,10 +16,9 @@ st.caption(
     f"Neurons in more than u = {u:.0%} of the run's clusters (one coarse cluster per query). "
     "They fire for almost any query, so QRNCA drops them from every query's QR neurons."
 )
-unavailable = run.model_unavailable()
 views.neuron_table(
     common,
-    unavailable,
+    run,
     column_config={
         "frequency": st.column_config.ProgressColumn("frequency", format="%.2f", min_value=0.0, max_value=1.0)
     },
@@ -37,7 +36,7 @@ with views.inline_errors():
     )
     views.neuron_table(
         rows,
-        unavailable,
+        run,
         column_config={
             "kept": st.column_config.CheckboxColumn("QR neuron"),
             "in_cluster": st.column_config.CheckboxColumn("cluster"),

@@ -82,6 +82,6 @@ cluster = cluster.loc[
 ]
 views.neuron_table(
     cluster.assign(in_all=above[above.any(axis=1)].all(axis=1)),
-    run.model_unavailable(),
+    run,
     column_config={"na": st.column_config.NumberColumn("NA", format="%.3f")},
 )

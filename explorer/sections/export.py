@@ -47,6 +47,6 @@ st.caption(
 )
 views.neuron_table(
     pd.DataFrame(neurons),
-    run.model_unavailable(),
+    run,
     column_config={"score": st.column_config.NumberColumn("score", format="%.3f")},
 )

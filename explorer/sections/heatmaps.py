@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from explorer import state, thresholds, views
@@ -58,9 +59,6 @@ st.caption(
 )
 
 
-unavailable = run.model_unavailable()
-
-
 def view(name: str) -> np.ndarray:
     """The group's map restricted to the chosen layers (at the live thresholds, if they differ from the run's)."""
     full = state.read(store.heatmap, run.id, name) if at is None else thresholds.heatmap(at, name, run)
@@ -68,8 +66,8 @@ def view(name: str) -> np.ndarray:
 
 
 def labels(*binned_maps) -> dict[tuple[int, int], str]:
-    """Token hover text for the strongest cells of the maps, when the run's model is installed here."""
-    if unavailable:
+    """Token hover text for the strongest cells of the maps, when the run's model can be used here."""
+    if run.model_unavailable():
         return {}
     cells = {
         (lo + int(l), int(b.top[l, c])): abs(float(b.values[l, c]))
@@ -88,22 +86,28 @@ maps = (
     else [(group, view(group)), (other, view(other))]
 )
 binned = [bin_heatmap(m, columns) for _, m in maps]
-hover = labels(*binned)
 zmax = color_limit([b.values for b in binned])
-for i, (column, (title, _), b) in enumerate(zip(st.columns(len(maps)), maps, binned)):
-    event = column.plotly_chart(
-        views.clickable(heatmap_figure(b, lo, views.plain(title), zmax, hover)),
-        width="stretch",
-        key=f"heatmap-{i}",
-        on_select="rerun",
-        selection_mode="points",
-    )
-    with column:
-        views.clicked_card_link(event, run.name)
+panes = st.columns(len(maps))
+charts = [pane.empty() for pane in panes]
+
+
+def figures(hover: dict[tuple[int, int], str]) -> list[go.Figure]:
+    """The maps' clickable figures with `hover` text per neuron."""
+    return [views.clickable(heatmap_figure(b, lo, views.plain(t), zmax, hover)) for (t, _), b in zip(maps, binned)]
+
+
+if state.loading_needed(run.model):  # the maps at once; their token hover follows when the model has loaded
+    for chart, figure in zip(charts, figures({})):
+        chart.plotly_chart(figure, width="stretch")
 
 st.subheader("Strongest neurons in view")
 first = maps[0][1]
 top = pd.DataFrame(top_neurons(np.abs(first), 20), columns=["layer", "neuron", "score"])
 top["score"] = first[top["layer"], top["neuron"]]  # signed
 top["layer"] += lo
-views.neuron_table(top.loc[top["score"] != 0], unavailable)
+views.neuron_table(top.loc[top["score"] != 0], run)
+
+for i, (pane, chart, figure) in enumerate(zip(panes, charts, figures(labels(*binned)))):
+    event = chart.plotly_chart(figure, width="stretch", key=f"heatmap-{i}", on_select="rerun", selection_mode="points")
+    with pane:
+        views.clicked_card_link(event, run.name)

@@ -15,6 +15,7 @@ from app_driver import APP, PAGES, app_on_copy, button, errors, page
 from explorer.figures import bin_heatmap, heatmap_figure
 from markdown_view import shown
 from qrcore import store
+from qrcore.errors import QRNError
 from qrcore.model.spec import ModelSpec
 from qrcore.selection.analysis import relative_depth
 from qrcore.settings import RunSettings
@@ -275,6 +276,28 @@ def test_runs_of_a_model_not_installed_browse_and_only_the_query_lab_says_what_t
     assert any("GGUF file models/gone.gguf does not exist" in c.value for c in at.caption)
     at = page("lab", sidebar=True)
     assert any("GGUF file models/gone.gguf does not exist" in e for e in errors(at)), errors(at)
+
+
+@pytest.mark.parametrize("name", ["heatmaps", "common"])
+def test_maps_and_neuron_tables_are_drawn_before_the_model_loads_and_get_tokens_after(db, monkeypatch, name):
+    from explorer import state
+    from qrcore.model import load
+
+    def unloadable(spec: ModelSpec):
+        raise QRNError(f"{spec.name} cannot load now")
+
+    state._load.clear()
+    state._loaded().clear()
+    with monkeypatch.context() as m:  # the page must be on screen before a load is tried
+        m.setattr(load, "load_model", unloadable)
+        at = page(name)
+    assert errors(at) == [f"{MODEL} cannot load now"]
+    assert len(at.get("plotly_chart")) == (name == "heatmaps") and at.dataframe
+    assert all("tokens" not in table.value.columns for table in at.dataframe)
+    at = page(name)  # the model loads: the same page, once, with tokens
+    assert not at.exception and not at.error, errors(at)
+    assert len(at.get("plotly_chart")) == (name == "heatmaps")
+    assert all(table.value["tokens"].str.len().gt(0).all() for table in at.dataframe if "neuron" in table.value)
 
 
 def test_methods_page_shows_the_papers_three_tables_or_the_command_to_make_them(db):
