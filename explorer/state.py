@@ -1,8 +1,8 @@
 """The explorer's access to its model and store, and every st.cache_resource / st.cache_data wrapper.
 
 Pages call these and draw (only `startup` and `attribution` draw, their own progress bars). The sidebar's model
-picker starts on $QRN_MODEL (default smollm2; "tiny-<arch>" is a seeded tiny model); the store is $QRN_DB (default
-cache/qrn.duckdb).
+picker starts on $QRN_MODEL (default START_MODEL; "tiny-<arch>" is a seeded tiny model); the store is $QRN_DB
+(default cache/qrn.duckdb).
 An open DuckDB connection locks the file against `qrn run`, so no connection is kept: each read opens the store
 read-only and closes it, and reads are cached under the file's modification stamp, so that any write, by this app
 or by a run elsewhere, makes them stale. torch and transformers are imported by the functions that need them, so that
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from qrcore.model.spec import LoadedModel
 
 MODEL_ENV = "QRN_MODEL"
+START_MODEL = "qwen2.5-coder-1.5b"
+"""The model the app starts on: the embedded one that knows the answers (the README's *The models*); the picker
+falls back to the first model with runs when it has none."""
 SHIPPED_ENV = "QRN_SHIPPED"
 """Set to 0 to skip loading the shipped default run into the store at start-up (tests, benchmarks)."""
 R = TypeVar("R")
@@ -44,10 +47,8 @@ EditKey = tuple[tuple[int, int, float], ...]
 
 
 def model_name() -> str:
-    """The model the app starts on: $QRN_MODEL or the embedded default."""
-    from qrcore.model.spec import DEFAULT_MODEL
-
-    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    """The model the app starts on: $QRN_MODEL or START_MODEL."""
+    return os.environ.get(MODEL_ENV) or START_MODEL
 
 
 def db_path() -> str:

@@ -212,6 +212,19 @@ def test_model_picker_lists_both_models_and_the_run_picker_follows(two):
     assert at.slider(key="layers").value == (0, 5)  # the deeper model's six layers
 
 
+def test_app_starts_on_the_model_that_knows_once_it_has_runs_else_on_the_first_with_runs(two, tiny, monkeypatch):
+    from explorer.state import START_MODEL
+
+    monkeypatch.delenv("QRN_MODEL")
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    picker = at.sidebar.selectbox(key="model")
+    assert picker.value == MODEL and picker.options[-1] == f"{START_MODEL} · 0 run(s)"
+    seed_store(two, tiny("qwen2"), run="known", model=START_MODEL)
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert at.sidebar.selectbox(key="model").value == START_MODEL and at.query_params["model"] == START_MODEL
+    assert at.sidebar.selectbox(key="run").value == "known"
+
+
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_works_on_the_second_model_of_a_two_model_store(two, name):
     at = page(name, sidebar=True, model=DEEP_MODEL)
