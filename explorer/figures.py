@@ -105,4 +105,5 @@ def heatmap_figure(
         fig.update_yaxes(dtick=-(-len(layers) // 16), tickformat="d")
     else:
         fig.update_yaxes(dtick=0.1, tickformat=".1f")
-    return fig
+    half_row = np.diff(rows).min() / 2 if len(rows) > 1 else 0.5
+    return fig.update_yaxes(range=[rows[0] - half_row, rows[-1] + half_row])  # the rows only, whatever else is drawn

@@ -43,6 +43,8 @@ def test_wide_heatmap_is_binned_to_at_most_max_cols_and_hovers_the_top_neuron():
     np.testing.assert_array_equal(np.abs(binned.values[:, -1]), np.abs(matrix[:, binned.edges[-2] :]).max(axis=1))
     fig = heatmap_figure(binned, 0, "g", labels={(0, int(binned.top[0, 0])): "tokens: a b"})
     assert fig.data[0].customdata[0][0][1] == "tokens: a b"
+    assert tuple(fig.layout.yaxis.range) == (-0.5, 31.5)  # the layers only, not the padding of clickable markers
+    np.testing.assert_allclose(heatmap_figure(binned, 0, depth_of=32).layout.yaxis.range, [-1 / 62, 1 + 1 / 62])
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
