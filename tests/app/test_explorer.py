@@ -216,7 +216,16 @@ def test_model_picker_lists_both_models_and_the_run_picker_follows(two):
 
 def test_app_starts_on_the_model_that_knows_once_it_has_runs_else_on_the_first_with_runs(two, tiny, monkeypatch):
     from explorer.state import START_MODEL
+    from qrcore.model import load
 
+    tiny_load = load.load_model
+
+    def not_here(spec: ModelSpec):  # its runs here are a tiny model's: the real one must not load (minutes)
+        if spec.name == START_MODEL:
+            raise QRNError(f"{spec.name} is not loaded in this test")
+        return tiny_load(spec)
+
+    monkeypatch.setattr(load, "load_model", not_here)
     monkeypatch.delenv("QRN_MODEL")
     at = AppTest.from_file(str(APP), default_timeout=60).run()
     picker = at.sidebar.selectbox(key="model")
@@ -225,6 +234,7 @@ def test_app_starts_on_the_model_that_knows_once_it_has_runs_else_on_the_first_w
     at = AppTest.from_file(str(APP), default_timeout=60).run()
     assert at.sidebar.selectbox(key="model").value == START_MODEL and at.query_params["model"] == START_MODEL
     assert at.sidebar.selectbox(key="run").value == "known"
+    assert at.get("plotly_chart")  # its map, drawn before any model is needed
 
 
 @pytest.mark.parametrize("name", PAGES)
