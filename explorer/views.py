@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 import html
 import re
 from typing import Any
@@ -302,12 +303,11 @@ def neuron_table(frame: pd.DataFrame, run: Run | None, **kwargs: Any) -> None:
     While the run's model loads, the table is shown without tokens, and they are added in place when it has loaded.
     """
     config = {"card": st.column_config.LinkColumn("card", display_text="open card"), **kwargs.pop("column_config", {})}
-    slot = st.empty()
+    draw = partial(st.empty().dataframe, hide_index=True, width="stretch", column_config=config, **kwargs)
     if run is not None and state.loading_needed(run.model):
-        slot.dataframe(with_card_links(frame), hide_index=True, width="stretch", column_config=config, **kwargs)
-    unavailable = run.model_unavailable() if run is not None else None
-    shown = frame if unavailable else with_tokens(frame, run.model if run is not None else model())
-    slot.dataframe(with_card_links(shown), hide_index=True, width="stretch", column_config=config, **kwargs)
+        draw(with_card_links(frame))
+    unavailable = None if run is None else run.model_unavailable()
+    draw(with_card_links(frame if unavailable else with_tokens(frame, model() if run is None else run.model)))
     if unavailable:
         st.caption(f"No vocabulary tokens: {unavailable}")
 
