@@ -10,11 +10,14 @@
   accuracy on the same held-out queries and chance.
 - Group prediction (ours, not in the paper): the held-out query's group is predicted as the group whose neuron set
   is most active at the answer position.
+
+A killed evaluation resumes: each query's probabilities under every edit are checkpointed as it finishes
+(`qrcore.evaluation.checkpoint`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 import random
 from typing import NamedTuple
 
@@ -37,6 +40,7 @@ from qrcore.editing.scaling import (
     prefix_cache,
 )
 from qrcore.errors import QRNError
+from qrcore.evaluation.checkpoint import EvaluationCheckpoint
 from qrcore.model.ffn import FFNSite, patch_ffn
 from qrcore.model.forward import packed_mask, prefix_kv
 from qrcore.model.spec import LoadedModel
@@ -119,7 +123,10 @@ def evaluate_run(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
-    """Run Tables 4, 6 and 7 on every query of the run (or up to per_group of each group); store and return them."""
+    """Run Tables 4, 6 and 7 on every query of the run (or up to per_group of each group); store and return them.
+
+    The queries a killed evaluation of the same run, seed and queries finished are read from its checkpoint.
+    """
     info, queries, qr, chosen = plan_evaluation(run, db, per_group)
     store.require_model(info, lm.spec.name, lm.fingerprint)
     group = {qid: q.group for qid, q in queries.items()}
@@ -127,6 +134,13 @@ def evaluate_run(
     attr = NeuronAttribution(lm, info.settings.attribution, info.settings.prompt)
     prompts = {qid: attr.prompts(queries[qid]) for qid in chosen}
     control = {qid: rng.choice([c for c in chosen if group[c] != group[qid]]) for qid in chosen}
+    edits = [(method, kind, mult) for method in METHODS for kind, mult in EDITS.items()]
+    neurons = {
+        m: {qid: list(zip(part["layer"], part["neuron"])) for qid, part in qr[m].groupby("query_id")} for m in METHODS
+    }
+    checkpoint = EvaluationCheckpoint.of(db, info.run_id, chosen, control, edits)
+    done = checkpoint.load()  # query -> (1 + edits, query's and control's templates, options) of a killed evaluation
+    uses = Counter(chosen) + Counter(control.values())  # how often each query's prefix is still needed
     caches: dict[str, PackedPrefix] = {}
 
     def cache(qid: str) -> PackedPrefix:
@@ -135,20 +149,23 @@ def evaluate_run(
             caches[qid] = prefix_cache(lm, prompts[qid])
         return caches[qid]
 
-    edits = [(method, kind, mult) for method in METHODS for kind, mult in EDITS.items()]
-    neurons = {
-        m: {qid: list(zip(part["layer"], part["neuron"])) for qid, part in qr[m].groupby("query_id")} for m in METHODS
-    }
     before: dict[str, np.ndarray] = {}  # query -> (templates, options) unedited
     edited: dict[tuple[str, str], list[EditedQuery]] = defaultdict(list)  # (method, kind) -> one per chosen query
     for i, qid in enumerate(chosen):
         ctrl, k = control[qid], len(prompts[qid])
-        probs = letter_probs_under(
-            lm,
-            prompts[qid] + prompts[ctrl],
-            cache(qid) + cache(ctrl),
-            [{}] + [{n: mult for n in neurons[m].get(qid, [])} for m, _, mult in edits],
-        )  # (1 + edits, query's and control's templates, options): unedited, then each edit of the query's neurons
+        if qid not in done:
+            done[qid] = letter_probs_under(
+                lm,
+                prompts[qid] + prompts[ctrl],
+                cache(qid) + cache(ctrl),
+                [{}] + [{n: mult for n in neurons[m].get(qid, [])} for m, _, mult in edits],
+            )  # (1 + edits, query's and control's templates, options): unedited, then each edit of the query's neurons
+            checkpoint.save(done)
+        for used in (qid, ctrl):
+            uses[used] -= 1
+            if not uses[used]:
+                caches.pop(used, None)  # a set's prefixes would not fit in memory together on a 1.5B model
+        probs = done[qid]
         before[qid] = probs[0, :k]
         for j, (method, kind, _) in enumerate(edits, start=1):
             edited[method, kind].append(EditedQuery(qid, ctrl, probs[j, :k], probs[0, k:], probs[j, k:]))
@@ -164,6 +181,7 @@ def evaluate_run(
     with store.connect(db) as con:
         for (method, evaluation), part in frame.groupby(["method", "evaluation"]):
             store.write_evaluations(con, info.run_id, method, evaluation, part[["group_name", "metric", "value"]])
+    checkpoint.remove()
     return frame
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from qrcore.attribution.ig import NeuronAttribution
 from qrcore.data.queries import Query
 from qrcore.editing.scaling import SUPPRESS, correct_probs, letter_probs
 from qrcore.errors import QRNError
+from qrcore.evaluation import evaluate
 from qrcore.evaluation.evaluate import evaluate_run
 from qrcore.evaluation.report import write_report
 from qrcore.runs.batch import run_dataset
@@ -135,6 +137,30 @@ def test_stored_changes_and_flips_equal_each_query_edited_alone_on_whole_prompts
     assert len(changes) == 6 and abs(value["related_change"]) > 0
     assert value["related_change"] == pytest.approx(np.mean(changes), rel=1e-4)
     assert value["correct_to_incorrect"] == pytest.approx(flips.correct_to_incorrect)
+
+
+def test_killed_evaluation_resumes_from_its_checkpoint_and_computes_only_the_rest(finished, tiny, monkeypatch):
+    db, run_id = finished
+    lm = tiny("llama")
+    whole = evaluate_run(lm, run_id, db)
+    checkpoint = next(Path(db).parent.glob(".*.evaluating-*.npz"), None)
+    assert checkpoint is None  # removed once the numbers are stored
+
+    def killed_after_two(done: int, _total: int, _qid: str) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(lm, run_id, db, progress=killed_after_two)
+    (checkpoint,) = Path(db).parent.glob(f".{Path(db).name}.evaluating-{run_id}.npz")
+    assert len(np.load(checkpoint).files) == 1 + 2  # the key and the two finished queries
+    computed = []
+    real = evaluate.letter_probs_under
+    monkeypatch.setattr(evaluate, "letter_probs_under", lambda *a: computed.append(1) or real(*a))
+    resumed = evaluate_run(lm, run_id, db)
+    assert len(computed) == 6 - 2
+    assert not checkpoint.exists()
+    pd.testing.assert_frame_equal(resumed, whole, rtol=1e-5)
 
 
 def test_evaluate_if_missing_keeps_existing_evaluations_without_loading_a_model(finished, capsys, monkeypatch):
