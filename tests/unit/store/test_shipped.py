@@ -30,19 +30,29 @@ def test_shipped_runs_cover_both_builtin_datasets(seeded):
         assert store.heatmap(con, domain.run_id, "biology").any()
 
 
+def shipped_runs() -> list[tuple[str, str]]:
+    """(run name, model name) of every shipped run, the model name as `--model` takes it."""
+    runs = pd.read_parquet(SHIPPED / "runs.parquet")
+    models = pd.read_parquet(SHIPPED / "models.parquet").rename(columns={"name": "model"})
+    return list(runs.merge(models, on="model_id")[["name", "model"]].itertuples(index=False, name=None))
+
+
 @pytest.mark.slow
-def test_recomputed_sample_matches_shipped_attributions(seeded, smollm2):
+@pytest.mark.parametrize(("run", "model"), shipped_runs())
+def test_recomputed_sample_matches_shipped_attributions(seeded, run, model):
     from qrcore.attribution.ig import NeuronAttribution
+    from qrcore.model.load import load_model
+    from qrcore.model.spec import ModelSpec
     from qrcore.selection.qrnca import query_na
 
+    lm = load_model(ModelSpec(name=model))  # loaded per run, freed after it: Qwen alone takes 8 GiB
     with store.connect(seeded, read_only=True) as con:
-        for run in ("domain-smollm2", "language-smollm2"):
-            info = store.run_info(con, run)
-            assert smollm2.fingerprint == pd.read_parquet(SHIPPED / "models.parquet")["model_id"][0]
-            queries = {q.id: q for q in store.load_queries(con, store.run_dataset_id(con, info.run_id))}
-            qid = sorted(store.done_query_ids(con, info.run_id))[0]
-            shipped = store.query_neurons(con, info.run_id, qid)
-            fresh = NeuronAttribution(smollm2, info.settings.attribution, info.settings.prompt).attribute(queries[qid])
-            na = query_na(fresh.ig, info.settings.qrnca).na  # (layers, neurons)
-            recomputed = na[shipped["layer"].to_numpy(), shipped["neuron"].to_numpy()]
-            assert np.allclose(recomputed, shipped["na"].to_numpy(), atol=1e-4)
+        info = store.run_info(con, run)
+        assert lm.fingerprint == info.model_id
+        queries = {q.id: q for q in store.load_queries(con, store.run_dataset_id(con, info.run_id))}
+        qid = sorted(store.done_query_ids(con, info.run_id))[0]
+        shipped = store.query_neurons(con, info.run_id, qid)
+    fresh = NeuronAttribution(lm, info.settings.attribution, info.settings.prompt).attribute(queries[qid])
+    na = query_na(fresh.ig, info.settings.qrnca).na  # (layers, neurons)
+    recomputed = na[shipped["layer"].to_numpy(), shipped["neuron"].to_numpy()]
+    assert np.allclose(recomputed, shipped["na"].to_numpy(), atol=1e-4)
