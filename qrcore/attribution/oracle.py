@@ -3,7 +3,7 @@
 - `ig_prompt_oracle`: the textbook integrated-gradients neuron attribution (Dai et al.; the paper's released code)
   for `qrcore.attribution.ig`: per layer, a full-sequence forward and backward of m scaled copies, the activation
   replaced at the last position.
-- `option_activations_oracle`: for `qrcore.evaluation.evaluate.option_activations`, one full forward per option letter.
+- `option_activations_oracle`: for `qrcore.evaluation.evaluate.held_out_activations`, one full forward per option letter.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import torch
 from transformers import DynamicCache
 
 from qrcore import store
-from qrcore.attribution.ig import NeuronAttribution, answer_activation
+from qrcore.attribution.ig import NeuronAttribution
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import Query
 from qrcore.editing.scaling import (
@@ -61,25 +61,33 @@ class EditedQuery(NamedTuple):
     control_after: np.ndarray  # (control's templates, options)
 
 
-def option_activations(lm: LoadedModel, sites: list[FFNSite], prompt: ChoicePrompt) -> np.ndarray:
-    """(options, layers, neurons) f at the position of each option letter appended to the prompt (Table 7).
+def held_out_activations(lm: LoadedModel, sites: list[FFNSite], prompt: ChoicePrompt) -> tuple[np.ndarray, np.ndarray]:
+    """f at the prompt's answer position (layers, neurons), for group prediction, and f at the position of each
+    option letter appended to the prompt (options, layers, neurons), for Table 7.
 
-    The prompt's keys and values are computed once; the letters go through together as packed rows that each see
-    the prompt and themselves, all at position T. `qrcore.attribution.oracle.option_activations_oracle` is the plain version.
+    One forward of the prompt records the first and keeps its keys and values; the letters then go through together
+    as packed rows that each see the prompt and themselves, all at position T. `qrcore.attribution.oracle`'s
+    `option_activations_oracle` and `clean_pass` are the plain versions.
     """
     model = lm.model
     ids = torch.tensor([prompt.input_ids], device=lm.device)  # (1, T)
     length = ids.shape[1]
     letters = torch.tensor([prompt.letter_ids], device=lm.device)  # (1, options)
     n = letters.shape[1]
+    keep = 1  # positions recorded: the prompt's answer position, then every letter row
     recorded: dict[int, torch.Tensor] = {}
 
-    def record(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, options, neurons)
-        recorded[layer] = f[0].detach()
+    def record(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, positions, neurons)
+        recorded[layer] = f[0, -keep:].detach()
         return f
 
-    kv = prefix_kv(model, ids)
+    def stacked() -> np.ndarray:
+        return torch.stack([recorded[s.layer] for s in sites], dim=1).float().cpu().numpy()  # (keep, layers, neurons)
+
     with torch.no_grad(), patch_ffn(model, record, sites=sites):
+        kv = prefix_kv(model, ids)
+        answer = stacked()[0]  # (layers, neurons)
+        keep = n
         model(
             letters,
             position_ids=torch.full((1, n), length, device=lm.device),
@@ -87,7 +95,7 @@ def option_activations(lm: LoadedModel, sites: list[FFNSite], prompt: ChoiceProm
             past_key_values=DynamicCache(kv),
             use_cache=True,
         )
-    return torch.stack([recorded[s.layer] for s in sites], dim=1).float().cpu().numpy()  # (options, layers, neurons)
+    return answer, stacked()  # (layers, neurons), (options, layers, neurons)
 
 
 def plan_evaluation(
@@ -175,8 +183,7 @@ def evaluate_run(
     for method, kind, _ in edits:
         rows += _pcr_and_flip_rows(method, kind, edited[method, kind], before, prompts, group)
     held = [qid for g in sorted(set(group.values())) for qid in [c for c in chosen if group[c] == g][::5]]
-    rows += _group_prediction_rows(lm, attr, held, prompts, group, qr)
-    rows += _answer_prediction_rows(lm, attr, held, prompts, before, group, qr)
+    rows += _prediction_rows(lm, attr.sites, held, prompts, before, group, qr)
     frame = pd.DataFrame(rows, columns=["method", "evaluation", "group_name", "metric", "value"])
     with store.connect(db) as con:
         for (method, evaluation), part in frame.groupby(["method", "evaluation"]):
@@ -232,37 +239,38 @@ def _training_sets(qr: pd.DataFrame, group: dict[str, str], held: list[str]) -> 
     return analysis.group_neuron_sets(qr[qr["query_id"].isin(train)], train)
 
 
-def _group_prediction_rows(lm, attr, held, prompts, group, qr) -> list[tuple]:
-    """Group prediction: each held-out query's group from its answer-position activations."""
-    acts = np.stack([answer_activation(lm, attr, prompts[qid]) for qid in held])  # (held, layers, neurons)
-    return [
+def _prediction_rows(lm, sites, held, prompts, before, group, qr) -> list[tuple]:
+    """Group prediction and Table 7 of the held-out queries: per method (and group), the predictions' accuracy,
+    beside prompt-based accuracy and chance for Table 7."""
+    sets = {m: _training_sets(qr[m], group, held) for m in METHODS}
+    by_group = {m: dict(tuple(sets[m].groupby("group_name"))) for m in METHODS}
+    at_answer = []  # (layers, neurons) per held-out query, mean over its templates
+    hits = []  # (group, method, neuron-based right, prompt-based right, chance) per held-out template
+    for qid in held:
+        answers = []
+        for prompt, probs in zip(prompts[qid], before[qid]):
+            answer, options = held_out_activations(lm, sites, prompt)  # (layers, neurons), (options, layers, neurons)
+            answers.append(answer)
+            prompt_right = float(np.nanargmax(probs) == prompt.correct)
+            for method in METHODS:
+                neurons = by_group[method].get(group[qid])
+                right = (
+                    np.nan if neurons is None else float(analysis.answer_prediction(neurons, options) == prompt.correct)
+                )
+                hits.append((group[qid], method, right, prompt_right, 1 / len(prompt.letters)))
+        at_answer.append(np.mean(answers, axis=0))
+    acts = np.stack(at_answer)  # (held, layers, neurons)
+    rows = [
         (
             method,
             "group_prediction",
             "all",
             "accuracy",
-            analysis.group_prediction(_training_sets(qr[method], group, held), acts, [group[q] for q in held]).accuracy,
+            analysis.group_prediction(sets[method], acts, [group[q] for q in held]).accuracy,
         )
         for method in METHODS
     ]
-
-
-def _answer_prediction_rows(lm, attr, held, prompts, before, group, qr) -> list[tuple]:
-    """Table 7: per method and group, neuron-based answer accuracy beside prompt-based accuracy and chance."""
-    sets = {m: dict(tuple(_training_sets(qr[m], group, held).groupby("group_name"))) for m in METHODS}
-    hits = []  # (group, method, neuron-based right, prompt-based right, chance) per held-out template
-    for qid in held:
-        for prompt, probs in zip(prompts[qid], before[qid]):
-            acts = option_activations(lm, attr.sites, prompt)  # (options, layers, neurons)
-            prompt_right = float(np.nanargmax(probs) == prompt.correct)
-            for method in METHODS:
-                neurons = sets[method].get(group[qid])
-                right = (
-                    np.nan if neurons is None else float(analysis.answer_prediction(neurons, acts) == prompt.correct)
-                )
-                hits.append((group[qid], method, right, prompt_right, 1 / len(prompt.letters)))
     frame = pd.DataFrame(hits, columns=["group_name", "method", "accuracy", "prompt_accuracy", "chance"])
-    rows = []
     for (g, method), part in [
         *frame.groupby(["group_name", "method"]),
         *((("all", m), p) for m, p in frame.groupby("method")),

@@ -181,7 +181,7 @@ def answer_prediction(neurons: pd.DataFrame, option_activations: np.ndarray) -> 
     """Table 7: the option predicted from a domain's neurons, the one under which they are most active on average.
 
     `neurons` holds the domain's neuron set (layer, neuron); `option_activations` is (options, layers, neurons),
-    the activations at the position of each option letter appended to the prompt (`evaluate.option_activations`).
+    the activations at the position of each option letter appended to the prompt (`evaluate.held_out_activations`).
     Ties go to the first option.
     """
     means = option_activations[:, neurons["layer"].to_numpy(), neurons["neuron"].to_numpy()].mean(axis=1)  # (options,)
