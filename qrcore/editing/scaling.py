@@ -98,7 +98,8 @@ def one_thread(device: torch.device) -> Iterator[None]:
     """Run torch on one CPU thread inside the block.
 
     A forward of a few positions is memory-bound; on a busy 2-core machine OpenMP's second thread made it take
-    2.6 s instead of 0.12 s (measured on SmolLM2, three packed answer positions).
+    2.6 s instead of 0.12 s (measured on SmolLM2, three packed answer positions). The evaluation's forwards of 78
+    positions are faster on all threads (`qrn bench evaluation`), so `letter_probs_under` leaves the count alone.
     """
     if device.type != "cpu":
         yield
@@ -151,7 +152,8 @@ def letter_probs(
     the packed path).
     """
     if cache is not None:
-        return letter_probs_under(lm, prompts, cache, [edit or {}])[0]
+        with one_thread(lm.device):
+            return letter_probs_under(lm, prompts, cache, [edit or {}])[0]
     with torch.no_grad(), edited(lm, edit or {}):
         rows = [
             lm.model(torch.tensor([p.input_ids], device=lm.device), logits_to_keep=1).logits[0, -1] for p in prompts
@@ -173,7 +175,7 @@ def letter_probs_under(
     ids = torch.tensor([[p.input_ids[-1] for p in prompts] * len(edits)], device=lm.device)  # (1, edits * n)
     rows = list(range(n)) * len(edits)  # the prefix each packed row sees
     dtype = cache.kv[0][0].dtype
-    with torch.no_grad(), one_thread(lm.device), edited_rows(lm, [e for e in edits for _ in prompts]):
+    with torch.no_grad(), edited_rows(lm, [e for e in edits for _ in prompts]):
         logits = lm.model(
             ids,
             position_ids=torch.tensor([[cache.lengths[r] for r in rows]], device=lm.device),

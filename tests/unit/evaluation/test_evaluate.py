@@ -37,5 +37,6 @@ def test_bench_evaluation_times_both_ways_on_the_same_edits_and_they_agree(tiny,
     row = bench_evaluation(tiny("llama"), n_queries=2)
     out = capsys.readouterr().out
     assert "ratio one-by-one/packed:" in out and "1 forward of 78 positions" in out
-    assert row["one_by_one_s"] > 0 and row["packed_s"] > 0
+    assert "all edits packed, 1 thread" in out
+    assert row["one_by_one_s"] > 0 and row["packed_s"] > 0 and row["packed_one_thread_s"] > 0
     assert row["max_diff"] < 1e-5
