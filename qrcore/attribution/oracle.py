@@ -4,6 +4,7 @@
   for `qrcore.attribution.ig`: per layer, a full-sequence forward and backward of m scaled copies, the activation
   replaced at the last position.
 - `option_activations_oracle`: for `qrcore.evaluation.evaluate.held_out_activations`, one full forward per option letter.
+- `prefix_cache_oracle`: for `qrcore.editing.scaling.prefix_cache`, one forward of each whole prompt prefix.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import torch
 
 from qrcore.attribution.ig import riemann_alphas
 from qrcore.data.prompts import ChoicePrompt
+from qrcore.editing.scaling import PackedPrefix
 from qrcore.model.ffn import ffn_sites, patch_ffn
-from qrcore.model.forward import clean_pass
+from qrcore.model.forward import clean_pass, prefix_kv
 from qrcore.model.spec import LoadedModel
 from qrcore.settings import AttributionSettings
 
@@ -52,3 +54,10 @@ def option_activations_oracle(lm: LoadedModel, prompt: ChoicePrompt) -> np.ndarr
         ids = torch.tensor([[*prompt.input_ids, letter]], device=lm.device)  # (1, T + 1)
         rows.append(clean_pass(lm.model, sites, ids)[1].float().cpu().numpy())  # (layers, neurons)
     return np.stack(rows)
+
+
+def prefix_cache_oracle(lm: LoadedModel, prompts: list[ChoicePrompt]) -> PackedPrefix:
+    """The prompts' prefix keys/values, each whole prefix in a forward of its own, laid one after another."""
+    each = [prefix_kv(lm.model, torch.tensor([p.input_ids[:-1]], device=lm.device)) for p in prompts]
+    kv = [tuple(torch.cat([e[i][t] for e in each], dim=2) for t in (0, 1)) for i in range(len(each[0]))]
+    return PackedPrefix(kv, [len(p.input_ids) - 1 for p in prompts])

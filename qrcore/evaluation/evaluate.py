@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 import random
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,15 +34,18 @@ from qrcore.editing.scaling import (
     BOOST,
     SUPPRESS,
     PackedPrefix,
+    PromptStem,
     correct_probs,
     letter_probs_under,
     pad_rows,
     prefix_cache,
+    prompt_stem,
+    stem_kv,
 )
 from qrcore.errors import QRNError
 from qrcore.evaluation.checkpoint import EvaluationCheckpoint
 from qrcore.model.ffn import FFNSite, patch_ffn
-from qrcore.model.forward import packed_mask, prefix_kv
+from qrcore.model.forward import packed_mask
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
 from qrcore.selection import analysis
@@ -61,11 +64,14 @@ class EditedQuery(NamedTuple):
     control_after: np.ndarray  # (control's templates, options)
 
 
-def held_out_activations(lm: LoadedModel, sites: list[FFNSite], prompt: ChoicePrompt) -> tuple[np.ndarray, np.ndarray]:
+def held_out_activations(
+    lm: LoadedModel, sites: list[FFNSite], prompt: ChoicePrompt, stems: Sequence[PromptStem | None] = ()
+) -> tuple[np.ndarray, np.ndarray]:
     """f at the prompt's answer position (layers, neurons), for group prediction, and f at the position of each
     option letter appended to the prompt (options, layers, neurons), for Table 7.
 
-    One forward of the prompt records the first and keeps its keys and values; the letters then go through together
+    One forward of the prompt (after the longest of `stems` it starts with) records the first and keeps its keys and
+    values; the letters then go through together
     as packed rows that each see the prompt and themselves, all at position T. `qrcore.attribution.oracle`'s
     `option_activations_oracle` and `clean_pass` are the plain versions.
     """
@@ -85,7 +91,7 @@ def held_out_activations(lm: LoadedModel, sites: list[FFNSite], prompt: ChoicePr
         return torch.stack([recorded[s.layer] for s in sites], dim=1).float().cpu().numpy()  # (keep, layers, neurons)
 
     with torch.no_grad(), patch_ffn(model, record, sites=sites):
-        kv = prefix_kv(model, ids)
+        kv = stem_kv(lm, prompt.input_ids, stems)
         answer = stacked()[0]  # (layers, neurons)
         keep = n
         model(
@@ -141,6 +147,9 @@ def evaluate_run(
     rng = random.Random(seed)
     attr = NeuronAttribution(lm, info.settings.attribution, info.settings.prompt)
     prompts = {qid: attr.prompts(queries[qid]) for qid in chosen}
+    stems = [
+        prompt_stem(lm, [p[t] for p in prompts.values() if len(p) > t]) for t in range(max(map(len, prompts.values())))
+    ]  # per template: its prompts' shared start, computed once
     control = {qid: rng.choice([c for c in chosen if group[c] != group[qid]]) for qid in chosen}
     edits = [(method, kind, mult) for method in METHODS for kind, mult in EDITS.items()]
     neurons = {
@@ -154,7 +163,7 @@ def evaluate_run(
     def cache(qid: str) -> PackedPrefix:
         """The query's prefix keys/values, computed on first use (a query is also another's control)."""
         if qid not in caches:
-            caches[qid] = prefix_cache(lm, prompts[qid])
+            caches[qid] = prefix_cache(lm, prompts[qid], stems)
         return caches[qid]
 
     before: dict[str, np.ndarray] = {}  # query -> (templates, options) unedited
@@ -183,7 +192,7 @@ def evaluate_run(
     for method, kind, _ in edits:
         rows += _pcr_and_flip_rows(method, kind, edited[method, kind], before, prompts, group)
     held = [qid for g in sorted(set(group.values())) for qid in [c for c in chosen if group[c] == g][::5]]
-    rows += _prediction_rows(lm, attr.sites, held, prompts, before, group, qr)
+    rows += _prediction_rows(lm, attr.sites, stems, held, prompts, before, group, qr)
     frame = pd.DataFrame(rows, columns=["method", "evaluation", "group_name", "metric", "value"])
     with store.connect(db) as con:
         for (method, evaluation), part in frame.groupby(["method", "evaluation"]):
@@ -239,7 +248,7 @@ def _training_sets(qr: pd.DataFrame, group: dict[str, str], held: list[str]) -> 
     return analysis.group_neuron_sets(qr[qr["query_id"].isin(train)], train)
 
 
-def _prediction_rows(lm, sites, held, prompts, before, group, qr) -> list[tuple]:
+def _prediction_rows(lm, sites, stems, held, prompts, before, group, qr) -> list[tuple]:
     """Group prediction and Table 7 of the held-out queries: per method (and group), the predictions' accuracy,
     beside prompt-based accuracy and chance for Table 7."""
     sets = {m: _training_sets(qr[m], group, held) for m in METHODS}
@@ -249,7 +258,9 @@ def _prediction_rows(lm, sites, held, prompts, before, group, qr) -> list[tuple]
     for qid in held:
         answers = []
         for prompt, probs in zip(prompts[qid], before[qid]):
-            answer, options = held_out_activations(lm, sites, prompt)  # (layers, neurons), (options, layers, neurons)
+            answer, options = held_out_activations(
+                lm, sites, prompt, stems
+            )  # (layers, neurons), (options, layers, neurons)
             answers.append(answer)
             prompt_right = float(np.nanargmax(probs) == prompt.correct)
             for method in METHODS:

@@ -36,14 +36,18 @@ def clean_pass(model: torch.nn.Module, sites: list[FFNSite], ids: torch.Tensor, 
 
 
 def prefix_kv(
-    model: torch.nn.Module, prefix_ids: torch.Tensor, **inputs: torch.Tensor
+    model: torch.nn.Module,
+    prefix_ids: torch.Tensor,
+    past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    **inputs: torch.Tensor,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Keys and values of every layer for the positions before the answer position, computed once.
 
-    A config-less DynamicCache keeps every position in every layer; sliding windows are applied by the mask.
-    `inputs` go to the forward as they are (attention_mask and position_ids of a left-padded batch).
+    With `past` (an earlier result for the first positions) only `prefix_ids`, the positions after those, run; the
+    result covers both. A config-less DynamicCache keeps every position in every layer; sliding windows are applied
+    by the mask. `inputs` go to the forward as they are (attention_mask and position_ids of a left-padded batch).
     """
-    cache = DynamicCache()
+    cache = DynamicCache(past) if past else DynamicCache()
     with torch.no_grad():  # logits of the prefix are unused
         model(prefix_ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **inputs)
     return [(layer.keys, layer.values) for layer in cache.layers]
@@ -69,6 +73,30 @@ def packed_mask(config, lengths: list[int], rows: list[int], dtype: torch.dtype,
         mask = torch.cat([seen, torch.eye(n, dtype=torch.bool, device=device)], dim=1)  # (n, P + n)
         return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, lo)[None, None]
 
+    return by_layer_type(config, build)
+
+
+def causal_mask(
+    config, visible: torch.Tensor, key_pos: torch.Tensor, query_pos: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Additive 4D mask (1, 1, n, K) for n query positions of several sequences packed into one forward.
+
+    visible (n, K) says which keys belong to each query's sequence (its own earlier tokens, a shared start); of those
+    it sees the ones at its position or before (key_pos (K,), query_pos (n,): positions within the sequence), and on
+    sliding-window layers only the last `sliding_window` of them.
+    """
+    lo = torch.finfo(dtype).min
+    back = query_pos[:, None] - key_pos[None]  # (n, K) how far back each key is
+
+    def build(window: int | None) -> torch.Tensor:
+        seen = visible & (back >= 0) & (back < window if window else True)  # (n, K)
+        return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill_(~seen, lo)[None, None]
+
+    return by_layer_type(config, build)
+
+
+def by_layer_type(config, build):
+    """build(None), or for models with sliding-window layers a dict by layer type of build(window or None)."""
     types = getattr(config, "layer_types", None)
     if not types:
         return build(None)

@@ -37,6 +37,7 @@ def test_bench_evaluation_times_both_ways_on_the_same_edits_and_they_agree(tiny,
     row = bench_evaluation(tiny("llama"), n_queries=2)
     out = capsys.readouterr().out
     assert "ratio one-by-one/packed:" in out and "1 forward of 78 positions" in out
-    assert "all edits packed, 1 thread" in out
+    assert "all edits packed, 1 thread" in out and "continued from template stems" in out
+    assert row["prefix_oracle_s"] > 0 and row["stemmed_prefix_s"] > 0 and row["prefix_diff"] < 1e-4
     assert row["one_by_one_s"] > 0 and row["packed_s"] > 0 and row["packed_one_thread_s"] > 0
     assert row["max_diff"] < 1e-5
