@@ -82,8 +82,9 @@ def bench_edit(repeats: int = 7) -> dict[str, float]:
 
     from qrcore.attribution.ig import NeuronAttribution
     from qrcore.data.queries import make_query
-    from qrcore.editing.scaling import letter_probs, prefix_cache
+    from qrcore.editing.scaling import letter_probs
     from qrcore.model.load import load_model
+    from qrcore.model.prefixes import prefix_cache
 
     lm = load_model()
     query = make_query("What is the capital of France?", ["Paris", "London", "Berlin", "Madrid"], "Paris")

@@ -17,10 +17,9 @@ from qrcore.editing.scaling import (
     letter_probs,
     letter_probs_under,
     one_thread,
-    prefix_cache,
-    prompt_stem,
 )
 from qrcore.model.ffn import ffn_sites
+from qrcore.model.prefixes import prefix_cache, prompt_stem
 from qrcore.model.spec import LoadedModel
 from qrcore.selection.qrnca import METHODS
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from qrcore.data.prompts import ChoicePrompt, query_prompts
 from qrcore.data.queries import Query
 from qrcore.model.ffn import decoder_layers, ffn_sites, forward_hooks, patch_ffn
 from qrcore.model.forward import clean_pass, packed_attention, packed_mask, prefix_kv
+from qrcore.model.prefixes import PromptStem, prefix_cache, prompt_stem
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
 from qrcore.settings import AttributionSettings, PromptSettings
@@ -77,6 +78,7 @@ class NeuronAttribution:
         settings: AttributionSettings = AttributionSettings(),
         prompt_settings: PromptSettings = PromptSettings(),
         max_copies: int = 4096,
+        stems_for: Sequence[Query] = (),
     ):
         self.lm = lm
         self.settings = settings
@@ -85,6 +87,8 @@ class NeuronAttribution:
         self.blocks = decoder_layers(lm.model)
         self.max_copies = max_copies
         """Most scaled copies in one pass; layers are split into passes to bound memory."""
+        self.stems = self.template_stems(stems_for)
+        """Per template, the start that the prompts of `stems_for` share, computed once for every later query."""
 
     @property
     def layer_chunks(self) -> list[range]:
@@ -97,6 +101,14 @@ class NeuronAttribution:
         """The query's multi-choice prompts for this model."""
         limit = getattr(self.lm.model.config, "max_position_embeddings", None)
         return query_prompts(query, self.lm.tokenizer, self.prompt_settings, limit)
+
+    def template_stems(self, queries: Sequence[Query]) -> list[PromptStem | None]:
+        """Per template, the start its prompts of `queries` share (`prompt_stem`); none for fewer than two queries."""
+        if len(queries) < 2:
+            return []
+        prompts = [self.prompts(q) for q in queries]
+        templates = max(map(len, prompts))
+        return [prompt_stem(self.lm, [p[t] for p in prompts if len(p) > t]) for t in range(templates)]
 
     def attribute(self, query: Query, progress: Progress | None = None) -> QueryAttribution:
         """Each template's IG (Eq. 5 before Z), answer-position activations and answer probabilities of one query."""
@@ -114,7 +126,8 @@ class NeuronAttribution:
             per_prompt = self.gradient_x_activation(prompts)
             tick()
         else:
-            per_prompt = [self.ig_prompt(prompt, tick) for prompt in prompts]
+            cache = prefix_cache(self.lm, prompts, self.stems)  # every prompt's prefix in one forward
+            per_prompt = [self.ig_prompt(prompt, tick, cache.prompt(i)) for i, prompt in enumerate(prompts)]
         igs, acts, probs, hits = [], [], [], []
         for prompt, (ig, f0, letter_probs) in zip(prompts, per_prompt):
             igs.append(ig)
@@ -130,8 +143,16 @@ class NeuronAttribution:
             time.perf_counter() - start,
         )
 
-    def ig_prompt(self, prompt: ChoicePrompt, on_pass: Callable[[], None] = lambda: None):
-        """Raw IG of one prompt (layers, neurons), f at the answer position, and each letter's probability."""
+    def ig_prompt(
+        self,
+        prompt: ChoicePrompt,
+        on_pass: Callable[[], None] = lambda: None,
+        kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ):
+        """Raw IG of one prompt (layers, neurons), f at the answer position, and each letter's probability.
+
+        `kv`: the prompt's prefix keys/values if already computed (`prefix_cache`); else computed here.
+        """
         if self.at_clean_point:
             result = self.gradient_x_activation([prompt])[0]
             on_pass()
@@ -139,7 +160,7 @@ class NeuronAttribution:
         model, steps = self.lm.model, self.settings.steps
         ids = torch.tensor([prompt.input_ids], device=self.lm.device)  # (1, T)
         prefix = ids.shape[1] - 1
-        kv = prefix_kv(model, ids[:, :-1])
+        kv = prefix_kv(model, ids[:, :-1]) if kv is None else kv
         out, f0, h0 = clean_pass(model, self.sites, ids[:, -1:], cache=DynamicCache(kv))  # (layers, neurons|hidden)
         letter_probs = out.logits[0, -1].float().softmax(-1)[list(prompt.letter_ids)]  # (options,)
         alphas = riemann_alphas(self.settings, f0.dtype, f0.device)  # (m,)

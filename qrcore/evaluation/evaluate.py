@@ -33,19 +33,15 @@ from qrcore.data.queries import Query
 from qrcore.editing.scaling import (
     BOOST,
     SUPPRESS,
-    PackedPrefix,
-    PromptStem,
     correct_probs,
     letter_probs_under,
     pad_rows,
-    prefix_cache,
-    prompt_stem,
-    stem_kv,
 )
 from qrcore.errors import QRNError
 from qrcore.evaluation.checkpoint import EvaluationCheckpoint
 from qrcore.model.ffn import FFNSite, patch_ffn
 from qrcore.model.forward import packed_mask
+from qrcore.model.prefixes import PackedPrefix, PromptStem, prefix_cache, prompt_stem, stem_kv
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
 from qrcore.selection import analysis

@@ -109,7 +109,7 @@ def run_dataset(
         todo = [q for q in queries if q.id not in done]
         if not todo and finished:
             return run_id  # cache hit: no model forward
-        attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
+        attr = NeuronAttribution(lm, settings.attribution, settings.prompt, stems_for=queries)
         for i, q in enumerate(todo, 1):
             result = attr.attribute(q)
             with store.connect(db) as con:

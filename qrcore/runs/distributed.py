@@ -115,7 +115,7 @@ def compute_shards(
     """The shard worker: attribute each query and write it as a shard of `rank`, one file per finished query."""
     from qrcore.attribution.ig import NeuronAttribution
 
-    attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
+    attr = NeuronAttribution(lm, settings.attribution, settings.prompt, stems_for=queries)
     for i, q in enumerate(queries):
         shards.write_shard(folder, rank, key, attr.attribute(q), settings.qrnca)
         if progress:

@@ -44,6 +44,22 @@ def test_fast_path_matches_oracle(tiny, arch, max_copies):
     assert np.allclose(probs, letter_probs(lm, [prompt])[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_attribute_from_packed_prefixes_and_template_stems_matches_the_oracle(tiny, arch):
+    """A run's queries continue from their templates' shared stems, all of a query's prefixes in one forward."""
+    lm = tiny(arch)
+    others = [
+        make_query("Which planet is largest?", ["Mars", "Jupiter", "Venus", "Mercury"], "Jupiter"),
+        make_query("What is 7 times 8?", ["54", "56", "64", "48"], "56"),
+    ]
+    attr = NeuronAttribution(lm, stems_for=[QUERY, *others])
+    assert len(attr.stems) == 3 and all(len(stem.ids) > 20 for stem in attr.stems)
+    result = attr.attribute(QUERY)
+    for template, prompt in enumerate(attr.prompts(QUERY)):
+        assert agreement(result.ig[template], ig_prompt_oracle(lm, prompt, attr.settings)) < 1e-4
+    assert NeuronAttribution(lm, stems_for=[QUERY]).stems == []  # one query shares its stems with nothing
+
+
 def test_riemann_points_are_the_codes_linspace_or_the_texts_right_sums():
     def points(riemann: str) -> list[float]:
         return riemann_alphas(AttributionSettings(4, riemann), torch.float32, torch.device("cpu")).tolist()
@@ -142,7 +158,7 @@ def test_smollm2_answers_multiple_choice(smollm2):
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
 def test_cached_letter_probs_match_full_forward_under_edits(tiny, arch):
     """The prefix-cache path of letter_probs (used by sliders and evaluations) equals a full forward."""
-    from qrcore.editing.scaling import prefix_cache
+    from qrcore.model.prefixes import prefix_cache
 
     lm = tiny(arch)
     prompts = NeuronAttribution(lm).prompts(QUERY)
@@ -157,7 +173,8 @@ def test_cached_letter_probs_match_full_forward_under_edits(tiny, arch):
 def test_every_edit_in_one_packed_forward_matches_a_full_forward_per_edit(tiny, arch):
     """letter_probs_under (the evaluation's edits of a query and its control, one forward) equals each edit run alone
     on whole prompts: no packed row sees another's edit or prefix."""
-    from qrcore.editing.scaling import letter_probs_under, prefix_cache
+    from qrcore.editing.scaling import letter_probs_under
+    from qrcore.model.prefixes import prefix_cache
 
     lm = tiny(arch)
     attr = NeuronAttribution(lm)

@@ -44,3 +44,4 @@ def test_bench_attribution_prints_each_path_against_the_peak(tiny, capsys):
         assert f"{path}_peak_share" in row and 0 < row[f"{path}_peak_share"] < 1
     assert row["fast_gflop_per_query"] > 5 * row["preview_gflop_per_query"]  # m = 16 copies against one
     assert 0 <= row["preview_top20_overlap"] <= 1
+    assert "in a run" in out and row["run_s_per_query"] > 0 and row["run_max_rel_diff"] < 1e-4
