@@ -81,10 +81,10 @@ def bench_edit(repeats: int = 7) -> dict[str, float]:
     from streamlit.testing.v1 import AppTest
 
     from qrcore.attribution.ig import NeuronAttribution
+    from qrcore.attribution.prefixes import prefix_cache
     from qrcore.data.queries import make_query
     from qrcore.editing.scaling import letter_probs
     from qrcore.model.load import load_model
-    from qrcore.model.prefixes import prefix_cache
 
     lm = load_model()
     query = make_query("What is the capital of France?", ["Paris", "London", "Berlin", "Madrid"], "Paris")

@@ -31,7 +31,7 @@ from qrcore.progress import Progress
 from qrcore.settings import RunSettings
 
 if TYPE_CHECKING:
-    from qrcore.model.prefixes import PackedPrefix
+    from qrcore.attribution.prefixes import PackedPrefix
     from qrcore.model.spec import LoadedModel
 
 MODEL_ENV = "QRN_MODEL"
@@ -210,7 +210,7 @@ def prompts(name: str, query: Query) -> list[ChoicePrompt]:
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _prefixes(name: str, query: Query) -> PackedPrefix:
     """The query's prompt prefixes under model `name`, run once: an edit touches only the answer position."""
-    from qrcore.model.prefixes import prefix_cache
+    from qrcore.attribution.prefixes import prefix_cache
 
     with _lock(f"model:{name}"):
         return prefix_cache(model(name), prompts(name, query))

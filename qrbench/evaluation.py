@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from qrcore.attribution.oracle import prefix_cache_oracle
+from qrcore.attribution.prefixes import prefix_cache, prompt_stem
 from qrcore.editing.scaling import (
     BOOST,
     SUPPRESS,
@@ -19,7 +20,6 @@ from qrcore.editing.scaling import (
     one_thread,
 )
 from qrcore.model.ffn import ffn_sites
-from qrcore.model.prefixes import prefix_cache, prompt_stem
 from qrcore.model.spec import LoadedModel
 from qrcore.selection.qrnca import METHODS
 

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from qrcore.attribution.prefixes import PromptStem, prefix_cache, prompt_stem
 from qrcore.attribution.results import QueryAttribution
 from qrcore.data.prompts import ChoicePrompt, query_prompts
 from qrcore.data.queries import Query
 from qrcore.model.ffn import decoder_layers, ffn_sites, forward_hooks, patch_ffn
 from qrcore.model.forward import clean_pass, packed_attention, packed_mask, prefix_kv
-from qrcore.model.prefixes import PromptStem, prefix_cache, prompt_stem
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
 from qrcore.settings import AttributionSettings, PromptSettings

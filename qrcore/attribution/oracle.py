@@ -4,7 +4,7 @@
   for `qrcore.attribution.ig`: per layer, a full-sequence forward and backward of m scaled copies, the activation
   replaced at the last position.
 - `option_activations_oracle`: for `qrcore.evaluation.evaluate.held_out_activations`, one full forward per option letter.
-- `prefix_cache_oracle`: for `qrcore.model.prefixes.prefix_cache`, one forward of each whole prompt prefix.
+- `prefix_cache_oracle`: for `qrcore.attribution.prefixes.prefix_cache`, one forward of each whole prompt prefix.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from qrcore.attribution.ig import riemann_alphas
+from qrcore.attribution.prefixes import PackedPrefix
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.model.ffn import ffn_sites, patch_ffn
 from qrcore.model.forward import clean_pass, prefix_kv
-from qrcore.model.prefixes import PackedPrefix
 from qrcore.model.spec import LoadedModel
 from qrcore.settings import AttributionSettings
 

@@ -11,12 +11,12 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from qrcore.attribution.prefixes import PackedPrefix
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.editing.edits import check_model
 from qrcore.errors import QRNError
 from qrcore.model.ffn import ffn_sites, patch_ffn
 from qrcore.model.forward import packed_mask
-from qrcore.model.prefixes import PackedPrefix
 from qrcore.model.spec import LoadedModel
 
 BOOST, SUPPRESS = 2.0, 0.0

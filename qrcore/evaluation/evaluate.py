@@ -28,6 +28,7 @@ from transformers import DynamicCache
 
 from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
+from qrcore.attribution.prefixes import PackedPrefix, PromptStem, prefix_cache, prompt_stem, stem_kv
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import Query
 from qrcore.editing.scaling import (
@@ -41,7 +42,6 @@ from qrcore.errors import QRNError
 from qrcore.evaluation.checkpoint import EvaluationCheckpoint
 from qrcore.model.ffn import FFNSite, patch_ffn
 from qrcore.model.forward import packed_mask
-from qrcore.model.prefixes import PackedPrefix, PromptStem, prefix_cache, prompt_stem, stem_kv
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
 from qrcore.selection import analysis

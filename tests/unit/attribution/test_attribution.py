@@ -158,7 +158,7 @@ def test_smollm2_answers_multiple_choice(smollm2):
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
 def test_cached_letter_probs_match_full_forward_under_edits(tiny, arch):
     """The prefix-cache path of letter_probs (used by sliders and evaluations) equals a full forward."""
-    from qrcore.model.prefixes import prefix_cache
+    from qrcore.attribution.prefixes import prefix_cache
 
     lm = tiny(arch)
     prompts = NeuronAttribution(lm).prompts(QUERY)
@@ -173,8 +173,8 @@ def test_cached_letter_probs_match_full_forward_under_edits(tiny, arch):
 def test_every_edit_in_one_packed_forward_matches_a_full_forward_per_edit(tiny, arch):
     """letter_probs_under (the evaluation's edits of a query and its control, one forward) equals each edit run alone
     on whole prompts: no packed row sees another's edit or prefix."""
+    from qrcore.attribution.prefixes import prefix_cache
     from qrcore.editing.scaling import letter_probs_under
-    from qrcore.model.prefixes import prefix_cache
 
     lm = tiny(arch)
     attr = NeuronAttribution(lm)

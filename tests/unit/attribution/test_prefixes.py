@@ -9,11 +9,11 @@ import torch
 
 from qrcore.attribution.ig import NeuronAttribution
 from qrcore.attribution.oracle import prefix_cache_oracle
+from qrcore.attribution.prefixes import prefix_cache, prompt_stem, stem_kv
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import make_query
 from qrcore.evaluation.evaluate import held_out_activations
 from qrcore.model.forward import prefix_kv
-from qrcore.model.prefixes import prefix_cache, prompt_stem, stem_kv
 
 QUERIES = [
     make_query("Which gas do plants take in?", ["Oxygen", "Carbon dioxide", "Nitrogen", "Helium"], "Carbon dioxide"),
