@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from qrcore.attribution.oracle import prefix_cache_oracle
-from qrcore.attribution.prefixes import prefix_cache, prompt_stem
+from qrcore.attribution.prefixes import prefix_cache
 from qrcore.editing.scaling import (
     BOOST,
     SUPPRESS,
@@ -56,7 +56,7 @@ def bench_evaluation(lm: LoadedModel, n_queries: int = 4, seed: int = 0) -> dict
     caches = [prefix_cache(lm, p) for p in prompts]
     prefix_s = (time.perf_counter() - start) / n_queries
     start = time.perf_counter()
-    stems = [prompt_stem(lm, [p[t] for p in prompts]) for t in range(len(prompts[0]))]
+    stems = attr.template_stems(queries)
     stems_s = time.perf_counter() - start
     start = time.perf_counter()
     stemmed = [prefix_cache(lm, p, stems) for p in prompts]

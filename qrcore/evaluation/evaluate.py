@@ -28,7 +28,7 @@ from transformers import DynamicCache
 
 from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
-from qrcore.attribution.prefixes import PackedPrefix, PromptStem, prefix_cache, prompt_stem, stem_kv
+from qrcore.attribution.prefixes import PackedPrefix, PromptStem, prefix_cache, stem_kv
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import Query
 from qrcore.editing.scaling import (
@@ -67,8 +67,8 @@ def held_out_activations(
     option letter appended to the prompt (options, layers, neurons), for Table 7.
 
     One forward of the prompt (after the longest of `stems` it starts with) records the first and keeps its keys and
-    values; the letters then go through together
-    as packed rows that each see the prompt and themselves, all at position T. `qrcore.attribution.oracle`'s
+    values; the letters then go through together as packed rows that each see the prompt and themselves, all at
+    position T. `qrcore.attribution.oracle`'s
     `option_activations_oracle` and `clean_pass` are the plain versions.
     """
     model = lm.model
@@ -143,9 +143,7 @@ def evaluate_run(
     rng = random.Random(seed)
     attr = NeuronAttribution(lm, info.settings.attribution, info.settings.prompt)
     prompts = {qid: attr.prompts(queries[qid]) for qid in chosen}
-    stems = [
-        prompt_stem(lm, [p[t] for p in prompts.values() if len(p) > t]) for t in range(max(map(len, prompts.values())))
-    ]  # per template: its prompts' shared start, computed once
+    stems = attr.template_stems([queries[qid] for qid in chosen])  # per template: its prompts' shared start, once
     control = {qid: rng.choice([c for c in chosen if group[c] != group[qid]]) for qid in chosen}
     edits = [(method, kind, mult) for method in METHODS for kind, mult in EDITS.items()]
     neurons = {
