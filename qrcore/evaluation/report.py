@@ -1,4 +1,4 @@
-"""`qrn report`: a run's tables (PCR, flip rates, answer and group prediction) as Markdown and CSV files."""
+"""`qrn report`: a run's tables (accuracy, PCR, flip rates, answer and group prediction) as Markdown and CSV files."""
 
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ def markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([head, rule, *body])
+
+
+def accuracy_table(groups: pd.DataFrame) -> pd.DataFrame:
+    """`store.group_accuracy` rows and an 'all' row over every query: share of templates answered right, P(correct)."""
+    weights = groups["queries"]
+    means = {c: float((groups[c] * weights).sum() / weights.sum()) for c in ("accuracy", "correct_prob")}
+    return pd.concat(
+        [groups, pd.DataFrame([{"group_name": "all", "queries": weights.sum(), **means}])], ignore_index=True
+    )
 
 
 def pcr_table(evals: pd.DataFrame) -> pd.DataFrame:
@@ -69,10 +78,12 @@ def write_report(run: str, db: str | None, out: str) -> list[Path]:
         evals = store.evaluations(con, info.run_id)
         counts = analysis.qr_counts(store.read_qr_neurons(con, info.run_id), store.run_groups(con, info.run_id))
         n_common = len(store.read_common_neurons(con, info.run_id))
+        accuracy = accuracy_table(store.group_accuracy(con, info.run_id))
     if evals.empty:
         raise QRNError(f"run {info.name!r} has no evaluations yet; compute them with `qrn evaluate --run {info.name}`")
     folder = make_folder(Path(out) / info.name.replace("/", "_"))
     tables = {
+        "accuracy": accuracy,
         "qr_neurons": counts,
         "pcr": pcr_table(evals),
         "changes": metric_table(evals, ["related_change", "unrelated_change"]),

@@ -108,6 +108,12 @@ def test_evaluations_and_report(finished, tiny, tmp_path):
     report = paths[0].read_text()
     assert "## pcr" in report and "## answer_prediction" in report and "prompt_accuracy" in report
     assert "## qr_neurons" in report and "common neurons in 6 clusters" in report
+    accuracy = pd.read_csv(tmp_path / "r" / "accuracy.csv").set_index("group_name")
+    with store.connect(db, read_only=True) as con:
+        per_query = con.execute("SELECT accuracy, correct_prob FROM query_results WHERE run_id = ?", [run_id]).df()
+    assert accuracy.loc["all", "queries"] == len(per_query) == accuracy["queries"].drop("all").sum()
+    assert np.isclose(accuracy.loc["all", "accuracy"], per_query["accuracy"].mean())
+    assert np.isclose(accuracy.loc["all", "correct_prob"], per_query["correct_prob"].mean())
     assert "IG m=16 (linspace points); cluster t=0.2 (template), Z=cluster_sum; common u=0.3; top-v=20" in report
     assert "qrnca" in (tmp_path / "r" / "pcr.csv").read_text()
 
