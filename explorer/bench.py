@@ -57,14 +57,14 @@ def bench_first_start() -> dict[str, float]:
     """A first start on a new store: loading the shipped runs alone, and the whole first page (AppTest) with them."""
     from streamlit.testing.v1 import AppTest
 
-    from qrcore.model.spec import DEFAULT_MODEL
+    from explorer.state import START_MODEL
     from qrcore.store.shipped import load_shipped_runs
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         load_shipped_runs(str(Path(tmp) / "alone.duckdb"))
         out = {"seed_ms": (time.perf_counter() - start) * 1000.0}
-        with _env(QRN_DB=str(Path(tmp) / "qrn.duckdb"), QRN_SHIPPED="1", QRN_MODEL=DEFAULT_MODEL):
+        with _env(QRN_DB=str(Path(tmp) / "qrn.duckdb"), QRN_SHIPPED="1", QRN_MODEL=START_MODEL):
             at = AppTest.from_file(str(APP), default_timeout=300)
             start = time.perf_counter()
             at.run()

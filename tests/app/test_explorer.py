@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from app_driver import APP, PAGES, app_on_copy, button, errors, page
 from explorer.figures import bin_heatmap, heatmap_figure
+from explorer.state import START_MODEL
 from markdown_view import shown
 from qrcore import store
 from qrcore.errors import QRNError
@@ -184,14 +185,17 @@ def test_upload_stores_the_dataset_and_a_run_on_it_appears_in_the_sidebar(db):
 def test_first_start_loads_the_shipped_runs_with_progress_and_only_once(tmp_path, monkeypatch):
     db = tmp_path / "fresh.duckdb"
     monkeypatch.setenv("QRN_DB", str(db))
-    monkeypatch.setenv("QRN_MODEL", MODEL)
+    monkeypatch.delenv("QRN_MODEL", raising=False)
     monkeypatch.setenv("QRN_SHIPPED", "1")
-    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.switch_page("sections/methods.py").run()  # a page that loads no model: the first start is the same on all
     assert not at.exception and not at.error, errors(at)
     assert [s.label for s in at.status] == ["Shipped runs loaded"] and at.progress[0].value == 100
     with store.connect(db, read_only=True) as con:
         assert store.has_runs(con, SHIPPED)
-    assert at.sidebar.selectbox(key="model").value == "smollm2"  # the model with runs, not the run-less start model
+    picker = at.sidebar.selectbox(key="model")
+    assert picker.value == START_MODEL == "qwen2.5-coder-1.5b"  # the explorer opens on the model that knows
+    assert picker.options == ["smollm2 · 2 run(s)", "qwen2.5-coder-1.5b · 1 run(s)"]  # oldest run first
 
     def load_again(*args):
         raise AssertionError("the shipped runs were loaded twice")

@@ -19,15 +19,26 @@ def seeded(tmp_path_factory):
     return db
 
 
+SHAPES = {"qwen2.5-coder-1.5b": (28, 8960), "smollm2": (30, 1536)}
+"""(layers, FFN neurons) of each shipped model."""
+
+
 def test_shipped_runs_cover_both_builtin_datasets(seeded):
     with store.connect(seeded, read_only=True) as con:
-        runs = store.list_runs(con)
-        assert set(runs["name"]) == {"domain-smollm2", "language-smollm2"}
+        runs = store.list_runs(con).set_index("name")
+        assert set(runs.index) == {"domain-qwen2", "domain-smollm2", "language-smollm2"}
         assert set(runs["status"]) == {"finished"}
-        domain = store.run_info(con, "domain-smollm2")
-        assert (domain.n_layers, domain.n_neurons) == (30, 1536)
-        assert len(store.heatmap_groups(con, domain.run_id)) == 6
-        assert store.heatmap(con, domain.run_id, "biology").any()
+        for name in runs.index:
+            info = store.run_info(con, name)
+            assert (info.n_layers, info.n_neurons) == SHAPES[runs.loc[name, "model"]]
+            groups = store.heatmap_groups(con, info.run_id)
+            assert len(groups) == 6 and all(store.heatmap(con, info.run_id, g).any() for g in groups)
+        qwen = store.run_info(con, "domain-qwen2")
+        dataset = store.load_queries(con, store.run_dataset_id(con, qwen.run_id))
+        assert len(dataset) == 330 and store.done_query_ids(con, qwen.run_id) == {q.id for q in dataset}
+        assert all(
+            not store.evaluations(con, store.run_info(con, n).run_id).empty for n in runs.index if "smollm2" in n
+        )
 
 
 def shipped_runs() -> list[tuple[str, str]]:
