@@ -240,8 +240,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     """Write the run's tables (PCR, flip rates, prediction, data) as Markdown and CSV."""
     from qrcore.evaluation.report import write_report
 
-    for path in write_report(args.run, args.db, args.out):
+    report = write_report(args.run, args.db, args.out)
+    for path in report.paths:
         print(path)
+    if report.missing:
+        print(f"qrn: note: {report.missing}", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from qrcore import store
-from qrcore.errors import QRNError
 from qrcore.outputs import make_folder
 from qrcore.selection import analysis
 from qrcore.selection.qrnca import METHODS
@@ -71,26 +71,42 @@ def answer_prediction_table(evals: pd.DataFrame) -> pd.DataFrame:
     return by_method(rows, "group_name", (*METHODS, *PREDICTION_REFERENCES)).reset_index()
 
 
-def write_report(run: str, db: str | None, out: str) -> list[Path]:
-    """Write report.md and one CSV per table under out/<run name>/; returns the paths."""
+@dataclass(frozen=True)
+class Report:
+    """What `write_report` wrote: report.md, then one CSV per table; `missing` names what a later step would add."""
+
+    paths: list[Path]
+    missing: str | None = None
+
+
+def write_report(run: str, db: str | None, out: str) -> Report:
+    """Write report.md and one CSV per table under out/<run name>/.
+
+    A run without evaluations still gets its accuracy and QR neuron counts; `missing` then says how to add the
+    edit tables (an evaluation of a 1.5B model's set takes hours, and these tables are useful before it ends).
+    """
     with store.connect(db, read_only=True) as con:
         info = store.finished_run(con, run)
         evals = store.evaluations(con, info.run_id)
         counts = analysis.qr_counts(store.read_qr_neurons(con, info.run_id), store.run_groups(con, info.run_id))
         n_common = len(store.read_common_neurons(con, info.run_id))
         accuracy = accuracy_table(store.group_accuracy(con, info.run_id))
-    if evals.empty:
-        raise QRNError(f"run {info.name!r} has no evaluations yet; compute them with `qrn evaluate --run {info.name}`")
     folder = make_folder(Path(out) / info.name.replace("/", "_"))
-    tables = {
-        "accuracy": accuracy,
-        "qr_neurons": counts,
-        "pcr": pcr_table(evals),
-        "changes": metric_table(evals, ["related_change", "unrelated_change"]),
-        "flips": metric_table(evals, ["correct_to_incorrect", "incorrect_to_correct"]),
-        "answer_prediction": answer_prediction_table(evals),
-        "group_prediction": metric_table(evals[evals["evaluation"] == "group_prediction"], ["accuracy"]),
-    }
+    tables = {"accuracy": accuracy, "qr_neurons": counts}
+    missing = None
+    if evals.empty:
+        missing = (
+            f"run {info.name!r} has no evaluations yet, so the report has no PCR, flip or prediction tables; "
+            f"compute them with `qrn evaluate --run {info.name}`"
+        )
+    else:
+        tables |= {
+            "pcr": pcr_table(evals),
+            "changes": metric_table(evals, ["related_change", "unrelated_change"]),
+            "flips": metric_table(evals, ["correct_to_incorrect", "incorrect_to_correct"]),
+            "answer_prediction": answer_prediction_table(evals),
+            "group_prediction": metric_table(evals[evals["evaluation"] == "group_prediction"], ["accuracy"]),
+        }
     paths = []
     text = [
         f"# Run {info.name}",
@@ -99,6 +115,7 @@ def write_report(run: str, db: str | None, out: str) -> list[Path]:
         "",
         f"{n_common} common neurons in {info.n_clusters} clusters.",
         "",
+        *([f"{missing[0].upper()}{missing[1:]}.", ""] if missing else []),
     ]
     for name, frame in tables.items():
         path = folder / f"{name}.csv"
@@ -107,4 +124,4 @@ def write_report(run: str, db: str | None, out: str) -> list[Path]:
         text += [f"## {name}", "", markdown(frame), ""]
     md = folder / "report.md"
     md.write_text("\n".join(text))
-    return [md, *paths]
+    return Report([md, *paths], missing)

@@ -104,7 +104,7 @@ def test_evaluations_and_report(finished, tiny, tmp_path):
     assert answers[["accuracy", "prompt_accuracy"]].stack().between(0, 1).all()
     # every method's row holds the same prompt-based accuracy of the same held-out queries
     assert answers["prompt_accuracy"].groupby("group_name").nunique().eq(1).all()
-    paths = write_report(run_id, db, str(tmp_path))
+    paths = write_report(run_id, db, str(tmp_path)).paths
     report = paths[0].read_text()
     assert "## pcr" in report and "## answer_prediction" in report and "prompt_accuracy" in report
     assert "## qr_neurons" in report and "common neurons in 6 clusters" in report

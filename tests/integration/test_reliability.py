@@ -249,15 +249,20 @@ def test_unfinished_run_is_refused(work, command, capsys):
     assert snapshot(work) == before
 
 
-def test_report_of_a_run_without_evaluations_says_how_to_make_them(work, capsys):
+def test_report_of_a_run_without_evaluations_writes_what_it_has_and_says_how_to_add_the_rest(work, capsys):
     with duckdb.connect(str(work / "qrn.duckdb")) as con:
         con.execute("DELETE FROM evaluations")
-    before = snapshot(work)
-    assert (
-        fails(["report", "--run", RUN, "--db", "qrn.duckdb"], capsys)
-        == f"run {RUN!r} has no evaluations yet; compute them with `qrn evaluate --run {RUN}`"
+    assert main(["report", "--run", RUN, "--db", "qrn.duckdb", "--out", "reports"]) == 0
+    out, err = capsys.readouterr()
+    folder = work / "reports" / RUN
+    assert out.split() == [str(Path("reports") / RUN / f) for f in ("report.md", "accuracy.csv", "qr_neurons.csv")]
+    missing = (
+        f"run {RUN!r} has no evaluations yet, so the report has no PCR, flip or prediction tables; "
+        f"compute them with `qrn evaluate --run {RUN}`"
     )
-    assert snapshot(work) == before
+    assert err == f"qrn: note: {missing}\n"
+    report = (folder / "report.md").read_text()
+    assert f"Run {RUN!r} has no evaluations yet" in report and "## accuracy" in report and "## pcr" not in report
 
 
 # --- 6. wrong or missing checks -----------------------------------------------------------------------------------
