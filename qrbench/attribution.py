@@ -40,8 +40,9 @@ def bench_attribution(lm: LoadedModel, n_queries: int = 2, oracle_prompts: int =
 
     attr = NeuronAttribution(lm, AttributionSettings(steps=steps))
     preview = NeuronAttribution(lm, GRADIENT_X_ACTIVATION)
-    in_run = NeuronAttribution(lm, AttributionSettings(steps=steps), stems_for=load_builtin("domain"))  # as qrn run
-    queries = load_builtin("domain")[:n_queries]
+    domain = load_builtin("domain")
+    in_run = NeuronAttribution(lm, AttributionSettings(steps=steps), stems_for=domain)  # as qrn run
+    queries = domain[:n_queries]
     per_query = [attr.prompts(q) for q in queries]
     prompts = [p for ps in per_query for p in ps]
     templates = attr.prompt_settings.templates

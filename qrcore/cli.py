@@ -237,7 +237,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    """Write the run's tables (PCR, flip rates, prediction, data) as Markdown and CSV."""
+    """Write the run's tables (accuracy, QR neurons, PCR, flip rates, prediction) as Markdown and CSV."""
     from qrcore.evaluation.report import write_report
 
     report = write_report(args.run, args.db, args.out)

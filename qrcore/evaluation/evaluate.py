@@ -68,8 +68,7 @@ def held_out_activations(
 
     One forward of the prompt (after the longest of `stems` it starts with) records the first and keeps its keys and
     values; the letters then go through together as packed rows that each see the prompt and themselves, all at
-    position T. `qrcore.attribution.oracle`'s
-    `option_activations_oracle` and `clean_pass` are the plain versions.
+    position T. `qrcore.attribution.oracle`'s `option_activations_oracle` and `clean_pass` are the plain versions.
     """
     model = lm.model
     ids = torch.tensor([prompt.input_ids], device=lm.device)  # (1, T)
