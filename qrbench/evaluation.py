@@ -1,6 +1,7 @@
 """`qrn bench evaluation`: the evaluation's edits of a query (Tables 4 and 6) run one forward per edit and prompt set,
-as before, against all of them packed into one forward (`letter_probs_under`) on all threads and on one, on the
-same queries in one process."""
+as before, against all of them packed into one forward (`letter_probs_under`) on all threads and on one, and a held-out
+query's activations (Table 7) by plain whole-prompt forwards against one packed forward, on the same queries in one
+process."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import time
 import numpy as np
 import torch
 
-from qrcore.attribution.oracle import prefix_cache_oracle
+from qrcore.attribution.oracle import option_activations_oracle, prefix_cache_oracle
 from qrcore.attribution.prefixes import prefix_cache
+from qrcore.data.prompts import ChoicePrompt
 from qrcore.editing.scaling import (
     BOOST,
     SUPPRESS,
@@ -19,7 +21,9 @@ from qrcore.editing.scaling import (
     letter_probs_under,
     one_thread,
 )
+from qrcore.evaluation.evaluate import held_out_activations
 from qrcore.model.ffn import ffn_sites
+from qrcore.model.forward import clean_pass
 from qrcore.model.spec import LoadedModel
 from qrcore.selection.qrnca import METHODS
 
@@ -95,6 +99,16 @@ def bench_evaluation(lm: LoadedModel, n_queries: int = 4, seed: int = 0) -> dict
     with one_thread(lm.device):
         packed_one, packed_one_s = packed_pass()
     diff = max(float(np.nanmax(np.abs(a - b))) for a, b in zip(one_by_one + packed_one, packed + packed))
+    held_oracle, held_oracle_s = held_out_oracle(lm, prompts)
+    start = time.perf_counter()
+    held = [held_out_activations(lm, attr.sites, p, prefix_cache(lm, p, stems)) for p in prompts]
+    held_s = (time.perf_counter() - start) / n_queries
+    held_diff = max(
+        float(np.abs(a - b).max() / np.abs(b).max())
+        for mine, ref in zip(held, held_oracle)
+        for pair, ref_pair in zip(mine, ref)
+        for a, b in zip(pair, ref_pair)
+    )  # largest difference from the plain forwards' activations, relative to their scale
     rows = (1 + len(edits[0])) * 6
     print(
         f"model {lm.spec.name}, {n_queries} queries, {len(edits[0])} edits of {NEURONS_PER_EDIT} neurons each plus the "
@@ -114,6 +128,16 @@ def bench_evaluation(lm: LoadedModel, n_queries: int = 4, seed: int = 0) -> dict
         f"all edits packed, 1 thread{packed_one_s:5.2f} s/query   (as it ran before: {packed_one_s / packed_s:.2f}x all threads' time)"
     )
     print(f"ratio one-by-one/packed: {one_s / packed_s:.1f}x   max |difference| of a probability: {diff:.1e}")
+    letters = sum(len(p.letter_ids) for p in prompts[0])
+    print(
+        f"held-out activations, whole-prompt forwards {held_oracle_s:6.2f} s/query   (the oracle: "
+        f"{len(prompts[0]) + letters} forwards of whole prompts)"
+    )
+    print(
+        f"  packed after the prefixes           {held_s:6.2f} s/query   (speed-up {held_oracle_s / held_s:.2f}x; "
+        f"the prefixes, then 1 forward of {len(prompts[0]) + letters} positions)"
+    )
+    print(f"  max |difference| / max |oracle| of an activation: {held_diff:.1e}")
     return {
         "prefix_oracle_s": each_s,
         "prefix_s": prefix_s,
@@ -123,4 +147,25 @@ def bench_evaluation(lm: LoadedModel, n_queries: int = 4, seed: int = 0) -> dict
         "packed_s": packed_s,
         "packed_one_thread_s": packed_one_s,
         "max_diff": diff,
+        "held_oracle_s": held_oracle_s,
+        "held_s": held_s,
+        "held_diff": held_diff,
     }
+
+
+def held_out_oracle(lm: LoadedModel, prompts: list[list[ChoicePrompt]]) -> tuple[list, float]:
+    """Per query and prompt, (f at the answer position, f at each appended letter) from one whole-prompt forward each
+    (`clean_pass`, `option_activations_oracle`), and the seconds per query."""
+    sites = ffn_sites(lm.model)
+    start = time.perf_counter()
+    out = [
+        [
+            (
+                clean_pass(lm.model, sites, torch.tensor([p.input_ids], device=lm.device))[1].float().cpu().numpy(),
+                option_activations_oracle(lm, p),
+            )
+            for p in query
+        ]
+        for query in prompts
+    ]
+    return out, (time.perf_counter() - start) / len(prompts)

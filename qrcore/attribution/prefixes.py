@@ -115,13 +115,7 @@ def prefix_cache(lm: LoadedModel, prompts: list[ChoicePrompt], stems: Sequence[P
         else None
     )
     device = lm.device
-    mask = causal_mask(
-        lm.model.config,
-        visible.to(device),
-        torch.tensor(key_pos, device=device),
-        torch.tensor(query_pos, device=device),
-        lm.model.dtype,
-    )
+    mask = causal_mask(lm.model.config, visible.to(device), key_pos, query_pos, lm.model.dtype)
     position_ids = torch.tensor([query_pos], device=device)  # (1, own positions)
     kv = prefix_kv(lm.model, torch.tensor([ids], device=device), past, attention_mask=mask, position_ids=position_ids)
     # kv: per layer (1, kv heads, stems' and own positions, head dim)

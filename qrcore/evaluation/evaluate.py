@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 import random
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,7 @@ from transformers import DynamicCache
 
 from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
-from qrcore.attribution.prefixes import PackedPrefix, PromptStem, prefix_cache, stem_kv
+from qrcore.attribution.prefixes import PackedPrefix, prefix_cache
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import Query
 from qrcore.editing.scaling import (
@@ -41,7 +41,7 @@ from qrcore.editing.scaling import (
 from qrcore.errors import QRNError
 from qrcore.evaluation.checkpoint import EvaluationCheckpoint
 from qrcore.model.ffn import FFNSite, patch_ffn
-from qrcore.model.forward import packed_mask
+from qrcore.model.forward import causal_mask
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
 from qrcore.selection import analysis
@@ -61,42 +61,55 @@ class EditedQuery(NamedTuple):
 
 
 def held_out_activations(
-    lm: LoadedModel, sites: list[FFNSite], prompt: ChoicePrompt, stems: Sequence[PromptStem | None] = ()
-) -> tuple[np.ndarray, np.ndarray]:
-    """f at the prompt's answer position (layers, neurons), for group prediction, and f at the position of each
-    option letter appended to the prompt (options, layers, neurons), for Table 7.
+    lm: LoadedModel, sites: list[FFNSite], prompts: list[ChoicePrompt], cache: PackedPrefix
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per prompt: f at its answer position (layers, neurons), for group prediction, and f at the position of each
+    option letter appended to it (options, layers, neurons), for Table 7.
 
-    One forward of the prompt (after the longest of `stems` it starts with) records the first and keeps its keys and
-    values; the letters then go through together as packed rows that each see the prompt and themselves, all at
-    position T. `qrcore.attribution.oracle`'s `option_activations_oracle` and `clean_pass` are the plain versions.
+    One forward after the prompts' cached prefixes (`prefix_cache`) runs every prompt's answer token and, one
+    position later, each of its letters: a letter row sees its prompt's prefix, its answer token and itself.
+    `qrcore.attribution.oracle`'s `option_activations_oracle` and `clean_pass` are the plain versions.
     """
-    model = lm.model
-    ids = torch.tensor([prompt.input_ids], device=lm.device)  # (1, T)
-    length = ids.shape[1]
-    letters = torch.tensor([prompt.letter_ids], device=lm.device)  # (1, options)
-    n = letters.shape[1]
-    keep = 1  # positions recorded: the prompt's answer position, then every letter row
+    device = lm.device
+    own = sum(cache.lengths)  # the cached prefixes' key columns, prompt after prompt; the rows' keys follow
+    ids: list[int] = []  # the rows: each prompt's answer token, then its letters
+    query_pos: list[int] = []
+    answer_rows: list[int] = []
+    seen: list[list[int]] = []  # per row, the key columns it sees
+    start = 0
+    for prompt, length in zip(prompts, cache.lengths):
+        prefix = list(range(start, start + length))
+        answer_rows.append(len(ids))
+        answer = own + len(ids)
+        ids.append(prompt.input_ids[-1])
+        query_pos.append(length)
+        seen.append([*prefix, answer])
+        for letter in prompt.letter_ids:
+            seen.append([*prefix, answer, own + len(ids)])
+            ids.append(letter)
+            query_pos.append(length + 1)
+        start += length
+    visible = torch.zeros(len(ids), own + len(ids), dtype=torch.bool)  # (rows, keys)
+    for row, columns in enumerate(seen):
+        visible[row, columns] = True
+    key_pos = [k for length in cache.lengths for k in range(length)] + query_pos
+    mask = causal_mask(lm.model.config, visible.to(device), key_pos, query_pos, lm.model.dtype)
     recorded: dict[int, torch.Tensor] = {}
 
-    def record(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, positions, neurons)
-        recorded[layer] = f[0, -keep:].detach()
+    def record(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, rows, neurons)
+        recorded[layer] = f[0].detach()
         return f
 
-    def stacked() -> np.ndarray:
-        return torch.stack([recorded[s.layer] for s in sites], dim=1).float().cpu().numpy()  # (keep, layers, neurons)
-
-    with torch.no_grad(), patch_ffn(model, record, sites=sites):
-        kv = stem_kv(lm, prompt.input_ids, stems)
-        answer = stacked()[0]  # (layers, neurons)
-        keep = n
-        model(
-            letters,
-            position_ids=torch.full((1, n), length, device=lm.device),
-            attention_mask=packed_mask(model.config, [length], [0] * n, model.dtype, lm.device),
-            past_key_values=DynamicCache(kv),
+    with torch.no_grad(), patch_ffn(lm.model, record, sites=sites):
+        lm.model(
+            torch.tensor([ids], device=device),  # (1, rows)
+            position_ids=torch.tensor([query_pos], device=device),
+            attention_mask=mask,
+            past_key_values=DynamicCache(cache.kv),
             use_cache=True,
         )
-    return answer, stacked()  # (layers, neurons), (options, layers, neurons)
+    f = torch.stack([recorded[s.layer] for s in sites], dim=1).float().cpu().numpy()  # (rows, layers, neurons)
+    return [(f[a], f[a + 1 : a + 1 + len(p.letter_ids)]) for a, p in zip(answer_rows, prompts)]
 
 
 def plan_evaluation(
@@ -159,6 +172,13 @@ def evaluate_run(
             caches[qid] = prefix_cache(lm, prompts[qid], stems)
         return caches[qid]
 
+    held = [qid for g in sorted(set(group.values())) for qid in [c for c in chosen if group[c] == g][::5]]
+    steps = len(chosen) + len(held)  # each query's edits, then each held-out query's activations (Table 7)
+
+    def step(done: int, what: str) -> None:
+        if progress:
+            progress(done, steps, what)
+
     before: dict[str, np.ndarray] = {}  # query -> (templates, options) unedited
     edited: dict[tuple[str, str], list[EditedQuery]] = defaultdict(list)  # (method, kind) -> one per chosen query
     for i, qid in enumerate(chosen):
@@ -179,13 +199,11 @@ def evaluate_run(
         before[qid] = probs[0, :k]
         for j, (method, kind, _) in enumerate(edits, start=1):
             edited[method, kind].append(EditedQuery(qid, ctrl, probs[j, :k], probs[0, k:], probs[j, k:]))
-        if progress:
-            progress(i + 1, len(chosen), qid)
+        step(i + 1, qid)
     rows = []
     for method, kind, _ in edits:
         rows += _pcr_and_flip_rows(method, kind, edited[method, kind], before, prompts, group)
-    held = [qid for g in sorted(set(group.values())) for qid in [c for c in chosen if group[c] == g][::5]]
-    rows += _prediction_rows(lm, attr.sites, stems, held, prompts, before, group, qr)
+    rows += _prediction_rows(lm, attr.sites, stems, held, prompts, before, group, qr, step)
     frame = pd.DataFrame(rows, columns=["method", "evaluation", "group_name", "metric", "value"])
     with store.connect(db) as con:
         for (method, evaluation), part in frame.groupby(["method", "evaluation"]):
@@ -241,20 +259,20 @@ def _training_sets(qr: pd.DataFrame, group: dict[str, str], held: list[str]) -> 
     return analysis.group_neuron_sets(qr[qr["query_id"].isin(train)], train)
 
 
-def _prediction_rows(lm, sites, stems, held, prompts, before, group, qr) -> list[tuple]:
+def _prediction_rows(lm, sites, stems, held, prompts, before, group, qr, step) -> list[tuple]:
     """Group prediction and Table 7 of the held-out queries: per method (and group), the predictions' accuracy,
-    beside prompt-based accuracy and chance for Table 7."""
+    beside prompt-based accuracy and chance for Table 7. `step(done, what)` follows each held-out query, counted
+    after the edited ones."""
     sets = {m: _training_sets(qr[m], group, held) for m in METHODS}
     by_group = {m: dict(tuple(sets[m].groupby("group_name"))) for m in METHODS}
     at_answer = []  # (layers, neurons) per held-out query, mean over its templates
     hits = []  # (group, method, neuron-based right, prompt-based right, chance) per held-out template
-    for qid in held:
+    offset = len(prompts)  # the edited queries' steps come first
+    for j, qid in enumerate(held):
         answers = []
-        for prompt, probs in zip(prompts[qid], before[qid]):
-            answer, options = held_out_activations(
-                lm, sites, prompt, stems
-            )  # (layers, neurons), (options, layers, neurons)
-            answers.append(answer)
+        activations = held_out_activations(lm, sites, prompts[qid], prefix_cache(lm, prompts[qid], stems))
+        for prompt, probs, (answer, options) in zip(prompts[qid], before[qid], activations):
+            answers.append(answer)  # (layers, neurons); options: (options, layers, neurons)
             prompt_right = float(np.nanargmax(probs) == prompt.correct)
             for method in METHODS:
                 neurons = by_group[method].get(group[qid])
@@ -263,6 +281,7 @@ def _prediction_rows(lm, sites, stems, held, prompts, before, group, qr) -> list
                 )
                 hits.append((group[qid], method, right, prompt_right, 1 / len(prompt.letters)))
         at_answer.append(np.mean(answers, axis=0))
+        step(offset + j + 1, f"held out {qid}")
     acts = np.stack(at_answer)  # (held, layers, neurons)
     rows = [
         (

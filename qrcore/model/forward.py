@@ -5,7 +5,7 @@ attention that exploits that mask's shape."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -77,16 +77,18 @@ def packed_mask(config, lengths: list[int], rows: list[int], dtype: torch.dtype,
 
 
 def causal_mask(
-    config, visible: torch.Tensor, key_pos: torch.Tensor, query_pos: torch.Tensor, dtype: torch.dtype
+    config, visible: torch.Tensor, key_pos: Sequence[int], query_pos: Sequence[int], dtype: torch.dtype
 ) -> torch.Tensor | dict[str, torch.Tensor]:
-    """Additive 4D mask (1, 1, n, K) for n query positions of several sequences packed into one forward.
+    """Additive 4D mask (1, 1, n, K), on visible's device, for n query positions of several sequences packed into one
+    forward.
 
     visible (n, K) says which keys belong to each query's sequence (its own earlier tokens, a shared start); of those
     it sees the ones at its position or before (key_pos (K,), query_pos (n,): positions within the sequence), and on
     sliding-window layers only the last `sliding_window` of them.
     """
     lo = torch.finfo(dtype).min
-    back = query_pos[:, None] - key_pos[None]  # (n, K) how far back each key is
+    device = visible.device
+    back = torch.tensor(query_pos, device=device)[:, None] - torch.tensor(key_pos, device=device)[None]  # (n, K)
 
     def build(window: int | None) -> torch.Tensor:
         seen = visible & (back >= 0) & (back < window if window else True)  # (n, K)

@@ -148,7 +148,10 @@ def test_stored_changes_and_flips_equal_each_query_edited_alone_on_whole_prompts
 def test_killed_evaluation_resumes_from_its_checkpoint_and_computes_only_the_rest(finished, tiny, monkeypatch):
     db, run_id = finished
     lm = tiny("llama")
-    whole = evaluate_run(lm, run_id, db)
+    steps = []
+    whole = evaluate_run(lm, run_id, db, progress=lambda *step: steps.append(step))
+    assert [s[:2] for s in steps] == [(i, 8) for i in range(1, 9)]  # 6 edited queries, then 2 held out (one a group)
+    assert [s[2] for s in steps[6:]] == ["held out biology-001", "held out physics-001"]
     checkpoint = next(Path(db).parent.glob(".*.evaluating-*.npz"), None)
     assert checkpoint is None  # removed once the numbers are stored
 
