@@ -33,11 +33,14 @@ def test_shipped_runs_cover_both_builtin_datasets(seeded):
             assert (info.n_layers, info.n_neurons) == SHAPES[runs.loc[name, "model"]]
             groups = store.heatmap_groups(con, info.run_id)
             assert len(groups) == 6 and all(store.heatmap(con, info.run_id, g).any() for g in groups)
-        qwen = store.run_info(con, "domain-qwen2")
-        dataset = store.load_queries(con, store.run_dataset_id(con, qwen.run_id))
-        assert len(dataset) == 330 and store.done_query_ids(con, qwen.run_id) == {q.id for q in dataset}
+        ids = {n: store.run_info(con, n).run_id for n in runs.index}
+        assert all(not store.evaluations(con, ids[n]).empty for n in runs.index)
+        domain = {store.run_dataset_id(con, ids[n]) for n in ("domain-qwen2", "domain-smollm2")}
+        assert len(domain) == 1  # both models on the same questions: the compare page's pair
+        dataset = store.load_queries(con, domain.pop())
+        assert len(dataset) == 330  # the whole built-in domain set, every query attributed by both models
         assert all(
-            not store.evaluations(con, store.run_info(con, n).run_id).empty for n in runs.index if "smollm2" in n
+            store.done_query_ids(con, ids[n]) == {q.id for q in dataset} for n in ("domain-qwen2", "domain-smollm2")
         )
 
 
