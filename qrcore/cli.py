@@ -134,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     """Batch-attribute a dataset into the store (resumable), then compute QRNCA for the run.
 
     Under accelerate launch or torchrun every process takes its share of the queries (`qrcore.runs.distributed`);
-    --processes N starts N such processes on this machine.
+    --processes N starts N such processes on this machine; one process given --shards writes shards as they do.
     """
     from tqdm import tqdm
 
@@ -173,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             bar.set_postfix_str(query_id)
             bar.refresh()
 
-        if launched:
+        if launched or args.shards:  # one process with --shards: the run's progress as files that can be carried
             run_id = distributed.run_distributed(
                 lm, args.dataset, args.db, args.name, settings, groups, args.per_group, args.shards, progress
             )
@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shards",
         help="folder of the run folders of data-parallel runs (default $QRN_CACHE/runs, "
-        "cache/runs); shared by all nodes of a cluster run",
+        "cache/runs); shared by all nodes of a cluster run. Given to one process, it writes a shard per "
+        "finished query too: copy the folder to another machine and the same command resumes the run there",
     )
     _run_args(p)
     _model_args(p)

@@ -1,4 +1,5 @@
-"""Data-parallel runs (tiny-llama): 2 processes store what 1 does, a killed run resumes, foreign shards are refused."""
+"""Data-parallel runs (tiny-llama): 2 processes store what 1 does, a killed run resumes, a run's shards carry it to
+another store, foreign shards are refused."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
+from qrcore.cli import main
 from qrcore.errors import QRNError
 from qrcore.runs import shards
 from qrcore.runs.batch import run_dataset
@@ -126,3 +128,21 @@ def test_merge_of_a_copied_run_and_refusal_of_foreign_shards(two, tiny, tmp_path
         rf"{gpt2.fingerprint}\); merge only shards of one run$",
     ):
         shards.merge_shards(copy, str(tmp_path / "other.duckdb"))
+
+
+def test_one_process_with_shards_carries_its_run_to_a_new_store(tiny, tmp_path, monkeypatch):
+    first, second = str(tmp_path / "first.duckdb"), str(tmp_path / "second.duckdb")
+    assert main([*RUN, "--per-group", "4", "--db", first, "--shards", str(tmp_path / "here")]) == 0
+    (folder,) = [p.parent for p in (tmp_path / "here").glob("*/manifest.json")]
+    assert sorted(p.name for p in folder.glob("rank-0/*.parquet")) == [f"biology-00{i}.parquet" for i in range(1, 5)]
+    carried = shutil.copytree(tmp_path / "here", tmp_path / "there")  # the folder copied to another machine
+
+    def recompute(*_args, **_kwargs):
+        raise AssertionError("a query in a shard was attributed again")
+
+    monkeypatch.setattr(NeuronAttribution, "attribute", recompute)
+    assert main([*RUN, "--per-group", "4", "--db", second, "--shards", str(carried)]) == 0
+    for table, frame in rows(first).items():
+        pd.testing.assert_frame_equal(rows(second)[table], frame, obj=table)
+    with store.connect(second, read_only=True) as con:
+        assert store.run_info(con, folder.name).status == "finished"
