@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from qrcore.attribution.oracle import option_activations_oracle, prefix_cache_oracle
+from qrcore.attribution.oracle import held_out_oracle, prefix_cache_oracle
 from qrcore.attribution.prefixes import prefix_cache
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.editing.scaling import (
@@ -23,7 +23,6 @@ from qrcore.editing.scaling import (
 )
 from qrcore.evaluation.evaluate import held_out_activations
 from qrcore.model.ffn import ffn_sites
-from qrcore.model.forward import clean_pass
 from qrcore.model.spec import LoadedModel
 from qrcore.selection.qrnca import METHODS
 
@@ -99,7 +98,7 @@ def bench_evaluation(lm: LoadedModel, n_queries: int = 4, seed: int = 0) -> dict
     with one_thread(lm.device):
         packed_one, packed_one_s = packed_pass()
     diff = max(float(np.nanmax(np.abs(a - b))) for a, b in zip(one_by_one + packed_one, packed + packed))
-    held_oracle, held_oracle_s = held_out_oracle(lm, prompts)
+    held_oracle, held_oracle_s = time_held_out_oracle(lm, prompts)
     start = time.perf_counter()
     held = [held_out_activations(lm, attr.sites, p, prefix_cache(lm, p, stems)) for p in prompts]
     held_s = (time.perf_counter() - start) / n_queries
@@ -153,19 +152,8 @@ def bench_evaluation(lm: LoadedModel, n_queries: int = 4, seed: int = 0) -> dict
     }
 
 
-def held_out_oracle(lm: LoadedModel, prompts: list[list[ChoicePrompt]]) -> tuple[list, float]:
-    """Per query and prompt, (f at the answer position, f at each appended letter) from one whole-prompt forward each
-    (`clean_pass`, `option_activations_oracle`), and the seconds per query."""
-    sites = ffn_sites(lm.model)
+def time_held_out_oracle(lm: LoadedModel, prompts: list[list[ChoicePrompt]]) -> tuple[list, float]:
+    """`held_out_oracle` of every query's prompts, and the seconds per query."""
     start = time.perf_counter()
-    out = [
-        [
-            (
-                clean_pass(lm.model, sites, torch.tensor([p.input_ids], device=lm.device))[1].float().cpu().numpy(),
-                option_activations_oracle(lm, p),
-            )
-            for p in query
-        ]
-        for query in prompts
-    ]
+    out = [[held_out_oracle(lm, p) for p in query] for query in prompts]
     return out, (time.perf_counter() - start) / len(prompts)

@@ -3,7 +3,8 @@
 - `ig_prompt_oracle`: the textbook integrated-gradients neuron attribution (Dai et al.; the paper's released code)
   for `qrcore.attribution.ig`: per layer, a full-sequence forward and backward of m scaled copies, the activation
   replaced at the last position.
-- `option_activations_oracle`: for `qrcore.evaluation.evaluate.held_out_activations`, one full forward per option letter.
+- `held_out_oracle`: for `qrcore.evaluation.evaluate.held_out_activations`, one full forward of the prompt and of the
+  prompt + each option letter.
 - `prefix_cache_oracle`: for `qrcore.attribution.prefixes.prefix_cache`, one forward of each whole prompt prefix.
 """
 
@@ -46,14 +47,15 @@ def ig_prompt_oracle(
     return ig
 
 
-def option_activations_oracle(lm: LoadedModel, prompt: ChoicePrompt) -> np.ndarray:
-    """(options, layers, neurons) f at the last position of prompt + letter, one full forward per option letter."""
+def held_out_oracle(lm: LoadedModel, prompt: ChoicePrompt) -> tuple[np.ndarray, np.ndarray]:
+    """f at the prompt's answer position (layers, neurons) and at each option letter appended to it (options, layers,
+    neurons): one full forward of the prompt, then one of prompt + letter per letter."""
     sites = ffn_sites(lm.model)
-    rows = []
-    for letter in prompt.letter_ids:
-        ids = torch.tensor([[*prompt.input_ids, letter]], device=lm.device)  # (1, T + 1)
-        rows.append(clean_pass(lm.model, sites, ids)[1].float().cpu().numpy())  # (layers, neurons)
-    return np.stack(rows)
+
+    def last_f(ids: list[int]) -> np.ndarray:
+        return clean_pass(lm.model, sites, torch.tensor([ids], device=lm.device))[1].float().cpu().numpy()  # (L, N)
+
+    return last_f(prompt.input_ids), np.stack([last_f([*prompt.input_ids, letter]) for letter in prompt.letter_ids])
 
 
 def prefix_cache_oracle(lm: LoadedModel, prompts: list[ChoicePrompt]) -> PackedPrefix:

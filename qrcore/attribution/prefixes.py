@@ -98,24 +98,22 @@ def prefix_cache(lm: LoadedModel, prompts: list[ChoicePrompt], stems: Sequence[P
     ids: list[int] = []  # every prompt's own tokens, one after another: the forward's input
     query_pos: list[int] = []
     columns = []  # per prompt, its key columns in order: its stem's, then its own
+    seen = []  # per own position, its prompt's columns (causal_mask adds order and windows)
     for prefix, stem in zip(prefixes, mine):
         start = len(stem.ids) if stem else 0
         own = range(first_own + len(ids), first_own + len(ids) + len(prefix) - start)
         columns.append([*(stem_columns[id(stem)] if stem else ()), *own])
+        seen += [columns[-1]] * len(own)
         ids += prefix[start:]
         query_pos += range(start, len(prefix))
     key_pos += query_pos
-    visible = torch.zeros(len(ids), len(key_pos), dtype=torch.bool)  # (own positions, keys)
-    for cols in columns:  # a prompt's own positions see its columns (causal_mask adds order and windows)
-        rows = torch.tensor([c - first_own for c in cols if c >= first_own])
-        visible[rows[:, None], torch.tensor(cols)[None]] = True
     past = (
         [tuple(torch.cat([s.kv[i][t] for s in used], dim=2) for t in (0, 1)) for i in range(len(used[0].kv))]
         if used
         else None
     )
     device = lm.device
-    mask = causal_mask(lm.model.config, visible.to(device), key_pos, query_pos, lm.model.dtype)
+    mask = causal_mask(lm.model.config, seen, key_pos, query_pos, lm.model.dtype, device)
     position_ids = torch.tensor([query_pos], device=device)  # (1, own positions)
     kv = prefix_kv(lm.model, torch.tensor([ids], device=device), past, attention_mask=mask, position_ids=position_ids)
     # kv: per layer (1, kv heads, stems' and own positions, head dim)

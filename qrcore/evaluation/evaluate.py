@@ -68,7 +68,7 @@ def held_out_activations(
 
     One forward after the prompts' cached prefixes (`prefix_cache`) runs every prompt's answer token and, one
     position later, each of its letters: a letter row sees its prompt's prefix, its answer token and itself.
-    `qrcore.attribution.oracle`'s `option_activations_oracle` and `clean_pass` are the plain versions.
+    Its oracle is `qrcore.attribution.oracle.held_out_oracle`, prompt by prompt.
     """
     device = lm.device
     own = sum(cache.lengths)  # the cached prefixes' key columns, prompt after prompt; the rows' keys follow
@@ -89,11 +89,8 @@ def held_out_activations(
             ids.append(letter)
             query_pos.append(length + 1)
         start += length
-    visible = torch.zeros(len(ids), own + len(ids), dtype=torch.bool)  # (rows, keys)
-    for row, columns in enumerate(seen):
-        visible[row, columns] = True
     key_pos = [k for length in cache.lengths for k in range(length)] + query_pos
-    mask = causal_mask(lm.model.config, visible.to(device), key_pos, query_pos, lm.model.dtype)
+    mask = causal_mask(lm.model.config, seen, key_pos, query_pos, lm.model.dtype, device)
     recorded: dict[int, torch.Tensor] = {}
 
     def record(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, rows, neurons)

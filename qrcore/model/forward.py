@@ -77,17 +77,24 @@ def packed_mask(config, lengths: list[int], rows: list[int], dtype: torch.dtype,
 
 
 def causal_mask(
-    config, visible: torch.Tensor, key_pos: Sequence[int], query_pos: Sequence[int], dtype: torch.dtype
+    config,
+    columns: Sequence[Sequence[int]],
+    key_pos: Sequence[int],
+    query_pos: Sequence[int],
+    dtype: torch.dtype,
+    device: torch.device | str,
 ) -> torch.Tensor | dict[str, torch.Tensor]:
-    """Additive 4D mask (1, 1, n, K), on visible's device, for n query positions of several sequences packed into one
-    forward.
+    """Additive 4D mask (1, 1, n, K) for n query positions of several sequences packed into one forward.
 
-    visible (n, K) says which keys belong to each query's sequence (its own earlier tokens, a shared start); of those
-    it sees the ones at its position or before (key_pos (K,), query_pos (n,): positions within the sequence), and on
+    columns[i] lists the key columns of query i's sequence (its own earlier tokens, a shared start); of those it sees
+    the ones at its position or before (key_pos (K,), query_pos (n,): positions within the sequence), and on
     sliding-window layers only the last `sliding_window` of them.
     """
     lo = torch.finfo(dtype).min
-    device = visible.device
+    visible = torch.zeros(len(query_pos), len(key_pos), dtype=torch.bool)  # (n, K)
+    for row, cols in enumerate(columns):
+        visible[row, list(cols)] = True
+    visible = visible.to(device)
     back = torch.tensor(query_pos, device=device)[:, None] - torch.tensor(key_pos, device=device)[None]  # (n, K)
 
     def build(window: int | None) -> torch.Tensor:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from qrcore.attribution.ig import NeuronAttribution
-from qrcore.attribution.oracle import option_activations_oracle
+from qrcore.attribution.oracle import held_out_oracle
 from qrcore.attribution.prefixes import prefix_cache
 from qrcore.data.queries import make_query
 from qrcore.evaluation.evaluate import held_out_activations
-from qrcore.model.forward import clean_pass
 
 QUERY = make_query("Which gas do plants take in?", ["Oxygen", "Carbon dioxide", "Nitrogen", "Helium"], "Carbon dioxide")
 OTHER = make_query("Which planet is largest?", ["Mars", "Jupiter", "Venus", "Mercury"], "Jupiter")
@@ -29,11 +27,10 @@ def test_held_out_activations_match_the_whole_prompt_and_one_full_forward_per_le
     held = held_out_activations(lm, attr.sites, prompts, prefix_cache(lm, prompts, stems))
     assert len(held) == len(prompts) == 3
     for prompt, (answer, options) in zip(prompts, held):  # (layers, neurons), (options, layers, neurons)
-        ref = option_activations_oracle(lm, prompt)
+        plain, ref = held_out_oracle(lm, prompt)
         assert options.shape == (4, len(attr.sites), attr.sites[0].n_neurons)
         assert np.abs(options - ref).max() <= 1e-5 * np.abs(ref).max()
         assert np.abs(options[0] - options[1]).max() > 1e-3 * np.abs(ref).max()  # each letter gives its own
-        plain = clean_pass(lm.model, attr.sites, torch.tensor([prompt.input_ids]))[1].float().numpy()
         assert answer.shape == plain.shape
         assert np.abs(answer - plain).max() <= 1e-5 * np.abs(plain).max()
         assert np.abs(answer - options[0]).max() > 1e-3 * np.abs(plain).max()  # the answer position, not a letter's
