@@ -23,7 +23,7 @@ SHAPES = {"qwen2.5-coder-1.5b": (28, 8960), "smollm2": (30, 1536)}
 """(layers, FFN neurons) of each shipped model."""
 
 
-def test_shipped_runs_cover_both_builtin_datasets(seeded):
+def test_shipped_runs_cover_whole_builtin_datasets(seeded):
     with store.connect(seeded, read_only=True) as con:
         runs = store.list_runs(con).set_index("name")
         assert set(runs.index) == {"domain-qwen2", "domain-smollm2", "language-smollm2"}
@@ -42,6 +42,9 @@ def test_shipped_runs_cover_both_builtin_datasets(seeded):
         assert all(
             store.done_query_ids(con, ids[n]) == {q.id for q in dataset} for n in ("domain-qwen2", "domain-smollm2")
         )
+        language = store.load_queries(con, store.run_dataset_id(con, ids["language-smollm2"]))
+        assert len(language) == 330  # the whole built-in language set, not a per-group sample
+        assert store.done_query_ids(con, ids["language-smollm2"]) == {q.id for q in language}
 
 
 def shipped_runs() -> list[tuple[str, str]]:
