@@ -184,12 +184,28 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    """Validate a dataset file and store it under a name."""
+    """Validate a dataset file and store it under a name, or load the runs of a `qrn export` folder."""
     from pathlib import Path
 
     from qrcore import store
     from qrcore.data.datasets import dataset_stats, import_file
 
+    if Path(args.file).is_dir():
+        if args.name:
+            raise QRNError(
+                "--name names the dataset of a dataset file; a folder of runs keeps its own names: drop --name"
+            )
+        ids = store.exported_run_ids(args.file)
+        with store.writer_lock(args.db), store.connect(args.db) as con:
+            loaded = store.import_runs(con, args.file)
+            runs = store.list_runs(con)
+        names = ", ".join(runs[runs["run_id"].isin(ids)]["name"])
+        print(
+            f"loaded {args.file}: the store now holds its runs {names}"
+            if loaded
+            else f"the store already holds every run of {args.file}: {names}"
+        )
+        return
     queries = import_file(args.file, args.name)
     name = args.name or Path(args.file).stem
     with store.writer_lock(args.db), store.connect(args.db) as con:
@@ -420,9 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(p)
     p.set_defaults(func=cmd_run, device=None)  # None: cpu, or each launched process's own accelerate device
 
-    p = sub.add_parser("import", help="store a dataset file (paper JSON or MMLU-style CSV)")
-    p.add_argument("file")
-    p.add_argument("--name", help="dataset name (default: file stem)")
+    p = sub.add_parser(
+        "import", help="store a dataset file (paper JSON or MMLU-style CSV), or load the runs of a qrn export folder"
+    )
+    p.add_argument("file", help="a dataset file, or a folder that qrn export wrote")
+    p.add_argument("--name", help="dataset name (default: file stem; not for a folder of runs)")
     _db_arg(p)
     p.set_defaults(func=cmd_import)
 

@@ -41,7 +41,7 @@ from qrcore.store.reads import (
     run_model,
     stored_rows,
 )
-from qrcore.store.transfer import export_runs, has_runs, import_runs
+from qrcore.store.transfer import export_runs, exported_run_ids, has_runs, import_runs
 from qrcore.store.writes import (
     finalize_run,
     get_or_create_run,
@@ -58,6 +58,7 @@ __all__ = [
     "done_query_ids",
     "evaluations",
     "export_runs",
+    "exported_run_ids",
     "finalize_run",
     "finished_run",
     "get_or_create_run",

@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from qrcore.errors import QRNError
 from qrcore.outputs import make_folder
 from qrcore.progress import Progress
 from qrcore.store.reads import finished_run
@@ -96,8 +97,20 @@ def import_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, progr
     return True
 
 
+def exported_run_ids(folder: str | os.PathLike) -> list[str]:
+    """Ids of the runs of an `export_runs` folder; a folder that lacks one of its tables raises QRNError."""
+    folder = Path(folder)
+    missing = [f"{table}.parquet" for table in EXPORT_TABLES if not (folder / f"{table}.parquet").is_file()]
+    if missing:
+        raise QRNError(
+            f"{folder} is not a folder of exported runs: it lacks {', '.join(missing)}; "
+            "pass a folder that qrn export wrote"
+        )
+    return pd.read_parquet(folder / "runs.parquet", columns=["run_id"])["run_id"].tolist()
+
+
 def _new_runs(con: duckdb.DuckDBPyConnection, folder: Path) -> list[str]:
     """Ids of the folder's runs that are not in the store."""
-    ids = pd.read_parquet(folder / "runs.parquet", columns=["run_id"])["run_id"].tolist()
+    ids = exported_run_ids(folder)
     stored = {row[0] for row in con.execute(STORED_RUNS, [ids]).fetchall()}
     return [i for i in ids if i not in stored]

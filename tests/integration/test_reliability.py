@@ -139,6 +139,37 @@ def test_refused_foreign_store_gets_no_lock_file(work, capsys):
     assert snapshot(work) == before
 
 
+def test_import_of_an_exported_folder_loads_its_runs_once(work, capsys):
+    assert main(["export", "--run", RUN, "--out", "out", "--db", "qrn.duckdb"]) in (0, None)
+    capsys.readouterr()
+    assert main(["import", "out", "--db", "new.duckdb"]) in (0, None)
+    assert capsys.readouterr().out == f"loaded out: the store now holds its runs {RUN}\n"
+    assert main(["import", "out", "--db", "new.duckdb"]) in (0, None)
+    assert capsys.readouterr().out == f"the store already holds every run of out: {RUN}\n"
+    with (
+        store.connect(work / "new.duckdb", read_only=True) as con,
+        store.connect(work / "qrn.duckdb", read_only=True) as old,
+    ):
+        assert list(store.list_runs(con)["name"]) == [RUN]
+        assert (
+            store.heatmap(con, store.run_info(con, RUN).run_id, "science")
+            == store.heatmap(old, store.run_info(old, RUN).run_id, "science")
+        ).all()
+
+
+def test_import_of_a_folder_that_is_not_an_export_is_refused_untouched(work, capsys):
+    assert main(["export", "--run", RUN, "--out", "out", "--db", "qrn.duckdb"]) in (0, None)
+    (work / "out" / "heatmaps.parquet").unlink()
+    before = snapshot(work)
+    assert fails(["import", "out", "--db", "qrn.duckdb"], capsys) == (
+        "out is not a folder of exported runs: it lacks heatmaps.parquet; pass a folder that qrn export wrote"
+    )
+    assert fails(["import", "out", "--name", "mine", "--db", "qrn.duckdb"], capsys) == (
+        "--name names the dataset of a dataset file; a folder of runs keeps its own names: drop --name"
+    )
+    assert snapshot(work) == before
+
+
 # --- migrations are built in a copy -------------------------------------------------------------------------------
 
 
