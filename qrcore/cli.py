@@ -191,20 +191,7 @@ def cmd_import(args: argparse.Namespace) -> None:
     from qrcore.data.datasets import dataset_stats, import_file
 
     if Path(args.file).is_dir():
-        if args.name:
-            raise QRNError(
-                "--name names the dataset of a dataset file; a folder of runs keeps its own names: drop --name"
-            )
-        ids = store.exported_run_ids(args.file)
-        with store.writer_lock(args.db), store.connect(args.db) as con:
-            loaded = store.import_runs(con, args.file)
-            runs = store.list_runs(con)
-        names = ", ".join(runs[runs["run_id"].isin(ids)]["name"])
-        print(
-            f"loaded {args.file}: the store now holds its runs {names}"
-            if loaded
-            else f"the store already holds every run of {args.file}: {names}"
-        )
+        _import_runs(args)
         return
     queries = import_file(args.file, args.name)
     name = args.name or Path(args.file).stem
@@ -214,14 +201,30 @@ def cmd_import(args: argparse.Namespace) -> None:
     print(dataset_stats(queries).to_string(index=False))
 
 
+def _import_runs(args: argparse.Namespace) -> None:
+    """`qrn import FOLDER`: load the runs of an export folder that the store lacks and name the folder's runs."""
+    from qrcore import store
+
+    if args.name:
+        raise QRNError("--name names the dataset of a dataset file; a folder of runs keeps its own names: drop --name")
+    ids = store.exported_run_ids(args.file)
+    with store.writer_lock(args.db), store.connect(args.db) as con:
+        loaded = store.import_runs(con, args.file)
+        runs = store.list_runs(con)
+    names = ", ".join(runs[runs["run_id"].isin(ids)]["name"])
+    if loaded:
+        print(f"loaded {args.file}: the store now holds its runs {names}")
+    else:
+        print(f"the store already holds every run of {args.file}: {names}")
+
+
 def cmd_data_stats(args: argparse.Namespace) -> None:
     """Accuracy of the model on a dataset, per group (mean over templates)."""
     from qrcore.evaluation.accuracy import dataset_accuracy
+    from qrcore.evaluation.report import markdown
     from qrcore.runs.batch import resolve_dataset
 
     _, _, queries = resolve_dataset(args.dataset, args.db)
-    from qrcore.evaluation.report import markdown
-
     table = dataset_accuracy(_load(args), queries, args.seed)
     print(markdown(table, ".3f") if args.markdown else table.to_string(index=False))
 
