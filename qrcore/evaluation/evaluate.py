@@ -11,13 +11,14 @@
 - Group prediction (ours, not in the paper): the held-out query's group is predicted as the group whose neuron set
   is most active at the answer position.
 
-A killed evaluation resumes: each query's probabilities under every edit are checkpointed as it finishes
-(`qrcore.evaluation.checkpoint`).
+A killed evaluation resumes: each query's probabilities under every edit, then each held-out query's activations and
+predictions, are checkpointed as they finish (`qrcore.evaluation.checkpoint`).
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 import random
 from typing import NamedTuple
 
@@ -28,7 +29,7 @@ from transformers import DynamicCache
 
 from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
-from qrcore.attribution.prefixes import PackedPrefix, prefix_cache
+from qrcore.attribution.prefixes import PackedPrefix, PromptStem, prefix_cache
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import Query
 from qrcore.editing.scaling import (
@@ -48,6 +49,8 @@ from qrcore.selection import analysis
 from qrcore.selection.qrnca import METHODS
 
 EDITS = {"boost": BOOST, "suppress": SUPPRESS}
+HELD_ANSWER, HELD_HITS = "@held-out-answer", "@held-out-hits"
+"""Suffixes of a held-out query's checkpoint entries (its id alone holds its edits' probabilities)."""
 
 
 class EditedQuery(NamedTuple):
@@ -159,7 +162,8 @@ def evaluate_run(
         m: {qid: list(zip(part["layer"], part["neuron"])) for qid, part in qr[m].groupby("query_id")} for m in METHODS
     }
     checkpoint = EvaluationCheckpoint.of(db, info.run_id, chosen, control, edits)
-    done = checkpoint.load()  # query -> (1 + edits, query's and control's templates, options) of a killed evaluation
+    done = checkpoint.load()  # a killed evaluation's entries: query -> (1 + edits, query's and control's templates,
+    # options); held-out query + HELD_ANSWER -> (layers, neurons), + HELD_HITS -> (templates, 2 + methods)
     uses = Counter(chosen) + Counter(control.values())  # how often each query's prefix is still needed
     caches: dict[str, PackedPrefix] = {}
 
@@ -200,7 +204,9 @@ def evaluate_run(
     rows = []
     for method, kind, _ in edits:
         rows += _pcr_and_flip_rows(method, kind, edited[method, kind], before, prompts, group)
-    rows += _prediction_rows(lm, attr.sites, stems, held, prompts, before, group, qr, step)
+    rows += _prediction_rows(
+        lm, attr.sites, stems, held, prompts, before, group, qr, done, lambda: checkpoint.save(done), step
+    )
     frame = pd.DataFrame(rows, columns=["method", "evaluation", "group_name", "metric", "value"])
     with store.connect(db) as con:
         for (method, evaluation), part in frame.groupby(["method", "evaluation"]):
@@ -256,30 +262,21 @@ def _training_sets(qr: pd.DataFrame, group: dict[str, str], held: list[str]) -> 
     return analysis.group_neuron_sets(qr[qr["query_id"].isin(train)], train)
 
 
-def _prediction_rows(lm, sites, stems, held, prompts, before, group, qr, step) -> list[tuple]:
+def _prediction_rows(lm, sites, stems, held, prompts, before, group, qr, done, save, step) -> list[tuple]:
     """Group prediction and Table 7 of the held-out queries: per method (and group), the predictions' accuracy,
-    beside prompt-based accuracy and chance for Table 7. `step(done, what)` follows each held-out query, counted
-    after the edited ones."""
+    beside prompt-based accuracy and chance for Table 7. Each held-out query's results go into `done` (the
+    checkpoint's entries) and `save()` follows each; `step(done, what)` follows each, counted after the edited ones."""
     sets = {m: _training_sets(qr[m], group, held) for m in METHODS}
     by_group = {m: dict(tuple(sets[m].groupby("group_name"))) for m in METHODS}
-    at_answer = []  # (layers, neurons) per held-out query, mean over its templates
-    hits = []  # (group, method, neuron-based right, prompt-based right, chance) per held-out template
     offset = len(prompts)  # the edited queries' steps come first
     for j, qid in enumerate(held):
-        answers = []
-        activations = held_out_activations(lm, sites, prompts[qid], prefix_cache(lm, prompts[qid], stems))
-        for prompt, probs, (answer, options) in zip(prompts[qid], before[qid], activations):
-            answers.append(answer)  # (layers, neurons); options: (options, layers, neurons)
-            prompt_right = float(np.nanargmax(probs) == prompt.correct)
-            for method in METHODS:
-                neurons = by_group[method].get(group[qid])
-                right = (
-                    np.nan if neurons is None else float(analysis.answer_prediction(neurons, options) == prompt.correct)
-                )
-                hits.append((group[qid], method, right, prompt_right, 1 / len(prompt.letters)))
-        at_answer.append(np.mean(answers, axis=0))
+        if f"{qid}{HELD_HITS}" not in done:
+            neuron_sets = [by_group[m].get(group[qid]) for m in METHODS]
+            answer, hits = _held_out_query(lm, sites, stems, prompts[qid], before[qid], neuron_sets)
+            done[f"{qid}{HELD_ANSWER}"], done[f"{qid}{HELD_HITS}"] = answer, hits
+            save()
         step(offset + j + 1, f"held out {qid}")
-    acts = np.stack(at_answer)  # (held, layers, neurons)
+    acts = np.stack([done[f"{qid}{HELD_ANSWER}"] for qid in held])  # (held, layers, neurons)
     rows = [
         (
             method,
@@ -290,6 +287,12 @@ def _prediction_rows(lm, sites, stems, held, prompts, before, group, qr, step) -
         )
         for method in METHODS
     ]
+    hits = [
+        (group[qid], method, right, prompt_right, chance)
+        for qid in held
+        for prompt_right, chance, *rights in done[f"{qid}{HELD_HITS}"]
+        for method, right in zip(METHODS, rights)
+    ]  # one per held-out template and method
     frame = pd.DataFrame(hits, columns=["group_name", "method", "accuracy", "prompt_accuracy", "chance"])
     for (g, method), part in [
         *frame.groupby(["group_name", "method"]),
@@ -300,3 +303,26 @@ def _prediction_rows(lm, sites, stems, held, prompts, before, group, qr, step) -
             for metric in ("accuracy", "prompt_accuracy", "chance")
         ]
     return rows
+
+
+def _held_out_query(
+    lm: LoadedModel,
+    sites: list[FFNSite],
+    stems: Sequence[PromptStem | None],
+    prompts: list[ChoicePrompt],
+    before: np.ndarray,
+    neuron_sets: list[pd.DataFrame | None],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A held-out query's activations at the answer position, mean over its templates (layers, neurons), and per
+    template whether its prompt and each method's neuron set (None: the group has none) pick the right option, beside
+    chance: (templates, 2 + methods) rows of prompt-right, chance, then each method's right (NaN without a set)."""
+    answers, hits = [], []
+    activations = held_out_activations(lm, sites, prompts, prefix_cache(lm, prompts, stems))
+    for prompt, probs, (answer, options) in zip(prompts, before, activations):
+        answers.append(answer)  # (layers, neurons); options: (options, layers, neurons)
+        picks = [
+            np.nan if n is None else float(analysis.answer_prediction(n, options) == prompt.correct)
+            for n in neuron_sets
+        ]
+        hits.append([float(np.nanargmax(probs) == prompt.correct), 1 / len(prompt.letters), *picks])
+    return np.mean(answers, axis=0), np.array(hits)

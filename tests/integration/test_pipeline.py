@@ -172,6 +172,29 @@ def test_killed_evaluation_resumes_from_its_checkpoint_and_computes_only_the_res
     pd.testing.assert_frame_equal(resumed, whole, rtol=1e-5)
 
 
+def test_evaluation_killed_while_holding_out_resumes_without_computing_any_finished_query(finished, tiny, monkeypatch):
+    db, run_id = finished
+    lm = tiny("llama")
+    whole = evaluate_run(lm, run_id, db)
+
+    def killed_after_first_held_out(done: int, _total: int, _qid: str) -> None:
+        if done == 7:  # 6 edited queries, then the first of 2 held out
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(lm, run_id, db, progress=killed_after_first_held_out)
+    (checkpoint,) = Path(db).parent.glob(f".{Path(db).name}.evaluating-{run_id}.npz")
+    assert len(np.load(checkpoint).files) == 1 + 6 + 2  # the key, the edited queries, one held-out query's two
+    edited, held_out = [], []
+    real_probs, real_held_out = evaluate.letter_probs_under, evaluate.held_out_activations
+    monkeypatch.setattr(evaluate, "letter_probs_under", lambda *a: edited.append(1) or real_probs(*a))
+    monkeypatch.setattr(evaluate, "held_out_activations", lambda *a: held_out.append(1) or real_held_out(*a))
+    resumed = evaluate_run(lm, run_id, db)
+    assert (len(edited), len(held_out)) == (0, 1)
+    assert not checkpoint.exists()
+    pd.testing.assert_frame_equal(resumed, whole, rtol=1e-5)
+
+
 def test_evaluate_if_missing_keeps_existing_evaluations_without_loading_a_model(finished, capsys, monkeypatch):
     from qrcore.cli import main
 
