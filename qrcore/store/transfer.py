@@ -102,9 +102,9 @@ def exported_run_ids(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     missing = [f"{table}.parquet" for table in EXPORT_TABLES if not (folder / f"{table}.parquet").is_file()]
     if missing:
+        more = f" and {len(missing) - 1} more of the tables qrn export writes" if len(missing) > 1 else ""
         raise QRNError(
-            f"{folder} is not a folder of exported runs: it lacks {', '.join(missing)}; "
-            "pass a folder that qrn export wrote"
+            f"{folder} is not a folder of exported runs: it lacks {missing[0]}{more}; pass a folder that qrn export wrote"
         )
     return pd.read_parquet(folder / "runs.parquet", columns=["run_id"])["run_id"].tolist()
 

@@ -160,9 +160,14 @@ def test_import_of_an_exported_folder_loads_its_runs_once(work, capsys):
 def test_import_of_a_folder_that_is_not_an_export_is_refused_untouched(work, capsys):
     assert main(["export", "--run", RUN, "--out", "out", "--db", "qrn.duckdb"]) in (0, None)
     (work / "out" / "heatmaps.parquet").unlink()
+    (work / "empty").mkdir()
     before = snapshot(work)
     assert fails(["import", "out", "--db", "qrn.duckdb"], capsys) == (
         "out is not a folder of exported runs: it lacks heatmaps.parquet; pass a folder that qrn export wrote"
+    )
+    assert fails(["import", "empty", "--db", "qrn.duckdb"], capsys) == (
+        "empty is not a folder of exported runs: it lacks models.parquet and 10 more of the tables qrn export "
+        "writes; pass a folder that qrn export wrote"
     )
     assert fails(["import", "out", "--name", "mine", "--db", "qrn.duckdb"], capsys) == (
         "--name names the dataset of a dataset file; a folder of runs keeps its own names: drop --name"
