@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from qrcore.errors import QRNError
+
+if TYPE_CHECKING:
+    from qrcore.evaluation.report import Report
 
 
 def _model_name_arg(p: argparse.ArgumentParser) -> None:
@@ -235,6 +238,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from qrcore import store
     from qrcore.evaluation.evaluate import evaluate_run, plan_evaluation
+    from qrcore.evaluation.report import write_report
 
     _at_least_one(args, "per-group")
     if args.if_missing:
@@ -252,14 +256,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             bar.refresh()
 
         evaluate_run(lm, args.run, args.db, args.per_group, args.seed, progress)
-    cmd_report(args)
+    _print_report(write_report(args.run, args.db, args.out))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    """Write the run's tables (accuracy, QR neurons, PCR, flip rates, prediction) as Markdown and CSV."""
-    from qrcore.evaluation.report import write_report
+    """Write a run's tables (accuracy, QR neurons, PCR, flip rates, prediction), or several runs' side by side."""
+    from qrcore.evaluation.report import write_comparison, write_report
 
-    report = write_report(args.run, args.db, args.out)
+    one = len(args.run) == 1
+    _print_report(
+        write_report(args.run[0], args.db, args.out) if one else write_comparison(args.run, args.db, args.out)
+    )
+
+
+def _print_report(report: Report) -> None:
+    """The files a report wrote, one a line, and its note on what is missing."""
     for path in report.paths:
         print(path)
     if report.missing:
@@ -466,8 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("report", help="write a run's tables as Markdown and CSV")
-    p.add_argument("--run", required=True)
+    p = sub.add_parser("report", help="write a run's tables (or runs' side by side) as Markdown and CSV")
+    p.add_argument(
+        "--run", required=True, action="append", help="a run; given twice or more, the runs side by side (one dataset)"
+    )
     _out_arg(p)
     _db_arg(p)
     p.set_defaults(func=cmd_report)

@@ -150,7 +150,7 @@ def synthetic_evaluations(rng: np.random.Generator, groups: list[str]) -> dict[s
         rows += [("all", m, rng.uniform(0.0, 0.5)) for m in ("correct_to_incorrect", "incorrect_to_correct")]
         out[evaluation] = pd.DataFrame(rows, columns=["group_name", "metric", "value"])
     out["answer_prediction"] = pd.DataFrame(
-        [(g, m, rng.uniform(0.25, 1)) for g in groups for m in ("accuracy", "prompt_accuracy", "chance")],
+        [(g, m, rng.uniform(0.25, 1)) for g in [*groups, "all"] for m in ("accuracy", "prompt_accuracy", "chance")],
         columns=["group_name", "metric", "value"],
     )
     out["group_prediction"] = pd.DataFrame(

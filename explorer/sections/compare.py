@@ -13,17 +13,10 @@ from explorer.figures import bin_heatmap, heatmap_figure
 from qrcore import store
 from qrcore.evaluation import report
 from qrcore.selection import qrnca
-from qrcore.selection.analysis import relative_depth
+from qrcore.selection.analysis import LOCALISATION, relative_depth
 
 COLUMNS = 256
 """Heatmap columns per model (wide layers are max-pooled, as on the Heatmaps page)."""
-LOCALISATION = {
-    "qr_per_query": "QR neurons per query",
-    "neuron_share": "share of all FFN neurons that are QR neurons",
-    "mean_depth": "mean relative depth of QR neurons (0 first layer, 1 last)",
-    "overlap": "mean overlap between groups (Jaccard)",
-}
-"""`store.read_localisation` keys and how they read."""
 
 
 def pick_pair(first: str) -> tuple[views.Run, views.Run]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 
 from qrcore import store
+from qrcore.errors import QRNError
 from qrcore.outputs import make_folder
 from qrcore.selection import analysis
 from qrcore.selection.qrnca import METHODS
@@ -79,44 +81,31 @@ class Report:
     missing: str | None = None
 
 
-def write_report(run: str, db: str | None, out: str) -> Report:
-    """Write report.md and one CSV per table under out/<run name>/.
-
-    A run without evaluations still gets its accuracy and QR neuron counts; `missing` then says how to add the
-    edit tables (an evaluation of a 1.5B model's set takes hours, and these tables are useful before it ends).
-    """
-    with store.connect(db, read_only=True) as con:
-        info = store.finished_run(con, run)
-        evals = store.evaluations(con, info.run_id)
-        counts = analysis.qr_counts(store.read_qr_neurons(con, info.run_id), store.run_groups(con, info.run_id))
-        n_common = len(store.read_common_neurons(con, info.run_id))
-        accuracy = accuracy_table(store.group_accuracy(con, info.run_id))
-    folder = make_folder(Path(out) / info.name.replace("/", "_"))
-    tables = {"accuracy": accuracy, "qr_neurons": counts}
-    missing = None
+def run_tables(con: duckdb.DuckDBPyConnection, info: store.RunInfo) -> tuple[dict[str, pd.DataFrame], str | None]:
+    """A finished run's tables by name; the edit tables only once it is evaluated, else the note saying how."""
+    evals = store.evaluations(con, info.run_id)
+    tables = {
+        "accuracy": accuracy_table(store.group_accuracy(con, info.run_id)),
+        "qr_neurons": analysis.qr_counts(store.read_qr_neurons(con, info.run_id), store.run_groups(con, info.run_id)),
+    }
     if evals.empty:
-        missing = (
+        return tables, (
             f"run {info.name!r} has no evaluations yet, so the report has no PCR, flip or prediction tables; "
             f"compute them with `qrn evaluate --run {info.name}`"
         )
-    else:
-        tables |= {
-            "pcr": pcr_table(evals),
-            "changes": metric_table(evals, ["related_change", "unrelated_change"]),
-            "flips": metric_table(evals, ["correct_to_incorrect", "incorrect_to_correct"]),
-            "answer_prediction": answer_prediction_table(evals),
-            "group_prediction": metric_table(evals[evals["evaluation"] == "group_prediction"], ["accuracy"]),
-        }
+    return tables | {
+        "pcr": pcr_table(evals),
+        "changes": metric_table(evals, ["related_change", "unrelated_change"]),
+        "flips": metric_table(evals, ["correct_to_incorrect", "incorrect_to_correct"]),
+        "answer_prediction": answer_prediction_table(evals),
+        "group_prediction": metric_table(evals[evals["evaluation"] == "group_prediction"], ["accuracy"]),
+    }, None
+
+
+def write_tables(folder: Path, title: list[str], tables: dict[str, pd.DataFrame], missing: str | None) -> Report:
+    """report.md (the title lines, the note, then each table under its name) and one CSV per table in `folder`."""
+    text = [*title, *([f"{missing[0].upper()}{missing[1:]}.", ""] if missing else [])]
     paths = []
-    text = [
-        f"# Run {info.name}",
-        "",
-        f"Settings: {info.settings.summary()}",
-        "",
-        f"{n_common} common neurons in {info.n_clusters} clusters.",
-        "",
-        *([f"{missing[0].upper()}{missing[1:]}.", ""] if missing else []),
-    ]
     for name, frame in tables.items():
         path = folder / f"{name}.csv"
         frame.to_csv(path, index=False)
@@ -125,3 +114,90 @@ def write_report(run: str, db: str | None, out: str) -> Report:
     md = folder / "report.md"
     md.write_text("\n".join(text))
     return Report([md, *paths], missing)
+
+
+def write_report(run: str, db: str | None, out: str) -> Report:
+    """Write report.md and one CSV per table under out/<run name>/.
+
+    A run without evaluations still gets its accuracy and QR neuron counts; `missing` then says how to add the
+    edit tables (an evaluation of a 1.5B model's set takes hours, and these tables are useful before it ends).
+    """
+    with store.connect(db, read_only=True) as con:
+        info = store.finished_run(con, run)
+        tables, missing = run_tables(con, info)
+        n_common = len(store.read_common_neurons(con, info.run_id))
+    title = [
+        f"# Run {info.name}",
+        "",
+        f"Settings: {info.settings.summary()}",
+        "",
+        f"{n_common} common neurons in {info.n_clusters} clusters.",
+        "",
+    ]
+    return write_tables(make_folder(Path(out) / folder_name(info.name)), title, tables, missing)
+
+
+COMPARED = {
+    "accuracy": (["group_name"], ["accuracy", "correct_prob"]),
+    "qr_neurons": (["group_name"], ["mean_qr_neurons"]),
+    "pcr": (["method", "evaluation"], ["all"]),
+    "changes": (["method", "evaluation"], ["related_change", "unrelated_change"]),
+    "flips": (["method", "evaluation"], ["correct_to_incorrect", "incorrect_to_correct"]),
+    "answer_prediction": (["method"], ["all"]),
+    "group_prediction": (["method", "evaluation"], ["accuracy"]),
+}
+"""A comparison's tables: each run's table of that name, rows matched on the first columns, the second ones side by
+side (PCR and answer prediction over all groups; each run's own report has them per group)."""
+
+
+def side_by_side(frames: dict[str, pd.DataFrame], keys: list[str], values: list[str]) -> pd.DataFrame:
+    """One row per `keys` value (the first frame's order first), each frame's `values` as columns 'label: value'."""
+    parts = [
+        f.set_index(keys)[values].rename(columns=lambda c, label=label: f"{label}: {c}") for label, f in frames.items()
+    ]
+    return pd.concat(parts, axis=1, sort=False).reset_index()
+
+
+def write_comparison(runs: list[str], db: str | None, out: str) -> Report:
+    """Write two or more finished runs of one dataset side by side (report.md and a CSV per table) under
+    out/<run>_vs_<run>/: how concentrated their QR neurons are (`analysis.localisation`), then accuracy, Table 3,
+    PCR, changes, flip rates and prediction; the numbers behind the README's tables of both models."""
+    with store.connect(db, read_only=True) as con:
+        infos = [store.finished_run(con, run) for run in runs]
+        names = [info.name for info in infos]
+        if len(set(names)) < len(names):
+            raise QRNError(f"runs to compare must differ, and {', '.join(names)} repeats one; name two or more runs")
+        datasets = store.list_runs(con).set_index("name").loc[names, "dataset"]
+        if datasets.nunique() > 1:
+            raise QRNError(
+                "runs to compare must be on one dataset, and "
+                + ", ".join(f"{n} is on {d}" for n, d in datasets.items())
+                + "; pick runs of one dataset"
+            )
+        each = {info.name: run_tables(con, info) for info in infos}
+        common = [len(store.read_common_neurons(con, info.run_id)) for info in infos]
+        localised = pd.DataFrame({info.name: store.read_localisation(con, info.run_id) for info in infos})
+    runs_table = pd.DataFrame(
+        {
+            "run": names,
+            "model": [info.model_name for info in infos],
+            "layers x neurons": [f"{info.n_layers} x {info.n_neurons}" for info in infos],
+            "clusters": [info.n_clusters for info in infos],
+            "common neurons": common,
+            "settings": [info.settings.summary() for info in infos],
+        }
+    )
+    localisation = localised.rename(index=analysis.LOCALISATION).rename_axis("QR neurons").reset_index()
+    missing = "; ".join(note for _, note in each.values() if note) or None
+    tables = {"runs": runs_table, "localisation": localisation} | {
+        name: side_by_side({run: tables[name] for run, (tables, _) in each.items()}, keys, values)
+        for name, (keys, values) in COMPARED.items()
+        if all(name in tables for tables, _ in each.values())
+    }
+    title = [f"# Runs {', '.join(names)} on dataset {datasets.iloc[0]}", ""]
+    return write_tables(make_folder(Path(out) / "_vs_".join(map(folder_name, names))), title, tables, missing)
+
+
+def folder_name(run: str) -> str:
+    """A run name as a folder name (a '/' would make a subfolder)."""
+    return run.replace("/", "_")

@@ -117,6 +117,15 @@ def relative_depth(n_layers: int) -> np.ndarray:
     return np.arange(n_layers) / max(n_layers - 1, 1)
 
 
+LOCALISATION = {
+    "qr_per_query": "QR neurons per query",
+    "neuron_share": "share of all FFN neurons that are QR neurons",
+    "mean_depth": "mean relative depth of QR neurons (0 first layer, 1 last)",
+    "overlap": "mean overlap between groups (Jaccard)",
+}
+"""`localisation`'s keys and how they read."""
+
+
 def localisation(qr: pd.DataFrame, groups: Mapping[str, str], n_layers: int, n_neurons: int) -> dict[str, float]:
     """How concentrated a run's QR neurons are (Fig. 2 in numbers), to compare models of different size.
 
