@@ -102,6 +102,10 @@ def run_tables(con: duckdb.DuckDBPyConnection, info: store.RunInfo) -> tuple[dic
     }, None
 
 
+FLOAT_FORMATS = {"localisation": ".3g"}
+"""Tables whose numbers need other than two decimals in report.md (a share of all neurons can be 0.001)."""
+
+
 def write_tables(folder: Path, title: list[str], tables: dict[str, pd.DataFrame], missing: str | None) -> Report:
     """report.md (the title lines, the note, then each table under its name) and one CSV per table in `folder`."""
     text = [*title, *([f"{missing[0].upper()}{missing[1:]}.", ""] if missing else [])]
@@ -110,7 +114,7 @@ def write_tables(folder: Path, title: list[str], tables: dict[str, pd.DataFrame]
         path = folder / f"{name}.csv"
         frame.to_csv(path, index=False)
         paths.append(path)
-        text += [f"## {name}", "", markdown(frame), ""]
+        text += [f"## {name}", "", markdown(frame, FLOAT_FORMATS.get(name, ".2f")), ""]
     md = folder / "report.md"
     md.write_text("\n".join(text))
     return Report([md, *paths], missing)

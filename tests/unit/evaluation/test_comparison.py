@@ -36,6 +36,8 @@ def test_comparison_puts_each_runs_own_numbers_side_by_side(seeded_two, tmp_path
         localisation.loc["mean relative depth of QR neurons (0 first layer, 1 last)", DEEP_RUN], deep["mean_depth"]
     )
     assert "## pcr" in text and f"| method | evaluation | {RUN}: all | {DEEP_RUN}: all |" in text
+    share = localisation.loc["share of all FFN neurons that are QR neurons", DEEP_RUN]
+    assert "| share of all FFN neurons that are QR neurons | " in text and f"{share:.3g} |" in text
 
 
 def test_cli_compares_two_runs_and_refuses_a_repeated_run_or_two_datasets(seeded_two, tiny, tmp_path, capsys):
