@@ -12,7 +12,7 @@ from qrcore import store
 from qrcore.errors import QRNError
 from qrcore.outputs import make_folder
 from qrcore.selection import analysis
-from qrcore.selection.qrnca import METHODS
+from qrcore.selection.qrnca import METHOD_NAMES, METHODS
 
 
 def markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
@@ -107,14 +107,16 @@ FLOAT_FORMATS = {"localisation": ".3g"}
 
 
 def write_tables(folder: Path, title: list[str], tables: dict[str, pd.DataFrame], missing: str | None) -> Report:
-    """report.md (the title lines, the note, then each table under its name) and one CSV per table in `folder`."""
+    """report.md (the title lines, the note, then each table under its name, methods under their paper names) and one
+    CSV per table (method ids) in `folder`."""
     text = [*title, *([f"{missing[0].upper()}{missing[1:]}.", ""] if missing else [])]
     paths = []
     for name, frame in tables.items():
         path = folder / f"{name}.csv"
         frame.to_csv(path, index=False)
         paths.append(path)
-        text += [f"## {name}", "", markdown(frame, FLOAT_FORMATS.get(name, ".2f")), ""]
+        named = frame.replace({"method": METHOD_NAMES}) if "method" in frame else frame
+        text += [f"## {name}", "", markdown(named, FLOAT_FORMATS.get(name, ".2f")), ""]
     md = folder / "report.md"
     md.write_text("\n".join(text))
     return Report([md, *paths], missing)

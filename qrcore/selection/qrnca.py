@@ -27,6 +27,15 @@ from qrcore.settings import QRNCASettings
 
 METHODS = ("qrnca", "random", "activation", "kn", "qrnca_no_ica", "qrnca_with_common")
 """QRNCA, the Sec. 5.1 baselines (random, activation, kn = Knowledge Neuron*) and two ablations."""
+METHOD_NAMES = {
+    "qrnca": "QRNCA",
+    "random": "Random",
+    "activation": "Activation",
+    "kn": "Knowledge Neuron*",
+    "qrnca_no_ica": "QRNCA w/o ICA",
+    "qrnca_with_common": "QRNCA w/ common neurons",
+}
+"""Each method's name in the paper's Table 4, for tables people read (files and the store keep the ids)."""
 
 QR_COLUMNS = ["query_id", "rank", "layer", "neuron", "score"]
 TOP_ACTIVATIONS = 50

@@ -115,7 +115,8 @@ def test_evaluations_and_report(finished, tiny, tmp_path):
     assert np.isclose(accuracy.loc["all", "accuracy"], per_query["accuracy"].mean())
     assert np.isclose(accuracy.loc["all", "correct_prob"], per_query["correct_prob"].mean())
     assert "IG m=16 (linspace points); cluster t=0.2 (template), Z=cluster_sum; common u=0.3; top-v=20" in report
-    assert "qrnca" in (tmp_path / "r" / "pcr.csv").read_text()
+    assert "| Knowledge Neuron* | boost |" in report and "| kn |" not in report  # the paper's names for readers
+    assert "\nkn,boost," in (tmp_path / "r" / "pcr.csv").read_text()  # the ids for programs
 
 
 def test_stored_changes_and_flips_equal_each_query_edited_alone_on_whole_prompts(finished, tiny):
