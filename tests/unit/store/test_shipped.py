@@ -26,7 +26,7 @@ SHAPES = {"qwen2.5-coder-1.5b": (28, 8960), "smollm2": (30, 1536)}
 def test_shipped_runs_cover_whole_builtin_datasets(seeded):
     with store.connect(seeded, read_only=True) as con:
         runs = store.list_runs(con).set_index("name")
-        assert set(runs.index) == {"domain-qwen2", "domain-smollm2", "language-smollm2"}
+        assert set(runs.index) == {"domain-qwen2", "domain-smollm2", "language-qwen2", "language-smollm2"}
         assert set(runs["status"]) == {"finished"}
         for name in runs.index:
             info = store.run_info(con, name)
@@ -35,16 +35,13 @@ def test_shipped_runs_cover_whole_builtin_datasets(seeded):
             assert len(groups) == 6 and all(store.heatmap(con, info.run_id, g).any() for g in groups)
         ids = {n: store.run_info(con, n).run_id for n in runs.index}
         assert all(not store.evaluations(con, ids[n]).empty for n in runs.index)
-        domain = {store.run_dataset_id(con, ids[n]) for n in ("domain-qwen2", "domain-smollm2")}
-        assert len(domain) == 1  # both models on the same questions: the compare page's pair
-        dataset = store.load_queries(con, domain.pop())
-        assert len(dataset) == 330  # the whole built-in domain set, every query attributed by both models
-        assert all(
-            store.done_query_ids(con, ids[n]) == {q.id for q in dataset} for n in ("domain-qwen2", "domain-smollm2")
-        )
-        language = store.load_queries(con, store.run_dataset_id(con, ids["language-smollm2"]))
-        assert len(language) == 330  # the whole built-in language set, not a per-group sample
-        assert store.done_query_ids(con, ids["language-smollm2"]) == {q.id for q in language}
+        for dataset in ("domain", "language"):  # both models on the same questions: the compare page's pairs
+            names = (f"{dataset}-qwen2", f"{dataset}-smollm2")
+            dataset_ids = {store.run_dataset_id(con, ids[n]) for n in names}
+            assert len(dataset_ids) == 1
+            queries = store.load_queries(con, dataset_ids.pop())
+            assert len(queries) == 330  # the whole built-in set, not a per-group sample
+            assert all(store.done_query_ids(con, ids[n]) == {q.id for q in queries} for n in names)
 
 
 def shipped_runs() -> list[tuple[str, str]]:
