@@ -195,7 +195,7 @@ def test_first_start_loads_the_shipped_runs_with_progress_and_only_once(tmp_path
         assert store.has_runs(con, SHIPPED)
     picker = at.sidebar.selectbox(key="model")
     assert picker.value == START_MODEL == "qwen2.5-coder-1.5b"  # the explorer opens on the model that knows
-    assert picker.options == ["qwen2.5-coder-1.5b · 1 run(s)", "smollm2 · 2 run(s)"]  # oldest run first
+    assert picker.options == ["qwen2.5-coder-1.5b · 2 run(s)", "smollm2 · 2 run(s)"]  # oldest run first
 
     def load_again(*args):
         raise AssertionError("the shipped runs were loaded twice")
