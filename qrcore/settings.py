@@ -11,8 +11,10 @@ import json
 
 from qrcore.errors import QRNError
 
-RIEMANN = ("linspace", "right")
-"""Riemann points of Eq. 5: "linspace" = linspace(0, 1, m) as in the authors' code; "right" = k/m, k = 1..m, as in the text."""
+RIEMANN = ("linspace", "right", "gauss_legendre")
+"""The quadrature rule of Eq. 5's integral over [0, 1]: "linspace" = linspace(0, 1, m), equal weights, as in the authors'
+code; "right" = k/m, k = 1..m, equal weights, as in the text; "gauss_legendre" = m Gauss-Legendre nodes and weights
+(captum's default), exact for polynomials of degree 2m - 1, used as the near-exact reference and as a cheaper rule."""
 CLUSTERS = ("template", "sum")
 """Coarse cluster (Sec. 4.3): "template" = each template thresholded at t x its own maximum, the union kept, only
 above-threshold scores summed (the authors' code); "sum" = the templates' scores summed first, the sum thresholded."""
@@ -47,9 +49,9 @@ class AttributionSettings:
     """Integrated-gradients neuron attribution (paper Eq. 5)."""
 
     steps: int = 16
-    """Riemann steps m of the integral from 0 to the activation."""
+    """Points m of the integral from 0 to the activation (Riemann steps or Gauss-Legendre nodes)."""
     riemann: str = "linspace"
-    """Which m points of [0, 1] the integral is sampled at (one of RIEMANN)."""
+    """The quadrature rule: which m points of [0, 1] the integral is sampled at, and their weights (one of RIEMANN)."""
 
     def __post_init__(self) -> None:
         _check(self.riemann in RIEMANN, f"riemann must be one of {', '.join(RIEMANN)} (got {self.riemann!r}).")

@@ -1,8 +1,9 @@
 """Neuron attribution NA (paper Eq. 5): integrated gradients of the correct letter's probability with
 respect to every FFN neuron's activation f at the answer position.
 
-For template p and layer l, IG_l(f) = f * (1/m) * sum_k dP(alpha_k f)/df over m points alpha_k of [0, 1]
-(`AttributionSettings.riemann`), where only f at the answer (last) position is scaled. This module returns each
+For template p and layer l, IG_l(f) = f * sum_k w_k dP(alpha_k f)/df over m points alpha_k of [0, 1] with weights w_k
+(`quadrature`: the authors' equal-weight Riemann sum, or Gauss-Legendre), where only f at the answer (last) position
+is scaled. This module returns each
 template's IG; `qrcore.selection.qrnca.query_na` forms the coarse cluster and divides by Z to give NA.
 
 The fast path exploits four facts: (1) scaling f at the last position leaves every earlier position
@@ -36,12 +37,26 @@ from qrcore.progress import Progress
 from qrcore.settings import AttributionSettings, PromptSettings
 
 
-def riemann_alphas(settings: AttributionSettings, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(m,) scaling factors of the Riemann sum in Eq. 5: linspace(0, 1, m) (the authors' code) or k/m, k = 1..m (the text)."""
+def quadrature(
+    settings: AttributionSettings, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m,) points alpha of [0, 1] and (m,) weights summing to 1 of Eq. 5's integral under `settings.riemann`.
+
+    linspace(0, 1, m) (the authors' code) or k/m, k = 1..m (the text), each with weights 1/m; or the m Gauss-Legendre
+    nodes mapped from [-1, 1] to [0, 1], with their weights halved.
+    """
     m = settings.steps
+    if settings.riemann == "gauss_legendre":
+        nodes, weights = np.polynomial.legendre.leggauss(m)  # (m,), (m,) on [-1, 1], weights sum to 2
+        return (
+            torch.tensor((nodes + 1) / 2, dtype=dtype, device=device),
+            torch.tensor(weights / 2, dtype=dtype, device=device),
+        )
     if settings.riemann == "linspace":
-        return torch.linspace(0, 1, m, dtype=dtype, device=device)
-    return torch.arange(1, m + 1, dtype=dtype, device=device) / m
+        alphas = torch.linspace(0, 1, m, dtype=dtype, device=device)  # (m,)
+    else:
+        alphas = torch.arange(1, m + 1, dtype=dtype, device=device) / m  # (m,)
+    return alphas, torch.full((m,), 1 / m, dtype=dtype, device=device)
 
 
 class TargetProbability(torch.autograd.Function):
@@ -163,7 +178,7 @@ class NeuronAttribution:
         kv = prefix_kv(model, ids[:, :-1]) if kv is None else kv
         out, f0, h0 = clean_pass(model, self.sites, ids[:, -1:], cache=DynamicCache(kv))  # (layers, neurons|hidden)
         letter_probs = out.logits[0, -1].float().softmax(-1)[list(prompt.letter_ids)]  # (options,)
-        alphas = riemann_alphas(self.settings, f0.dtype, f0.device)  # (m,)
+        alphas, weights = quadrature(self.settings, f0.dtype, f0.device)  # (m,), (m,)
         ig = torch.zeros_like(f0, dtype=torch.float32)  # (layers, neurons)
         for chunk in self.layer_chunks:
             a, n = chunk.start, len(chunk) * steps
@@ -186,7 +201,7 @@ class NeuronAttribution:
                 ).logits.squeeze(0)  # (n, vocab); a view, so its backward copies nothing
             p = TargetProbability.apply(logits, prompt.target_id).sum()
             grads = torch.autograd.grad(p, xs)  # chunk x (m, neurons)
-            ig[chunk] = (f0[chunk] * torch.stack([g.mean(0) for g in grads])).float()  # (chunk, neurons)
+            ig[chunk] = (f0[chunk] * torch.stack([weights @ g for g in grads])).float()  # (chunk, neurons)
             on_pass()
         return ig.cpu().numpy(), f0.float().cpu().numpy(), letter_probs.cpu().numpy()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qrcore.attribution.ig import riemann_alphas
+from qrcore.attribution.ig import quadrature
 from qrcore.attribution.prefixes import PackedPrefix
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.model.ffn import ffn_sites, patch_ffn
@@ -31,7 +31,7 @@ def ig_prompt_oracle(
     ids = torch.tensor([prompt.input_ids], device=lm.device)  # (1, T)
     _, f0, _ = clean_pass(model, sites, ids)  # (layers, neurons)
     steps = settings.steps
-    alphas = riemann_alphas(settings, f0.dtype, f0.device)  # (m,)
+    alphas, weights = quadrature(settings, f0.dtype, f0.device)  # (m,), (m,)
     ig = np.zeros(f0.shape, dtype=np.float32)
     for layer in range(len(sites)) if layers is None else layers:
         x = (alphas[:, None] * f0[layer]).requires_grad_()  # (m, neurons)
@@ -43,7 +43,7 @@ def ig_prompt_oracle(
             logits = model(ids.expand(steps, -1), use_cache=False).logits[:, -1]  # (m, vocab)
         p = logits.float().softmax(-1)[:, prompt.target_id].sum()
         (grad,) = torch.autograd.grad(p, x)  # (m, neurons)
-        ig[layer] = (f0[layer] * grad.mean(0)).float().cpu().numpy()
+        ig[layer] = (f0[layer] * (weights @ grad)).float().cpu().numpy()
     return ig
 
 

@@ -1,4 +1,4 @@
-"""The fast IG path agrees with the oracle for both Riemann point sets and satisfies completeness (Eq. 5)."""
+"""The fast IG path agrees with the oracle under every quadrature rule and satisfies completeness (Eq. 5)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from qrcore.attribution.ig import NeuronAttribution, TargetProbability, riemann_alphas
+from qrcore.attribution.ig import NeuronAttribution, TargetProbability, quadrature
 from qrcore.attribution.oracle import ig_prompt_oracle
 from qrcore.data.queries import make_query
 from qrcore.editing.scaling import letter_probs
 from qrcore.model.tiny import ARCHITECTURES
-from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings
+from qrcore.settings import GRADIENT_X_ACTIVATION, RIEMANN, AttributionSettings
 
 QUERY = make_query("What is the capital of France?", ["Berlin", "Paris", "Rome", "Madrid"], "Paris")
 
@@ -60,23 +60,37 @@ def test_attribute_from_packed_prefixes_and_template_stems_matches_the_oracle(ti
     assert NeuronAttribution(lm, stems_for=[QUERY]).stems == []  # one query shares its stems with nothing
 
 
-def test_riemann_points_are_the_codes_linspace_or_the_texts_right_sums():
-    def points(riemann: str) -> list[float]:
-        return riemann_alphas(AttributionSettings(4, riemann), torch.float32, torch.device("cpu")).tolist()
+def test_quadrature_points_and_weights_of_each_rule():
+    """The code's linspace and the text's right sums weigh m points equally; Gauss-Legendre integrates t^7 exactly."""
 
-    assert points("linspace") == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
-    assert points("right") == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    def rule(riemann: str, m: int = 4) -> tuple[list[float], list[float]]:
+        alphas, weights = quadrature(AttributionSettings(m, riemann), torch.float64, torch.device("cpu"))
+        return alphas.tolist(), weights.tolist()
+
+    assert rule("linspace") == (pytest.approx([0.0, 1 / 3, 2 / 3, 1.0]), pytest.approx([0.25] * 4))
+    assert rule("right") == (pytest.approx([0.25, 0.5, 0.75, 1.0]), pytest.approx([0.25] * 4))
+    alphas, weights = rule("gauss_legendre")
+    assert sum(weights) == pytest.approx(1.0) and all(0 < a < 1 for a in alphas)
+    assert sum(w * a**7 for a, w in zip(alphas, weights)) == pytest.approx(1 / 8, rel=1e-12)  # degree 2m - 1
+    assert rule("gauss_legendre", 1) == ([0.5], [1.0])
 
 
-def test_fast_path_matches_oracle_with_the_texts_points(tiny):
+@pytest.mark.parametrize("riemann", RIEMANN)
+def test_fast_path_matches_oracle_under_every_rule(tiny, riemann):
     lm = tiny("llama")
-    attr = NeuronAttribution(lm, AttributionSettings(riemann="right"))
+    attr = NeuronAttribution(lm, AttributionSettings(steps=8, riemann=riemann))
     prompt = attr.prompts(QUERY)[0]
     fast, _, _ = attr.ig_prompt(prompt)
     ref = ig_prompt_oracle(lm, prompt, attr.settings)
-    default = ig_prompt_oracle(lm, prompt, AttributionSettings())
+    assert np.abs(ref).max() > 0
     assert agreement(fast, ref) < 1e-4
-    assert agreement(default, ref) > 1e-3  # the two point sets give different sums
+
+
+def test_the_codes_and_the_texts_points_give_different_sums(tiny):
+    lm = tiny("llama")
+    prompt = NeuronAttribution(lm).prompts(QUERY)[0]
+    authors = ig_prompt_oracle(lm, prompt, AttributionSettings(16, "linspace"))
+    assert agreement(authors, ig_prompt_oracle(lm, prompt, AttributionSettings(16, "right"))) > 1e-3
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -95,15 +109,19 @@ def test_preview_is_gradient_times_activation_in_one_row(tiny, arch):
         assert agreement(fast, ig) > 1e-3
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gpt2"])
-def test_completeness_per_layer(tiny, arch):
+@pytest.mark.parametrize(
+    "arch,rule",
+    [(arch, AttributionSettings(steps=1024)) for arch in ("llama", "qwen2", "phi3", "gpt2")]
+    + [("llama", AttributionSettings(steps=128, riemann="gauss_legendre"))],
+)
+def test_completeness_per_layer(tiny, arch, rule):
     """sum_n IG_l(n) ~ P(f_l as is) - P(f_l zeroed at the answer position), for every layer l.
 
     Not for Gemma: its post-FFN RMSNorm makes P constant in a common scale alpha > 0 of the whole layer's f
     and jump at alpha = 0, so the path integral (about 0) differs from the endpoint difference by design.
     """
     lm = tiny(arch)
-    attr = NeuronAttribution(lm, AttributionSettings(steps=1024))  # Riemann error shrinks as 1/m
+    attr = NeuronAttribution(lm, rule)  # the Riemann error shrinks as 1/m; the random tiny P(alpha) needs many points
     prompt = attr.prompts(QUERY)[0]
     ig, _, _ = attr.ig_prompt(prompt)
     full = float(letter_probs(lm, [prompt])[0, prompt.correct])
