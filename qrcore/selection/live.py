@@ -65,7 +65,7 @@ def check_thresholds(run: QRNCASettings, t: float, u: float, v: int) -> QRNCASet
     check_t(run, t)
     if not U_MIN <= u <= 1:
         raise QRNError(f"u = {u:g} is outside {U_MIN:g}-1 (a share of all clusters); pick u from {U_MIN:g} to 1.")
-    if v != int(v) or not 1 <= v <= V_MAX:
+    if not 1 <= v <= V_MAX or v != int(v):  # the range first: int() of an infinite v fails
         raise QRNError(f"v = {v:g} is not a whole number from 1 to {V_MAX}; pick v in that range.")
     return replace(run, t=float(t), u=float(u), v=int(v))
 
@@ -84,6 +84,11 @@ def recluster(rows: pd.DataFrame, ig: np.ndarray | None, run: QRNCASettings, t: 
     """The stored rows (query_id, layer, neuron, na, in_cluster) with NA and cluster as the run would give them at t."""
     if t == run.t:
         return rows[["query_id", "layer", "neuron", "na", "in_cluster"]]
+    return form_clusters(rows, ig, run, t)
+
+
+def form_clusters(rows: pd.DataFrame, ig: np.ndarray | None, run: QRNCASettings, t: float) -> pd.DataFrame:
+    """`recluster` computed from `ig` (rows, templates) even at the run's own t: for IG other than the run's own."""
     codes = pd.factorize(rows["query_id"])[0]  # (rows,)
     if run.cluster == "template" and ig is None:
         raise QRNError(
