@@ -15,6 +15,7 @@ import pandas as pd
 
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from qrcore.names import check_name
 
 BUILTIN = ("domain", "language")
 """Names of the packaged datasets (qrcore/data/<name>.jsonl)."""
@@ -56,9 +57,15 @@ def load_builtin(name: str) -> list[Query]:
 def import_file(path: str | Path, name: str | None = None) -> list[Query]:
     """Queries from a paper-format .json or an MMLU-style .csv file; all-or-nothing, one-line QRNError if malformed.
 
-    `name` (default: the file stem) is the group of a CSV without a group column and the prefix of its ids.
+    `name` (default: the file stem) is the dataset's name (`qrcore.names`), the group of a CSV without a group column
+    and the prefix of its ids.
     """
     path = Path(path)
+    check_name(
+        path.stem if name is None else name,
+        "dataset name",
+        "give another with qrn import FILE --name NAME (a file's default name is its name without the extension)",
+    )
     file = path.name
     ext = path.suffix.lower()
     if ext not in (".json", ".csv"):

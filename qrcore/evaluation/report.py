@@ -10,18 +10,20 @@ import pandas as pd
 
 from qrcore import store
 from qrcore.errors import QRNError
+from qrcore.markdown import escaped
+from qrcore.names import safe_name
 from qrcore.outputs import make_folder
 from qrcore.selection import analysis
 from qrcore.selection.qrnca import METHOD_NAMES, METHODS
 
 
 def markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
-    """A GitHub Markdown table of a DataFrame (no extra dependency)."""
+    """A GitHub Markdown table of a DataFrame (no extra dependency); text cells and headers show as written."""
 
     def cell(v) -> str:
-        return format(v, floatfmt) if isinstance(v, float) else str(v)
+        return format(v, floatfmt) if isinstance(v, float) else escaped(v)
 
-    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    head = "| " + " | ".join(map(escaped, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([head, rule, *body])
@@ -109,7 +111,7 @@ FLOAT_FORMATS = {"localisation": ".3g"}
 def write_tables(folder: Path, title: list[str], tables: dict[str, pd.DataFrame], missing: str | None) -> Report:
     """report.md (the title lines, the note, then each table under its name, methods under their paper names) and one
     CSV per table (method ids) in `folder`."""
-    text = [*title, *([f"{missing[0].upper()}{missing[1:]}.", ""] if missing else [])]
+    text = [*title, *([escaped(f"{missing[0].upper()}{missing[1:]}."), ""] if missing else [])]
     paths = []
     for name, frame in tables.items():
         path = folder / f"{name}.csv"
@@ -123,7 +125,8 @@ def write_tables(folder: Path, title: list[str], tables: dict[str, pd.DataFrame]
 
 
 def write_report(run: str, db: str | None, out: str) -> Report:
-    """Write report.md and one CSV per table under out/<run name>/.
+    """Write report.md and one CSV per table under out/<run name>/ (`safe_name`: a name stored by an older qrn that
+    breaks the name rule cannot leave `out`).
 
     A run without evaluations still gets its accuracy and QR neuron counts; `missing` then says how to add the
     edit tables (an evaluation of a 1.5B model's set takes hours, and these tables are useful before it ends).
@@ -133,14 +136,14 @@ def write_report(run: str, db: str | None, out: str) -> Report:
         tables, missing = run_tables(con, info)
         n_common = len(store.read_common_neurons(con, info.run_id))
     title = [
-        f"# Run {info.name}",
+        f"# Run {escaped(info.name)}",
         "",
         f"Settings: {info.settings.summary()}",
         "",
         f"{n_common} common neurons in {info.n_clusters} clusters.",
         "",
     ]
-    return write_tables(make_folder(Path(out) / folder_name(info.name)), title, tables, missing)
+    return write_tables(make_folder(Path(out) / safe_name(info.name)), title, tables, missing)
 
 
 COMPARED = {
@@ -200,10 +203,5 @@ def write_comparison(runs: list[str], db: str | None, out: str) -> Report:
         for name, (keys, values) in COMPARED.items()
         if all(name in tables for tables, _ in each.values())
     }
-    title = [f"# Runs {', '.join(names)} on dataset {datasets.iloc[0]}", ""]
-    return write_tables(make_folder(Path(out) / "_vs_".join(map(folder_name, names))), title, tables, missing)
-
-
-def folder_name(run: str) -> str:
-    """A run name as a folder name (a '/' would make a subfolder)."""
-    return run.replace("/", "_")
+    title = [f"# Runs {escaped(', '.join(names))} on dataset {escaped(datasets.iloc[0])}", ""]
+    return write_tables(make_folder(Path(out) / safe_name("_vs_".join(names))), title, tables, missing)

@@ -12,6 +12,7 @@ from qrcore import store
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.model.spec import LoadedModel
+from qrcore.names import check_name, safe_name
 from qrcore.progress import Progress
 from qrcore.settings import RunSettings
 
@@ -81,8 +82,9 @@ def plan_queries(
 
 
 def run_name(name: str | None, ds_name: str, lm: LoadedModel) -> str:
-    """The run's name: the one given, else DATASET@MODEL."""
-    return name or f"{ds_name}@{lm.spec.name}"
+    """The run's name: the one given (QRNError unless it follows `qrcore.names`), else DATASET@MODEL made a valid
+    name (a model path's '/' become '_')."""
+    return check_name(name, "run name") if name is not None else safe_name(f"{ds_name}@{lm.spec.name}")
 
 
 def run_dataset(

@@ -29,6 +29,7 @@ from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.model.load import cache_dir
 from qrcore.model.spec import LoadedModel
+from qrcore.names import check_name
 from qrcore.selection import qrnca
 from qrcore.settings import QRNCASettings, RunSettings
 from qrcore.store.schema import CODE_VERSION
@@ -94,12 +95,46 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     _replace(folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, ensure_ascii=False)))
 
 
+MANIFEST_FIELDS = {
+    "run_name": str,
+    "model": str,
+    "settings": str,
+    "code_version": str,
+    "model_row": dict,
+    "dataset_name": str,
+    "dataset_source": str,
+    "queries": list,
+}
+"""What `make_manifest` writes: each field and its JSON type."""
+
+
 def read_manifest(folder: Path) -> dict:
-    """manifest.json of a run folder; QRNError if there is none."""
+    """manifest.json of a run folder; one-line QRNError if there is none, or it is not one that `make_manifest`
+    wrote (not JSON, a field missing or of another type, a run name against `qrcore.names`, unreadable queries)."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise QRNError(f"{folder} is not a run folder (no {MANIFEST}); pass a folder made by a data-parallel qrn run")
-    return json.loads(path.read_text())
+    fix = "copy the run folder again from where the run was made"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise QRNError(f"{path} is not valid JSON ({str(err).splitlines()[0]}); {fix}") from None
+    wrong = [
+        k
+        for k, kind in MANIFEST_FIELDS.items()
+        if not isinstance(manifest, dict) or not isinstance(manifest.get(k), kind)
+    ]
+    if wrong:
+        raise QRNError(f"{path}: the field {wrong[0]!r} is missing or of another type; {fix}")
+    check_name(manifest["run_name"], f"{path}: run name", fix)
+    try:
+        RunSettings.from_json(manifest["settings"])
+        queries_of(manifest)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise QRNError(
+            f"{path} holds unreadable settings or queries ({err.__class__.__name__}: {str(err).splitlines()[0]}); {fix}"
+        ) from None
+    return manifest
 
 
 def write_shard(folder: Path, rank: int, key: dict, attr: QueryAttribution, settings: QRNCASettings) -> Path:
@@ -171,6 +206,8 @@ def merge_into(con: duckdb.DuckDBPyConnection, folder: Path) -> tuple[str, int]:
 
 def merge_shards(folder: str | os.PathLike, db: str | None = None) -> tuple[str, int]:
     """Merge a run folder (e.g. copied from a cluster) into the store at `db`; (run id, queries merged)."""
+    store.verify(db)
+    read_manifest(Path(folder))  # a refused store or folder is refused before the store is opened for writing
     with store.writer_lock(db), store.connect(db) as con:
         return merge_into(con, Path(folder))
 

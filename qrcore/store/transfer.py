@@ -15,6 +15,7 @@ import duckdb
 import pandas as pd
 
 from qrcore.errors import QRNError
+from qrcore.names import check_name
 from qrcore.outputs import make_folder
 from qrcore.progress import Progress
 from qrcore.store.reads import finished_run
@@ -98,7 +99,8 @@ def import_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, progr
 
 
 def exported_run_ids(folder: str | os.PathLike) -> list[str]:
-    """Ids of the runs of an `export_runs` folder; a folder that lacks one of its tables raises QRNError."""
+    """Ids of the runs of an `export_runs` folder; a folder that lacks one of its tables, or a run or dataset whose
+    name breaks `qrcore.names`' rule, raises QRNError."""
     folder = Path(folder)
     missing = [f"{table}.parquet" for table in EXPORT_TABLES if not (folder / f"{table}.parquet").is_file()]
     if missing:
@@ -106,7 +108,12 @@ def exported_run_ids(folder: str | os.PathLike) -> list[str]:
         raise QRNError(
             f"{folder} is not a folder of exported runs: it lacks {missing[0]}{more}; pass a folder that qrn export wrote"
         )
-    return pd.read_parquet(folder / "runs.parquet", columns=["run_id"])["run_id"].tolist()
+    runs = pd.read_parquet(folder / "runs.parquet", columns=["run_id", "name"])
+    datasets = pd.read_parquet(folder / "datasets.parquet", columns=["name"])
+    for what, names in (("run", runs["name"]), ("dataset", datasets["name"])):
+        for name in names:
+            check_name(name, f"{folder}: {what} name", "this qrn loads only exports whose names follow it")
+    return runs["run_id"].tolist()
 
 
 def _new_runs(con: duckdb.DuckDBPyConnection, folder: Path) -> list[str]:
