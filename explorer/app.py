@@ -11,25 +11,25 @@ from qrcore.errors import QRNError
 
 PAGES = Path(__file__).parent / "sections"
 
-st.set_page_config(page_title="QR Neuron Explorer", page_icon=":material/neurology:", layout="wide")
+st.set_page_config(page_title="QR Neuron Explorer", page_icon="🧠", layout="wide")  # an emoji: no font is fetched
 views.keep_synced()
-navigation = st.navigation(
-    [
-        st.Page(PAGES / "heatmaps.py", title="Heatmaps", icon=":material/grid_on:", default=True),
-        st.Page(PAGES / "overlap.py", title="Overlap and layers", icon=":material/join_inner:", url_path="overlap"),
-        st.Page(PAGES / "common.py", title="Common neurons", icon=":material/hub:", url_path="common"),
-        st.Page(PAGES / "lab.py", title="Query lab", icon=":material/science:", url_path="lab"),
-        st.Page(PAGES / "methods.py", title="Methods", icon=":material/leaderboard:", url_path="methods"),
-        st.Page(PAGES / "compare.py", title="Compare models", icon=":material/compare:", url_path="compare"),
-        st.Page(PAGES / "neuron.py", title="Neuron card", icon=":material/memory:", url_path="neuron"),
-        st.Page(PAGES / "consistency.py", title="Template consistency", icon=":material/rule:", url_path="consistency"),
-        st.Page(PAGES / "export.py", title="Take it away", icon=":material/download:", url_path="export"),
-        st.Page(PAGES / "data.py", title="Data and models", icon=":material/database:", url_path="data"),
-    ]
-)
+pages = [
+    st.Page(PAGES / "heatmaps.py", title="Heatmaps", icon=":material/grid_on:", default=True),
+    st.Page(PAGES / "overlap.py", title="Overlap and layers", icon=":material/join_inner:", url_path="overlap"),
+    st.Page(PAGES / "common.py", title="Common neurons", icon=":material/hub:", url_path="common"),
+    st.Page(PAGES / "lab.py", title="Query lab", icon=":material/science:", url_path="lab"),
+    st.Page(PAGES / "methods.py", title="Methods", icon=":material/leaderboard:", url_path="methods"),
+    st.Page(PAGES / "compare.py", title="Compare models", icon=":material/compare:", url_path="compare"),
+    st.Page(PAGES / "neuron.py", title="Neuron card", icon=":material/memory:", url_path="neuron"),
+    st.Page(PAGES / "consistency.py", title="Template consistency", icon=":material/rule:", url_path="consistency"),
+    st.Page(PAGES / "export.py", title="Take it away", icon=":material/download:", url_path="export"),
+    st.Page(PAGES / "data.py", title="Data and models", icon=":material/database:", url_path="data"),
+]
+navigation = st.navigation(pages)
 st.sidebar.caption(f"Store {views.md(state.db_path())}")
 try:
     state.startup(state.db_path())
+    views.page_path_notice(navigation, [p.url_path for p in pages])
     views.pick_model()
     navigation.run()
 except QRNError as err:

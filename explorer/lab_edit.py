@@ -12,7 +12,7 @@ from qrcore.errors import QRNError
 
 Neuron = tuple[int, int]
 ADDED = "lab_added"
-"""Session key: neuron labels a neuron card hands to the lab, taken when the lab next draws its edit."""
+"""Session key: the neuron label a neuron card hands to the lab as its edit set, taken when the lab next draws."""
 GO_TO_LAB = "go_to_lab"
 """Session key: set by a card's button, so that its page switches to the lab."""
 EACH = "each"
@@ -22,15 +22,16 @@ MULT_MAX = 4.0
 """The sliders' largest multiplier."""
 
 
-def add_to_lab(neurons: list[Neuron]) -> None:
-    """Button callback: hand the neurons to the lab's edit set and go there."""
-    st.session_state.setdefault(ADDED, []).extend(views.neuron_label(n) for n in neurons)
+def edit_in_lab(neuron: Neuron) -> None:
+    """Button callback: hand the neuron to the lab, to be its whole edit set, and go there."""
+    st.session_state[ADDED] = [views.neuron_label(neuron)]
     st.session_state[GO_TO_LAB] = True
 
 
-def take_added(selected: list[str]) -> list[str]:
-    """`selected` labels followed by those a card handed over (each once); the hand-over is used up."""
-    return list(dict.fromkeys([*selected, *st.session_state.pop(ADDED, [])]))
+def take_added() -> list[str]:
+    """The labels a card handed over, which replace the lab's selection (its own multipliers forgotten); used up."""
+    clear()
+    return st.session_state.pop(ADDED)
 
 
 def _each() -> dict[str, float]:

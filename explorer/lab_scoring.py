@@ -20,6 +20,7 @@ from qrcore.selection.topk import top_neurons
 from qrcore.settings import GRADIENT_X_ACTIVATION, RunSettings
 
 COLUMNS = ["rank", "layer", "neuron", "score"]
+NAICA_RANK = "Its rank by NA x ICA among all neurons, before the common neurons among the top v were removed."
 TOP_NA = 20
 """Neurons listed by NA when a question cannot be scored against a run."""
 
@@ -58,7 +59,8 @@ def custom_qr_table(run: views.Run | None, name: str, query: Query) -> pd.DataFr
     consistency_line(dense_consistency(query.id, result.ig, s.t), s.t)
     with st.expander("Every stored neuron of the question and why it is (not) a QR neuron"):
         st.dataframe(rows.drop(columns="query_id"), hide_index=True, width="stretch")
-    return kept.assign(rank=kept["naica_rank"], score=kept["naica"])[COLUMNS].reset_index(drop=True)
+    ranked = kept.assign(rank=range(1, len(kept) + 1), score=kept["naica"])
+    return ranked[[*COLUMNS, "naica_rank"]].reset_index(drop=True)
 
 
 def show_preview(preview: QueryAttribution, settings: RunSettings) -> None:

@@ -28,19 +28,6 @@ def _ok(s: QRNCASettings, **value: float) -> bool:
     return True
 
 
-def link_errors(s: QRNCASettings, keys: tuple[str, ...] = KEYS) -> None:
-    """One inline line for each threshold in the link that the run cannot serve (the slider then keeps its default)."""
-    for key in keys:
-        if key in st.session_state or key not in st.query_params:
-            continue
-        try:
-            live.check_thresholds(s, **{"t": s.t, "u": s.u, "v": s.v, key: float(st.query_params[key])})
-        except QRNError as err:  # a subclass of ValueError
-            st.error(str(err))
-        except ValueError:
-            st.error(f"{key} in the link is not a number; pick {key} with its slider.")
-
-
 def _moved(s: QRNCASettings) -> bool:
     """Whether the thresholds chosen so far (in this session, else in the link) differ from the run's."""
     chosen = {k: st.session_state.get(k, st.query_params.get(k)) for k in KEYS}
@@ -68,6 +55,11 @@ def t_slider(s: QRNCASettings, where: Any = st, disabled: bool = False) -> float
         parse=float,
         dump=lambda x: f"{x:g}",
         valid=lambda x: _ok(s, t=x) and (x == s.t or not disabled),
+        among=(
+            f"this run's t = {s.t:g} (it keeps no per-template IG, so t stays fixed)"
+            if disabled
+            else f"a t from {s.floor:g} to {live.T_MAX:g} (the run stores no neurons below t = {s.floor:g})"
+        ),
         disabled=disabled,
     )
 
@@ -81,7 +73,6 @@ def controls(run: views.Run) -> LiveQRNCA | None:
     has_ig = state.read(store.has_template_ig, run.id)
     fixed_t = s.cluster == "template" and not has_ig
     with st.expander("Live thresholds: t, u and v", expanded=_moved(s)):
-        link_errors(s)
         left, middle, right = st.columns(3)
         t = t_slider(s, left, disabled=fixed_t)
         u = views.synced(
@@ -95,6 +86,7 @@ def controls(run: views.Run) -> LiveQRNCA | None:
             parse=float,
             dump=lambda x: f"{x:g}",
             valid=lambda x: _ok(s, u=x),
+            among=f"a u from {live.U_MIN:g} to 1 (a share of all clusters)",
         )
         v = views.synced(
             right.number_input,
@@ -106,6 +98,7 @@ def controls(run: views.Run) -> LiveQRNCA | None:
             value=s.v,
             parse=int,
             valid=lambda x: _ok(s, v=x),
+            among=f"a whole v from 1 to {live.V_MAX}",
         )
         st.caption(_limits(s, has_ig, fixed_t))
         try:

@@ -10,7 +10,7 @@ from functools import partial
 import html
 import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlparse
 import zlib
 
 import numpy as np
@@ -38,6 +38,10 @@ CARD_PAGE = "sections/neuron.py"
 """The neuron card page, for st.page_link."""
 MODEL = "model"
 """Session-state key (and link parameter) of the model picked in the sidebar."""
+CHOICES_NAMED = 8
+"""A link value's options are named in its notice when there are at most this many."""
+LINK_SHOWN = 80
+"""Characters of a replaced link value that its notice shows."""
 FLIPS = {"correct_to_incorrect": "correct → incorrect", "incorrect_to_correct": "incorrect → correct"}
 """Flip-rate metrics (Table 6) and how they read."""
 
@@ -49,8 +53,9 @@ def md(text: object) -> str:
 
 
 def plain(text: object) -> str:
-    """`text` for plotly labels, titles and hover text, which read HTML tags: escaped so that it shows as written."""
-    return html.escape(str(text))
+    """`text` for plotly labels, titles and hover text, which read HTML tags: `&`, `<` and `>` escaped, so that it shows
+    as written (plotly decodes only a few named entities; `&quot;` would show as such, so quotes stay as they are)."""
+    return html.escape(str(text), quote=False)
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ def synced(
     *,
     options: Sequence[Any] | None = None,
     valid: Callable[[Any], bool] = lambda _: True,
+    among: str | None = None,
     parse: Callable[[str], Any] = str,
     dump: Callable[[Any], str] = str,
     scope: str | None = None,
@@ -94,8 +100,9 @@ def synced(
     """Render `widget` with its value in session state `key` and in the page link as ?key=..., so views can be shared.
 
     The link seeds the value on first load; a value the widget cannot take (not among `options`, a list for a
-    multiselect, or failing `valid`) is dropped for the widget's default, and so is a value chosen under another
-    `scope` (say, the layer range of another run's model).
+    multiselect, or failing `valid`) is replaced by the widget's default, and one line under the widget says so and
+    what it can take (`among`, else the options); a value chosen under another `scope` (say, the layer range of
+    another run's model) is dropped too.
     """
 
     def ok(value: Any) -> bool:
@@ -107,18 +114,45 @@ def synced(
         st.session_state[f"{key}.scope"] = scope
         st.session_state.pop(key, None)
         st.query_params.pop(key, None)
+    rejected = None
     if key not in st.session_state and key in st.query_params:
         try:
             value = parse(st.query_params[key])
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             value = None
         if value is not None and ok(value):
             st.session_state[key] = value
+        else:
+            rejected = st.query_params[key]
     if key in st.session_state and not ok(st.session_state[key]):
         del st.session_state[key]
     value = widget(label, key=key, **kwargs) if options is None else widget(label, options, key=key, **kwargs)
     st.query_params[key] = dump(value)
+    if rejected is not None:
+        replaced(f"?{key}={rejected}", among or choices(options or [], dump), dump(value) or "none")
     return value
+
+
+def choices(options: Sequence[Any], dump: Callable[[Any], str]) -> str:
+    """What a link value can be, in words: its few options as the link writes them, or 'one of the choices here'."""
+    return f"one of {', '.join(map(dump, options))}" if 0 < len(options) <= CHOICES_NAMED else "one of the choices here"
+
+
+def replaced(what: str, among: str, instead: str) -> None:
+    """One line saying that `what` in the link (shortened when long) was replaced by `instead`, and why."""
+    shown = what if len(what) <= LINK_SHOWN else what[: LINK_SHOWN - 1] + "…"
+    st.warning(md(f"{shown} in the link is not {among}; showing {instead} instead."))
+
+
+def page_path_notice(shown: Any, paths: Sequence[str]) -> None:
+    """One line when the link names a page path the app does not have (Streamlit then shows `shown`, its default)."""
+    url = st.context.url
+    if url is None:
+        return
+    path = urlparse(url).path.strip("/").removeprefix(st.get_option("server.baseUrlPath").strip("/")).strip("/")
+    requested = path.removesuffix(shown.url_path).strip("/") if shown.url_path else path
+    if requested not in paths:
+        replaced(f"The page /{requested}", "a page of the explorer", shown.title)
 
 
 def keep_synced() -> None:
@@ -155,6 +189,7 @@ def pick_model() -> str:
         "Model",
         MODEL,
         options=options,
+        among="a model with runs in this store",
         index=options.index(start) if start in counts else 0,
         format_func=lambda m: f"{m} · {counts.get(m, 0)} run(s)",
     )
@@ -183,8 +218,13 @@ def pick_run() -> Run | None:
         )
         return None
     label = {n: f"{n} · {r.dataset}" for n, r in runs.iterrows()}
+    among = f"a finished run of {name}"
     return as_run(
-        runs.loc[synced(st.sidebar.selectbox, "Run", "run", options=list(runs.index), format_func=label.__getitem__)]
+        runs.loc[
+            synced(
+                st.sidebar.selectbox, "Run", "run", options=list(runs.index), among=among, format_func=label.__getitem__
+            )
+        ]
     )
 
 
@@ -226,7 +266,8 @@ def pick_query(queries: dict[str, Query], where: Any = st) -> Query:
         q = queries[qid]
         return f"{qid} · {q.group} · {q.question[:70]}"
 
-    return queries[synced(where.selectbox, "Query", "query", options=list(queries), format_func=label)]
+    among = "a query of this run"
+    return queries[synced(where.selectbox, "Query", "query", options=list(queries), among=among, format_func=label)]
 
 
 def neuron_label(neuron: tuple[int, int]) -> str:
@@ -249,9 +290,14 @@ def with_tokens(frame: pd.DataFrame, name: str, k: int = 8) -> pd.DataFrame:
     return frame.assign(tokens=[" ".join(repr(t) for t in tokens[n]) for n in neurons])
 
 
-def card_url(run: str, neuron: tuple[int, int]) -> str:
-    """The link (relative to the app) of the neuron's card in run `run`: neuron?neuron=L:I&run=NAME."""
-    return f"{CARD_PATH}?{urlencode({'neuron': neuron_label(neuron), 'run': run})}"
+def card_params(run: Run, neuron: tuple[int, int]) -> dict[str, str]:
+    """The link parameters of the neuron's card in `run`: the neuron, the run's model and the run."""
+    return {"neuron": neuron_label(neuron), MODEL: run.model, "run": run.name}
+
+
+def card_url(run: Run, neuron: tuple[int, int]) -> str:
+    """The link (relative to the app) of the neuron's card in `run`: neuron?neuron=L:I&model=MODEL&run=NAME."""
+    return f"{CARD_PATH}?{urlencode(card_params(run, neuron))}"
 
 
 def clickable(fig: go.Figure) -> go.Figure:
@@ -275,7 +321,7 @@ def clickable(fig: go.Figure) -> go.Figure:
     return fig.update_layout(clickmode="event+select", hovermode="closest")
 
 
-def clicked_card_link(event: Any, run: str) -> None:
+def clicked_card_link(event: Any, run: Run) -> None:
     """Under a `clickable` heatmap drawn with on_select: a link to the card of the clicked cell's neuron."""
     points = event.selection.points if event else []
     if points:
@@ -284,30 +330,30 @@ def clicked_card_link(event: Any, run: str) -> None:
             CARD_PAGE,
             label=f"Open the card of neuron {neuron_label(neuron)}",
             icon=":material/memory:",
-            query_params={"neuron": neuron_label(neuron), "run": run},
+            query_params=card_params(run, neuron),
         )
 
 
-def with_card_links(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` (with layer, neuron columns) plus a `card` column linking each neuron's card in the sidebar's run."""
-    run = st.session_state.get("run")
+def with_card_links(frame: pd.DataFrame, run: Run | None) -> pd.DataFrame:
+    """`frame` (with layer, neuron columns) plus a `card` column linking each neuron's card in `run` (none without)."""
     if run is None or frame.empty:
         return frame
     return frame.assign(card=[card_url(run, (int(l), int(n))) for l, n in zip(frame["layer"], frame["neuron"])])
 
 
 def neuron_table(frame: pd.DataFrame, run: Run | None, **kwargs: Any) -> None:
-    """A neuron table with a link to each neuron's card and its vocabulary tokens under the run's model (with run None:
-    the picked model, loaded already), or a caption saying why there are none.
+    """A neuron table with a link to each neuron's card in the run and its vocabulary tokens under the run's model
+    (with run None: no card links, and tokens under the picked model, loaded already), or a caption saying why there
+    are none.
 
     While the run's model loads, the table is shown without tokens, and they are added in place when it has loaded.
     """
     config = {"card": st.column_config.LinkColumn("card", display_text="open card"), **kwargs.pop("column_config", {})}
     draw = partial(st.empty().dataframe, hide_index=True, width="stretch", column_config=config, **kwargs)
     if run is not None and state.loading_needed(run.model):
-        draw(with_card_links(frame))
+        draw(with_card_links(frame, run))
     unavailable = None if run is None else run.model_unavailable()
-    draw(with_card_links(frame if unavailable else with_tokens(frame, model() if run is None else run.model)))
+    draw(with_card_links(frame if unavailable else with_tokens(frame, model() if run is None else run.model), run))
     if unavailable:
         st.caption(f"No vocabulary tokens: {unavailable}")
 

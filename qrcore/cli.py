@@ -345,7 +345,8 @@ def cmd_explore(args: argparse.Namespace) -> None:
         for key, value in values.items()
         if key != "port"
     ]
-    env = {**os.environ, "QRN_MODEL": args.model, **({"QRN_DB": args.db} if args.db else {})}
+    chosen = {"QRN_MODEL": args.model} if args.model else {}  # else $QRN_MODEL, or the app's own start model
+    env = {**os.environ, **chosen, **({"QRN_DB": args.db} if args.db else {})}
     raise SystemExit(
         subprocess.call(
             [sys.executable, "-m", "streamlit", "run", str(folder / "app.py"), *flags, "--server.port", str(args.port)],
@@ -492,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("explore", help="open the explorer on localhost")
-    _model_name_arg(p)
+    p.add_argument("--model", help="the model it opens on (default: $QRN_MODEL, else qwen2.5-coder-1.5b)")
     p.add_argument("--port", type=int, default=8501)
     _db_arg(p)
     p.set_defaults(func=cmd_explore)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 import shutil
 
@@ -34,6 +35,25 @@ def errors(at: AppTest) -> list[str]:
 def button(at: AppTest, label: str):
     """The button labelled `label`."""
     return next(b for b in at.button if b.label == label)
+
+
+def plot_strings(at: AppTest) -> list[str]:
+    """Every string in the page's plotly figures (labels, titles, hover text), which plotly reads as HTML."""
+    found: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    for chart in at.get("plotly_chart"):
+        walk(json.loads(chart.proto.spec))
+    return found
 
 
 def app_on_copy(store_file: Path, tmp_path: Path, monkeypatch) -> Path:

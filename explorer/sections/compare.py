@@ -34,8 +34,10 @@ def pick_pair(first: str) -> tuple[views.Run, views.Run]:
         )
         st.stop()
     left, right = st.columns(2)
-    second = views.synced(left.selectbox, "Compare with", "model_b", options=others)
-    dataset = views.synced(right.selectbox, "Dataset", "dataset", options=sorted(mine & datasets[second]))
+    among = f"a model with a finished run on a dataset of {first}"
+    second = views.synced(left.selectbox, "Compare with", "model_b", options=others, among=among)
+    among = f"a dataset that {first} and {second} have finished runs on"
+    dataset = views.synced(right.selectbox, "Dataset", "dataset", options=sorted(mine & datasets[second]), among=among)
     return tuple(pick_run(runs, name, dataset) for name in (first, second))
 
 
@@ -95,7 +97,7 @@ st.dataframe(summary.style.format("{:.4g}"), width="stretch")
 
 st.subheader("Heatmaps per group")
 groups = [g for g in state.read(store.heatmap_groups, a.id) if g in state.read(store.heatmap_groups, b.id)]
-group = views.synced(st.selectbox, "Group", "group", options=groups)
+group = views.synced(st.selectbox, "Group", "group", options=groups, among="a group of both runs")
 st.caption("NAICA summed over the group's queries, each model on its own layer x neuron grid and colour scale.")
 for column, r in zip(st.columns(2), (a, b)):
     binned = bin_heatmap(state.read(store.heatmap, r.id, group), COLUMNS)

@@ -24,7 +24,6 @@ if not state.read(store.has_template_ig, run.id):
     )
     st.stop()
 s = state.read(store.run_info, run.id).settings.qrnca
-thresholds.link_errors(s, ("t",))
 t = thresholds.t_slider(s)
 table = state.read(store.read_template_consistency, run.id, t)
 queries = views.run_queries(run)

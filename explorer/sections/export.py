@@ -23,7 +23,7 @@ if kind == "query":
     name, score = f"QR neurons of query {query.id}", "NAICA"
 elif kind == "group":
     groups = state.read(store.heatmap_groups, run.id)
-    group = views.synced(st.selectbox, "Group", "group", options=groups)
+    group = views.synced(st.selectbox, "Group", "group", options=groups, among=f"a group of run {run.name}")
     members = {q.id for q in views.run_queries(run).values() if q.group == group}
     mine = qr.loc[qr["query_id"].isin(members)]
     neurons = (mine.groupby(["layer", "neuron"]).size() / max(len(members), 1)).rename("score").reset_index()

@@ -27,10 +27,16 @@ if not groups:
 at = thresholds.controls(run)
 left, middle, right = st.columns([2, 2, 3])
 mode = views.synced(middle.radio, "Show", "mode", options=MODES, horizontal=True)
-group = views.synced(left.selectbox, "Group", "group", options=groups)
+group = views.synced(left.selectbox, "Group", "group", options=groups, among=f"a group of run {run.name}")
 others = [g for g in groups if g != group] or groups
 other = views.synced(
-    left.selectbox, "Second group", "group_b", options=groups, index=groups.index(others[0]), disabled=mode == MODES[0]
+    left.selectbox,
+    "Second group",
+    "group_b",
+    options=groups,
+    among=f"a group of run {run.name}",
+    index=groups.index(others[0]),
+    disabled=mode == MODES[0],
 )
 last = run.n_layers - 1
 lo, hi = views.synced(
@@ -40,7 +46,8 @@ lo, hi = views.synced(
     min_value=0,
     max_value=last,
     value=(0, last),
-    valid=lambda v: 0 <= v[0] <= v[1] <= last,
+    valid=lambda v: len(v) == 2 and 0 <= v[0] <= v[1] <= last,
+    among=f"a layer range first-last within 0-{last}",
     parse=lambda s: tuple(map(int, s.split("-"))),
     dump=lambda v: f"{v[0]}-{v[1]}",
     scope=run.id,
@@ -110,4 +117,4 @@ views.neuron_table(top.loc[top["score"] != 0], run)
 for i, (pane, chart, figure) in enumerate(zip(panes, charts, figures(labels(*binned)))):
     event = chart.plotly_chart(figure, width="stretch", key=f"heatmap-{i}", on_select="rerun", selection_mode="points")
     with pane:
-        views.clicked_card_link(event, run.name)
+        views.clicked_card_link(event, run)

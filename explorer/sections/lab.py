@@ -33,13 +33,11 @@ source = views.synced(
 
 
 def custom_query() -> Query:
-    """The question typed in (QRNError naming what is wrong with it)."""
-    for key, text in CUSTOM.items():
-        st.session_state.setdefault(key, text)
-    question = st.text_input("Question", key="q_text")
+    """The question typed in, kept in the link as ?q_text=&q_options=&q_answer= (QRNError naming what is wrong)."""
+    question = views.synced(st.text_input, "Question", "q_text", value=CUSTOM["q_text"])
     left, right = st.columns(2)
-    options = left.text_area("Options, one per line", key="q_options", height=130)
-    answer = right.text_input("Correct answer (one of the options)", key="q_answer")
+    options = views.synced(left.text_area, "Options, one per line", "q_options", value=CUSTOM["q_options"], height=130)
+    answer = views.synced(right.text_input, "Correct answer (one of the options)", "q_answer", value=CUSTOM["q_answer"])
     return make_query(question, [o for o in options.splitlines() if o.strip()], answer)
 
 
@@ -80,9 +78,8 @@ def choose_neurons(query: Query, table: pd.DataFrame, n_layers: int, n_neurons: 
         if "lab_opened" in st.session_state or "neurons" not in st.query_params:
             st.session_state["neurons"] = default_labels(table)
         st.session_state["lab_opened"] = opened
-    if lab_edit.ADDED in st.session_state:  # neurons handed over by a neuron card
-        linked = [n for n in st.query_params.get("neurons", "").split(",") if n]
-        st.session_state["neurons"] = lab_edit.take_added(st.session_state.get("neurons", linked))
+    if lab_edit.ADDED in st.session_state:  # a neuron card's neuron, to be edited alone
+        st.session_state["neurons"] = lab_edit.take_added()
     left, middle, right = st.columns(3, vertical_alignment="bottom")
     layer = int(left.number_input(f"Layer (0-{n_layers - 1})", min_value=0, step=1, key="add_layer"))
     index = int(middle.number_input(f"Neuron index (0-{n_neurons - 1})", min_value=0, step=1, key="add_index"))
@@ -100,8 +97,10 @@ def choose_neurons(query: Query, table: pd.DataFrame, n_layers: int, n_neurons: 
         "Neurons to edit",
         "neurons",
         options=options,
+        among=f"a list of {name}'s neurons as layer:index (layers 0-{n_layers - 1}, neurons 0-{n_neurons - 1})",
         parse=lambda s: [n for n in s.split(",") if n],
         dump=",".join,
+        default=[n for n in default_labels(table) if n in options],
     )
     return [views.parse_neuron(label) for label in labels]
 
@@ -196,8 +195,12 @@ except QRNError as err:
 n_layers, n_neurons = state.shape(name)
 st.subheader("QR neurons")
 table = qr_table(query)
-if not table.empty:
-    views.neuron_table(table, None)  # a run's queries are shown only on the run's own model
+if not table.empty:  # cards show a run's neurons: those of a run that this model computed
+    views.neuron_table(
+        table,
+        run if run is not None and run.model_unavailable() is None else None,
+        column_config={"naica_rank": st.column_config.NumberColumn("NAICA rank", help=lab_scoring.NAICA_RANK)},
+    )
 st.subheader("Edit")
 neurons = choose_neurons(query, table, n_layers, n_neurons)
 left, right = st.columns([4, 1], vertical_alignment="bottom")
@@ -211,6 +214,7 @@ mult = views.synced(
     value=1.0,
     parse=float,
     valid=lambda v: 0.0 <= v <= 4.0,
+    among="a multiplier from 0 to 4",
     dump=lambda v: f"{v:g}",
 )
 right.button("Reset", on_click=reset, args=(default_labels(table),))

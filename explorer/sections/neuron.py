@@ -46,10 +46,10 @@ cols[3].metric("QR neuron of queries", int((card.queries["qr_rank"] > 0).sum()))
 cols[4].button(
     "Edit it in the lab",
     type="primary",
-    on_click=lab_edit.add_to_lab,
-    args=([neuron],),
+    on_click=lab_edit.edit_in_lab,
+    args=(neuron,),
     disabled=unavailable is not None,
-    help="Opens the query lab with this neuron in its edit set.",
+    help="Opens the query lab with this neuron alone as its edit set.",
 )
 if st.session_state.pop(lab_edit.GO_TO_LAB, False):
     st.switch_page("sections/lab.py")

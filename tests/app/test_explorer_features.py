@@ -15,6 +15,7 @@ import streamlit as st
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
 from app_driver import button, errors, page
+from markdown_view import shown
 from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
 from qrcore.editing import edits
@@ -101,18 +102,18 @@ def test_neuron_card_computes_activations_on_demand(db, tiny):
     np.testing.assert_allclose(np.sort(shown), np.sort(want), rtol=1e-5)
 
 
-def test_neuron_card_button_takes_the_neuron_into_the_query_lab(db):
+def test_neuron_card_button_takes_the_neuron_alone_into_the_query_lab(db):
     at = page("neuron", neuron="2:17")
     button(at, "Edit it in the lab").click().run()
     assert not at.exception, at.exception
-    assert "2:17" in at.multiselect(key="neurons").value and len(at.multiselect(key="neurons").value) > 1
+    assert at.multiselect(key="neurons").value == ["2:17"]
 
 
 def test_tables_link_to_neuron_cards(db):
     at = page("common")
     links = at.dataframe[0].value["card"]
     assert links.iloc[0].startswith(f"neuron?neuron={at.dataframe[0].value['layer'].iloc[0]}%3A")
-    assert links.str.endswith(f"&run={RUN}").all()
+    assert links.str.endswith(f"&model={MODEL}&run={RUN}").all()
 
 
 # Live thresholds
@@ -145,16 +146,17 @@ def test_heatmap_follows_the_live_threshold(db):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"t": "0.01"}, "t = 0.01 is outside 0.05-0.99"),
-        ({"u": "2"}, "u = 2 is outside 0.01-1"),
-        ({"v": "abc"}, "v in the link is not a number"),
-        ({"v": "0"}, "v = 0 is not a whole number from 1 to 1000"),
+        ({"t": "0.01"}, "?t=0.01 in the link is not a t from 0.05 to 0.99"),
+        ({"u": "2"}, "?u=2 in the link is not a u from 0.01 to 1"),
+        ({"v": "abc"}, "?v=abc in the link is not a whole v from 1 to 1000"),
+        ({"v": "0"}, "?v=0 in the link is not a whole v from 1 to 1000"),
     ],
 )
 def test_thresholds_out_of_range_in_the_link_get_one_line(db, params, message):
     before = row_counts(db)
     at = page("common", **params)
-    assert not at.exception and len(at.error) == 1 and at.error[0].value.startswith(message), errors(at)
+    assert not at.exception and not at.error and len(at.warning) == 1, errors(at)
+    assert shown(at.warning[0].value).startswith(message), at.warning[0].value
     assert (at.slider(key="t").value, at.slider(key="u").value, at.number_input(key="v").value) == (0.2, 0.3, 20)
     assert row_counts(db) == before
 

@@ -5,14 +5,13 @@ the run's own model; a damaged store is refused untouched."""
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 import re
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_driver import APP, PAGES, button, errors, page
+from app_driver import APP, PAGES, button, errors, page, plot_strings
 from markdown_view import rendered, shown, text_of
 from seeded_store import HOSTILE, MODEL, QUERIES, RUN, hostile, seed_store
 
@@ -25,25 +24,6 @@ AUTOLINKS = (re.compile(r"(https?://|www(?=\.))[-.\w]+", re.IGNORECASE), re.comp
 def markdown_bodies(at: AppTest) -> list[str]:
     """Every Markdown body on the page, sidebar included."""
     return [e.value for kind in MARKDOWN_ELEMENTS for e in getattr(at, kind)]
-
-
-def plot_strings(at: AppTest) -> list[str]:
-    """Every string in the page's plotly figures (labels, titles, hover text), which plotly reads as HTML."""
-    found: list[str] = []
-
-    def walk(value: object) -> None:
-        if isinstance(value, str):
-            found.append(value)
-        elif isinstance(value, dict):
-            for v in value.values():
-                walk(v)
-        elif isinstance(value, list):
-            for v in value:
-                walk(v)
-
-    for chart in at.get("plotly_chart"):
-        walk(json.loads(chart.proto.spec))
-    return found
 
 
 def assert_shown_as_text(at: AppTest) -> int:
@@ -76,14 +56,15 @@ def test_names_questions_and_options_show_as_text(db, name):
     assert not at.error, errors(at)
 
 
-def test_data_page_and_an_imported_dataset_name_show_as_text(db):
+def test_data_page_and_a_refused_dataset_name_show_as_text(db):
     at = page("data")
     assert_shown_as_text(at)
     at.file_uploader(key="upload").set_value(("quiz.csv", b"question,A,B,C,D,answer\nQ?,a,b,c,d,A\n", "text/csv")).run()
     at.text_input(key="dataset_name").set_value(f"quiz {HOSTILE}").run()
     button(at, "Import").click().run()
-    assert not at.error, errors(at)
-    assert assert_shown_as_text(at) > 0 and f"dataset 'quiz {HOSTILE}'" in shown(at.success[0].value)
+    assert_shown_as_text(at)  # the refusal quotes the name, as text
+    assert not at.success and len(at.error) == 1, errors(at)
+    assert errors(at)[0].startswith(f"dataset name 'quiz {HOSTILE[:20]}") and "is not allowed" in errors(at)[0]
 
 
 def test_typed_answer_in_the_error_shows_as_text(db):
