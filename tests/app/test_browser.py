@@ -140,7 +140,8 @@ def test_heatmap_cell_opens_the_neuron_card(browser, server):
     page.get_by_text("Open the card of neuron").click(timeout=60_000)
     settle(page)
     assert page.locator("h1").first.inner_text() == "Neuron card"
-    assert "neuron=" in page.url
+    link = parse_qs(urlparse(page.url).query)
+    assert "neuron" in link and link["model"] and link["run"]  # the clicked cell's model and run
     page.get_by_role("button", name="Compute its activation on all").click()
     page.locator("[data-testid=stPlotlyChart]").nth(1).wait_for(timeout=600_000)
     settle(page)
