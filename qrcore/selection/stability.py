@@ -23,7 +23,7 @@ from qrcore.selection import live, qrnca
 from qrcore.settings import QRNCASettings
 
 ROWS = ["query_id", "layer", "neuron", "na", "in_cluster"]
-QUERY_COLUMNS = ["perturbation", "query_id", "cluster_jaccard", "qr_jaccard"]
+QUERY_COLUMNS = ["perturbation", "query_id", "cluster_jaccard", "qr_jaccard", "qr_kept"]
 NEURON_COLUMNS = ["query_id", "rank", "layer", "neuron", "stays", "of", "stability"]
 
 
@@ -33,13 +33,13 @@ class Stability:
 
     queries: pd.DataFrame
     """One row per perturbation and perturbed query (QUERY_COLUMNS): the Jaccard index of its coarse cluster and of its
-    QR neurons against the run's (1 where both are empty)."""
+    QR neurons against the run's (1 where both are empty), and the share of the run's QR neurons that stay (1 for none)."""
     neurons: pd.DataFrame
     """One row per QR neuron of the run (NEURON_COLUMNS): `of` perturbations covered its query, in `stays` of them it
     stayed a QR neuron of that query; stability = stays / of (NaN where no perturbation covered the query)."""
 
     def by_group(self, groups: Mapping[str, str]) -> pd.DataFrame:
-        """Per group and perturbation: queries, mean cluster and QR-neuron Jaccard; with an 'all' row per perturbation."""
+        """Per perturbation and group: queries, mean cluster and QR-neuron Jaccard and share kept; 'all' rows too."""
         rows = self.queries.assign(group_name=self.queries["query_id"].map(groups))
         every = rows.assign(group_name="all")
         return (
@@ -49,6 +49,7 @@ class Stability:
                 queries=("query_id", "size"),
                 cluster_jaccard=("cluster_jaccard", "mean"),
                 qr_jaccard=("qr_jaccard", "mean"),
+                qr_kept=("qr_kept", "mean"),
             )
             .reset_index()
         )
@@ -88,13 +89,14 @@ def stability(
         mixed = pd.concat([base.loc[~base["query_id"].isin(ids), ROWS], rows[ROWS]], ignore_index=True)
         qr, cluster = _qr_sets(mixed, groups, s), _cluster_sets(rows)
         for qid in sorted(ids):
-            kept = qr.get(qid, frozenset())
+            before, kept = base_qr.get(qid, frozenset()), qr.get(qid, frozenset())
             queries.append(
                 (
                     name,
                     qid,
                     _jaccard(base_cluster.get(qid, frozenset()), cluster.get(qid, frozenset())),
-                    _jaccard(base_qr.get(qid, frozenset()), kept),
+                    _jaccard(before, kept),
+                    len(before & kept) / len(before) if before else 1.0,
                 )
             )
             covered.append(qid)

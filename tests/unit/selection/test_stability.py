@@ -55,11 +55,14 @@ def test_leave_one_template_out_matches_the_hand_computed_clusters_and_qr_neuron
     got = {(r.perturbation, r.query_id): (r.cluster_jaccard, r.qr_jaccard) for r in result.queries.itertuples()}
     assert got == EXPECTED  # halves and ones: exact in floating point
     neurons = result.neurons.set_index(["query_id", "neuron"])
+    kept = result.queries.set_index(["perturbation", "query_id"])["qr_kept"]
+    assert kept[("without template 2", "q2")] == 0.5 and kept[("without template 1", "q3")] == 1.0  # {n3, n4} -> {n3}
     assert neurons["of"].tolist() == [3, 3, 3, 3]
     assert neurons["stays"].to_dict() == {("q1", 0): 3, ("q2", 3): 3, ("q2", 4): 2, ("q3", 5): 3}
     assert neurons.loc[("q2", 4), "stability"] == pytest.approx(2 / 3)
     groups = result.by_group(GROUPS).set_index(["perturbation", "group_name"])
     assert groups.loc[("without template 2", "g1"), "qr_jaccard"] == pytest.approx(0.75)  # q1 1.0, q2 0.5
+    assert groups.loc[("without template 2", "g1"), "qr_kept"] == pytest.approx(0.75)
     assert groups.loc[("without template 1", "all"), "queries"] == 3
     assert groups.loc[("without template 1", "all"), "cluster_jaccard"] == pytest.approx(2.5 / 3)
 
@@ -71,7 +74,7 @@ def test_a_sampled_perturbation_is_judged_under_the_whole_runs_ica():
     q3 = rows.loc[(rows["query_id"] == "q3") & (rows["neuron"] == 5)]
     result = stability(rows, {"other seed": q3}, GROUPS, S)
     assert result.queries.to_dict("records") == [
-        {"perturbation": "other seed", "query_id": "q3", "cluster_jaccard": 0.5, "qr_jaccard": 1.0}
+        {"perturbation": "other seed", "query_id": "q3", "cluster_jaccard": 0.5, "qr_jaccard": 1.0, "qr_kept": 1.0}
     ]
     neurons = result.neurons.set_index("query_id")
     assert neurons.loc["q3", "stays"] == 1 and neurons.loc["q3", "stability"] == 1.0
