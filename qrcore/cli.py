@@ -3,14 +3,46 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 import json
 import sys
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 from qrcore.errors import QRNError
+from qrcore.progress import Progress
 
 if TYPE_CHECKING:
     from qrcore.evaluation.report import Report
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are QRNErrors: one line `qrn: error: ...` and exit code 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise the parse error as a QRNError that points to the command's help."""
+        raise QRNError(f"{message}; see `{self.prog} --help`")
+
+
+@contextmanager
+def _bar(desc: str, unit: str, disable: bool = False) -> Iterator[Progress]:
+    """A Progress that shows a tqdm bar from its first report on, so a command refused before any work prints only its
+    error line."""
+    from tqdm import tqdm
+
+    bars = []
+
+    def progress(done: int, total: int, label: str) -> None:
+        if not bars:
+            bars.append(tqdm(desc=desc, unit=unit, disable=disable))
+        bars[0].total, bars[0].n = total, done
+        bars[0].set_postfix_str(label)
+
+    try:
+        yield progress
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def _model_name_arg(p: argparse.ArgumentParser) -> None:
@@ -48,8 +80,6 @@ def _load(args: argparse.Namespace):
 
 def cmd_attribute(args: argparse.Namespace) -> None:
     """NA of one custom question: answer probabilities and the top neurons."""
-    from tqdm import tqdm
-
     from qrcore.attribution.ig import NeuronAttribution
     from qrcore.data.prompts import check_templates
     from qrcore.data.queries import make_query
@@ -64,12 +94,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     lm = _load(args)
     attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
     prompts = attr.prompts(query)
-    with tqdm(desc="attribution", unit="pass", disable=args.json) as bar:
-
-        def progress(done: int, total: int, _pass: str) -> None:
-            bar.total, bar.n = total, done
-            bar.refresh()
-
+    with _bar("attribution", "pass", disable=args.json) as progress:
         result = attr.attribute(query, progress)
     probs = letter_probs(lm, prompts)  # (templates, options): the table and the mean below are both read from it
     mean = float(correct_probs(probs, prompts).mean().round(6))
@@ -103,6 +128,7 @@ def cmd_bench_attribution(args: argparse.Namespace) -> None:
     """Fast path, preview and oracle on the same queries: seconds and FLOPs per query, share of the matmul peak."""
     from qrbench.attribution import bench_attribution
 
+    _at_least_one(args, "queries", "steps")
     bench_attribution(_load(args), n_queries=args.queries, oracle_prompts=args.oracle_prompts, steps=args.steps)
 
 
@@ -139,12 +165,16 @@ def cmd_run(args: argparse.Namespace) -> None:
     Under accelerate launch or torchrun every process takes its share of the queries (`qrcore.runs.distributed`);
     --processes N starts N such processes on this machine; one process given --shards writes shards as they do.
     """
-    from tqdm import tqdm
-
     from qrcore import store
+    from qrcore.names import check_name
+    from qrcore.outputs import check_folder
     from qrcore.runs import distributed
     from qrcore.runs.batch import plan_queries, run_dataset
 
+    if args.name is not None:
+        check_name(args.name, "run name")
+    if args.shards:
+        check_folder(args.shards, "--shards")
     settings = _settings(args)
     _at_least_one(args, "per-group")
     groups = args.groups.split(",") if args.groups else None
@@ -168,14 +198,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         return
     args.device, main = distributed.start_process(args.device) if launched else (args.device or "cpu", True)
     lm = _load(args)
-    with tqdm(desc=f"qrn run {args.dataset}", unit="query", disable=not main) as bar:
-
-        def progress(done: int, total: int, query_id: str) -> None:
-            bar.total = total
-            bar.n = done
-            bar.set_postfix_str(query_id)
-            bar.refresh()
-
+    with _bar(f"qrn run {args.dataset}", "query", disable=not main) as progress:
         if launched or args.shards:  # one process with --shards: the run's progress as files that can be carried
             run_id = distributed.run_distributed(
                 lm, args.dataset, args.db, args.name, settings, groups, args.per_group, args.shards, progress
@@ -234,8 +257,6 @@ def cmd_data_stats(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Tables 4, 6 and 7 for a finished run; stored in the run's evaluations."""
-    from tqdm import tqdm
-
     from qrcore import store
     from qrcore.evaluation.evaluate import evaluate_run, plan_evaluation
     from qrcore.evaluation.report import write_report
@@ -249,12 +270,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     info = plan_evaluation(args.run, args.db, args.per_group)[0]  # a run that cannot be evaluated fails before loading
     lm = _load(args)
     store.require_model(info, lm.spec.name, lm.fingerprint)
-    with tqdm(desc="evaluate", unit="query") as bar:
-
-        def progress(done: int, total: int, _query: str) -> None:
-            bar.total, bar.n = total, done
-            bar.refresh()
-
+    with _bar("evaluate", "query") as progress:
         evaluate_run(lm, args.run, args.db, args.per_group, args.seed, progress)
     _print_report(write_report(args.run, args.db, args.out))
 
@@ -293,6 +309,7 @@ def cmd_bench_store(args: argparse.Namespace) -> None:
 
     from qrbench.store import bench_store, build_synthetic_store
 
+    _at_least_one(args, "queries")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "synthetic.duckdb"
         build_synthetic_store(path, n_queries=args.queries)
@@ -311,6 +328,7 @@ def cmd_bench_processes(args: argparse.Namespace) -> None:
     """Queries per minute with 1 and 2 processes on this machine."""
     from qrbench.processes import bench_processes
 
+    _at_least_one(args, "queries")
     bench_processes(args.model, args.queries)
 
 
@@ -328,6 +346,10 @@ def cmd_bench_features(args: argparse.Namespace) -> None:
     bench_features()
 
 
+MAX_PORT = 65535
+"""The highest TCP port."""
+
+
 def cmd_explore(args: argparse.Namespace) -> None:
     """Start the Streamlit explorer on localhost, from the source tree or the installed package alike."""
     import os
@@ -337,6 +359,8 @@ def cmd_explore(args: argparse.Namespace) -> None:
 
     import explorer
 
+    if not 1 <= args.port <= MAX_PORT:
+        raise QRNError(f"--port is {args.port}; pass a port from 1 to {MAX_PORT} (default 8501).")
     folder = Path(explorer.__file__).resolve().parent
     config = tomllib.loads((folder / "config.toml").read_text())
     flags = [
@@ -416,7 +440,7 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all subcommands."""
-    parser = argparse.ArgumentParser(prog="qrn", description="Query-relevant neurons of LLMs (QRNCA).")
+    parser = Parser(prog="qrn", description="Query-relevant neurons of LLMs (QRNCA).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("attribute", help="attribute one multiple-choice question")
@@ -537,10 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `qrn`: run the subcommand; a QRNError becomes one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], None] = args.func
+    """Entry point of `qrn`: run the subcommand; a QRNError (bad arguments too) becomes one line on stderr and exit
+    code 2."""
     try:
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], None] = args.func
         func(args)
     except QRNError as err:
         print(f"qrn: error: {err}", file=sys.stderr)

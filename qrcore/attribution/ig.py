@@ -32,6 +32,7 @@ from qrcore.data.prompts import ChoicePrompt, query_prompts
 from qrcore.data.queries import Query
 from qrcore.model.ffn import decoder_layers, ffn_sites, forward_hooks, patch_ffn
 from qrcore.model.forward import clean_pass, packed_attention, packed_mask, prefix_kv
+from qrcore.model.memory import check_pass_memory
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
 from qrcore.settings import AttributionSettings, PromptSettings
@@ -102,6 +103,7 @@ class NeuronAttribution:
         self.blocks = decoder_layers(lm.model)
         self.max_copies = max_copies
         """Most scaled copies in one pass; layers are split into passes to bound memory."""
+        check_pass_memory(lm.model, settings.steps * len(self.layer_chunks[0]), settings.steps)
         self.stems = self.template_stems(stems_for)
         """Per template, the start that the prompts of `stems_for` share, computed once for every later query."""
 

@@ -9,10 +9,13 @@ import unicodedata
 from qrcore.errors import QRNError
 
 MAX_OPTIONS = 26
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 INVISIBLE = ("Cc", "Cf", "Zs", "Zl", "Zp")
 """Unicode categories that show nothing: control and format (zero-width) characters, spaces, line separators."""
 OPTION_PATTERN = re.compile(r"^\s*\(?([A-Z])[.)]\s", re.MULTILINE)
 """An option line of a ready-made prompt: "A. text", " (B) text"."""
+INLINE_OPTION = re.compile(r"(?<!\S)\(?([A-Z])[.)]\s")
+"""An option written within a line: "Pick one: A. text B. text", "(A) text (B) text"."""
 
 
 def blank(text: str) -> bool:
@@ -30,8 +33,13 @@ def option_problem(option: str) -> str | None:
 
 
 def prompt_letters(prompt: str) -> tuple[str, ...]:
-    """The option letters a ready-made prompt shows (A-D if it shows none in the "A. text" form)."""
-    return tuple(OPTION_PATTERN.findall(prompt)) or tuple("ABCD")
+    """The option letters a ready-made prompt shows: its option lines, else its options within lines when they run
+    A, B, ... in order (so "D. C. Washington" is none), else A-D."""
+    lines = tuple(OPTION_PATTERN.findall(prompt))
+    inline = "".join(INLINE_OPTION.findall(prompt))
+    if len(lines) < 2 and len(inline) > 1 and ALPHABET.startswith(inline):
+        return tuple(inline)
+    return lines or tuple("ABCD")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ VALUE = {EDIT: "multiplier", NEURON_SET: "score"}
 """The per-neuron number each kind of file carries."""
 META = {EDIT: ("model", "model_fingerprint"), NEURON_SET: ("model", "model_fingerprint", "run", "set")}
 """The file-level fields of each kind (CSV files repeat them on every row)."""
+MAX_INDEX = 2**31 - 1
+"""Above any model's layer or neuron count, and a whole number that int() keeps exactly."""
 
 Neuron = tuple[int, int]
 
@@ -89,6 +91,8 @@ def parse(text: str, source: str) -> tuple[str, dict[str, str], pd.DataFrame]:
         if not meta.get(key):
             raise QRNError(f"{where} the field {key!r} is missing; export the file again from the explorer.")
     try:
+        if table[["layer", "neuron"]].map(lambda v: isinstance(v, bool)).any(axis=None):
+            raise ValueError("a layer or neuron is true or false")
         layers, neurons = table["layer"].astype(float), table["neuron"].astype(float)
         values = table[VALUE[kind]].astype(float)
         if layers.isna().any() or neurons.isna().any():
@@ -98,18 +102,18 @@ def parse(text: str, source: str) -> tuple[str, dict[str, str], pd.DataFrame]:
             f"{where} every neuron needs numbers layer, neuron and {VALUE[kind]}; "
             "export the file again from the explorer."
         ) from None
-    bad = ~(layers.between(0, math.inf) & neurons.between(0, math.inf) & (layers % 1 == 0) & (neurons % 1 == 0))
+    bad = ~(layers.between(0, MAX_INDEX) & neurons.between(0, MAX_INDEX) & (layers % 1 == 0) & (neurons % 1 == 0))
     if bad.any():
         raise QRNError(
-            f"{where} neuron {_first(table, bad)} is not a layer and index (whole numbers from 0); "
+            f"{where} neuron {_first(table, bad)} is not a layer and index (whole numbers from 0 to {MAX_INDEX}); "
             "correct or remove it."
         )
     frame = pd.DataFrame({"layer": layers.astype(int), "neuron": neurons.astype(int), VALUE[kind]: values})
-    negative = ~values.between(0, math.inf)
-    if kind == EDIT and negative.any():
+    wrong = ~values.between(0, math.inf, inclusive="left")  # NaN and infinity too
+    if kind == EDIT and wrong.any():
         raise QRNError(
-            f"{where} neuron {_first(frame, negative)} has multiplier {values[negative].iloc[0]:g}; "
-            "multipliers are numbers from 0 (0 suppresses, 1 leaves, 2 boosts)."
+            f"{where} neuron {_first(frame, wrong)} has multiplier {values[wrong].iloc[0]:g}; "
+            "multipliers are finite numbers from 0 (0 suppresses, 1 leaves, 2 boosts)."
         )
     twice = frame.duplicated(["layer", "neuron"])
     if twice.any():
@@ -127,7 +131,7 @@ def to_edit(
             "(0 suppresses, 2 boosts)."
         )
     if multiplier is not None and not 0 <= multiplier < math.inf:
-        raise QRNError(f"multiplier {multiplier} is not a number from 0; use 0 to suppress, 2 to boost.")
+        raise QRNError(f"multiplier {multiplier} is not a finite number from 0; use 0 to suppress, 2 to boost.")
     values = neurons["multiplier"] if multiplier is None else [float(multiplier)] * len(neurons)
     return EditFile(
         meta["model"],

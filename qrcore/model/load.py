@@ -19,6 +19,7 @@ import re
 import shutil
 import struct
 
+from safetensors import SafetensorError
 import torch
 
 from qrcore.errors import QRNError
@@ -292,6 +293,11 @@ def check_local(name: str) -> None:
         raise QRNError(
             f"{name} is a file but not a .gguf model; pass a .gguf file, a Hugging Face model folder or a hub id."
         )
+    elif path.exists():
+        raise QRNError(
+            f"{name} is not a model file or folder (it is a device, pipe or socket); pass a .gguf file, a Hugging "
+            "Face model folder or a hub id."
+        )
     elif name.startswith((".", "/", "~")):
         raise QRNError(f"model path {name} does not exist; check the path.")
 
@@ -347,10 +353,16 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
+        reason = str(err).splitlines()[0]
+        if local and cache_dir().resolve() in Path(source).resolve().parents:
+            raise QRNError(
+                f"the converted model in {source} cannot be loaded ({reason}): it is cut short or damaged; delete "
+                "that folder and run the command again, which converts the model anew."
+            ) from None
         if local:
-            raise QRNError(f"cannot load model from {source}: {str(err).splitlines()[0]}") from err
-        raise _not_in_hub_cache(spec.name) from err
+            raise QRNError(f"cannot load model from {source}: {reason}") from None
+        raise _not_in_hub_cache(spec.name) from None
     if spec.device != "auto":
         model.to(spec.device)
     model.eval()

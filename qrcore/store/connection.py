@@ -16,7 +16,8 @@ holds is free).
 Damage (measured the same way): a DuckDB file cut short can still open and even take writes, failing only when
 a lost block is read, and a healthy file may end before the block count in its header (DuckDB cuts free blocks off
 its end). So `connect` reads every table's storage metadata and the catalog's before anything is written, and
-compares the file's size with the last block they use (once per version of the file and process); a damaged file
+compares the file's size with the last block they use, and verifies every block's checksum as DuckDB would on reading
+it (`qrcore.store.checksums`), once per version of the file and process; a damaged file
 is refused for reading and writing alike and never written (a refused read-write connection is closed without
 DuckDB's checkpoint). New stores and migrations: `qrcore.store.schema`.
 """
@@ -34,6 +35,8 @@ import time
 import duckdb
 
 from qrcore.errors import QRNError
+from qrcore.store.checksums import HEADERS as DUCKDB_HEADERS
+from qrcore.store.checksums import failing_block
 import qrcore.store.schema as schema  # schema.SCHEMA_VERSION looked up at each call: tests raise it
 from qrcore.store.schema import APP, SELECT_META, create, migrate, remove_stale_temps
 
@@ -43,8 +46,6 @@ LOCK_WAIT_S = 15.0
 """How long `connect` retries while another process has the file open (a run's finalize takes a few seconds)."""
 DUCKDB_MAGIC = b"DUCK"
 """Bytes 8-11 of every DuckDB file."""
-DUCKDB_HEADERS = 3 * 4096
-"""A DuckDB file starts with a main header and two database headers; block b lies at DUCKDB_HEADERS + b * size."""
 _SOUND: set[tuple[int, int, int, int]] = set()
 """(device, inode, size, mtime) of the store files `_check_blocks` passed in this process: not read again."""
 LIST_TABLES = (
@@ -74,6 +75,7 @@ def connect(
     Close the connection soon (use it in a `with` block): an open connection locks the file for other processes.
     """
     path = Path(path if path is not None else default_db())
+    check_path(path, read_only)
     if not path.exists():
         if read_only:
             raise QRNError(f"{path} does not exist; compute a run first (qrn run) or pass another --db")
@@ -105,30 +107,79 @@ def verify(path: str | os.PathLike | None = None) -> None:
 
 
 @contextmanager
-def writer_lock(path: str | os.PathLike | None = None) -> Iterator[None]:
-    """Hold "<db>.lock" for a whole run so that a second `qrn run` on the same store stops with a clear message."""
+def writer_lock(path: str | os.PathLike | None = None, command: str = "qrn run") -> Iterator[None]:
+    """Hold "<db>.lock" for a whole `command` (a run, an evaluation, an import, a merge) so that a second writer of
+    the same store stops with a clear message naming the first.
+
+    A lock file this call made is removed again when the run fails, so a refused command leaves none.
+    """
     db = Path(path if path is not None else default_db())
+    check_path(db, read_only=False)
     verify(db)  # a refused store gets no lock file beside it
     lock = Path(f"{db}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    made = not lock.exists()
+    fd = _locked(lock, db)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            raise QRNError(
-                f"{db} is being written by another qrn run (pid {holder}); wait for it to finish or use another --db"
-            ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, f"{os.getpid()} {command}".encode())
         try:
             yield
+        except BaseException:
+            if made:
+                lock.unlink(missing_ok=True)  # still held: whoever opened it meanwhile sees it gone (`_locked`)
+            raise
         finally:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _locked(lock: Path, db: Path) -> int:
+    """A descriptor of `lock`, flocked by this process; QRNError while another process holds it. A lock file that was
+    removed between its open and the flock (by a failed run, above) is opened anew."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, _, holder = os.read(fd, 64).decode(errors="replace").strip().partition(" ")
+            os.close(fd)
+            raise QRNError(
+                f"{db} is being written by another {holder or 'qrn run'} (pid {pid or 'unknown'}); "
+                "wait for it to finish or use another --db"
+            ) from None
+        if lock.exists() and os.stat(lock).st_ino == os.fstat(fd).st_ino:
+            return fd
+        os.close(fd)
+
+
+def check_path(path: Path, read_only: bool) -> None:
+    """One-line QRNError, before DuckDB opens anything, for a store path that is a folder, not a regular file (DuckDB
+    would wait forever on a FIFO), unreadable, or, for a writer, a file or folder this process may not write (DuckDB
+    writes its log and `writer_lock` its lock file beside the store)."""
+    if path.is_dir():
+        raise QRNError(f"{path} is a folder, not a store file; pass the path of a store file to --db (or QRN_DB)")
+    if path.exists():
+        if not path.is_file():
+            raise QRNError(
+                f"{path} is not a regular file (a pipe, device or socket); pass the path of a store file to --db "
+                "(or QRN_DB)"
+            )
+        try:
+            with path.open("rb") as f:
+                f.read(len(DUCKDB_MAGIC))
+        except OSError as err:
+            raise QRNError(f"{path} cannot be read ({err.strerror}); pass another --db (or QRN_DB)") from None
+    if read_only:
+        return
+    folder = next(p for p in path.absolute().parents if p.exists())
+    blocked = next((p for p in (path, folder) if p.exists() and not os.access(p, os.W_OK)), None)
+    if blocked is not None:
+        raise QRNError(
+            f"{path} cannot be written: {blocked} is read-only for this user; make it writable or pass another --db"
+        )
 
 
 def _open(path: Path, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection:
@@ -201,11 +252,15 @@ def _check_tables(con: duckdb.DuckDBPyConnection, path: Path) -> int:
             f"{path} has store schema {version}, newer than this qrn's {schema.SCHEMA_VERSION}; "
             "upgrade qrn or pass another --db"
         )
+    missing = sorted(schema.tables(int(version)) - set(tables))
+    if missing:
+        raise _damaged(path, f"its table {missing[0]} is missing")
     return int(version)
 
 
 def _check_blocks(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """Read every table's storage metadata; QRNError if that fails or uses a block beyond the end of the file."""
+    """Read every table's storage metadata and verify every block's checksum (`checksums`); QRNError if that fails,
+    uses a block beyond the end of the file, or a block's checksum does not match."""
     st = path.stat()
     version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if version in _SOUND:
@@ -220,6 +275,10 @@ def _check_blocks(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     needed = DUCKDB_HEADERS + (last + 1) * block_size
     if st.st_size < needed:
         raise _damaged(path, f"the file is {st.st_size:,} bytes but its tables use blocks up to byte {needed:,}")
+    bad = failing_block(path, block_size)
+    if bad is not None:
+        start = DUCKDB_HEADERS + bad * block_size
+        raise _damaged(path, f"block {bad} (bytes {start:,} to {start + block_size:,}) fails its checksum")
     _SOUND.add(version)
 
 
