@@ -3,19 +3,24 @@ machine's measured matmul peak."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import resource
 import time
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from qrcore.attribution.ig import NeuronAttribution
 from qrcore.attribution.oracle import ig_prompt_oracle
+from qrcore.attribution.results import QueryAttribution
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.errors import QRNError
 from qrcore.model.flops import ModelShape, ig_prompt_flops, matmul_peak
 from qrcore.model.spec import LoadedModel
+from qrcore.selection import qrnca
+from qrcore.selection.stability import stability
 from qrcore.selection.topk import top_neurons
 from qrcore.settings import GRADIENT_X_ACTIVATION, AttributionSettings, QRNCASettings
 
@@ -134,10 +139,28 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return len(top & {(l, n) for l, n, _ in top_neurons(b, k)}) / k
 
 
+def agreement(
+    exact: list[QueryAttribution], mixed: list[QueryAttribution], groups: Mapping[str, str], s: QRNCASettings
+) -> dict[str, float]:
+    """How far mixed precision moves the results: mean Jaccard of the queries' coarse clusters and of their QR
+    neurons (QRNCA over the same queries each way, `qrcore.selection.stability`), and the largest score difference
+    relative to the largest score."""
+
+    def rows(attrs: list[QueryAttribution]) -> pd.DataFrame:
+        return pd.concat([qrnca.sparsify(a, s) for a in attrs], ignore_index=True)
+
+    moved = stability(rows(exact), {"mixed": rows(mixed)}, groups, s).queries
+    return {
+        "cluster_jaccard": float(moved["cluster_jaccard"].mean()),
+        "qr_jaccard": float(moved["qr_jaccard"].mean()),
+        "max_rel_diff": max(float(np.abs(m.ig - e.ig).max() / np.abs(e.ig).max()) for e, m in zip(exact, mixed)),
+    }
+
+
 def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16) -> dict:
     """Exact against mixed precision (`qrcore.attribution.precision`) on per_group built-in domain queries of each group: seconds
     per query each way, their ratio, and the agreement of coarse clusters, QR neurons and scores."""
-    from qrcore.attribution.precision import agreement, bfloat16_matmuls
+    from qrcore.attribution.precision import bfloat16_matmuls
     from qrcore.data.datasets import load_builtin
     from qrcore.runs.batch import select_queries
 

@@ -8,7 +8,7 @@ import torch
 
 from qrbench import attribution as bench
 from qrcore.attribution.ig import NeuronAttribution
-from qrcore.attribution.precision import agreement, bfloat16_matmuls, jaccard
+from qrcore.attribution.precision import bfloat16_matmuls
 from qrcore.cli import main
 from qrcore.data.queries import make_query
 from qrcore.settings import QRNCASettings
@@ -42,7 +42,7 @@ def test_mixed_precision_stays_close_to_the_exact_path_and_leaves_it_as_it_was(t
     with bfloat16_matmuls(lm.model):
         mixed = [attr.attribute(q) for q in QUERIES]
     assert next(lm.model.parameters()).dtype == torch.float32  # the weights themselves are untouched
-    result = agreement(exact, mixed, {q.id: str(i) for i, q in enumerate(QUERIES)}, QRNCASettings())
+    result = bench.agreement(exact, mixed, {q.id: str(i) for i, q in enumerate(QUERIES)}, QRNCASettings())
     assert 1e-5 < result["max_rel_diff"] < 0.05  # bfloat16 products do change the scores, by little
     assert result["cluster_jaccard"] > 0.8 and result["qr_jaccard"] > 0.6
     again = [attr.attribute(q) for q in QUERIES]  # the exact path after the block: the same numbers as before it
@@ -56,10 +56,6 @@ def test_linears_are_restored_when_the_forward_raises(tiny):
         lm.model(torch.tensor([[1, 2, 3]]))
         raise RuntimeError("stop")
     assert not any("forward" in m.__dict__ for m in lm.model.modules())
-
-
-def test_jaccard():
-    assert jaccard({1, 2}, {2, 3}) == pytest.approx(1 / 3) and jaccard(set(), set()) == 1.0
 
 
 def test_the_benchmark_says_when_bfloat16_cannot_be_faster_here(monkeypatch, capsys):
