@@ -29,7 +29,7 @@ navigation = st.navigation(pages)
 st.sidebar.caption(f"Store {views.md(state.db_path())}")
 try:
     state.startup(state.db_path())
-    views.page_path_notice(navigation, [p.url_path for p in pages])
+    views.page_path_notice(navigation, [*(p.url_path for p in pages), "heatmaps"])  # /heatmaps: the default page
     views.pick_model()
     navigation.run()
 except QRNError as err:

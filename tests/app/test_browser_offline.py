@@ -23,6 +23,8 @@ EVERY_PAGE = [
     "lab?source=custom",
 ]
 """Every page of the app (the default one at /), and a few views of them."""
+WARNING = "[data-testid=stAlertContentWarning]"
+"""An inline notice (st.warning)."""
 ICONS = """() => [...document.querySelectorAll("link[rel~='icon']")].map(e => e.href)"""
 """The page's favicon addresses (set by script, and fetched by the browser outside the page's requests)."""
 
@@ -47,7 +49,7 @@ def test_on_this_machine_tells_loopback_from_outside():
     assert not on_this_machine("http://10.0.0.1/") and not on_this_machine("https://localhost.example.com/")
 
 
-def test_no_page_requests_an_outside_address(browser, tiny_server):
+def test_no_page_requests_an_outside_address_or_shows_a_notice(browser, tiny_server):
     fetched: list[str] = []
     browser.on("request", lambda request: fetched.append(request.url))  # every page and worker of the context
     icons: list[str] = []
@@ -55,6 +57,7 @@ def test_no_page_requests_an_outside_address(browser, tiny_server):
         page = browser.new_page()
         page.on("websocket", lambda socket: fetched.append(socket.url))
         open_page(page, tiny_server, path)
+        assert not page.locator(WARNING).count(), page.locator(WARNING).first.inner_text()  # a known page, good values
         icons += page.evaluate(ICONS)
         page.close()
     assert len(fetched) > 50 and any("/_stcore/stream" in url for url in fetched)  # requests were recorded
@@ -66,6 +69,6 @@ def test_an_unknown_page_path_says_which_page_it_shows(browser, tiny_server):
     page = browser.new_page()
     open_page(page, tiny_server, "no-such-page?group=science")
     assert page.locator("h1").first.inner_text() == "Heatmaps"
-    notice = page.locator("[data-testid=stAlertContentWarning]").first.inner_text()
+    notice = page.locator(WARNING).first.inner_text()
     assert notice == "The page /no-such-page in the link is not a page of the explorer; showing Heatmaps instead."
     page.close()
