@@ -18,6 +18,8 @@ from qrcore.data.queries import Query
 from qrcore.errors import QRNError
 from qrcore.selection import qrnca
 from qrcore.settings import RunSettings
+from qrcore.store.checksums import failing_block
+from qrcore.store.connection import BLOCK_SIZE
 
 RUN_NAME = "synthetic"
 COMMON_POOL = 20
@@ -106,6 +108,7 @@ def build_synthetic_store(
 def bench_store(path: str | os.PathLike, repeats: int = 7, out: TextIO | None = sys.stdout) -> pd.DataFrame:
     """Median milliseconds of each explorer reader on the store's synthetic run (one warm-up, then `repeats` runs)."""
     with store.connect(path, read_only=True) as con:
+        block_size = con.execute(BLOCK_SIZE).fetchone()[0]
         info = store.run_info(con, RUN_NAME)
         group = store.heatmap_groups(con, info.run_id)[0]
         query = store.read_qr_neurons(con, info.run_id, "qrnca")["query_id"].iloc[0]
@@ -124,6 +127,7 @@ def bench_store(path: str | os.PathLike, repeats: int = 7, out: TextIO | None = 
     rows.insert(
         0, ("connect read-only + close", median_ms(lambda: store.connect(path, read_only=True).close(), repeats))
     )
+    rows.insert(0, ("checksum pass (first open)", median_ms(lambda: failing_block(Path(path), block_size), repeats)))
     table = pd.DataFrame(rows, columns=["reader", "ms"])
     if out is not None:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"), file=out)

@@ -147,8 +147,17 @@ def evaluate_run(
 ) -> pd.DataFrame:
     """Run Tables 4, 6 and 7 on every query of the run (or up to per_group of each group); store and return them.
 
-    The queries a killed evaluation of the same run, seed and queries finished are read from its checkpoint.
+    The queries a killed evaluation of the same run, seed and queries finished are read from its checkpoint. The
+    store's writer lock is held throughout, so a second evaluation (or run) of the store is refused, not mixed in.
     """
+    with store.writer_lock(db, "qrn evaluate"):
+        return _evaluate(lm, run, db, per_group, seed, progress)
+
+
+def _evaluate(
+    lm: LoadedModel, run: str, db: str | None, per_group: int | None, seed: int, progress: Progress | None
+) -> pd.DataFrame:
+    """`evaluate_run` under the writer lock: the edits, the held-out queries, then one transaction of all numbers."""
     info, queries, qr, chosen = plan_evaluation(run, db, per_group)
     store.require_model(info, lm.spec.name, lm.fingerprint)
     group = {qid: q.group for qid, q in queries.items()}
@@ -209,8 +218,7 @@ def evaluate_run(
     )
     frame = pd.DataFrame(rows, columns=["method", "evaluation", "group_name", "metric", "value"])
     with store.connect(db) as con:
-        for (method, evaluation), part in frame.groupby(["method", "evaluation"]):
-            store.write_evaluations(con, info.run_id, method, evaluation, part[["group_name", "metric", "value"]])
+        store.replace_evaluations(con, info.run_id, frame)
     checkpoint.remove()
     return frame
 

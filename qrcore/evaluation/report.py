@@ -9,6 +9,7 @@ import duckdb
 import pandas as pd
 
 from qrcore import store
+from qrcore.atomic import files_into
 from qrcore.errors import QRNError
 from qrcore.markdown import escaped
 from qrcore.names import safe_name
@@ -110,18 +111,15 @@ FLOAT_FORMATS = {"localisation": ".3g"}
 
 def write_tables(folder: Path, title: list[str], tables: dict[str, pd.DataFrame], missing: str | None) -> Report:
     """report.md (the title lines, the note, then each table under its name, methods under their paper names) and one
-    CSV per table (method ids) in `folder`."""
+    CSV per table (method ids) in `folder`, all or none (`files_into`: a full disk leaves no partial file)."""
     text = [*title, *([escaped(f"{missing[0].upper()}{missing[1:]}."), ""] if missing else [])]
-    paths = []
-    for name, frame in tables.items():
-        path = folder / f"{name}.csv"
-        frame.to_csv(path, index=False)
-        paths.append(path)
-        named = frame.replace({"method": METHOD_NAMES}) if "method" in frame else frame
-        text += [f"## {name}", "", markdown(named, FLOAT_FORMATS.get(name, ".2f")), ""]
-    md = folder / "report.md"
-    md.write_text("\n".join(text))
-    return Report([md, *paths], missing)
+    with files_into(folder) as tmp:
+        for name, frame in tables.items():
+            frame.to_csv(tmp / f"{name}.csv", index=False)
+            named = frame.replace({"method": METHOD_NAMES}) if "method" in frame else frame
+            text += [f"## {name}", "", markdown(named, FLOAT_FORMATS.get(name, ".2f")), ""]
+        (tmp / "report.md").write_text("\n".join(text))
+    return Report([folder / "report.md", *(folder / f"{name}.csv" for name in tables)], missing)
 
 
 def write_report(run: str, db: str | None, out: str) -> Report:

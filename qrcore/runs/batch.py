@@ -87,6 +87,16 @@ def run_name(name: str | None, ds_name: str, lm: LoadedModel) -> str:
     return check_name(name, "run name") if name is not None else safe_name(f"{ds_name}@{lm.spec.name}")
 
 
+def check_prompts(lm: LoadedModel, queries: list[Query], settings: RunSettings) -> None:
+    """Build every query's prompts for the model (tokenizing only, no forward), so that one the model cannot take (over
+    its context) fails before the store is written."""
+    from qrcore.attribution.ig import NeuronAttribution
+
+    attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
+    for q in queries:
+        attr.prompts(q)
+
+
 def run_dataset(
     lm: LoadedModel,
     dataset: str,
@@ -101,11 +111,12 @@ def run_dataset(
     from qrcore.attribution.ig import NeuronAttribution
 
     ds_name, source, queries = plan_queries(dataset, db, settings, groups, per_group)
+    check_prompts(lm, queries, settings)
     with store.writer_lock(db):
         with store.connect(db) as con:
-            store.upsert_model(con, **lm.store_row())
-            dataset_id = store.upsert_dataset(con, ds_name, source, queries)
-            run_id = store.get_or_create_run(con, run_name(name, ds_name, lm), lm.fingerprint, dataset_id, settings)
+            run_id = store.store_run(
+                con, lm.store_row(), (ds_name, source, queries), run_name(name, ds_name, lm), settings
+            )
             done = store.done_query_ids(con, run_id)
             finished = store.run_info(con, run_id).status == "finished"
         todo = [q for q in queries if q.id not in done]

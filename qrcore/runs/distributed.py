@@ -24,7 +24,7 @@ from qrcore.errors import QRNError
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
 from qrcore.runs import shards
-from qrcore.runs.batch import plan_queries, run_name
+from qrcore.runs.batch import check_prompts, plan_queries, run_name
 from qrcore.settings import RunSettings
 
 WORLD_ENV = ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"]
@@ -134,6 +134,7 @@ def _open_run(
 ) -> tuple[dict, set[str], bool]:
     """Main process: store the run's model, dataset and run and write its manifest; (manifest, ids done, cache hit)."""
     ds_name, source, queries = plan_queries(dataset, db, settings, groups, per_group)
+    check_prompts(lm, queries, settings)
     manifest = shards.make_manifest(lm, run_name(name, ds_name, lm), ds_name, source, queries, settings)
     with store.connect(db) as con:
         manifest = shards.open_run(con, manifest)

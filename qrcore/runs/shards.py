@@ -33,6 +33,7 @@ from qrcore.names import check_name
 from qrcore.selection import qrnca
 from qrcore.settings import QRNCASettings, RunSettings
 from qrcore.store.schema import CODE_VERSION
+from qrcore.store.sql import transaction
 from qrcore.store.writes import run_diff
 
 MANIFEST = "manifest.json"
@@ -71,12 +72,10 @@ def open_run(con: duckdb.DuckDBPyConnection, manifest: dict) -> dict:
     QRNError, as for `qrn run`, when the run name is taken by another model, dataset or settings.
     """
     m = manifest
-    store.upsert_model(con, **m["model_row"])
-    dataset_id = store.upsert_dataset(con, m["dataset_name"], m["dataset_source"], queries_of(m))
-    run_id = store.get_or_create_run(
-        con, m["run_name"], m["model"], dataset_id, RunSettings.from_json(m["settings"]), m["code_version"]
-    )
-    return {**m, "run_id": run_id, "dataset": dataset_id}
+    dataset = (m["dataset_name"], m["dataset_source"], queries_of(m))
+    settings = RunSettings.from_json(m["settings"])
+    run_id = store.store_run(con, m["model_row"], dataset, m["run_name"], settings, m["code_version"])
+    return {**m, "run_id": run_id, "dataset": store.run_dataset_id(con, run_id)}
 
 
 def queries_of(manifest: dict) -> list[Query]:
@@ -188,19 +187,21 @@ def read_shards(folder: Path, manifest: dict, paths: list[Path]) -> tuple[pd.Dat
 def merge_into(con: duckdb.DuckDBPyConnection, folder: Path) -> tuple[str, int]:
     """Store the folder's shards of queries not yet stored in one transaction, then finalize; (run id, queries merged).
 
-    The caller holds the store's writer lock.
+    The caller holds the store's writer lock. Everything is one transaction, so a refusal (a run name taken, no
+    finished shard, another run's shard) leaves the store as it was.
     """
     folder = Path(folder)
-    manifest = open_run(con, read_manifest(folder))
-    run_id = manifest["run_id"]
-    done = store.done_query_ids(con, run_id)
-    todo = [path for query_id, path in finished_shards(folder).items() if query_id not in done]
-    if not todo and not done:
-        raise QRNError(f"{folder} holds no finished query yet; nothing to merge")
-    if todo:
-        store.write_rows(con, run_id, *read_shards(folder, manifest, todo))
-    if todo or store.run_info(con, run_id).status != "finished":
-        store.finalize_run(con, run_id, seed=RunSettings.from_json(manifest["settings"]).prompt.seed)
+    with transaction(con):
+        manifest = open_run(con, read_manifest(folder))
+        run_id = manifest["run_id"]
+        done = store.done_query_ids(con, run_id)
+        todo = [path for query_id, path in finished_shards(folder).items() if query_id not in done]
+        if not todo and not done:
+            raise QRNError(f"{folder} holds no finished query yet; nothing to merge")
+        if todo:
+            store.write_rows(con, run_id, *read_shards(folder, manifest, todo))
+        if todo or store.run_info(con, run_id).status != "finished":
+            store.finalize_run(con, run_id, seed=RunSettings.from_json(manifest["settings"]).prompt.seed)
     return run_id, len(todo)
 
 
@@ -208,7 +209,7 @@ def merge_shards(folder: str | os.PathLike, db: str | None = None) -> tuple[str,
     """Merge a run folder (e.g. copied from a cluster) into the store at `db`; (run id, queries merged)."""
     store.verify(db)
     read_manifest(Path(folder))  # a refused store or folder is refused before the store is opened for writing
-    with store.writer_lock(db), store.connect(db) as con:
+    with store.writer_lock(db, "qrn merge"), store.connect(db) as con:
         return merge_into(con, Path(folder))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import re
 import shutil
 
 import duckdb
@@ -75,6 +76,13 @@ SCHEMA_V2 = [
 ]
 MIGRATIONS: dict[int, list[str]] = {0: SCHEMA_V1, 1: SCHEMA_V2}
 """Statements that take a store from version k to k + 1; version 0 is a new or empty store."""
+CREATED_TABLE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", re.IGNORECASE)
+
+
+def tables(version: int) -> set[str]:
+    """The tables a store of `version` has: meta and those the MIGRATIONS up to it create."""
+    made = (CREATED_TABLE.match(sql.strip()) for step in range(version) for sql in MIGRATIONS[step])
+    return {"meta", *(m[1] for m in made if m)}
 
 
 def create(path: Path) -> None:

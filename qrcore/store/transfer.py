@@ -13,7 +13,10 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from qrcore.atomic import files_into
 from qrcore.errors import QRNError
 from qrcore.names import check_name
 from qrcore.outputs import make_folder
@@ -41,17 +44,21 @@ EXPORT_SELECT = {
     "queries": f"SELECT * FROM queries WHERE dataset_id IN (SELECT dataset_id FROM runs WHERE run_id IN {_IN_RUNS})",
     **{t: f"SELECT * FROM {t} WHERE run_id IN {_IN_RUNS}" for t in EXPORT_TABLES[3:]},
 }
+FREE_NAME = """CASE WHEN name NOT IN (SELECT name FROM {table}) THEN name
+    WHEN name || '-' || left({key}, 8) NOT IN (SELECT name FROM {table}) THEN name || '-' || left({key}, 8)
+    ELSE name || '-' || {key} END"""
+"""An imported row's name: its own, else with its id's first 8 digits, else with its whole id, whichever is free."""
 IMPORT_SHARED = {
     "models": "INSERT OR IGNORE INTO models BY NAME SELECT * FROM read_parquet(?)",
-    "datasets": """INSERT INTO datasets BY NAME SELECT * REPLACE (CASE WHEN name IN (SELECT name FROM datasets)
-        THEN name || '-' || left(dataset_id, 8) ELSE name END AS name) FROM read_parquet(?)
+    "datasets": f"""INSERT INTO datasets BY NAME
+        SELECT * REPLACE ({FREE_NAME.format(table="datasets", key="dataset_id")} AS name) FROM read_parquet(?)
         WHERE dataset_id NOT IN (SELECT dataset_id FROM datasets)""",
     "queries": "INSERT OR IGNORE INTO queries BY NAME SELECT * FROM read_parquet(?)",
 }
 """Rows that runs share: bound to the Parquet file only."""
 IMPORT_RUN_ROWS = {
-    "runs": f"""INSERT INTO runs BY NAME SELECT * REPLACE (CASE WHEN name IN (SELECT name FROM runs)
-        THEN name || '-' || left(run_id, 8) ELSE name END AS name) FROM read_parquet(?) WHERE run_id IN {_IN_RUNS}""",
+    "runs": f"""INSERT INTO runs BY NAME SELECT * REPLACE ({FREE_NAME.format(table="runs", key="run_id")} AS name)
+        FROM read_parquet(?) WHERE run_id IN {_IN_RUNS}""",
     **{
         t: f"INSERT INTO {t} BY NAME SELECT * FROM read_parquet(?) WHERE run_id IN {_IN_RUNS}"
         for t in EXPORT_TABLES[4:]
@@ -64,12 +71,12 @@ STORED_RUNS = f"SELECT run_id FROM runs WHERE run_id IN {_IN_RUNS}"
 def export_runs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], folder: str | os.PathLike) -> dict[str, int]:
     """Write every row of the given runs (and their models, datasets and queries) as one Parquet file per table."""
     ids = [finished_run(con, r).run_id for r in runs]
-    out = make_folder(folder)
     counts = {}
-    for table, sql in EXPORT_SELECT.items():
-        frame = con.execute(sql, [ids]).df()
-        frame.to_parquet(out / f"{table}.parquet", compression="zstd", index=False)
-        counts[table] = len(frame)
+    with files_into(make_folder(folder)) as out:  # a full disk leaves no partial export
+        for table, sql in EXPORT_SELECT.items():
+            frame = con.execute(sql, [ids]).df()
+            frame.to_parquet(out / f"{table}.parquet", compression="zstd", index=False)
+            counts[table] = len(frame)
     return counts
 
 
@@ -89,12 +96,18 @@ def import_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, progr
         return False
     files = {table: folder / f"{table}.parquet" for table in EXPORT_TABLES}
     total, done = sum(f.stat().st_size for f in files.values()), 0
-    with transaction(con):
-        for table, sql in (IMPORT_SHARED | IMPORT_RUN_ROWS).items():
-            con.execute(sql, [str(files[table]), new] if table in IMPORT_RUN_ROWS else [str(files[table])])
-            done += files[table].stat().st_size
-            if progress:
-                progress(done, total, table)
+    try:
+        with transaction(con):
+            for table, sql in (IMPORT_SHARED | IMPORT_RUN_ROWS).items():
+                con.execute(sql, [str(files[table]), new] if table in IMPORT_RUN_ROWS else [str(files[table])])
+                done += files[table].stat().st_size
+                if progress:
+                    progress(done, total, table)
+    except (duckdb.ConstraintException, duckdb.BinderException, duckdb.ConversionException) as err:
+        raise QRNError(
+            f"{folder} cannot be loaded into this store ({str(err).splitlines()[0]}); nothing was loaded: pass a "
+            "folder that qrn export wrote, or another --db"
+        ) from None
     return True
 
 
@@ -108,12 +121,28 @@ def exported_run_ids(folder: str | os.PathLike) -> list[str]:
         raise QRNError(
             f"{folder} is not a folder of exported runs: it lacks {missing[0]}{more}; pass a folder that qrn export wrote"
         )
-    runs = pd.read_parquet(folder / "runs.parquet", columns=["run_id", "name"])
-    datasets = pd.read_parquet(folder / "datasets.parquet", columns=["name"])
+    tables = {table: _read_export_table(folder / f"{table}.parquet") for table in EXPORT_TABLES}
+    runs, datasets = tables["runs"], tables["datasets"]
     for what, names in (("run", runs["name"]), ("dataset", datasets["name"])):
         for name in names:
             check_name(name, f"{folder}: {what} name", "this qrn loads only exports whose names follow it")
     return runs["run_id"].tolist()
+
+
+def _read_export_table(path: Path) -> pd.DataFrame:
+    """One table of an export folder, read whole (so that a garbage, empty or cut-short file is refused before the
+    store is opened); one-line QRNError if it is not a Parquet file with the columns qrn export writes."""
+    needed = {"runs": ["run_id", "name"], "datasets": ["dataset_id", "name"]}.get(path.stem, [])
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise QRNError(
+            f"{path} is not a readable Parquet file ({str(err).splitlines()[0]}); export the runs again (qrn export)"
+        ) from None
+    lacking = [c for c in needed if c not in frame.columns]
+    if lacking:
+        raise QRNError(f"{path} lacks the column {lacking[0]!r}; export the runs again (qrn export)")
+    return frame
 
 
 def _new_runs(con: duckdb.DuckDBPyConnection, folder: Path) -> list[str]:

@@ -48,8 +48,10 @@ INSERT_STATS = f"INSERT INTO neuron_stats SELECT ?, layer, neuron, n_clusters, i
 INSERT_QR = f"INSERT INTO qr_neurons SELECT ?, method, query_id, rank, layer, neuron, score FROM {FRAME}"
 INSERT_HEATMAPS = f"INSERT INTO heatmaps SELECT ?, group_name, layer, neuron, score FROM {FRAME}"
 MARK_FINISHED = "UPDATE runs SET status = 'finished', finished = current_timestamp, n_clusters = ? WHERE run_id = ?"
-DELETE_EVALUATION = "DELETE FROM evaluations WHERE run_id = ? AND method = ? AND evaluation = ?"
-INSERT_EVALUATION = f"INSERT INTO evaluations SELECT ?, ?, ?, group_name, metric, value FROM {FRAME}"
+DELETE_EVALUATIONS = (
+    f"DELETE FROM evaluations WHERE run_id = ? AND (method, evaluation) IN (SELECT method, evaluation FROM {FRAME})"
+)
+INSERT_EVALUATIONS = f"INSERT INTO evaluations SELECT ?, method, evaluation, group_name, metric, value FROM {FRAME}"
 
 
 def upsert_model(
@@ -140,6 +142,22 @@ def get_or_create_run(
     return run_id
 
 
+def store_run(
+    con: duckdb.DuckDBPyConnection,
+    model_row: dict,
+    dataset: tuple[str, str, Sequence[Query]],
+    name: str,
+    settings: RunSettings,
+    code_version: str = CODE_VERSION,
+) -> str:
+    """Store a run's model (`upsert_model` arguments), dataset (name, source, queries) and run in one transaction;
+    the run id. A refusal (a dataset name or run name taken by other content) leaves no row of the three."""
+    with transaction(con):
+        model_id = upsert_model(con, **model_row)
+        dataset_id = upsert_dataset(con, *dataset)
+        return get_or_create_run(con, name, model_id, dataset_id, settings, code_version)
+
+
 def write_query(con: duckdb.DuckDBPyConnection, run_id: str, attr: QueryAttribution, settings: QRNCASettings) -> None:
     """Store one query's result, sparse attributions (`qrnca.sparsify` with the run's settings) and top activations."""
     results = pd.DataFrame(
@@ -194,9 +212,18 @@ def write_evaluations(
     con: duckdb.DuckDBPyConnection, run_id: str, method: str, evaluation: str, rows: pd.DataFrame
 ) -> None:
     """Replace one evaluation's numbers (rows: group_name, metric, value), e.g. evaluation 'suppress', metric 'pcr'."""
+    replace_evaluations(
+        con, run_id, rows[["group_name", "metric", "value"]].assign(method=method, evaluation=evaluation)
+    )
+
+
+def replace_evaluations(con: duckdb.DuckDBPyConnection, run_id: str, rows: pd.DataFrame) -> None:
+    """Replace the numbers of every (method, evaluation) in `rows` (method, evaluation, group_name, metric, value) in
+    one transaction, so that a killed `qrn evaluate` leaves the run's evaluation whole or as it was."""
+    frame = rows[["method", "evaluation", "group_name", "metric", "value"]]
     with transaction(con):
-        con.execute(DELETE_EVALUATION, [run_id, method, evaluation])
-        sql.execute_with(con, INSERT_EVALUATION, rows[["group_name", "metric", "value"]], run_id, method, evaluation)
+        sql.execute_with(con, DELETE_EVALUATIONS, frame, run_id)
+        sql.execute_with(con, INSERT_EVALUATIONS, frame, run_id)
 
 
 def _query_record(q: Query) -> dict:

@@ -278,3 +278,95 @@ def test_killed_writers_lose_or_double_nothing_and_reruns_complete(tmp_path, tin
     with capsys.disabled():
         print(f"\nkills survived: {kills} = {sum(kills.values())}")
     assert kills == dict.fromkeys(["write_query", "finalize_run", "merge", "migration"], KILLS)
+
+
+EVALUATE_KILLS = 20
+"""Kills of `evaluate_run` while it writes its numbers (issue 29)."""
+
+
+def evaluated(db: Path, run_id: str) -> pd.DataFrame:
+    """The run's stored evaluations, sorted."""
+    with store.connect(db, read_only=True) as con:
+        return store.evaluations(con, run_id).sort_values(["method", "evaluation", "group_name", "metric"])
+
+
+def timed_fork(work: Callable[[int], None]) -> tuple[float, float]:
+    """Fork work(fd) and let it finish: (seconds until it first wrote to fd, seconds until it exited)."""
+    read, write = os.pipe()
+    start = time.perf_counter()
+    pid = fork(work, write)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        f.read(1)
+        marked = time.perf_counter() - start
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, "the evaluation failed by itself"
+    return marked, time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_evaluation_killed_while_storing_is_stored_whole_or_not_at_all(tmp_path, tiny, monkeypatch, capsys):
+    from qrcore.evaluation import evaluate
+    from seeded_store import seed_store
+
+    lm = tiny("llama")
+    base = tmp_path / "base" / "qrn.duckdb"
+    base.parent.mkdir()
+    run_id = seed_store(base, lm)
+    with duckdb.connect(str(base)) as con:
+        con.execute("DELETE FROM evaluations")
+    with monkeypatch.context() as m:  # every query computed and checkpointed, nothing stored
+        m.setattr(store, "replace_evaluations", lambda *a: (_ for _ in ()).throw(RuntimeError("not now")))
+        with pytest.raises(RuntimeError):
+            evaluate.evaluate_run(lm, run_id, str(base))
+    checkpoint = next(base.parent.glob(".qrn.duckdb.evaluating-*.npz"))
+    reference = tmp_path / "ref" / "qrn.duckdb"
+    reference.parent.mkdir()
+    shutil.copy(base, reference)
+    shutil.copy(checkpoint, reference.parent / checkpoint.name)
+    evaluate.evaluate_run(lm, run_id, str(reference))
+    whole = evaluated(reference, run_id)
+    assert len(whole) > 100
+    db = tmp_path / "work" / "qrn.duckdb"
+    db.parent.mkdir()
+
+    def fresh() -> None:
+        for p in db.parent.iterdir():
+            p.unlink()
+        shutil.copy(base, db)
+        shutil.copy(checkpoint, db.parent / checkpoint.name)
+
+    def work(fd: int) -> None:
+        """The evaluation of the checkpointed run (one thread: torch's pool does not survive a fork); it writes a
+        byte to fd as it starts storing."""
+        import torch
+
+        torch.set_num_threads(1)
+        real = store.replace_evaluations
+        store.replace_evaluations = lambda *a: os.write(fd, b"w") and real(*a)
+        evaluate.evaluate_run(lm, run_id, str(db))
+
+    fresh()
+    writing, done = timed_fork(work)
+    rng = random.Random(29)
+    outcomes = {"whole": 0, "none": 0}
+    for _ in range(3 * EVALUATE_KILLS):
+        fresh()
+        killed, _ = kill_during(work, rng.uniform(writing, done))
+        if not killed:
+            continue
+        stored = evaluated(db, run_id)
+        if stored.empty:
+            outcomes["none"] += 1
+        else:  # the whole evaluation, never a part of it
+            pd.testing.assert_frame_equal(stored.reset_index(drop=True), whole.reset_index(drop=True))
+            outcomes["whole"] += 1
+        evaluate.evaluate_run(lm, run_id, str(db))  # the rerun stores the same numbers
+        pd.testing.assert_frame_equal(
+            evaluated(db, run_id).reset_index(drop=True), whole.reset_index(drop=True), rtol=1e-5
+        )
+        if sum(outcomes.values()) == EVALUATE_KILLS:
+            break
+    with capsys.disabled():
+        print(f"\nevaluate kills while storing: {outcomes}")
+    assert sum(outcomes.values()) == EVALUATE_KILLS

@@ -515,6 +515,7 @@ def test_synthetic_store_builds_a_finished_run_and_times_every_reader(tmp_path):
         assert store.heatmap_groups(con, run_id) == ["group0", "group1", "group2"]
     table = bench_store.bench_store(path, repeats=1, out=None)
     assert table["reader"].tolist() == [
+        "checksum pass (first open)",
         "connect read-only + close",
         "list_runs",
         "heatmap (one group)",
