@@ -372,16 +372,16 @@ def test_argument_errors_are_one_qrn_line(argv, message, tmp_path, monkeypatch, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_refused_run_prints_no_progress_bar_and_leaves_no_lock_file(work, capsys):
+def test_refused_run_prints_one_line_no_progress_bar_and_leaves_the_folder_as_it_was(work, capsys):
     before = snapshot(work)
     assert fails([*RUN_ARGS, "--name", RUN, "--db", "qrn.duckdb"], capsys).startswith(
         f"run {RUN!r} already exists and differs in dataset"
     )
-    assert not (work / "qrn.duckdb.lock").exists()
-    assert set(snapshot(work)) == set(before)  # no new file
+    assert snapshot(work) == before  # no row, no lock file
 
 
-def test_refused_merge_leaves_no_lock_file(work, tiny, capsys):
+def test_refused_merge_leaves_the_folder_as_it_was(work, tiny, capsys):
     shards.write_manifest(work / "run", new_manifest(tiny))
+    before = snapshot(work)
     assert fails(["merge", "run", "--db", "qrn.duckdb"], capsys) == "run holds no finished query yet; nothing to merge"
-    assert not (work / "qrn.duckdb.lock").exists()
+    assert snapshot(work) == before  # no row, no lock file
