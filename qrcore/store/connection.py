@@ -238,6 +238,8 @@ def _check_tables(con: duckdb.DuckDBPyConnection, path: Path) -> int:
         meta = dict(con.execute(SELECT_META).fetchall())
     except (duckdb.BinderException, duckdb.CatalogException):
         meta = {}
+    except duckdb.Error as err:  # a damaged block of the meta table
+        raise _damaged(path, f"its tables cannot be read ({str(err).splitlines()[0]})") from None
     if meta.get("app") != APP:
         raise QRNError(
             f"{path} is not a QR Neuron Explorer store (its meta table is not ours); "

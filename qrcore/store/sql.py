@@ -54,4 +54,7 @@ def execute_with(con: duckdb.DuckDBPyConnection, sql: str, frame: pd.DataFrame, 
     try:
         con.execute(sql, list(params))
     finally:
-        con.unregister(FRAME)
+        try:
+            con.unregister(FRAME)
+        except duckdb.TransactionException:
+            pass  # the statement failed inside a transaction: its own error is the one raised
