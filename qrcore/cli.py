@@ -140,6 +140,14 @@ def cmd_bench_precision(args: argparse.Namespace) -> None:
     bench_precision(_load(args), per_group=args.per_group, steps=args.steps)
 
 
+def cmd_bench_quadrature(args: argparse.Namespace) -> None:
+    """Integration rules of Eq. 5 against a 32-node reference and the authors' rule, and the query lab's live rule."""
+    from qrbench.quadrature import bench_quadrature
+
+    _at_least_one(args, "per-group")
+    bench_quadrature(_load(args), args.db, args.run, per_group=args.per_group)
+
+
 def cmd_bench_evaluation(args: argparse.Namespace) -> None:
     """The evaluation's edits of a query one forward per edit against all packed in one forward: seconds and ratio."""
     from qrbench.evaluation import bench_evaluation
@@ -275,6 +283,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _print_report(write_report(args.run, args.db, args.out))
 
 
+def cmd_stability(args: argparse.Namespace) -> None:
+    """A run's perturbed runs (another seed, a 32-node integral) on a sample, then its stability table."""
+    from qrcore import store
+    from qrcore.runs.stability import perturb, stability_table
+
+    _at_least_one(args, "per-group")
+    with store.connect(args.db, read_only=True) as con:
+        info = store.finished_run(con, args.run)  # an unknown or unfinished run fails before the model loads
+    lm = _load(args)
+    store.require_model(info, lm.spec.name, lm.fingerprint)
+    with _bar("perturbed runs", "query") as progress:
+        perturb(lm, args.run, args.db, args.per_group, progress)
+    with store.connect(args.db, read_only=True) as con:
+        table = stability_table(con, store.run_info(con, args.run))
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     """Write a run's tables (accuracy, QR neurons, PCR, flip rates, prediction), or several runs' side by side."""
     from qrcore.evaluation.report import write_comparison, write_report
@@ -392,7 +417,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         "--riemann",
         choices=RIEMANN,
         default=a.riemann,
-        help="Riemann points: linspace(0, 1, m) as in the authors' code, or k/m, k = 1..m, as in the text",
+        help="quadrature of Eq. 5: linspace(0, 1, m) as in the authors' code, k/m (k = 1..m) as in the text, "
+        "or m Gauss-Legendre nodes",
     )
     p.add_argument("--t", type=float, default=q.t, help="coarse cluster threshold (Sec. 4.3)")
     p.add_argument(
@@ -410,7 +436,7 @@ def _steps_arg(p: argparse.ArgumentParser) -> None:
     """--steps: the Riemann steps m of Eq. 5."""
     from qrcore.settings import AttributionSettings
 
-    p.add_argument("--steps", type=int, default=AttributionSettings().steps, help="Riemann steps m (Eq. 5)")
+    p.add_argument("--steps", type=int, default=AttributionSettings().steps, help="points m of the integral of Eq. 5")
 
 
 def _seed_arg(p: argparse.ArgumentParser) -> None:
@@ -502,6 +528,15 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser(
+        "stability", help="compute a run's perturbed runs on a sample and print how stable its QR neurons are"
+    )
+    p.add_argument("--run", required=True)
+    _per_group_arg(p, "queries perturbed", default=5)
+    _model_args(p)
+    _db_arg(p)
+    p.set_defaults(func=cmd_stability)
+
     p = sub.add_parser("report", help="write a run's tables (or runs' side by side) as Markdown and CSV")
     p.add_argument(
         "--run", required=True, action="append", help="a run; given twice or more, the runs side by side (one dataset)"
@@ -541,6 +576,14 @@ def build_parser() -> argparse.ArgumentParser:
     _steps_arg(p)
     _model_args(p)
     p.set_defaults(func=cmd_bench_precision)
+    p = bench.add_parser(
+        "quadrature", help="integration rules: error against a 32-node reference, agreement with the authors' rule"
+    )
+    _per_group_arg(p, "queries of the run", default=10)
+    p.add_argument("--run", help="a finished run of the model (default: its run of the built-in domain set)")
+    _model_args(p)
+    _db_arg(p)
+    p.set_defaults(func=cmd_bench_quadrature)
     p = bench.add_parser("evaluation", help="the evaluation's edits one forward each vs packed, seconds per query")
     p.add_argument("--queries", type=int, default=4, help="built-in domain queries edited")
     _model_args(p)

@@ -14,6 +14,7 @@ from qrcore.errors import QRNError
 from qrcore.markdown import escaped
 from qrcore.names import safe_name
 from qrcore.outputs import make_folder
+from qrcore.runs.stability import stability_table
 from qrcore.selection import analysis
 from qrcore.selection.qrnca import METHOD_NAMES, METHODS
 
@@ -91,6 +92,9 @@ def run_tables(con: duckdb.DuckDBPyConnection, info: store.RunInfo) -> tuple[dic
         "accuracy": accuracy_table(store.group_accuracy(con, info.run_id)),
         "qr_neurons": analysis.qr_counts(store.read_qr_neurons(con, info.run_id), store.run_groups(con, info.run_id)),
     }
+    stability = stability_table(con, info)
+    if not stability.empty:
+        tables["stability"] = stability
     if evals.empty:
         return tables, (
             f"run {info.name!r} has no evaluations yet, so the report has no PCR, flip or prediction tables; "

@@ -106,7 +106,7 @@ def test_evaluations_and_report(finished, tiny, tmp_path):
     assert answers["prompt_accuracy"].groupby("group_name").nunique().eq(1).all()
     paths = write_report(run_id, db, str(tmp_path)).paths
     report = paths[0].read_text()
-    assert "## pcr" in report and "## answer_prediction" in report and "prompt_accuracy" in report
+    assert "## pcr" in report and "## answer_prediction" in report and r"prompt\_accuracy" in report  # escaped text
     assert "## qr_neurons" in report and "common neurons in 6 clusters" in report
     accuracy = pd.read_csv(tmp_path / "r" / "accuracy.csv").set_index("group_name")
     with store.connect(db, read_only=True) as con:
@@ -115,7 +115,7 @@ def test_evaluations_and_report(finished, tiny, tmp_path):
     assert np.isclose(accuracy.loc["all", "accuracy"], per_query["accuracy"].mean())
     assert np.isclose(accuracy.loc["all", "correct_prob"], per_query["correct_prob"].mean())
     assert "IG m=16 (linspace points); cluster t=0.2 (template), Z=cluster_sum; common u=0.3; top-v=20" in report
-    assert "| Knowledge Neuron* | boost |" in report and "| kn |" not in report  # the paper's names for readers
+    assert r"| Knowledge Neuron\* | boost |" in report and "| kn |" not in report  # the paper's names for readers
     assert "\nkn,boost," in (tmp_path / "r" / "pcr.csv").read_text()  # the ids for programs
 
 

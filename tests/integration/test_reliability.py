@@ -291,7 +291,8 @@ def test_report_of_a_run_without_evaluations_writes_what_it_has_and_says_how_to_
     assert main(["report", "--run", RUN, "--db", "qrn.duckdb", "--out", "reports"]) == 0
     out, err = capsys.readouterr()
     folder = work / "reports" / RUN
-    assert out.split() == [str(Path("reports") / RUN / f) for f in ("report.md", "accuracy.csv", "qr_neurons.csv")]
+    written = ("report.md", "accuracy.csv", "qr_neurons.csv", "stability.csv")  # stability needs no evaluation
+    assert out.split() == [str(Path("reports") / RUN / f) for f in written]
     missing = (
         f"run {RUN!r} has no evaluations yet, so the report has no PCR, flip or prediction tables; "
         f"compute them with `qrn evaluate --run {RUN}`"
