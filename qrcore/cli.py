@@ -229,7 +229,7 @@ def cmd_import(args: argparse.Namespace) -> None:
         return
     queries = import_file(args.file, args.name)
     name = args.name or Path(args.file).stem
-    with store.writer_lock(args.db), store.connect(args.db) as con:
+    with store.writer_lock(args.db, "qrn import"), store.connect(args.db) as con:
         store.upsert_dataset(con, name, str(args.file), queries)
     print(f"imported {len(queries)} queries as dataset {name!r}")
     print(dataset_stats(queries).to_string(index=False))
@@ -242,7 +242,7 @@ def _import_runs(args: argparse.Namespace) -> None:
     if args.name:
         raise QRNError("--name names the dataset of a dataset file; a folder of runs keeps its own names: drop --name")
     ids = store.exported_run_ids(args.file)
-    with store.writer_lock(args.db), store.connect(args.db) as con:
+    with store.writer_lock(args.db, "qrn import"), store.connect(args.db) as con:
         loaded = store.import_runs(con, args.file)
         runs = store.list_runs(con)
     names = ", ".join(runs[runs["run_id"].isin(ids)]["name"])
