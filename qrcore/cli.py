@@ -13,6 +13,7 @@ from qrcore.errors import QRNError
 from qrcore.progress import Progress
 
 if TYPE_CHECKING:
+    from qrcore.editing.evidence import Scorecard
     from qrcore.evaluation.report import Report
 
 
@@ -300,6 +301,86 @@ def cmd_stability(args: argparse.Namespace) -> None:
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
+def cmd_lab(args: argparse.Namespace) -> None:
+    """Evidence that an edit is real: a query's or group's neurons edited beside matched random controls."""
+    from qrcore.evaluation import lab
+
+    _at_least_one(args, "controls", "top")
+    if args.group is not None and (args.sweep or args.per_neuron):
+        raise QRNError("--sweep and --per-neuron edit one query's neurons; pass --query instead of --group")
+    info = lab.read_lab(args.run, args.db)  # an unknown or unfinished run, query, group or method fails before loading
+    info.check_method(args.method)
+    if args.query is not None:
+        info.query(args.query)
+    else:
+        info.group(args.group)
+    lm = _load(args)
+    if args.sweep:
+        dose = lab.query_sweep(lm, info, args.query)
+        print(f"dose-response of query {args.query}: P(correct) (renormalised over the options) per multiplier")
+        print(
+            dose.table()
+            .pivot(index="multiplier", columns="set", values="p_correct")
+            .to_string(float_format="{:.4f}".format)
+        )
+        print("\nwhere the answer flips (mean margin P(correct) - best other option crosses 0; NaN: not in the sweep)")
+        print(dose.flips().to_string(index=False, float_format="{:.3f}".format))
+        return
+    if args.per_neuron:
+        effects = lab.query_neuron_effects(lm, info, args.query, args.method, args.multiplier)
+        print(
+            f"each {args.method} neuron of query {args.query} alone x {args.multiplier:g}: P(correct) "
+            f"{effects.p_before:.4f} unedited, {effects.p_all:.4f} with all {len(effects.neurons)} together"
+        )
+        print(
+            effects.table().to_string(index=False, formatters={"p_alone": "{:.4f}".format, "change": "{:+.4f}".format})
+        )
+        return
+    with _bar("lab", "row") as progress:
+        if args.query is not None:
+            card = lab.query_scorecard(
+                lm,
+                info,
+                args.query,
+                args.method,
+                args.multiplier,
+                args.controls,
+                args.seed,
+                args.locality,
+                args.paraphrase,
+                args.top,
+                args.fluency,
+                progress,
+            )
+        else:
+            card = lab.group_scorecard(
+                lm, info, args.group, args.method, args.multiplier, args.controls, args.seed, progress=progress
+            )
+    _print_scorecard(card)
+
+
+def _print_scorecard(card: Scorecard) -> None:
+    """A scorecard's table and a legend of what each column and measure means."""
+    from qrcore.editing.evidence import MEASURES
+
+    print(
+        f"scorecard: {card.edited}, {len(card.neurons)} neurons x {card.multiplier:g}; control: {card.controls} draws "
+        f"of random neurons with the same layers and count per layer (seed {card.seed})"
+    )
+    print(card.table().to_string(index=False, float_format="{:.4f}".format))
+    print(
+        "P: the correct letter's probability renormalised over the options (mean over prompts); change: P after - "
+        "P before; control_low/high: the controls' 95% interval of the change; p_value: one-sided permutation "
+        "p = (1 + controls at least as extreme) / (1 + controls); acc: share of prompts answered right"
+    )
+    for m in card.measures:
+        print(f"{m.name}: {MEASURES.get(m.name, 'its held-out queries, which did not build the edited set')}")
+    if card.fluency:
+        f = card.fluency
+        print(f"fluency (n-gram entropy {f.entropy_before:.3f} -> {f.entropy_after:.3f}):")
+        print(f"  before: {f.before}\n  after:  {f.after}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     """Write a run's tables (accuracy, QR neurons, PCR, flip rates, prediction), or several runs' side by side."""
     from qrcore.evaluation.report import write_comparison, write_report
@@ -536,6 +617,33 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _db_arg(p)
     p.set_defaults(func=cmd_stability)
+
+    p = sub.add_parser("lab", help="evidence that an edit is real: an edit's effect beside matched random controls")
+    p.add_argument("--run", required=True)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--query", help="a query of the run: its QR neurons edited (reliability, generalization, locality)"
+    )
+    target.add_argument(
+        "--group", help="a group of the run: its queries' QR neurons edited, accuracy per group held out"
+    )
+    p.add_argument(
+        "--method",
+        default="qrnca",
+        help="whose neurons: qrnca (default) or a baseline (random, activation, kn, qrnca_no_ica, qrnca_with_common)",
+    )
+    p.add_argument("--multiplier", type=float, default=0.0, help="of the neurons' activation: 0 suppresses, 2 boosts")
+    p.add_argument("--controls", type=int, default=100, help="matched random control draws (default 100)")
+    p.add_argument("--locality", type=int, default=10, help="queries sampled of the same group and of others")
+    p.add_argument("--paraphrase", action="append", default=[], help="the query's question asked otherwise (repeat)")
+    p.add_argument("--top", type=int, help="edit only the query's best TOP neurons")
+    p.add_argument("--fluency", action="store_true", help="generate a free-form answer before and after (slow)")
+    p.add_argument("--sweep", action="store_true", help="dose-response of every method's neurons instead")
+    p.add_argument("--per-neuron", action="store_true", help="each neuron edited alone instead")
+    _seed_arg(p)
+    _model_args(p)
+    _db_arg(p)
+    p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("report", help="write a run's tables (or runs' side by side) as Markdown and CSV")
     p.add_argument(

@@ -263,3 +263,78 @@ def test_ngram_entropy_by_hand_and_fluency_of_a_tiny_model(tiny):
     lm = tiny("llama")
     out = fluency(lm, QUERY.question, evidence.scaled(NEURONS, 0.0), max_new_tokens=6)
     assert out.before and out.entropy_before >= 0 and out.question == QUERY.question
+
+
+# --- the lab on a stored run, and `qrn lab` ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab_db(tmp_path_factory, tiny) -> str:
+    """A finished tiny-llama run of three science and three geography queries (synthetic attributions)."""
+    from seeded_store import seed_store
+
+    path = tmp_path_factory.mktemp("lab") / "qrn.duckdb"
+    seed_store(path, tiny("llama"))
+    return str(path)
+
+
+def test_lab_scorecard_of_a_stored_query_asks_the_runs_prompts(tiny, lab_db):
+    from qrcore.evaluation import lab
+    from seeded_store import RUN
+
+    lm, run = tiny("llama"), lab.read_lab(RUN, lab_db)
+    card = lab.query_scorecard(lm, run, "sci-1", controls=5, locality=1, paraphrases=["Plants take in which gas?"])
+    assert [(m.name, m.queries) for m in card.measures] == [
+        ("reliability", 1),
+        ("generalization", 2),  # its options in another order, the paraphrase
+        ("locality (same group)", 1),
+        ("locality (other groups)", 1),
+    ]
+    neurons = run.neurons("sci-1")
+    assert card.neurons == tuple(neurons) and len(neurons) > 0
+    prompts = run.prompter(lm).prompts(run.query("sci-1"))
+    rel = card.measure("reliability")
+    assert rel.p_after == pytest.approx(slow_share(lm, prompts, evidence.scaled(neurons, 0.0)), rel=1e-4)
+    assert [p.correct for p in run.prompter(lm, shuffle=1).prompts(run.query("sci-1"))] != [p.correct for p in prompts]
+    with pytest.raises(QRNError, match="run 'tiny-run' has no query 'nope'"):
+        lab.query_scorecard(lm, run, "nope")
+
+
+def test_lab_group_edit_uses_the_groups_other_queries_neurons_and_measures_held_out_queries(tiny, lab_db):
+    from qrcore.evaluation import lab
+    from seeded_store import RUN
+
+    lm, run = tiny("llama"), lab.read_lab(RUN, lab_db)
+    assert run.held_out() == {"geography": ["geo-1"], "science": ["sci-1"]}
+    card = lab.group_scorecard(lm, run, "science", controls=3)
+    assert set(card.neurons) == set(run.neurons("sci-2")) | set(run.neurons("sci-3"))  # sci-1 is held out
+    assert [(m.name, m.queries) for m in card.measures] == [("geography", 1), ("science", 1)]
+    assert card.edited == "group science" and card.controls == 3
+    with pytest.raises(QRNError, match="has no group 'art'; its groups are geography, science"):
+        lab.group_scorecard(lm, run, "art")
+
+
+def test_qrn_lab_prints_the_scorecard_the_sweep_and_one_line_for_bad_input(lab_db, capsys, monkeypatch):
+    from qrcore.cli import main
+    from seeded_store import RUN
+
+    args = ["lab", "--run", RUN, "--model", "tiny-llama", "--db", lab_db]
+    assert main([*args, "--query", "sci-1", "--controls", "5", "--locality", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "scorecard: query sci-1, qrnca" in out and "5 draws of random neurons with the same layers" in out
+    for measure in ("reliability", "generalization", "locality (same group)", "locality (other groups)", "p_value"):
+        assert measure in out
+    assert main([*args, "--query", "sci-1", "--sweep"]) == 0
+    out = capsys.readouterr().out
+    assert "dose-response of query sci-1" in out and "where the answer flips" in out and "qrnca" in out
+    assert main([*args, "--group", "geography", "--controls", "2"]) == 0
+    assert "scorecard: group geography" in capsys.readouterr().out
+    monkeypatch.setattr("qrcore.cli._load", lambda args: pytest.fail("a model was loaded"))
+    assert main([*args, "--query", "nope"]) == 2
+    assert capsys.readouterr().err == (
+        f"qrn: error: run '{RUN}' has no query 'nope'; its queries are e.g. sci-1, sci-2, sci-3.\n"
+    )
+    assert main([*args, "--query", "sci-1", "--controls", "0"]) == 2
+    assert capsys.readouterr().err == "qrn: error: --controls is 0; it must be at least 1.\n"
+    assert main([*args, "--group", "science", "--sweep"]) == 2
+    assert "pass --query instead of --group" in capsys.readouterr().err
