@@ -31,8 +31,11 @@ from qrcore.progress import Progress
 from qrcore.settings import RunSettings
 
 if TYPE_CHECKING:
+    import duckdb
+
     from qrcore.attribution.prefixes import PackedPrefix
     from qrcore.model.spec import LoadedModel
+    from qrcore.selection.stability import Stability
 
 MODEL_ENV = "QRN_MODEL"
 START_MODEL = "qwen2.5-coder-1.5b"
@@ -157,6 +160,18 @@ def _read(db: str, stamp: tuple[int, ...], name: str, args: tuple, _reader: Call
     """The cached body of `read`, keyed by store, stamp, reader name and arguments."""
     with store.connect(db, read_only=True) as con:
         return _reader(con, *args)
+
+
+def stability(run_id: str) -> Stability:
+    """The run's QR-neuron stability (`qrcore.runs.stability.run_stability`), cached until the store changes."""
+    return read(_stability, run_id)
+
+
+def _stability(con: duckdb.DuckDBPyConnection, run_id: str) -> Stability:
+    """`run_stability` of the run with this id (a reader for `read`)."""
+    from qrcore.runs.stability import run_stability
+
+    return run_stability(con, store.run_info(con, run_id))
 
 
 def import_dataset(filename: str, data: bytes, name: str) -> int:

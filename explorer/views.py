@@ -42,6 +42,13 @@ CHOICES_NAMED = 8
 """A link value's options are named in its notice when there are at most this many."""
 LINK_SHOWN = 80
 """Characters of a replaced link value that its notice shows."""
+STABILITY_HELP = (
+    "In how many of the run's perturbations (each prompt template left out; the runs named RUN:seed1 and "
+    "RUN:gauss_legendre-32, where stored) it stays a QR neuron of its query."
+)
+"""What a stability column means."""
+LANGUAGES = {"ar": "Arabic", "en": "English", "fr": "French", "ja": "Japanese", "ru": "Russian", "zh": "Chinese"}
+"""The language sets' group codes and the names shown for them."""
 FLIPS = {"correct_to_incorrect": "correct → incorrect", "incorrect_to_correct": "incorrect → correct"}
 """Flip-rate metrics (Table 6) and how they read."""
 
@@ -56,6 +63,11 @@ def plain(text: object) -> str:
     """`text` for plotly labels, titles and hover text, which read HTML tags: `&`, `<` and `>` escaped, so that it shows
     as written (plotly decodes only a few named entities; `&quot;` would show as such, so quotes stay as they are)."""
     return html.escape(str(text), quote=False)
+
+
+def group_label(group: str) -> str:
+    """A group as shown: a language code's language name (ar -> Arabic), any other group as it is."""
+    return LANGUAGES.get(group, group)
 
 
 @dataclass(frozen=True)
@@ -290,6 +302,21 @@ def with_tokens(frame: pd.DataFrame, name: str, k: int = 8) -> pd.DataFrame:
     return frame.assign(tokens=[" ".join(repr(t) for t in tokens[n]) for n in neurons])
 
 
+def stability_text(stays: int, of: int) -> str:
+    """A QR neuron's stability as shown: the perturbations it stays in out of those of its query, e.g. '2/3'."""
+    return f"{stays}/{of}" if of else "–"
+
+
+def with_stability(frame: pd.DataFrame, run: Run, query_id: str) -> pd.DataFrame:
+    """`frame` (a query's neurons: layer, neuron) plus a `stability` column for those that are its QR neurons."""
+    rows = state.stability(run.id).neurons
+    rows = rows.loc[rows["query_id"] == query_id]
+    text = {
+        (l, n): stability_text(s, o) for l, n, s, o in zip(rows["layer"], rows["neuron"], rows["stays"], rows["of"])
+    }
+    return frame.assign(stability=[text.get((int(l), int(n)), "") for l, n in zip(frame["layer"], frame["neuron"])])
+
+
 def card_params(run: Run, neuron: tuple[int, int]) -> dict[str, str]:
     """The link parameters of the neuron's card in `run`: the neuron, the run's model and the run."""
     return {"neuron": neuron_label(neuron), MODEL: run.model, "run": run.name}
@@ -348,7 +375,11 @@ def neuron_table(frame: pd.DataFrame, run: Run | None, **kwargs: Any) -> None:
 
     While the run's model loads, the table is shown without tokens, and they are added in place when it has loaded.
     """
-    config = {"card": st.column_config.LinkColumn("card", display_text="open card"), **kwargs.pop("column_config", {})}
+    config = {
+        "card": st.column_config.LinkColumn("card", display_text="open card"),
+        "stability": st.column_config.TextColumn("stability", help=STABILITY_HELP),
+        **kwargs.pop("column_config", {}),
+    }
     draw = partial(st.empty().dataframe, hide_index=True, width="stretch", column_config=config, **kwargs)
     if run is not None and state.loading_needed(run.model):
         draw(with_card_links(frame, run))

@@ -29,6 +29,8 @@ query = views.pick_query(views.run_queries(run))
 with views.inline_errors():
     rows = state.read(store.query_neurons, run.id, query.id) if at is None else thresholds.query_rows(at, query.id)
     rows = rows.sort_values("na", ascending=False, ignore_index=True)
+    if at is None:  # stability is of the run's own QR neurons, not of those at other thresholds
+        rows = views.with_stability(rows, run, query.id)
     kept = int(rows["kept"].sum())
     st.caption(
         f"Every stored neuron of {views.md(repr(query.id))} (its coarse cluster and NA above the storage "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 import plotly.express as px
 import streamlit as st
@@ -12,6 +14,36 @@ from qrcore.selection.live import template_above
 
 st.title("Template consistency")
 run = views.require_run()
+st.subheader("Stability of the QR neurons")
+st.caption(
+    "How much a query's QR neurons move when what should not matter changes: each template left out, and the runs "
+    "named RUN:seed1 (another option shuffle) and RUN:gauss_legendre-32 (a finer integral) where stored. Per "
+    "perturbation and group: the mean Jaccard index of the queries' clusters and QR neurons against the run's, "
+    "and the share of its QR neurons that stay (1: nothing moved)."
+)
+stability = state.stability(run.id).by_group(state.read(store.run_groups, run.id))
+if stability.empty:
+    st.caption(
+        views.md(
+            "This run has no perturbation yet: no stored per-template IG to leave a template out of, and no finished "
+            f"run named {run.name}:seed1 or {run.name}:gauss_legendre-32; "
+            f"qrn stability --run {shlex.quote(run.name)} computes them."
+        )
+    )
+else:
+    st.dataframe(
+        stability.assign(group_name=stability["group_name"].map(views.group_label)),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "group_name": st.column_config.TextColumn("group", width="medium"),
+            "cluster_jaccard": st.column_config.NumberColumn("cluster Jaccard", format="%.2f"),
+            "qr_jaccard": st.column_config.NumberColumn("QR-neuron Jaccard", format="%.2f"),
+            "qr_kept": st.column_config.NumberColumn("QR neurons kept", format="percent"),
+        },
+    )
+
+st.subheader("Agreement of the templates")
 st.caption(
     "Each prompt template has its own cluster: its neurons above t x that template's maximum; a query's coarse "
     "cluster is their union (Sec. 4.3). Agreement is the mean Jaccard index over pairs of templates: 1 when "

@@ -38,12 +38,22 @@ neuron = (layer, index)
 done = state.read(store.done_query_ids, run.id)
 queries = {qid: q for qid, q in views.run_queries(run).items() if qid in done}
 
-cols = st.columns(5)
+stability = state.stability(run.id).neurons
+stability = stability.loc[(stability["layer"] == layer) & (stability["neuron"] == index)].set_index("query_id")
+covered = stability.loc[stability["of"] > 0, "stability"]
+
+cols = st.columns(6)
 cols[0].metric("Cluster frequency", f"{card.frequency:.0%}", help=f"In {card.n_clusters} of the run's clusters.")
 cols[1].metric("ICA (Eq. 6)", f"{card.ica:.3f}")
 cols[2].metric("Common neuron", "yes" if card.is_common else "no")
 cols[3].metric("QR neuron of queries", int((card.queries["qr_rank"] > 0).sum()))
-cols[4].button(
+cols[4].metric(
+    "Stability",
+    f"{covered.mean():.0%}" if len(covered) else "–",
+    help=f"Over the {len(covered)} queries it is a QR neuron of, the mean share of perturbations in which it stays "
+    f"one (per query in the table below). {views.STABILITY_HELP}",
+)
+cols[5].button(
     "Edit it in the lab",
     type="primary",
     on_click=lab_edit.edit_in_lab,
@@ -82,7 +92,11 @@ right.plotly_chart(
 
 st.subheader("Queries whose coarse cluster holds it")
 table = card.queries.assign(
-    question=card.queries["query_id"].map(lambda q: queries[q].question if q in queries else "")
+    question=card.queries["query_id"].map(lambda q: queries[q].question if q in queries else ""),
+    stability=[
+        views.stability_text(stability.at[q, "stays"], stability.at[q, "of"]) if q in stability.index else ""
+        for q in card.queries["query_id"]
+    ],
 )
 st.dataframe(
     table,
@@ -92,6 +106,7 @@ st.dataframe(
         "na": st.column_config.NumberColumn("NA", format="%.3f"),
         "naica": st.column_config.NumberColumn("NAICA", format="%.3f"),
         "qr_rank": st.column_config.NumberColumn("QR rank", help="Its rank among the query's QR neurons; 0: not one."),
+        "stability": st.column_config.TextColumn("stability", help=views.STABILITY_HELP),
     },
 )
 

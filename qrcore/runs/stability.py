@@ -9,17 +9,19 @@ two the README reports: `R:seed1` (another option-shuffling seed) and `R:gauss_l
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import duckdb
 import pandas as pd
 
 from qrcore import store
 from qrcore.errors import QRNError
-from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
-from qrcore.runs.batch import run_dataset
 from qrcore.selection.stability import ROWS, Stability, leave_one_template_out, stability
 from qrcore.settings import AttributionSettings, RunSettings
+
+if TYPE_CHECKING:  # torch is imported by `perturb` alone, so that the explorer reads stability without it
+    from qrcore.model.spec import LoadedModel
 
 SEPARATOR = ":"
 """Between a run's name and the name of its perturbation."""
@@ -38,6 +40,8 @@ def perturbed_settings(settings: RunSettings) -> dict[str, RunSettings]:
 def perturb(lm: LoadedModel, run: str, db: str | None, per_group: int, progress: Progress | None = None) -> list[str]:
     """Compute (or resume) the perturbed runs of the finished run `run` on its first `per_group` queries of each
     group; returns their names."""
+    from qrcore.runs.batch import run_dataset
+
     with store.connect(db, read_only=True) as con:
         info = store.finished_run(con, run)
         store.require_model(info, lm.spec.name, lm.fingerprint)
