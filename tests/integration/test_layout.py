@@ -67,3 +67,43 @@ def test_importing_the_engine_loads_no_ui_no_model_and_opens_no_store(tmp_path):
     ).stdout.splitlines()
     assert out == ["[]", "[]"], out  # no UI module, no model architecture
     assert list(tmp_path.iterdir()) == []  # no store, no cache folder
+
+
+STAGES = ("model", "data", "attribution", "selection", "editing", "store", "runs", "evaluation")
+"""The engine's stages in the order data flows through them; a stage imports only from itself and earlier ones."""
+TOP = ("qrcore", "qrcore.cli")
+"""The package itself (its lazy public API) and the command line: they may import any stage."""
+
+
+def stage(module: str) -> int | None:
+    """The position in STAGES of a qrcore module's stage; None for a shared module (settings, errors, ...)."""
+    parts = module.split(".")
+    return STAGES.index(parts[1]) if len(parts) > 1 and parts[1] in STAGES else None
+
+
+def backward_imports() -> list[str]:
+    """Every import of the engine that runs against the stage order, as 'importer -> imported'."""
+    known = set(module_names("qrcore"))
+    found = []
+    for module in sorted(known - set(TOP)):
+        for target in sorted(imported(module, known)):
+            here, there = stage(module), stage(target)
+            if there is not None and (here is None or there > here):
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def test_stages_import_only_from_earlier_stages():
+    assert stage("qrcore.selection.qrnca") == 3 and stage("qrcore.settings") is None
+    assert backward_imports() == []
+
+
+def test_a_backward_stage_import_is_caught(monkeypatch):
+    """The check itself: an attribution module that imports the selection stage (as precision.py once did) fails."""
+    real = imported
+    monkeypatch.setitem(
+        globals(),
+        "imported",
+        lambda m, known: real(m, known) | ({"qrcore.selection.qrnca"} if m == "qrcore.attribution.ig" else set()),
+    )
+    assert backward_imports() == ["qrcore.attribution.ig -> qrcore.selection.qrnca"]
