@@ -24,3 +24,22 @@ class QueryAttribution:
     """Share of templates where the correct letter has the highest probability among the option letters."""
     seconds: float = 0.0
     """Wall time the attribution took."""
+
+
+@dataclass(frozen=True)
+class PartialAttribution:
+    """A query's attribution while it is computed layer block by layer block from the top down."""
+
+    attribution: QueryAttribution
+    """The IG so far: layers outside `layers` are 0 until their block is done."""
+    layers: range
+    """The layers attributed so far (from some layer up to the last)."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether every layer is attributed (the result equals `NeuronAttribution.attribute`)."""
+        return self.layers.start == 0
+
+    def __post_init__(self) -> None:
+        if self.layers.stop != self.attribution.ig.shape[1] or not 0 <= self.layers.start < self.layers.stop:
+            raise ValueError(f"layers {self.layers} are not a top block of {self.attribution.ig.shape[1]} layers")

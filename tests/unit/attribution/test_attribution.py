@@ -222,3 +222,21 @@ def test_fast_path_matches_oracle_on_gemma3_270m():
     layers = [0, 17]
     ref = ig_prompt_oracle(lm, prompt, attr.settings, layers)
     assert agreement(fast[layers], ref[layers]) < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_top_down_blocks_grow_from_the_last_layer_and_end_as_attribute(tiny, arch):
+    lm = tiny(arch)
+    attr = NeuronAttribution(lm)
+    whole = attr.attribute(QUERY)
+    steps = list(attr.attribute_top_down(QUERY, block=2))
+    n = whole.ig.shape[1]
+    assert [s.layers for s in steps] == [range(max(0, top - 2), n) for top in range(n, 0, -2)]
+    assert [s.complete for s in steps] == [False] * (len(steps) - 1) + [True]
+    for step in steps:
+        ig = step.attribution.ig  # (templates, layers, neurons)
+        assert not ig[:, : step.layers.start].any()  # layers below the block: not attributed yet
+        assert agreement(ig[:, step.layers.start :], whole.ig[:, step.layers.start :]) < 1e-5
+    last = steps[-1].attribution
+    assert last.correct_prob == pytest.approx(whole.correct_prob) and last.accuracy == whole.accuracy
+    assert np.allclose(last.activation, whole.activation)
