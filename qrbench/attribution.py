@@ -195,3 +195,43 @@ def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16) -> dic
         f"largest score difference {row['max_rel_diff']:.2%} of the largest score"
     )
     return row
+
+
+def bench_top_down(lm: LoadedModel, n_queries: int = 2, block: int = 4) -> dict:
+    """Seconds to each top-down block of a query's attribution against `attribute()` on the same queries, in one
+    process: the first partial result's share of the full result's time, and the top-20 overlap of the first partial
+    result with the full one."""
+    from qrcore.data.datasets import load_builtin
+    from qrcore.runs.batch import select_queries
+
+    attr = NeuronAttribution(lm)
+    queries = select_queries(load_builtin("domain"), None, max(1, n_queries // 6 + 1))[:n_queries]
+    attr.attribute(queries[0])  # warm-up
+    full, first, overlap = [], [], []
+    for q in queries:
+        start = time.perf_counter()
+        whole = attr.attribute(q)
+        full.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        steps = attr.attribute_top_down(q, block)
+        head = next(steps)
+        first.append(time.perf_counter() - start)
+        for _ in steps:  # the rest, so the next query starts from the same state
+            pass
+        overlap.append(float(np.mean([top_overlap(p, w, 20) for p, w in zip(head.attribution.ig, whole.ig)])))
+    row = {
+        "full_s": float(np.mean(full)),
+        "first_block_s": float(np.mean(first)),
+        "first_share": float(np.mean(first) / np.mean(full)),
+        "first_block_top20_overlap": float(np.mean(overlap)),
+    }
+    print(
+        f"model {lm.spec.name}, {len(queries)} built-in queries, blocks of {block} layers from the top, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"full attribution {row['full_s']:.2f} s/query; first block (layers {head.layers.start}-{head.layers.stop - 1}) "
+        f"{row['first_block_s']:.2f} s/query = {row['first_share']:.1%} of the full time; its top-20 neurons "
+        f"per template overlap the full result's by {row['first_block_top20_overlap']:.2f}"
+    )
+    return row

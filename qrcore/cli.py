@@ -141,6 +141,14 @@ def cmd_bench_precision(args: argparse.Namespace) -> None:
     bench_precision(_load(args), per_group=args.per_group, steps=args.steps)
 
 
+def cmd_bench_top_down(args: argparse.Namespace) -> None:
+    """The first top-down block's time against the full attribution's, and how much of the top 20 it already has."""
+    from qrbench.attribution import bench_top_down
+
+    _at_least_one(args, "queries", "block")
+    bench_top_down(_load(args), n_queries=args.queries, block=args.block)
+
+
 def cmd_bench_quadrature(args: argparse.Namespace) -> None:
     """Integration rules of Eq. 5 against a 32-node reference and the authors' rule, and the query lab's live rule."""
     from qrbench.quadrature import bench_quadrature
@@ -692,6 +700,11 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _db_arg(p)
     p.set_defaults(func=cmd_bench_quadrature)
+    p = bench.add_parser("top-down", help="results as they come: the first layer block's time against the full result")
+    p.add_argument("--queries", type=int, default=2, help="built-in domain queries")
+    p.add_argument("--block", type=int, default=4, help="layers per block, from the top")
+    _model_args(p)
+    p.set_defaults(func=cmd_bench_top_down)
     p = bench.add_parser("evaluation", help="the evaluation's edits one forward each vs packed, seconds per query")
     p.add_argument("--queries", type=int, default=4, help="built-in domain queries edited")
     _model_args(p)

@@ -240,3 +240,11 @@ def test_top_down_blocks_grow_from_the_last_layer_and_end_as_attribute(tiny, arc
     last = steps[-1].attribution
     assert last.correct_prob == pytest.approx(whole.correct_prob) and last.accuracy == whole.accuracy
     assert np.allclose(last.activation, whole.activation)
+
+
+def test_bench_top_down_times_the_first_block_against_the_whole(tiny, capsys):
+    from qrbench.attribution import bench_top_down
+
+    row = bench_top_down(tiny("llama"), n_queries=1, block=1)
+    assert 0 < row["first_block_s"] and 0 < row["first_share"] and 0 <= row["first_block_top20_overlap"] <= 1
+    assert "first block (layers 3-3)" in capsys.readouterr().out
