@@ -21,6 +21,7 @@ import torch
 
 from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
+from qrcore.attribution.live_rule import AUTHORS, LIVE_RULES, LiveRule, save_live_rule
 from qrcore.errors import QRNError
 from qrcore.model.flops import ModelShape, ig_prompt_flops
 from qrcore.model.spec import LoadedModel
@@ -29,7 +30,6 @@ from qrcore.selection import qrnca
 from qrcore.selection.stability import stability
 from qrcore.settings import AttributionSettings
 
-AUTHORS = AttributionSettings(16, "linspace")
 REFERENCE = AttributionSettings(32, "gauss_legendre")
 CANDIDATES = (
     AttributionSettings(4, "gauss_legendre"),
@@ -62,9 +62,11 @@ def label(a: AttributionSettings) -> str:
     return f"{a.riemann} {a.steps}"
 
 
-def bench_quadrature(lm: LoadedModel, db: str | None, run: str | None = None, per_group: int = 10) -> pd.DataFrame:
+def bench_quadrature(
+    lm: LoadedModel, db: str | None, run: str | None = None, per_group: int = 10, save: bool = False
+) -> pd.DataFrame:
     """The rules' table (one `RuleRow` each) on `per_group` queries of each group of a finished run of `lm` in `db`
-    (default: its run of the built-in domain set); prints it and the live rule."""
+    (default: its run of the built-in domain set); prints it and the live rule, which `save` records for the lab."""
     with store.connect(db, read_only=True) as con:
         run = _domain_run(con, lm) if run is None else _own_run(con, run, lm)
         base, _ = store.stored_rows(con, run.run_id)
@@ -105,25 +107,32 @@ def bench_quadrature(lm: LoadedModel, db: str | None, run: str | None = None, pe
         f"{torch.get_num_threads()} threads; Jaccard against {label(AUTHORS)} under the run's ICA"
     )
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    print(live_rule(table))
+    rule = live_rule(table)
+    print(f"live rule: {rule.why}")
+    if save:
+        save_live_rule(lm.spec.name, rule)
+        print(f"saved as {lm.spec.name}'s live rule in {LIVE_RULES}")
     return table
 
 
-def live_rule(table: pd.DataFrame) -> str:
-    """One line naming the cheapest candidate that meets the live criterion, or why the authors' rule stays."""
+def live_rule(table: pd.DataFrame) -> LiveRule:
+    """The cheapest candidate that meets the live criterion, or the authors' rule; its `why` says what was measured."""
     floor = float(table.loc[table["rule"] == label(REFERENCE), "qr_jaccard"].iloc[0])
     bar = min(LIVE_JACCARD, floor)
     ok = table.loc[table["rule"].isin([label(c) for c in CANDIDATES]) & (table["qr_jaccard"] >= bar)]
     if ok.empty:
-        return (
-            f"live rule: {label(AUTHORS)} (no cheaper rule's QR neurons match it with a mean Jaccard of {bar:.3f}, "
-            f"the lower of {LIVE_JACCARD} and the reference's {floor:.3f})"
+        return LiveRule(
+            AUTHORS,
+            f"the authors' rule ({label(AUTHORS)}): no cheaper rule's QR neurons match it with a mean Jaccard of "
+            f"{bar:.3f}, the lower of {LIVE_JACCARD} and the 32-node reference's {floor:.3f}",
         )
     best = ok.sort_values("flops_share").iloc[0]
-    return (
-        f"live rule: {best['rule']} ({best['flops_share']:.0%} of the authors' FLOPs, {best['seconds']:.2f} s/query; "
-        f"QR-neuron Jaccard {best['qr_jaccard']:.3f} >= {bar:.3f}, the lower of {LIVE_JACCARD} and the reference's "
-        f"{floor:.3f})"
+    riemann, steps = str(best["rule"]).split()
+    return LiveRule(
+        AttributionSettings(int(steps), riemann),
+        f"{best['rule']} ({best['flops_share']:.0%} of the authors' FLOPs): its QR neurons match the authors' rule "
+        f"with a mean Jaccard of {best['qr_jaccard']:.3f} >= {bar:.3f}, the lower of {LIVE_JACCARD} and the "
+        f"32-node reference's {floor:.3f}",
     )
 
 

@@ -154,7 +154,7 @@ def cmd_bench_quadrature(args: argparse.Namespace) -> None:
     from qrbench.quadrature import bench_quadrature
 
     _at_least_one(args, "per-group")
-    bench_quadrature(_load(args), args.db, args.run, per_group=args.per_group)
+    bench_quadrature(_load(args), args.db, args.run, per_group=args.per_group, save=args.save)
 
 
 def cmd_bench_evaluation(args: argparse.Namespace) -> None:
@@ -697,6 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _per_group_arg(p, "queries of the run", default=10)
     p.add_argument("--run", help="a finished run of the model (default: its run of the built-in domain set)")
+    p.add_argument(
+        "--save", action="store_true", help="record the live rule it finds as the model's, for the query lab"
+    )
     _model_args(p)
     _db_arg(p)
     p.set_defaults(func=cmd_bench_quadrature)
