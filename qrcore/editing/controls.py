@@ -45,7 +45,7 @@ def matched_controls(
     return draws
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ControlTest:
     """An edit's effect beside the same effect of k matched random controls: the one-sided permutation p-value
     p = (1 + #{controls at least as extreme}) / (1 + k) and the controls' central percentile interval."""

@@ -62,7 +62,7 @@ def _probability(value: float) -> bool:
     return 0 <= value <= 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Measure:
     """One line of a scorecard: over some queries' prompts, P(correct) (renormalised) and accuracy before and
     after the edit, beside the same of k matched random controls and the test of the change."""
@@ -91,7 +91,7 @@ class Measure:
             raise ValueError(f"{self.name}: the tested effect is not p_after - p_before")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Scorecard:
     """An edit's measures, each beside its matched control: a query edit's `MEASURES`, or a group edit's accuracy
     per group on held-out queries."""
@@ -259,7 +259,7 @@ def flip_points(multipliers: np.ndarray, margins: np.ndarray) -> tuple[float, fl
     return below, above
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DoseResponse:
     """P(correct) (renormalised), accuracy and margin of a query's prompts as each neuron set's multiplier sweeps,
     and where the answer flips."""
@@ -346,7 +346,7 @@ def dose_response(
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NeuronEffects:
     """Each neuron of a set edited alone: P(correct) (renormalised, mean over the prompts) beside the unedited value
     and the whole set's, so one can see which neurons carry the effect."""
