@@ -54,6 +54,17 @@ def color_limit(maps: list[np.ndarray], percentile: float = 95.0) -> float:
     return float(np.percentile(values, percentile)) if values.size else 1.0
 
 
+def clipped(maps: list[np.ndarray], zmax: float) -> float | None:
+    """The largest |score| of the maps when it is beyond the colour range ±zmax (cells that show the end colour)."""
+    top = max(float(np.abs(m).max(initial=0.0)) for m in maps)
+    return top if top > zmax else None
+
+
+def colorbar_title(zmax: float, top: float | None) -> str:
+    """The colour bar's title: NAICA, and where the colours stop when some cells go beyond."""
+    return "NAICA" if top is None else f"NAICA<br>clipped at ±{zmax:.3g}<br>(cells up to {top:.3g})"
+
+
 def heatmap_figure(
     binned: Binned,
     first_layer: int = 0,
@@ -66,7 +77,7 @@ def heatmap_figure(
     """A plotly heatmap of `binned` (rows from `first_layer` up) whose hover names layer, neuron, score and label.
 
     `labels` maps (layer, neuron) to text such as the neuron's top vocabulary tokens; `zmax` fixes the colour range
-    (shared by side-by-side maps), else `color_limit` of this map. `depth_of`, the model's number of layers, puts
+    (shared by side-by-side maps), else `color_limit` of this map; the colour bar says when cells go beyond it. `depth_of`, the model's number of layers, puts
     rows at their relative depth (0 first layer, 1 last), so that models of different depth line up.
     """
     layers = np.arange(first_layer, first_layer + binned.values.shape[0])  # (layers,)
@@ -79,6 +90,7 @@ def heatmap_figure(
     custom = np.stack([binned.top.astype(object), text, layer_of], axis=-1)  # (layers, bins, 3)
     if zmax is None:
         zmax = color_limit([binned.values])
+    title_text = colorbar_title(zmax, clipped([binned.values], zmax))
     fig = go.Figure(
         go.Heatmap(
             z=binned.values,
@@ -89,7 +101,7 @@ def heatmap_figure(
             zmid=0.0,
             zmin=-zmax,
             zmax=zmax,
-            colorbar={"title": {"text": "NAICA"}, "thickness": 12},
+            colorbar={"title": {"text": title_text}, "thickness": 12},
             hovertemplate="layer %{customdata[2]}<br>neuron %{customdata[0]}<br>score %{z:.4g}<br>%{customdata[1]}"
             "<extra></extra>",
         )

@@ -118,12 +118,13 @@ def _load(name: str) -> None:
         st.session_state[EACH] = {} if same else dict(zip(labels, edit.values()))
 
 
-def take_away(name: str, edit: dict[Neuron, float]) -> None:
-    """Download buttons for the current edit (JSON, CSV) and an uploader that loads one back."""
+def take_away(name: str, edit: dict[Neuron, float], names: list[str]) -> None:
+    """Download buttons for the current edit (JSON, CSV), named by model and `names` (run, query), and an uploader
+    that loads one back."""
     table = pd.DataFrame([(l, n, m) for (l, n), m in sorted(edit.items())], columns=["layer", "neuron", "multiplier"])
     meta = {"model": name, "model_fingerprint": state.fingerprint(name)}
     left, middle, right = st.columns([1, 1, 2], vertical_alignment="bottom")
-    views.download_buttons((left, middle), "Edit as", edits.EDIT, meta, table, disabled=not edit)
+    views.download_buttons((left, middle), "Edit as", edits.EDIT, meta, table, disabled=not edit, names=[name, *names])
     right.file_uploader(
         "Load an edit or neuron-set file", type=["json", "csv"], key="edit_file", on_change=_load, args=(name,)
     )

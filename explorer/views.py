@@ -23,6 +23,7 @@ from qrcore import store
 from qrcore.data.queries import Query
 from qrcore.editing import edits
 from qrcore.errors import QRNError
+from qrcore.selection import qrnca
 
 SYNCED = "_synced_keys"
 """Session-state key of the set of widget keys that `synced` mirrors in the link."""
@@ -49,6 +50,21 @@ STABILITY_HELP = (
 """What a stability column means."""
 LANGUAGES = {"ar": "Arabic", "en": "English", "fr": "French", "ja": "Japanese", "ru": "Russian", "zh": "Chinese"}
 """The language sets' group codes and the names shown for them."""
+COLUMN_LABELS = {
+    "group_name": "group",
+    "query_id": "query",
+    "n_clusters": "clusters",
+    "naica_rank": "NAICA rank",
+    "in_all": "in all templates",
+    "in_cluster": "cluster",
+    "is_common": "common",
+    "qr_rank": "QR rank",
+    "mean_na": "mean NA",
+    "ig": "IG per template",
+}
+"""How stored column names read in tables."""
+WIDE = {"group_name", "query_id", "question", "reason", "tokens", "ig"}
+"""Columns of names and text, drawn wide enough not to cut them."""
 FLIPS = {"correct_to_incorrect": "correct → incorrect", "incorrect_to_correct": "incorrect → correct"}
 """Flip-rate metrics (Table 6) and how they read."""
 
@@ -302,6 +318,16 @@ def with_tokens(frame: pd.DataFrame, name: str, k: int = 8) -> pd.DataFrame:
     return frame.assign(tokens=[" ".join(repr(t) for t in tokens[n]) for n in neurons])
 
 
+def pick_method(where: Any = st) -> str:
+    """A selectbox of the QR-neuron methods by their paper names (synced as ?method= with the method's id)."""
+    return synced(where.selectbox, "Method", "method", options=qrnca.METHODS, format_func=qrnca.METHOD_NAMES.get)
+
+
+def method_names(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (indexed by method id) with the methods' paper names and the groups' names as its labels."""
+    return frame.rename(index=qrnca.METHOD_NAMES, columns=group_label).rename_axis(index="method")
+
+
 def stability_text(stays: int, of: int) -> str:
     """A QR neuron's stability as shown: the perturbations it stays in out of those of its query, e.g. '2/3'."""
     return f"{stays}/{of}" if of else "–"
@@ -368,6 +394,33 @@ def with_card_links(frame: pd.DataFrame, run: Run | None) -> pd.DataFrame:
     return frame.assign(card=[card_url(run, (int(l), int(n))) for l, n in zip(frame["layer"], frame["neuron"])])
 
 
+def column_config(**overrides: Any) -> dict[str, Any]:
+    """st.dataframe column settings: readable names (COLUMN_LABELS), text columns wide, card links and stability
+    explained; `overrides` per column."""
+    readable = {c: st.column_config.Column(COLUMN_LABELS.get(c, c), width="medium") for c in WIDE}
+    readable |= {c: st.column_config.Column(label) for c, label in COLUMN_LABELS.items() if c not in WIDE}
+    return {
+        **readable,
+        "card": st.column_config.LinkColumn("card", display_text="open card"),
+        "stability": st.column_config.TextColumn("stability", help=STABILITY_HELP),
+        **overrides,
+    }
+
+
+def table(frame: pd.DataFrame, where: Any = st, **kwargs: Any) -> None:
+    """`frame` as a stretched table without its index, its groups by `group_label`, under `column_config` (with
+    kwargs' column_config over it)."""
+    config = column_config(**kwargs.pop("column_config", {}))
+    if "group_name" in frame:
+        frame = frame.assign(group_name=frame["group_name"].map(group_label))
+    where.dataframe(frame, hide_index=True, width="stretch", column_config=config, **kwargs)
+
+
+def ig_text(values: Sequence[float]) -> str:
+    """A neuron's per-template IG, rounded: '0.412 / 0.388 / 0.450'."""
+    return " / ".join(f"{v:.3f}" for v in values)
+
+
 def neuron_table(frame: pd.DataFrame, run: Run | None, **kwargs: Any) -> None:
     """A neuron table with a link to each neuron's card in the run and its vocabulary tokens under the run's model
     (with run None: no card links, and tokens under the picked model, loaded already), or a caption saying why there
@@ -375,12 +428,7 @@ def neuron_table(frame: pd.DataFrame, run: Run | None, **kwargs: Any) -> None:
 
     While the run's model loads, the table is shown without tokens, and they are added in place when it has loaded.
     """
-    config = {
-        "card": st.column_config.LinkColumn("card", display_text="open card"),
-        "stability": st.column_config.TextColumn("stability", help=STABILITY_HELP),
-        **kwargs.pop("column_config", {}),
-    }
-    draw = partial(st.empty().dataframe, hide_index=True, width="stretch", column_config=config, **kwargs)
+    draw = partial(table, where=st.empty(), **kwargs)
     if run is not None and state.loading_needed(run.model):
         draw(with_card_links(frame, run))
     unavailable = None if run is None else run.model_unavailable()
@@ -415,15 +463,28 @@ EDIT_FILE_FORMATS = (("json", "application/json"), ("csv", "text/csv"))
 """The formats of edit and neuron-set files (`qrcore.editing.edits`) and their MIME types."""
 
 
+def file_name(*parts: str) -> str:
+    """A download's file name (without extension) from what it holds: the parts joined by '-', each with runs of
+    anything but letters, digits, '.', '-' and '_' made '_'."""
+    return "-".join(re.sub(r"[^\w.-]+", "_", p, flags=re.ASCII).strip("_") for p in parts)
+
+
 def download_buttons(
-    columns: Sequence[Any], label: str, kind: str, meta: dict[str, str], table: pd.DataFrame, disabled: bool
+    columns: Sequence[Any],
+    label: str,
+    kind: str,
+    meta: dict[str, str],
+    frame: pd.DataFrame,
+    disabled: bool,
+    names: Sequence[str] = (),
 ) -> None:
-    """One download button per edit-file format, in `columns`: `table` as a file of `kind` with `meta`."""
+    """One download button per edit-file format, in `columns`: `frame` as a file of `kind` with `meta`, named by the
+    kind and `names` (run, group, set)."""
     for column, (fmt, mime) in zip(columns, EDIT_FILE_FORMATS):
         column.download_button(
             f"{label} {fmt.upper()}",
-            edits.dump(kind, meta, table, fmt),
-            file_name=f"{kind}.{fmt}",
+            edits.dump(kind, meta, frame, fmt),
+            file_name=f"{file_name(kind, *names)}.{fmt}",
             mime=mime,
             key=f"{kind}_{fmt}",
             disabled=disabled,

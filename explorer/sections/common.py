@@ -29,8 +29,8 @@ query = views.pick_query(views.run_queries(run))
 with views.inline_errors():
     rows = state.read(store.query_neurons, run.id, query.id) if at is None else thresholds.query_rows(at, query.id)
     rows = rows.sort_values("na", ascending=False, ignore_index=True)
-    if at is None:  # stability is of the run's own QR neurons, not of those at other thresholds
-        rows = views.with_stability(rows, run, query.id)
+    if at is None:  # the stored rows (with IG); stability is of the run's own QR neurons, not of those at others
+        rows = views.with_stability(rows.assign(ig=rows["ig"].map(views.ig_text)), run, query.id)
     kept = int(rows["kept"].sum())
     st.caption(
         f"Every stored neuron of {views.md(repr(query.id))} (its coarse cluster and NA above the storage "
@@ -46,6 +46,6 @@ with views.inline_errors():
             "na": st.column_config.NumberColumn("NA", format="%.3f"),
             "ica": st.column_config.NumberColumn("ICA", format="%.3f"),
             "naica": st.column_config.NumberColumn("NAICA", format="%.3f"),
-            "reason": st.column_config.TextColumn("why"),
+            "reason": st.column_config.TextColumn("why", width="medium"),
         },
     )

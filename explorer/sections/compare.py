@@ -12,7 +12,6 @@ from explorer import state, views
 from explorer.figures import bin_heatmap, heatmap_figure
 from qrcore import store
 from qrcore.evaluation import report
-from qrcore.selection import qrnca
 from qrcore.selection.analysis import LOCALISATION, relative_depth
 
 COLUMNS = 256
@@ -52,7 +51,7 @@ def pick_run(runs: pd.DataFrame, name: str, dataset: str) -> views.Run:
 def layer_shares(run: views.Run, method: str, group: str) -> pd.DataFrame:
     """The run's share of QR neurons per layer for `group` and as the mean over groups, with each layer's depth."""
     share = state.read(store.read_layer_distribution, run.id, method)  # (groups, layers)
-    lines = pd.DataFrame({group: share.loc[group], "mean over groups": share.mean(axis=0)})
+    lines = pd.DataFrame({views.group_label(group): share.loc[group], "mean over groups": share.mean(axis=0)})
     lines = lines.assign(layer=range(run.n_layers), depth=relative_depth(run.n_layers))
     return lines.melt(id_vars=["layer", "depth"], var_name="groups", value_name="share").assign(model=run.model)
 
@@ -73,23 +72,32 @@ st.caption(
 
 st.subheader("Accuracy per group")
 accuracy = pd.concat([state.read(store.group_accuracy, r.id).assign(model=r.model) for r in (a, b)])
+accuracy = accuracy.assign(group_name=accuracy["group_name"].map(views.group_label))
 shown = accuracy.assign(group_name=accuracy["group_name"].map(views.plain), model=accuracy["model"].map(views.plain))
 left, right = st.columns([2, 3])
 left.dataframe(
-    accuracy.pivot(index="group_name", columns="model", values="accuracy")[[a.model, b.model]].style.format("{:.2f}"),
+    accuracy.pivot(index="group_name", columns="model", values="accuracy")[[a.model, b.model]]
+    .rename_axis(index="group")
+    .style.format("{:.2f}"),
     width="stretch",
 )
 left.caption("Share of templates whose highest-probability option letter is the correct one; chance is 1 / options.")
 right.plotly_chart(
-    px.bar(shown, x="group_name", y="accuracy", color="model", barmode="group", range_y=[0, 1]).update_layout(
-        height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}
-    ),
+    px.bar(
+        shown,
+        x="group_name",
+        y="accuracy",
+        color="model",
+        barmode="group",
+        range_y=[0, 1],
+        labels={"group_name": "group"},
+    ).update_layout(height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}),
     width="stretch",
     key="accuracy",
 )
 
 st.subheader("How concentrated the QR neurons are")
-method = views.synced(st.selectbox, "Method", "method", options=qrnca.METHODS)
+method = views.pick_method()
 summary = pd.DataFrame({r.model: state.read(store.read_localisation, r.id, method) for r in (a, b)}).rename(
     index=LOCALISATION
 )
@@ -97,19 +105,26 @@ st.dataframe(summary.style.format("{:.4g}"), width="stretch")
 
 st.subheader("Heatmaps per group")
 groups = [g for g in state.read(store.heatmap_groups, a.id) if g in state.read(store.heatmap_groups, b.id)]
-group = views.synced(st.selectbox, "Group", "group", options=groups, among="a group of both runs")
+group = views.synced(
+    st.selectbox, "Group", "group", options=groups, among="a group of both runs", format_func=views.group_label
+)
 st.caption("NAICA summed over the group's queries, each model on its own layer x neuron grid and colour scale.")
 for column, r in zip(st.columns(2), (a, b)):
     binned = bin_heatmap(state.read(store.heatmap, r.id, group), COLUMNS)
     column.plotly_chart(
-        heatmap_figure(binned, title=views.plain(f"{r.model} · {group}"), depth_of=r.n_layers if relative else None),
+        heatmap_figure(
+            binned,
+            title=views.plain(f"{r.model} · {views.group_label(group)}"),
+            depth_of=r.n_layers if relative else None,
+        ),
         width="stretch",
         key=f"heatmap-{r.model}",
     )
 
 st.subheader("Overlap between groups")
 for column, r in zip(st.columns(2), (a, b)):
-    overlap = state.read(store.overlap, r.id, method).rename(index=views.plain, columns=views.plain)
+    overlap = state.read(store.overlap, r.id, method).rename(index=views.group_label, columns=views.group_label)
+    overlap = overlap.rename(index=views.plain, columns=views.plain)
     column.plotly_chart(
         px.imshow(
             overlap,
@@ -158,5 +173,5 @@ for title, rows, case in (
 ):
     if not rows.empty:
         st.markdown(f"**{title}**")
-        table = report.by_method(rows, ["model", case]).reindex(columns=[a.model, b.model], level=0)
+        table = views.method_names(report.by_method(rows, ["model", case]).reindex(columns=[a.model, b.model], level=0))
         st.dataframe(table.style.format("{:.2f}", na_rep="–"), width="stretch")

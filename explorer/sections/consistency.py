@@ -31,12 +31,9 @@ if stability.empty:
         )
     )
 else:
-    st.dataframe(
-        stability.assign(group_name=stability["group_name"].map(views.group_label)),
-        hide_index=True,
-        width="stretch",
+    views.table(
+        stability,
         column_config={
-            "group_name": st.column_config.TextColumn("group", width="medium"),
             "cluster_jaccard": st.column_config.NumberColumn("cluster Jaccard", format="%.2f"),
             "qr_jaccard": st.column_config.NumberColumn("QR-neuron Jaccard", format="%.2f"),
             "qr_kept": st.column_config.NumberColumn("QR neurons kept", format="percent"),
@@ -62,7 +59,9 @@ queries = views.run_queries(run)
 
 left, right = st.columns([3, 2])
 left.subheader("Agreement per group")
-shown = table.assign(group=table["group_name"].map(views.plain), query=table["query_id"].map(views.plain))
+shown = table.assign(
+    group=table["group_name"].map(views.group_label).map(views.plain), query=table["query_id"].map(views.plain)
+)
 left.plotly_chart(
     px.box(
         shown,
@@ -70,7 +69,7 @@ left.plotly_chart(
         y="agreement",
         points="all",
         hover_data=["query", "cluster", "in_all"],
-        labels={"agreement": "agreement (mean pairwise Jaccard)"},
+        labels={"agreement": "agreement (mean pairwise Jaccard)", "in_all": "in all templates"},
     ).update_layout(height=340, margin={"l": 40, "r": 10, "t": 10, "b": 40}),
     width="stretch",
     key="agreement",
@@ -82,20 +81,26 @@ summary = table.groupby("group_name").agg(
     in_all=("in_all", "mean"),
     cluster=("cluster", "median"),
 )
-right.dataframe(summary.style.format({"agreement": "{:.2f}", "in_all": "{:.0%}", "cluster": "{:.0f}"}), width="stretch")
+views.table(
+    summary.reset_index(),
+    where=right,
+    column_config={
+        "agreement": st.column_config.NumberColumn("agreement", format="%.2f"),
+        "in_all": st.column_config.NumberColumn("in all templates", format="percent"),
+        "cluster": st.column_config.NumberColumn("cluster", format="%.0f"),
+    },
+)
 right.caption(
     f"All queries: mean agreement {table['agreement'].mean():.2f}; on average {table['in_all'].mean():.0%} of "
     "a cluster is in every template's cluster."
 )
 
 st.subheader("Per query")
-st.dataframe(
+views.table(
     table.assign(
         question=table["query_id"].map(lambda q: queries[q].question if q in queries else ""),
         template_sizes=table["template_sizes"].map(lambda n: " / ".join(map(str, n))),
     ),
-    hide_index=True,
-    width="stretch",
     column_config={
         "agreement": st.column_config.ProgressColumn("agreement", format="%.2f", min_value=0.0, max_value=1.0),
         "in_all": st.column_config.NumberColumn("in all templates", format="percent"),

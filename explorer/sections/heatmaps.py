@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from explorer import state, thresholds, views
-from explorer.figures import MAX_COLS, bin_heatmap, color_limit, heatmap_figure
+from explorer.figures import MAX_COLS, bin_heatmap, clipped, color_limit, heatmap_figure
 from qrcore import store
 from qrcore.selection.topk import top_neurons
 
@@ -27,7 +27,14 @@ if not groups:
 at = thresholds.controls(run)
 left, middle, right = st.columns([2, 2, 3])
 mode = views.synced(middle.radio, "Show", "mode", options=MODES, horizontal=True)
-group = views.synced(left.selectbox, "Group", "group", options=groups, among=f"a group of run {run.name}")
+group = views.synced(
+    left.selectbox,
+    "Group",
+    "group",
+    options=groups,
+    among=f"a group of run {run.name}",
+    format_func=views.group_label,
+)
 others = [g for g in groups if g != group] or groups
 other = views.synced(
     left.selectbox,
@@ -37,6 +44,7 @@ other = views.synced(
     among=f"a group of run {run.name}",
     index=groups.index(others[0]),
     disabled=mode == MODES[0],
+    format_func=views.group_label,
 )
 last = run.n_layers - 1
 lo, hi = views.synced(
@@ -85,15 +93,21 @@ def labels(*binned_maps) -> dict[tuple[int, int], str]:
     return views.hover_labels(run.model, sorted(strongest))
 
 
+shown, shown_other = views.group_label(group), views.group_label(other)
 maps = (
-    [(group, view(group))]
+    [(shown, view(group))]
     if mode == MODES[0]
-    else [(f"{group} − {other}", view(group) - view(other))]
+    else [(f"{shown} − {shown_other}", view(group) - view(other))]
     if mode == MODES[2]
-    else [(group, view(group)), (other, view(other))]
+    else [(shown, view(group)), (shown_other, view(other))]
 )
 binned = [bin_heatmap(m, columns) for _, m in maps]
 zmax = color_limit([b.values for b in binned])
+top = clipped([b.values for b in binned], zmax)
+st.caption(
+    f"Colours span ±{zmax:.3g}, the 95th percentile of the non-zero cells' |NAICA|"
+    + ("." if top is None else f"; stronger cells, up to {top:.3g}, show the end colour (hover gives the value).")
+)
 panes = st.columns(len(maps))
 charts = [pane.empty() for pane in panes]
 
@@ -107,7 +121,7 @@ if state.loading_needed(run.model):  # the maps at once; their token hover follo
     for chart, figure in zip(charts, figures({})):
         chart.plotly_chart(figure, width="stretch")
 
-st.subheader("Strongest neurons in view")
+st.subheader(f"Strongest neurons in view: {views.md(maps[0][0])}")
 first = maps[0][1]
 top = pd.DataFrame(top_neurons(np.abs(first), 20), columns=["layer", "neuron", "score"])
 top["score"] = first[top["layer"], top["neuron"]]  # signed

@@ -221,6 +221,6 @@ mult = views.synced(
 right.button("Reset", on_click=reset, args=(default_labels(table),))
 edit = lab_edit.per_neuron(neurons, mult)
 show_probs(query, edit, n_neurons)
-lab_edit.take_away(name, edit)
+lab_edit.take_away(name, edit, [run.name, query.id] if source == "dataset" else ["own-question"])
 st.subheader("Free-form answer")
 show_answers(query, state.edit_key(neurons, mult, edit))

@@ -15,26 +15,42 @@ from qrcore.selection import qrnca
 
 CHANGES = {"related_change": "related queries", "unrelated_change": "unrelated queries"}
 REFERENCE_LABELS = {"prompt_accuracy": "prompt-based", "chance": "random guess"}
+LOG_RATIO = 20.0
+"""A chart whose largest bar is this many times its median bar gets a log axis, so the others stay readable."""
 
 
 def show(table: pd.DataFrame, rows: pd.DataFrame, x: str, label: str, key: str, higher_is_better: bool = True) -> None:
-    """A method table (the best of each column highlighted, if higher is better) beside a grouped bar chart."""
+    """A method table (the best of each column highlighted, if higher is better) beside a grouped bar chart, on a
+    log axis (and saying so) when one bar would flatten the rest."""
     left, right = st.columns([2, 3])
+    table = views.method_names(table)
     style = table.style.format("{:.3f}", na_rep="–")
     left.dataframe(style.highlight_max(axis=0, color="#d6e4ff") if higher_is_better else style, width="stretch")
-    shown = rows.assign(**{x: rows[x].map(views.plain), "method": rows["method"].map(views.plain)})
+    names = rows["method"].map(lambda m: qrnca.METHOD_NAMES.get(m, m))
+    shown = rows.assign(**{x: rows[x].map(views.group_label).map(views.plain), "method": names.map(views.plain)})
     fig = px.bar(
         shown,
         x=x,
         y="value",
         color="method",
         barmode="group",
-        labels={"value": label},
+        labels={"value": label, "group_name": "group"},
         category_orders={"method": [views.plain(m) for m in table.index]},
     )
+    values = rows["value"].dropna()
+    log = bool((values > 0).all() and values.max() > LOG_RATIO * values.median())
     right.plotly_chart(
-        fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}), width="stretch", key=key
+        fig.update_layout(height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}).update_yaxes(
+            type="log" if log else "linear"
+        ),
+        width="stretch",
+        key=key,
     )
+    if log:
+        right.caption(
+            f"Log axis: the largest value, {values.max():.4g}, is {values.max() / values.median():.0f} times the "
+            "median, and would flatten the other bars."
+        )
 
 
 st.title("Methods")

@@ -77,14 +77,14 @@ if not unavailable:
 else:
     left.caption(f"No vocabulary projection: {unavailable}")
 right.subheader("NA per group")
-bars = card.groups.assign(group=card.groups["group_name"].map(views.plain))
+bars = card.groups.assign(group=card.groups["group_name"].map(views.group_label).map(views.plain))
 right.plotly_chart(
     px.bar(
         bars,
         x="group",
         y="mean_na",
         hover_data=["clusters", "qr_neuron"],
-        labels={"mean_na": "mean NA over the group's queries", "group": "group"},
+        labels={"mean_na": "mean NA over the group's queries", "qr_neuron": "QR neuron of queries"},
     ).update_layout(height=280, margin={"l": 40, "r": 10, "t": 10, "b": 40}),
     width="stretch",
     key="na",
@@ -98,15 +98,12 @@ table = card.queries.assign(
         for q in card.queries["query_id"]
     ],
 )
-st.dataframe(
+views.table(
     table,
-    hide_index=True,
-    width="stretch",
     column_config={
         "na": st.column_config.NumberColumn("NA", format="%.3f"),
         "naica": st.column_config.NumberColumn("NAICA", format="%.3f"),
         "qr_rank": st.column_config.NumberColumn("QR rank", help="Its rank among the query's QR neurons; 0: not one."),
-        "stability": st.column_config.TextColumn("stability", help=views.STABILITY_HELP),
     },
 )
 
@@ -117,7 +114,7 @@ if acts is None:
         f"The store keeps each query's {qrnca.TOP_ACTIVATIONS} highest activations; this neuron is among them "
         f"for {len(card.top_activations)} queries."
     )
-    st.dataframe(card.top_activations, hide_index=True, width="stretch")
+    views.table(card.top_activations)
     if not unavailable and st.button(
         f"Compute its activation on all {len(queries)} queries",
         help="One forward per prompt; kept for every later card of this run.",
@@ -137,7 +134,7 @@ else:
         {
             "query": [views.plain(q) for q in queries],
             "activation": acts[:, layer, index],
-            "group": [views.plain(q.group) for q in queries.values()],
+            "group": [views.plain(views.group_label(q.group)) for q in queries.values()],
         }
     )
     st.plotly_chart(

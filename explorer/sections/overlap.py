@@ -11,14 +11,16 @@ from qrcore.selection import qrnca
 
 st.title("Overlap and layers")
 run = views.require_run()
-method = views.synced(st.selectbox, "Method", "method", options=qrnca.METHODS)
+method = views.pick_method()
 left, right = st.columns(2)
 
 overlap = state.read(store.overlap, run.id, method)
 left.subheader("Overlap rate (Jaccard) between groups")
 left.plotly_chart(
     px.imshow(
-        overlap.rename(index=views.plain, columns=views.plain),
+        overlap.rename(index=views.group_label, columns=views.group_label).rename(
+            index=views.plain, columns=views.plain
+        ),
         text_auto=".2f",
         zmin=0,
         zmax=1,
@@ -31,7 +33,7 @@ left.plotly_chart(
 
 share = state.read(store.read_layer_distribution, run.id, method)
 long = share.reset_index().melt(id_vars="group_name", var_name="layer", value_name="share")
-long["group_name"] = long["group_name"].map(views.plain)
+long["group_name"] = long["group_name"].map(views.group_label).map(views.plain)
 right.subheader("Share of QR neurons per layer")
 style = right.radio("Draw as", ("lines", "bars"), horizontal=True, key="layer_style")
 draw = px.line if style == "lines" else px.bar
@@ -41,12 +43,13 @@ right.plotly_chart(
         x="layer",
         y="share",
         color="group_name",
+        labels={"group_name": "group"},
         **({"markers": True} if style == "lines" else {"barmode": "group"}),
     ),
     width="stretch",
     key="layers",
 )
 st.caption(
-    f"Run **{views.md(run.name)}**, method **{views.md(method)}**. Overlap is |A ∩ B| / |A ∪ B| of the "
+    f"Run **{views.md(run.name)}**, method **{views.md(qrnca.METHOD_NAMES[method])}**. Overlap is |A ∩ B| / |A ∪ B| of the "
     "groups' QR-neuron sets; layer shares count every (query, neuron) selection, so each group's shares sum to 1."
 )

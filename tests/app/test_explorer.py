@@ -338,7 +338,7 @@ def test_methods_page_shows_the_papers_three_tables_or_the_command_to_make_them(
         "Group prediction (ours)",
     ]
     (table,) = [d.value for d in at.dataframe if "prompt-based" in d.value.index]  # Table 7
-    assert list(table.index) == ["qrnca", "random", "kn", "prompt-based", "random guess"]
+    assert list(table.index) == ["QRNCA", "Random", "Knowledge Neuron*", "prompt-based", "random guess"]
     with duckdb.connect(str(db)) as con:
         con.execute("DELETE FROM evaluations")
     at = page("methods")
