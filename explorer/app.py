@@ -21,6 +21,7 @@ pages = [
     st.Page(PAGES / "methods.py", title="Methods", icon=":material/leaderboard:", url_path="methods"),
     st.Page(PAGES / "compare.py", title="Compare models", icon=":material/compare:", url_path="compare"),
     st.Page(PAGES / "neuron.py", title="Neuron card", icon=":material/memory:", url_path="neuron"),
+    st.Page(PAGES / "search.py", title="Search", icon=":material/search:", url_path="search"),
     st.Page(PAGES / "consistency.py", title="Template consistency", icon=":material/rule:", url_path="consistency"),
     st.Page(PAGES / "export.py", title="Take it away", icon=":material/download:", url_path="export"),
     st.Page(PAGES / "data.py", title="Data and models", icon=":material/database:", url_path="data"),
@@ -31,6 +32,7 @@ try:
     state.startup(state.db_path())
     views.page_path_notice(navigation, [*(p.url_path for p in pages), "heatmaps"])  # /heatmaps: the default page
     views.pick_model()
+    views.search_box()
     navigation.run()
 except QRNError as err:
     st.error(views.md(err))

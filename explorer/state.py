@@ -19,6 +19,7 @@ import threading
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from qrcore import store
@@ -280,6 +281,17 @@ def vocab_tokens(name: str, neurons: tuple[Neuron, ...], k: int = 8, largest: bo
     with _lock(f"model:{name}"):
         frame = project_neurons(model(name), list(neurons), k, largest=largest)
     return {(int(l), int(n)): list(t) for l, n, t in frame.itertuples(index=False)}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def token_neurons(name: str, text: str, k: int = 50) -> tuple[str, pd.DataFrame]:
+    """The first token of `text` under model `name` and the k neurons whose value vectors push it up most
+    (`qrcore.selection.search`); QRNError for no token."""
+    from qrcore.selection.search import first_token, neurons_for_token
+
+    with _lock(f"model:{name}"):
+        token_id, token = first_token(model(name), text)
+        return token, neurons_for_token(model(name), token_id, k)
 
 
 def fingerprint(name: str) -> str:

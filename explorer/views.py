@@ -37,6 +37,12 @@ CARD_PATH = "neuron"
 """URL path of the neuron card page; `card_url` links to it."""
 CARD_PAGE = "sections/neuron.py"
 """The neuron card page, for st.page_link."""
+SEARCH_PAGE = "sections/search.py"
+"""The Search page, which the sidebar's search box opens."""
+SEARCH = "q"
+"""Session-state key (and link parameter) of the Search page's text."""
+GO_TO_SEARCH = "go_to_search"
+"""Session key: set by the search box, so that the page switches to Search."""
 MODEL = "model"
 """Session-state key (and link parameter) of the model picked in the sidebar."""
 CHOICES_NAMED = 8
@@ -341,6 +347,26 @@ def with_stability(frame: pd.DataFrame, run: Run, query_id: str) -> pd.DataFrame
         (l, n): stability_text(s, o) for l, n, s, o in zip(rows["layer"], rows["neuron"], rows["stays"], rows["of"])
     }
     return frame.assign(stability=[text.get((int(l), int(n)), "") for l, n in zip(frame["layer"], frame["neuron"])])
+
+
+def query_url(run: Run, query_id: str) -> str:
+    """The link (relative to the app) of a query of `run` in the query lab, with the run's model and the run."""
+    return f"lab?{urlencode({'source': 'dataset', 'query': query_id, MODEL: run.model, 'run': run.name})}"
+
+
+def search_box() -> None:
+    """A search box in the sidebar: Enter opens the Search page on its text."""
+    st.sidebar.text_input(
+        "Search", key="search_box", placeholder="a token such as ' Paris', or question words", on_change=_search
+    )
+    if st.session_state.pop(GO_TO_SEARCH, False):
+        st.switch_page(SEARCH_PAGE)
+
+
+def _search() -> None:
+    """Search box callback: its text becomes the Search page's, which the page switch then opens."""
+    st.session_state[SEARCH] = st.session_state["search_box"]
+    st.session_state[GO_TO_SEARCH] = True
 
 
 def card_params(run: Run, neuron: tuple[int, int]) -> dict[str, str]:

@@ -17,6 +17,7 @@ from app_driver import errors, page, plot_strings
 from explorer.figures import bin_heatmap, color_limit
 from qrcore import store
 from qrcore.runs.stability import SEPARATOR, perturbed_settings, run_stability, stability_table
+from qrcore.selection.search import first_token, neurons_for_token, token_scores
 from qrcore.settings import RunSettings
 from seeded_store import DATASET, MODEL, QUERIES, RUN, seed_store, synthetic_attribution, write_run
 
@@ -192,3 +193,37 @@ def test_downloads_are_named_by_run_set_and_group(db, file_names):
     assert {"qrn-neurons-tiny-run-group-science.json", "qrn-neurons-tiny-run-group-science.csv"} <= set(file_names)
     assert "qrn-neurons-tiny-run-common-t0.2_u0.9_v20.json" in file_names
     assert f"qrn-edit-{MODEL}-tiny-run-geo-1.json" in file_names
+
+
+# Search
+
+
+def test_search_by_token_ranks_the_neurons_that_push_it_up(db, tiny):
+    at = page("search", q=" Paris", by="token")
+    assert not at.exception and not at.error, errors(at)
+    table = at.dataframe[0].value
+    token_id, _ = first_token(tiny("llama"), " Paris")
+    want = neurons_for_token(tiny("llama"), token_id, 50)
+    assert list(zip(table["layer"], table["neuron"])) == list(zip(want["layer"], want["neuron"]))
+    np.testing.assert_allclose(table["score"], want["score"], rtol=1e-5)
+    scores = token_scores(tiny("llama"), token_id)
+    assert table["score"].iloc[0] == pytest.approx(scores.max(), rel=1e-5)
+    assert table["card"].iloc[0].endswith(f"&model={MODEL}&run={RUN}")
+
+
+def test_search_by_question_links_queries_and_their_qr_neurons(db):
+    at = page("search", q="capital france", by="question")
+    assert not at.exception and not at.error, errors(at)
+    queries, neurons = at.dataframe[0].value, at.dataframe[1].value
+    assert list(queries["query_id"]) == ["geo-1"]
+    assert queries["lab"].iloc[0] == f"lab?source=dataset&query=geo-1&model={MODEL}&run={RUN}"
+    with store.connect(db, read_only=True) as con:
+        want = store.read_qr_neurons(con, RUN, "qrnca", "geo-1")
+    assert list(zip(neurons["layer"], neurons["neuron"])) == list(zip(want["layer"], want["neuron"]))
+    assert page("search", q="capital", by="question", search_group="science").dataframe == []
+
+
+def test_sidebar_search_box_opens_the_search_page(db):
+    at = page("heatmaps", sidebar=True)
+    at.sidebar.text_input(key="search_box").input("river").run()
+    assert [t.value for t in at.title] == ["Search"] and at.text_input(key="q").value == "river"
