@@ -65,7 +65,10 @@ def test_neuron_set_loads_as_an_edit_with_a_multiplier(tmp_path, fmt):
             '{"format": "qrn-edit", "version": 1, "model": "m", "model_fingerprint": "f", "neurons": [{"layer": 1}]}',
             r"every neuron needs numbers layer, neuron and multiplier",
         ),
-        (edit_text("json", edit={(1, 2): -1.0}), r"neuron 1:2 has multiplier -1; multipliers are finite numbers from 0"),
+        (
+            edit_text("json", edit={(1, 2): -1.0}),
+            r"neuron 1:2 has multiplier -1; multipliers are finite numbers from 0",
+        ),
         (edit_text("json").replace('"layer": 2,', '"layer": 1.5,'), r"neuron 1.5:40 is not a layer and index"),
         (
             edit_text("json").replace('"layer": 2,', '"layer": 0,').replace('"neuron": 40,', '"neuron": 3,'),
