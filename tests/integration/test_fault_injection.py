@@ -85,16 +85,19 @@ def fork(work: Callable[[int], None], fd: int) -> int:
     return pid
 
 
-def kill_during(work: Callable[[int], None], delay: float) -> tuple[bool, list[str]]:
-    """Fork a child that runs work(fd), SIGKILL it `delay` s later; (was it still running, the lines it wrote to fd)."""
+def kill_during(work: Callable[[int], None], delay: float, after_mark: bool = False) -> tuple[bool, list[str]]:
+    """Fork a child that runs work(fd), SIGKILL it `delay` s later (counted from its first byte on fd if
+    `after_mark`, so the start-up's jitter does not move the kill out of the window); (was it still running,
+    the lines it wrote to fd)."""
     read, write = os.pipe()
     pid = fork(work, write)
     os.close(write)
+    marked = os.read(read, 1) if after_mark else b""
     time.sleep(delay)
     os.kill(pid, signal.SIGKILL)  # an exited child is a zombie until waited for, so this never hits another process
     _, status = os.waitpid(pid, 0)
     with os.fdopen(read) as f:
-        lines = f.read().split()
+        lines = (marked.decode() + f.read()).split()
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     assert killed or os.WEXITSTATUS(status) == 0, "the writer failed by itself"
     return killed, lines
@@ -350,9 +353,9 @@ def test_evaluation_killed_while_storing_is_stored_whole_or_not_at_all(tmp_path,
     writing, done = timed_fork(work)
     rng = random.Random(29)
     outcomes = {"whole": 0, "none": 0}
-    for _ in range(3 * EVALUATE_KILLS):
+    for _ in range(5 * EVALUATE_KILLS):
         fresh()
-        killed, _ = kill_during(work, rng.uniform(writing, done))
+        killed, _ = kill_during(work, rng.uniform(0.0, done - writing), after_mark=True)
         if not killed:
             continue
         stored = evaluated(db, run_id)
