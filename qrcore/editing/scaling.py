@@ -172,8 +172,8 @@ def correct_probs(probs: np.ndarray, prompts: list[ChoicePrompt]) -> np.ndarray:
     return np.array([p[c.correct] for p, c in zip(probs, prompts)])
 
 
-def generate(lm: LoadedModel, question: str, edit: Edit | None = None, max_new_tokens: int = 48) -> str:
-    """The model's free-form greedy answer to a plain question, under `edit`."""
+def question_ids(lm: LoadedModel, question: str) -> torch.Tensor:
+    """(1, tokens) the plain question as the model's chat template asks it (as it is, without a template)."""
     tok = lm.tokenizer
     if getattr(tok, "chat_template", None):
         text = tok.apply_chat_template(
@@ -182,7 +182,13 @@ def generate(lm: LoadedModel, question: str, edit: Edit | None = None, max_new_t
         ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     else:
         ids = tok(question, return_tensors="pt")["input_ids"]
-    ids = ids.to(lm.device)
+    return ids.to(lm.device)
+
+
+def generate(lm: LoadedModel, question: str, edit: Edit | None = None, max_new_tokens: int = 48) -> str:
+    """The model's free-form greedy answer to a plain question, under `edit`."""
+    tok = lm.tokenizer
+    ids = question_ids(lm, question)  # (1, tokens)
     with torch.no_grad(), edited(lm, edit or {}):
         out = lm.model.generate(
             ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id
