@@ -42,8 +42,6 @@ MODEL_ENV = "QRN_MODEL"
 START_MODEL = "qwen2.5-coder-1.5b"
 """The model the app starts on: the embedded one that knows the answers (the README's *The models*); the picker
 falls back to the first model with runs when it has none."""
-SHIPPED_ENV = "QRN_SHIPPED"
-"""Set to 0 to skip loading the shipped default run into the store at start-up (tests, benchmarks)."""
 R = TypeVar("R")
 Neuron = tuple[int, int]
 EditKey = tuple[tuple[int, int, float], ...]
@@ -65,9 +63,10 @@ def startup(db: str) -> None:
 
     A first start shows a progress bar while the runs load, instead of a blank page.
     """
-    if os.environ.get(SHIPPED_ENV, "1") == "0":
+    from qrcore.store.shipped import load_shipped_runs, pending, wanted
+
+    if not wanted():
         return
-    from qrcore.store.shipped import load_shipped_runs, pending
 
     with _lock("startup"):
         started = _started()

@@ -727,12 +727,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shipped_first(args: argparse.Namespace) -> None:
+    """A command naming a shipped run (`--run domain-qwen2`) on the default store loads the shipped runs first, as the
+    explorer's first start does, so the README's commands work on a new machine."""
+    from qrcore.store import shipped
+
+    runs = getattr(args, "run", None)
+    if runs is None or getattr(args, "db", None) is not None:
+        return
+    with _bar("loading the shipped runs", "B") as progress:
+        shipped.load_named([runs] if isinstance(runs, str) else runs, None, progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `qrn`: run the subcommand; a QRNError (bad arguments too) becomes one line on stderr and exit
     code 2."""
     try:
         args = build_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], None] = args.func
+        _shipped_first(args)
         func(args)
     except QRNError as err:
         print(f"qrn: error: {err}", file=sys.stderr)

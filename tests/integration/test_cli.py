@@ -98,3 +98,23 @@ def test_partly_written_model_cache_is_redone_never_loaded(tmp_path, monkeypatch
     monkeypatch.setattr(load, "convert_gguf", fake_convert)
     assert load.gguf_to_folder(gguf) == target and calls == [target]
     assert load.gguf_to_folder(gguf) == target and calls == [target]  # complete now: not converted again
+
+
+def test_a_shipped_run_named_on_a_new_store_loads_the_shipped_runs_first(tmp_path, monkeypatch, capsys):
+    """The README's `qrn report --run domain-smollm2` on a new machine: the shipped runs are loaded, as the explorer's
+    first start does; with $QRN_SHIPPED=0, or a name no shipped run has, the store is not made."""
+    import duckdb
+
+    db = tmp_path / "new.duckdb"
+    monkeypatch.setenv("QRN_DB", str(db))
+    monkeypatch.setenv("QRN_SHIPPED", "0")
+    assert main(["report", "--run", "domain-smollm2", "--out", str(tmp_path / "off")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    monkeypatch.setenv("QRN_SHIPPED", "1")
+    assert main(["report", "--run", "mine", "--out", str(tmp_path / "mine")]) == 2
+    assert not db.exists()
+    assert main(["report", "--run", "domain-smollm2", "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "domain-smollm2" / "report.md").is_file()
+    with duckdb.connect(str(db), read_only=True) as con:
+        names = {n for (n,) in con.execute("SELECT name FROM runs").fetchall()}
+    assert {"domain-smollm2", "domain-qwen2", "language-smollm2", "language-qwen2"} <= names
