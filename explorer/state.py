@@ -312,10 +312,31 @@ def cached_activations(name: str, run_id: str) -> np.ndarray | None:
 def compute_activations(
     name: str, run_id: str, queries: list[Query], settings: RunSettings, progress: Progress
 ) -> np.ndarray:
-    """`qrcore.selection.card.answer_activations` of model `name` over the run's queries (in order), kept for later cards."""
-    from qrcore.selection.card import answer_activations
+    """`qrcore.selection.activations.answer_activations` of model `name` over the run's queries (in order), stacked and
+    kept for later cards."""
+    from qrcore.selection.activations import answer_activations
 
     if (name, run_id) not in _activations():
         with _lock(f"model:{name}"):
-            _activations()[(name, run_id)] = answer_activations(model(name), queries, settings, progress)
+            _activations()[(name, run_id)] = np.stack(
+                list(answer_activations(model(name), queries, settings, progress))
+            )
     return _activations()[(name, run_id)]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def text_ids(name: str, text: str) -> tuple[int, ...]:
+    """`text` as model `name`'s token ids."""
+    return tuple(model(name).tokenizer.encode(text))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def token_activations(name: str, ids: tuple[int, ...], layer: int, neuron: int) -> tuple[list[str], np.ndarray]:
+    """Each token's text (`qrcore.model.tokens.token_texts`) and the neuron's activation f on it under model `name`
+    (`qrcore.selection.activations.token_activations`); QRNError for no tokens, too many or a neuron out of range."""
+    from qrcore.model.tokens import token_texts
+    from qrcore.selection.activations import token_activations as activations
+
+    with _lock(f"model:{name}"):
+        lm = model(name)
+        return token_texts(lm.tokenizer, list(ids)), activations(lm, ids, layer, neuron)

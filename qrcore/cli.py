@@ -292,6 +292,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _print_report(write_report(args.run, args.db, args.out))
 
 
+def cmd_activations(args: argparse.Namespace) -> None:
+    """Every neuron's top queries of a run (its highest activations at the answer position), stored; resumable."""
+    from qrcore.runs.activations import plan_activations, store_activations
+
+    _at_least_one(args, "every")
+    plan = plan_activations(args.run, args.db)  # an unknown run fails before the model loads
+    if not plan.todo:
+        print(f"run {plan.info.name!r} has the top queries of all its {len(plan.done)} queries; nothing to do")
+        return
+    args.model = args.model or plan.info.model_name
+    lm = _load(args)
+    with _bar(f"qrn activations {plan.info.name}", "query") as progress:
+        store_activations(lm, args.run, args.db, progress, args.every)
+    print(f"run {plan.info.name!r}: top queries of every neuron over {len(plan.done) + len(plan.todo)} queries stored")
+
+
 def cmd_stability(args: argparse.Namespace) -> None:
     """A run's perturbed runs (another seed, a 32-node integral) on a sample, then its stability table."""
     from qrcore import store
@@ -616,6 +632,13 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _db_arg(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("activations", help="each neuron's queries of the highest activation, stored (resumable)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--every", type=int, default=16, help="queries between two writes of the rows (default 16)")
+    _model_args(p)
+    p.set_defaults(model=None, func=cmd_activations)
+    _db_arg(p)
 
     p = sub.add_parser(
         "stability", help="compute a run's perturbed runs on a sample and print how stable its QR neurons are"

@@ -1,5 +1,5 @@
 """Neuron card (?neuron=L:I): one neuron of the run, with its vocabulary projection, the queries whose cluster holds
-it, its NA per group, and its activation at the answer position over the run's queries."""
+it, its NA per group, the queries that make it fire and its activation on every token of a prompt (`firing`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from explorer import lab_edit, state, views
+from explorer import firing, lab_edit, state, views
 from qrcore import store
 from qrcore.errors import QRNError
-from qrcore.selection import qrnca
 
 # Tokens shown at each end of the vocabulary projection.
 TOKENS = 10
@@ -107,40 +106,5 @@ views.table(
     },
 )
 
-st.subheader("Activation at the answer position")
-acts = None if unavailable else state.cached_activations(run.model, run.id)
-if acts is None:
-    st.caption(
-        f"The store keeps each query's {qrnca.TOP_ACTIVATIONS} highest activations; this neuron is among them "
-        f"for {len(card.top_activations)} queries."
-    )
-    views.table(card.top_activations)
-    if not unavailable and st.button(
-        f"Compute its activation on all {len(queries)} queries",
-        help="One forward per prompt; kept for every later card of this run.",
-    ):
-        bar = st.progress(0.0, "Computing activations…")
-        settings = state.read(store.run_info, run.id).settings
-        state.compute_activations(
-            run.model,
-            run.id,
-            list(queries.values()),
-            settings,
-            lambda done, total, _query: bar.progress(done / total, f"Query {done} of {total}"),
-        )
-        st.rerun()
-else:
-    values = pd.DataFrame(
-        {
-            "query": [views.plain(q) for q in queries],
-            "activation": acts[:, layer, index],
-            "group": [views.plain(views.group_label(q.group)) for q in queries.values()],
-        }
-    )
-    st.plotly_chart(
-        px.strip(values, x="group", y="activation", hover_data=["query"]).update_layout(
-            height=300, margin={"l": 40, "r": 10, "t": 10, "b": 40}
-        ),
-        width="stretch",
-        key="activations",
-    )
+firing.top_queries(run, neuron, queries, card, unavailable)
+firing.token_view(run, neuron, queries, unavailable)

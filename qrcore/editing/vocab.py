@@ -8,6 +8,7 @@ import torch
 from qrcore.editing.scaling import check_neurons
 from qrcore.model.ffn import ffn_sites
 from qrcore.model.spec import LoadedModel
+from qrcore.model.tokens import token_texts
 
 
 def project_neurons(
@@ -15,7 +16,7 @@ def project_neurons(
 ) -> pd.DataFrame:
     """Top-k tokens of each neuron's value vector (a column of the down projection) times the unembedding.
 
-    Returns columns layer, neuron, tokens (list of k decoded strings, best first), in the order given. With
+    Returns columns layer, neuron, tokens (list of k token texts, `token_texts`, best first), in the order given. With
     largest=False, the bottom k (the tokens the neuron pushes down most, lowest first).
     """
     check_neurons(lm, neurons)
@@ -28,5 +29,5 @@ def project_neurons(
             values = torch.stack([sites[l].value_vectors()[n] for l, n in part])  # (batch, hidden)
             top = (values.to(unembed.dtype) @ unembed.T).topk(k, dim=-1, largest=largest).indices.cpu()  # (batch, k)
             for (l, n), ids in zip(part, top.tolist()):
-                rows.append((l, n, [lm.tokenizer.decode([i]) for i in ids]))
+                rows.append((l, n, token_texts(lm.tokenizer, ids)))
     return pd.DataFrame(rows, columns=["layer", "neuron", "tokens"])

@@ -1,23 +1,16 @@
-"""Neuron card: one neuron of a run, from what the store keeps (clusters, NA, NAICA, QR ranks, top activations), and
-its activation at the answer position over the run's queries, computed on demand."""
+"""Neuron card: one neuron of a run, from what the store keeps (clusters, NA, NAICA, QR ranks, top activations); its
+activation over the run's queries is `qrcore.selection.activations`'."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.progress import Progress
 from qrcore.selection import qrnca
-from qrcore.settings import RunSettings
-
-if TYPE_CHECKING:
-    from qrcore.model.spec import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -105,21 +98,3 @@ def build_card(
         per_group,
         top.sort_values("activation", ascending=False, ignore_index=True),
     )
-
-
-def answer_activations(
-    lm: LoadedModel, queries: Sequence[Query], settings: RunSettings, progress: Progress | None = None
-) -> np.ndarray:
-    """(queries, layers, neurons) float32 activation f at the answer position, mean over each query's templates.
-
-    The prompts are the run's (its prompt settings); one unedited forward per prompt.
-    """
-    from qrcore.attribution.ig import NeuronAttribution, answer_activation
-
-    attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
-    out = []
-    for i, query in enumerate(queries):
-        out.append(answer_activation(lm, attr, attr.prompts(query)).astype(np.float32))
-        if progress:
-            progress(i + 1, len(queries), query.id)
-    return np.stack(out)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from qrcore.model.tokens import token_texts
 from qrcore.selection.topk import top_neurons
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def first_token(lm: LoadedModel, text: str) -> tuple[int, str]:
     ids = lm.tokenizer.encode(text, add_special_tokens=False)
     if not text.strip() or not ids:
         raise QRNError("type a word to search for, e.g. ' Paris' (a leading space is part of most tokens).")
-    return ids[0], lm.tokenizer.decode(ids[:1])
+    return ids[0], token_texts(lm.tokenizer, ids[:1])[0]
 
 
 def token_scores(lm: LoadedModel, token_id: int) -> np.ndarray:

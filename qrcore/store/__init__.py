@@ -7,6 +7,7 @@ behind them each do one job:
 - `connection`: opening, creating, upgrading and refusing files, the writer lock of a run;
 - `sql`: transactions and DataFrame-bound statements;
 - `writes`, `reads`: writers, and readers for the command line and the explorer;
+- `top_queries`: each neuron's queries of the highest activation;
 - `transfer`: runs as Parquet files; `shipped`: the runs shipped with the package.
 
 All SQL is in module constants; values are bound with `?` or come from a registered DataFrame.
@@ -41,6 +42,7 @@ from qrcore.store.reads import (
     run_model,
     stored_rows,
 )
+from qrcore.store.top_queries import neuron_top_queries, read_top_queries, top_queries_done, write_top_queries
 from qrcore.store.transfer import export_runs, exported_run_ids, has_runs, import_runs
 from qrcore.store.writes import (
     finalize_run,
@@ -73,6 +75,7 @@ __all__ = [
     "list_runs",
     "load_queries",
     "neuron_card",
+    "neuron_top_queries",
     "overlap",
     "qrnca_at",
     "query_neurons",
@@ -82,6 +85,7 @@ __all__ = [
     "read_localisation",
     "read_qr_neurons",
     "read_template_consistency",
+    "read_top_queries",
     "replace_evaluations",
     "require_model",
     "run_dataset_id",
@@ -91,11 +95,13 @@ __all__ = [
     "RunInfo",
     "stored_rows",
     "store_run",
+    "top_queries_done",
     "upsert_dataset",
     "upsert_model",
     "verify",
     "write_evaluations",
     "write_query",
     "write_rows",
+    "write_top_queries",
     "writer_lock",
 ]

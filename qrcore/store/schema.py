@@ -18,8 +18,11 @@ from qrcore.errors import QRNError
 from qrcore.processes import alive
 from qrcore.store.sql import transaction
 
-SCHEMA_VERSION = 2
-CODE_VERSION = f"{__version__}+schema{SCHEMA_VERSION}"
+SCHEMA_VERSION = 3
+RESULTS_SCHEMA = 2
+"""The last schema version that changed what a run computes and stores per query; later versions only add tables
+derived from finished runs (the top queries, version 3), so runs keep their ids across them."""
+CODE_VERSION = f"{__version__}+schema{RESULTS_SCHEMA}"
 """Part of every run id: results computed by another code or schema version are never mixed in."""
 APP = "qr-neuron-explorer"
 """meta 'app' value that marks a file as ours."""
@@ -74,7 +77,15 @@ SCHEMA_V2 = [
     # attributions.ig: the templates' raw IG scores of the row's neuron (NULL in runs stored before version 2).
     "ALTER TABLE attributions ADD COLUMN ig FLOAT[]",
 ]
-MIGRATIONS: dict[int, list[str]] = {0: SCHEMA_V1, 1: SCHEMA_V2}
+SCHEMA_V3 = [
+    # top_queries: per neuron of a run, its TOP_QUERIES queries of the highest activation f at the answer position
+    # (mean over templates) among the queries in top_queries_done (qrcore.selection.activations, `qrn activations`).
+    """CREATE TABLE top_queries (run_id VARCHAR NOT NULL, layer SMALLINT NOT NULL, neuron INTEGER NOT NULL,
+        query_id VARCHAR NOT NULL, activation REAL NOT NULL)""",
+    """CREATE TABLE top_queries_done (run_id VARCHAR NOT NULL, query_id VARCHAR NOT NULL,
+        PRIMARY KEY (run_id, query_id))""",
+]
+MIGRATIONS: dict[int, list[str]] = {0: SCHEMA_V1, 1: SCHEMA_V2, 2: SCHEMA_V3}
 """Statements that take a store from version k to k + 1; version 0 is a new or empty store."""
 CREATED_TABLE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", re.IGNORECASE)
 

@@ -36,7 +36,11 @@ EXPORT_TABLES = (
     "qr_neurons",
     "heatmaps",
     "evaluations",
+    "top_queries",
+    "top_queries_done",
 )
+OPTIONAL_TABLES = ("top_queries", "top_queries_done")
+"""Tables an export may lack (written before schema 3); a stored run without them gets them from a later export."""
 _IN_RUNS = "(SELECT unnest(?::VARCHAR[]))"
 EXPORT_SELECT = {
     "models": f"SELECT * FROM models WHERE model_id IN (SELECT model_id FROM runs WHERE run_id IN {_IN_RUNS})",
@@ -66,6 +70,8 @@ IMPORT_RUN_ROWS = {
 }
 """A run's own rows: bound to the Parquet file and the ids of the runs to load."""
 STORED_RUNS = f"SELECT run_id FROM runs WHERE run_id IN {_IN_RUNS}"
+RUNS_WITH_TOP_QUERIES = f"SELECT DISTINCT run_id FROM top_queries_done WHERE run_id IN {_IN_RUNS}"
+EXPORTED_TOP_QUERIES = "SELECT DISTINCT run_id FROM read_parquet(?)"
 
 
 def export_runs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], folder: str | os.PathLike) -> dict[str, int]:
@@ -81,8 +87,8 @@ def export_runs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], folder: str
 
 
 def has_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike) -> bool:
-    """Whether every run of an `export_runs` folder is in the store."""
-    return not _new_runs(con, Path(folder))
+    """Whether every run of an `export_runs` folder is in the store, with the folder's top queries."""
+    return not _new_runs(con, Path(folder)) and not _lacking_top_queries(con, Path(folder))
 
 
 def import_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, progress: Progress | None = None) -> bool:
@@ -91,15 +97,19 @@ def import_runs(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, progr
     `progress(done, total, table)` follows each table, in bytes of Parquet read (the attributions dominate).
     """
     folder = Path(folder)
-    new = _new_runs(con, folder)
-    if not new:
+    new, lacking = _new_runs(con, folder), _lacking_top_queries(con, folder)
+    if not new and not lacking:
         return False
     files = {table: folder / f"{table}.parquet" for table in EXPORT_TABLES}
+    files = {t: f for t, f in files.items() if t not in OPTIONAL_TABLES or f.is_file()}
     total, done = sum(f.stat().st_size for f in files.values()), 0
     try:
         with transaction(con):
             for table, sql in (IMPORT_SHARED | IMPORT_RUN_ROWS).items():
-                con.execute(sql, [str(files[table]), new] if table in IMPORT_RUN_ROWS else [str(files[table])])
+                if table not in files or (not new and table not in OPTIONAL_TABLES):
+                    continue
+                runs = new + lacking if table in OPTIONAL_TABLES else new
+                con.execute(sql, [str(files[table]), runs] if table in IMPORT_RUN_ROWS else [str(files[table])])
                 done += files[table].stat().st_size
                 if progress:
                     progress(done, total, table)
@@ -115,13 +125,18 @@ def exported_run_ids(folder: str | os.PathLike) -> list[str]:
     """Ids of the runs of an `export_runs` folder; a folder that lacks one of its tables, or a run or dataset whose
     name breaks `qrcore.names`' rule, raises QRNError."""
     folder = Path(folder)
-    missing = [f"{table}.parquet" for table in EXPORT_TABLES if not (folder / f"{table}.parquet").is_file()]
+    missing = [
+        f"{table}.parquet"
+        for table in EXPORT_TABLES
+        if table not in OPTIONAL_TABLES and not (folder / f"{table}.parquet").is_file()
+    ]
     if missing:
         more = f" and {len(missing) - 1} more of the tables qrn export writes" if len(missing) > 1 else ""
         raise QRNError(
             f"{folder} is not a folder of exported runs: it lacks {missing[0]}{more}; pass a folder that qrn export wrote"
         )
-    tables = {table: _read_export_table(folder / f"{table}.parquet") for table in EXPORT_TABLES}
+    present = [table for table in EXPORT_TABLES if (folder / f"{table}.parquet").is_file()]
+    tables = {table: _read_export_table(folder / f"{table}.parquet") for table in present}
     runs, datasets = tables["runs"], tables["datasets"]
     for what, names in (("run", runs["name"]), ("dataset", datasets["name"])):
         for name in names:
@@ -150,3 +165,14 @@ def _new_runs(con: duckdb.DuckDBPyConnection, folder: Path) -> list[str]:
     ids = exported_run_ids(folder)
     stored = {row[0] for row in con.execute(STORED_RUNS, [ids]).fetchall()}
     return [i for i in ids if i not in stored]
+
+
+def _lacking_top_queries(con: duckdb.DuckDBPyConnection, folder: Path) -> list[str]:
+    """Ids of the folder's runs that the store holds without top queries while the folder has them."""
+    path = folder / "top_queries_done.parquet"
+    if not path.is_file():
+        return []
+    exported = [row[0] for row in con.execute(EXPORTED_TOP_QUERIES, [str(path)]).fetchall()]
+    stored = {row[0] for row in con.execute(STORED_RUNS, [exported]).fetchall()}
+    have = {row[0] for row in con.execute(RUNS_WITH_TOP_QUERIES, [exported]).fetchall()}
+    return [r for r in exported if r in stored and r not in have]

@@ -50,6 +50,8 @@ TABLES = {
     "qr_neurons",
     "heatmaps",
     "evaluations",
+    "top_queries",
+    "top_queries_done",
 }
 
 
@@ -96,8 +98,8 @@ def test_new_store_has_all_tables_and_current_version(db):
         tables = {r[0] for r in con.execute(connection.LIST_TABLES).fetchall()}
         meta = dict(con.execute(schema.SELECT_META).fetchall())
     assert tables == TABLES
-    assert meta == {"app": "qr-neuron-explorer", "schema_version": "2"}
-    assert schema.CODE_VERSION == "0.1.0+schema2"
+    assert meta == {"app": "qr-neuron-explorer", "schema_version": "3"}
+    assert schema.CODE_VERSION == "0.1.0+schema2"  # schema 3 only adds the top queries: run ids stay
 
 
 def test_default_db_can_be_overridden_by_env(monkeypatch):
@@ -116,7 +118,7 @@ def test_v0_store_is_migrated_to_current(db):
     )
     with store.connect(db, read_only=True) as con:
         assert {r[0] for r in con.execute(connection.LIST_TABLES).fetchall()} == TABLES
-        assert dict(con.execute(schema.SELECT_META).fetchall())["schema_version"] == "2"
+        assert dict(con.execute(schema.SELECT_META).fetchall())["schema_version"] == "3"
 
 
 def test_v1_store_gains_the_template_ig_column_and_keeps_its_rows(db):
@@ -175,7 +177,10 @@ def test_newer_store_is_refused_untouched(db):
     before = fingerprint(db)
     with pytest.raises(QRNError) as err:
         store.connect(db)
-    assert str(err.value) == f"{db} has store schema 99, newer than this qrn's 2; upgrade qrn or pass another --db"
+    assert (
+        str(err.value)
+        == f"{db} has store schema 99, newer than this qrn's {schema.SCHEMA_VERSION}; upgrade qrn or pass another --db"
+    )
     assert fingerprint(db) == before
 
 
