@@ -11,7 +11,7 @@ a first start shows its progress bar within seconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 import os
 from pathlib import Path
 import tempfile
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     import duckdb
 
     from qrcore.attribution.prefixes import PackedPrefix
+    from qrcore.editing.evidence import DoseResponse, NeuronEffects, Scorecard
+    from qrcore.evaluation.lab import ControlledEdit, LabRun
     from qrcore.model.spec import LoadedModel
     from qrcore.selection.stability import Stability
 
@@ -42,6 +44,8 @@ MODEL_ENV = "QRN_MODEL"
 START_MODEL = "qwen2.5-coder-1.5b"
 """The model the app starts on: the embedded one that knows the answers (the README's *The models*); the picker
 falls back to the first model with runs when it has none."""
+SHIPPED_ENV = "QRN_SHIPPED"
+"""Set to 0 to skip loading the shipped default run into the store at start-up (tests, benchmarks)."""
 R = TypeVar("R")
 Neuron = tuple[int, int]
 EditKey = tuple[tuple[int, int, float], ...]
@@ -63,10 +67,9 @@ def startup(db: str) -> None:
 
     A first start shows a progress bar while the runs load, instead of a blank page.
     """
-    from qrcore.store.shipped import load_shipped_runs, pending, wanted
-
-    if not wanted():
+    if os.environ.get(SHIPPED_ENV, "1") == "0":
         return
+    from qrcore.store.shipped import load_shipped_runs, pending
 
     with _lock("startup"):
         started = _started()
@@ -312,31 +315,112 @@ def cached_activations(name: str, run_id: str) -> np.ndarray | None:
 def compute_activations(
     name: str, run_id: str, queries: list[Query], settings: RunSettings, progress: Progress
 ) -> np.ndarray:
-    """`qrcore.selection.activations.answer_activations` of model `name` over the run's queries (in order), stacked and
-    kept for later cards."""
-    from qrcore.selection.activations import answer_activations
+    """`qrcore.selection.card.answer_activations` of model `name` over the run's queries (in order), kept for later cards."""
+    from qrcore.selection.card import answer_activations
 
     if (name, run_id) not in _activations():
         with _lock(f"model:{name}"):
-            _activations()[(name, run_id)] = np.stack(
-                list(answer_activations(model(name), queries, settings, progress))
-            )
+            _activations()[(name, run_id)] = answer_activations(model(name), queries, settings, progress)
     return _activations()[(name, run_id)]
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def text_ids(name: str, text: str) -> tuple[int, ...]:
-    """`text` as model `name`'s token ids."""
-    return tuple(model(name).tokenizer.encode(text))
+# The query lab's evidence (issue 25): `qrcore.evaluation.lab` on the run's stored queries, cached per store stamp.
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def token_activations(name: str, ids: tuple[int, ...], layer: int, neuron: int) -> tuple[list[str], np.ndarray]:
-    """Each token's text (`qrcore.model.tokens.token_texts`) and the neuron's activation f on it under model `name`
-    (`qrcore.selection.activations.token_activations`); QRNError for no tokens, too many or a neuron out of range."""
-    from qrcore.model.tokens import token_texts
-    from qrcore.selection.activations import token_activations as activations
+def lab_run(run: str) -> LabRun:
+    """The finished run `run` as the lab reads it (`qrcore.evaluation.lab.read_lab`), cached until the store changes."""
+    db = db_path()
+    return _lab_run(db, _stamp(db), run)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _lab_run(db: str, stamp: tuple[int, ...], run: str) -> LabRun:
+    """The cached body of `lab_run`."""
+    from qrcore.evaluation.lab import read_lab
+
+    return read_lab(run, db)
+
+
+def _bar(label: str) -> tuple[Progress, Callable[[], None]]:
+    """A progress bar made in the calling cached function (so a cache hit replays it) and its clearing."""
+    bar = st.progress(0.0, label)
+    return lambda done, total, what: bar.progress(done / max(total, 1), f"{label} {what}"), bar.empty
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def scorecard(
+    name: str, run: str, query: Query, neurons: tuple[Neuron, ...], edit: ControlledEdit, locality: int
+) -> Scorecard:
+    """`edit_scorecard` of the neurons for the query with fluency, drawing a progress bar while it runs."""
+    from qrcore.evaluation.lab import edit_scorecard
+
+    progress, done = _bar("Measuring the edit and its controls…")
+    with _lock(f"model:{name}"):
+        card = edit_scorecard(
+            model(name),
+            lab_run(run),
+            query,
+            list(neurons),
+            f"query {query.id}, {len(neurons)} selected neurons",
+            edit,
+            locality,
+            with_fluency=True,
+            progress=progress,
+        )
+    done()
+    return card
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def sweeps(
+    name: str,
+    run: str,
+    query: Query,
+    sets: tuple[tuple[str, tuple[Neuron, ...]], ...],
+    neurons: tuple[Neuron, ...],
+    edit: ControlledEdit,
+) -> tuple[DoseResponse, DoseResponse]:
+    """The dose-response of each named neuron set (`edit_sweep`) and of `neurons`' matched controls
+    (`control_sweep`)."""
+    from qrcore.evaluation.lab import control_sweep, edit_sweep
+
+    lm, lab = model(name), lab_run(run)
+    with _lock(f"model:{name}"):
+        return edit_sweep(lm, lab, query, dict(sets)), control_sweep(lm, lab, query, list(neurons), edit)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def neuron_effects(name: str, run: str, query: Query, neurons: tuple[Neuron, ...], multiplier: float) -> NeuronEffects:
+    """Each neuron scaled alone on the query's prompts (`edit_neuron_effects`)."""
+    from qrcore.evaluation.lab import edit_neuron_effects
 
     with _lock(f"model:{name}"):
-        lm = model(name)
-        return token_texts(lm.tokenizer, list(ids)), activations(lm, ids, layer, neuron)
+        return edit_neuron_effects(model(name), lab_run(run), query, list(neurons), multiplier)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def group_card(name: str, run: str, group: str, neurons: tuple[Neuron, ...] | None, edit: ControlledEdit) -> Scorecard:
+    """`group_scorecard` of the group's QRNCA neurons (or the given ones), drawing a progress bar while it runs."""
+    from qrcore.evaluation.lab import group_scorecard
+
+    progress, done = _bar("Measuring the group edit and its controls…")
+    with _lock(f"model:{name}"):
+        card = group_scorecard(
+            model(name), lab_run(run), group, edit=edit, neurons=neurons and list(neurons), progress=progress
+        )
+    done()
+    return card
+
+
+def stream_answer(name: str, question: str, edit: EditKey = ()) -> Iterator[str]:
+    """`qrcore.editing.streaming.stream` of model `name` under `edit`, the model's lock held for each token's step
+    and released between them, so that streams can be read in turns."""
+    from qrcore.editing.streaming import stream
+
+    pieces = stream(model(name), question, {(layer, neuron): m for layer, neuron, m in edit})
+    while True:
+        with _lock(f"model:{name}"):
+            piece = next(pieces, None)
+        if piece is None:
+            return
+        yield piece

@@ -11,7 +11,6 @@ import html
 import re
 from typing import Any
 from urllib.parse import urlencode, urlparse
-import zlib
 
 import numpy as np
 import pandas as pd
@@ -472,17 +471,6 @@ def hover_labels(name: str, neurons: Sequence[tuple[int, int]]) -> dict[tuple[in
 def flip_cases(flips: pd.DataFrame) -> pd.DataFrame:
     """Flip-rate rows with a `case` column such as 'suppress: correct → incorrect'."""
     return flips.assign(case=flips["evaluation"] + ": " + flips["metric"].map(FLIPS))
-
-
-def control_neurons(neurons: Sequence[tuple[int, int]], n_neurons: int, seed: int = 0) -> list[tuple[int, int]]:
-    """As many random neurons as given, each from its counterpart's layer and outside the selection; seeded."""
-    chosen = set(neurons)
-    rng = np.random.default_rng([seed, zlib.crc32(",".join(map(neuron_label, sorted(chosen))).encode())])
-    out: list[tuple[int, int]] = []
-    for layer, _ in sorted(chosen):
-        free = np.setdiff1d(np.arange(n_neurons), [n for l, n in chosen | set(out) if l == layer])
-        out.append((layer, int(rng.choice(free))))
-    return out
 
 
 EDIT_FILE_FORMATS = (("json", "application/json"), ("csv", "text/csv"))

@@ -4,6 +4,8 @@ machine's measured matmul peak."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+import platform
 import resource
 import time
 from typing import Callable
@@ -157,14 +159,16 @@ def agreement(
     }
 
 
-def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16) -> dict:
+def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16, save: bool = False) -> dict:
     """Exact against mixed precision (`qrcore.attribution.precision`) on per_group built-in domain queries of each group: seconds
-    per query each way, their ratio, and the agreement of coarse clusters, QR neurons and scores."""
-    from qrcore.attribution.precision import bfloat16_matmuls
+    per query each way, their ratio, and the agreement of coarse clusters, QR neurons and scores; `save` records the
+    agreement as the model's (`qrcore.attribution.live_rule`), which the query lab's choice of bfloat16 reads."""
+    from qrcore.attribution.live_rule import LIVE_RULES, Bf16Agreement, save_bf16_agreement
+    from qrcore.attribution.precision import bfloat16_matmuls, matmul_peaks
     from qrcore.data.datasets import load_builtin
     from qrcore.runs.batch import select_queries
 
-    fp32, bf16 = (matmul_peak(dtype, lm.device, size=512, repeats=2) for dtype in (torch.float32, torch.bfloat16))
+    fp32, bf16 = matmul_peaks(lm.device)
     print(f"matmul peak here: float32 {fp32 / 1e9:,.0f} GFLOP/s, bfloat16 {bf16 / 1e9:,.1f} GFLOP/s")
     if bf16 < fp32:
         raise QRNError(
@@ -194,44 +198,73 @@ def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16) -> dic
         f"mean Jaccard against exact: coarse clusters {row['cluster_jaccard']:.3f}, QR neurons {row['qr_jaccard']:.3f}; "
         f"largest score difference {row['max_rel_diff']:.2%} of the largest score"
     )
+    if save:
+        measured = (
+            f"qrn bench precision --model {lm.spec.name} --per-group {per_group}, {len(queries)} built-in queries, "
+            f"m={steps}, on {device_name(lm.device)}"
+        )
+        save_bf16_agreement(lm.spec.name, Bf16Agreement(row["qr_jaccard"], row["cluster_jaccard"], measured))
+        print(f"saved as {lm.spec.name}'s bfloat16 agreement in {LIVE_RULES}")
     return row
 
 
-def bench_top_down(lm: LoadedModel, n_queries: int = 2, block: int = 4) -> dict:
-    """Seconds to each top-down block of a query's attribution against `attribute()` on the same queries, in one
-    process: the first partial result's share of the full result's time, and the top-20 overlap of the first partial
-    result with the full one."""
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name as /proc/cpuinfo gives it (platform.processor() elsewhere)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    names = [l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")]
+    return names[0] if names else platform.processor() or "an unnamed CPU"
+
+
+def bench_top_down(lm: LoadedModel, n_queries: int = 2, block: int | None = None) -> dict:
+    """The query lab's results as they come, timed as the lab computes a custom question (the model's live rule, and
+    bfloat16 products where `measured_bf16_choice` picks them): per query, the seconds to the first partial result and
+    to the full one in the same top-down run, against `attribute()` on the same query in the same process; and the
+    top-20 overlap of the first partial result with the full one. `block`: layers per block (default the lab's,
+    `live_block`)."""
+    from qrcore.attribution.ig import live_block
+    from qrcore.attribution.live_rule import label, live_rule
+    from qrcore.attribution.precision import chosen_precision, measured_bf16_choice
     from qrcore.data.datasets import load_builtin
     from qrcore.runs.batch import select_queries
 
-    attr = NeuronAttribution(lm)
+    rule, bf16 = live_rule(lm.spec.name), measured_bf16_choice(lm.spec.name, lm.device)
+    attr = NeuronAttribution(lm, rule.settings)
+    block = block or live_block(len(attr.sites))
     queries = select_queries(load_builtin("domain"), None, max(1, n_queries // 6 + 1))[:n_queries]
-    attr.attribute(queries[0])  # warm-up
-    full, first, overlap = [], [], []
-    for q in queries:
-        start = time.perf_counter()
-        whole = attr.attribute(q)
-        full.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        steps = attr.attribute_top_down(q, block)
-        head = next(steps)
-        first.append(time.perf_counter() - start)
-        for _ in steps:  # the rest, so the next query starts from the same state
-            pass
-        overlap.append(float(np.mean([top_overlap(p, w, 20) for p, w in zip(head.attribution.ig, whole.ig)])))
+    whole, first, last, overlap = [], [], [], []
+    with chosen_precision(lm.model, bf16.use):
+        attr.attribute(queries[0])  # warm-up
+        for q in queries:
+            start = time.perf_counter()
+            full = attr.attribute(q)
+            whole.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            parts = attr.attribute_top_down(q, block)
+            head = next(parts)
+            first.append(time.perf_counter() - start)
+            *_, tail = parts
+            last.append(time.perf_counter() - start)
+            overlap.append(float(np.mean([top_overlap(p, w, 20) for p, w in zip(head.attribution.ig, full.ig)])))
     row = {
-        "full_s": float(np.mean(full)),
+        "attribute_s": float(np.mean(whole)),
         "first_block_s": float(np.mean(first)),
-        "first_share": float(np.mean(first) / np.mean(full)),
+        "top_down_s": float(np.mean(last)),
+        "first_share": float(np.mean(first) / np.mean(last)),
         "first_block_top20_overlap": float(np.mean(overlap)),
     }
     print(
-        f"model {lm.spec.name}, {len(queries)} built-in queries, blocks of {block} layers from the top, "
-        f"{torch.get_num_threads()} threads"
+        f"model {lm.spec.name}, {len(queries)} built-in queries, {label(rule.settings)} ({rule.why}); {bf16.why}; "
+        f"blocks of {block} layers from the top, {torch.get_num_threads()} threads, {device_name(lm.device)}"
     )
     print(
-        f"full attribution {row['full_s']:.2f} s/query; first block (layers {head.layers.start}-{head.layers.stop - 1}) "
-        f"{row['first_block_s']:.2f} s/query = {row['first_share']:.1%} of the full time; its top-20 neurons "
-        f"per template overlap the full result's by {row['first_block_top20_overlap']:.2f}"
+        f"first partial result (layers {head.layers.start}-{head.layers.stop - 1}) {row['first_block_s']:.2f} s/query; "
+        f"full result in the same top-down run {row['top_down_s']:.2f} s/query: the first partial at "
+        f"{row['first_share']:.1%} of the full time; attribute() alone {row['attribute_s']:.2f} s/query"
+    )
+    print(
+        f"top-20 neurons of the first partial result per template overlap the full result's by {row['first_block_top20_overlap']:.2f}"
     )
     return row

@@ -21,7 +21,7 @@ import torch
 
 from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
-from qrcore.attribution.live_rule import AUTHORS, LIVE_RULES, LiveRule, save_live_rule
+from qrcore.attribution.live_rule import AUTHORS, LIVE_JACCARD, LIVE_RULES, LiveRule, label, save_live_rule
 from qrcore.errors import QRNError
 from qrcore.model.flops import ModelShape, ig_prompt_flops
 from qrcore.model.spec import LoadedModel
@@ -37,7 +37,6 @@ CANDIDATES = (
     AttributionSettings(8, "gauss_legendre"),
     AttributionSettings(12, "gauss_legendre"),
 )
-LIVE_JACCARD = 0.95
 
 
 @dataclass(frozen=True)
@@ -55,11 +54,6 @@ class RuleRow:
     """Mean Jaccard of the queries' coarse clusters against the authors' rule, under the run's ICA."""
     qr_jaccard: float
     """The same for the QR neurons."""
-
-
-def label(a: AttributionSettings) -> str:
-    """A rule's name in tables: 'linspace 16', 'gauss_legendre 8'."""
-    return f"{a.riemann} {a.steps}"
 
 
 def bench_quadrature(

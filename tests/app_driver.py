@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 import shutil
 
+import numpy as np
 from streamlit.testing.v1 import AppTest
 
 from markdown_view import shown
@@ -54,6 +56,14 @@ def plot_strings(at: AppTest) -> list[str]:
     for chart in at.get("plotly_chart"):
         walk(json.loads(chart.proto.spec))
     return found
+
+
+def typed(value: dict | list) -> np.ndarray:
+    """A plotly JSON array: a list, or a typed array {dtype, bdata (base64), shape}."""
+    if isinstance(value, list):
+        return np.asarray(value)
+    flat = np.frombuffer(base64.b64decode(value["bdata"]), np.dtype(value["dtype"]))
+    return flat.reshape([int(n) for n in str(value.get("shape", len(flat))).split(",")])
 
 
 def app_on_copy(store_file: Path, tmp_path: Path, monkeypatch) -> Path:

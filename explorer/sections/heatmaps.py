@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from explorer import state, thresholds, views
+from explorer import lab_evidence, state, thresholds, views
 from explorer.figures import MAX_COLS, bin_heatmap, clipped, color_limit, heatmap_figure
 from qrcore import store
 from qrcore.selection.topk import top_neurons
@@ -132,3 +132,5 @@ for i, (pane, chart, figure) in enumerate(zip(panes, charts, figures(labels(*bin
     event = chart.plotly_chart(figure, width="stretch", key=f"heatmap-{i}", on_select="rerun", selection_mode="points")
     with pane:
         views.clicked_card_link(event, run)
+
+lab_evidence.show_group_edit(run, group, view(group), lo)

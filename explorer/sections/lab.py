@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from explorer import lab_edit, lab_scoring, state, views
+from explorer import lab_edit, lab_evidence, lab_scoring, state, views
 from qrcore import store
 from qrcore.data.queries import Query, make_query
+from qrcore.editing.readable import OptionProbs, correct_share
 from qrcore.errors import QRNError
 
 SOURCES = ("dataset", "custom")
@@ -113,73 +115,61 @@ def reset(defaults: list[str]) -> None:
     lab_edit.clear()
 
 
-def show_probs(query: Query, edit: dict[tuple[int, int], float], n_neurons: int) -> None:
-    """Answer probabilities unedited, under the edit and under the same edit of a seeded random control set (each
-    control neuron takes the multiplier of its counterpart)."""
-    prompt = state.prompts(name, query)[0]
-    control = views.control_neurons(list(edit), n_neurons)
-    control_edit = dict(zip(control, (edit[n] for n in sorted(edit))))
-    probs = {
+def show_probs(query: Query, edit: dict[tuple[int, int], float]) -> None:
+    """Answer probabilities unedited, under the edit and under the same edit of random neurons with the same layers
+    and count (`lab_evidence.control_edit`): renormalised over the option letters, each beside its raw share of the
+    whole vocabulary."""
+    prompts = state.prompts(name, query)
+    control = lab_evidence.control_edit(name, edit)
+    raw = {
         "original": state.option_probs(name, query),
         "edited": state.option_probs(name, query, state.edit_key(list(edit), 1.0, edit)),
-        "control": state.option_probs(name, query, state.edit_key(control, 1.0, control_edit)),
-    }
+        "control": state.option_probs(name, query, state.edit_key(list(control), 1.0, control)),
+    }  # each (prompts, options)
+    readable = {k: OptionProbs.of(prompts[0], p[0]) for k, p in raw.items()}
     factors = set(edit.values())
     mult = f"x {factors.pop():g}" if len(factors) == 1 else "x their own multipliers"
-    correct = {k: float(p[0, prompt.correct]) for k, p in probs.items()}
+    correct = {k: r.probability[r.correct] for k, r in readable.items()}
+    share = {k: r.vocabulary_share[r.correct] for k, r in readable.items()}
     cols = st.columns(3)
-    cols[0].metric("P(correct), template 1", f"{correct['original']:.4g}")
-    cols[1].metric(
+    labels = (
+        "P(correct), template 1",
         f"Edited ({len(edit)} neurons {mult})",
-        f"{correct['edited']:.4g}",
-        f"{correct['edited'] - correct['original']:+.3g}",
-    )
-    cols[2].metric(
         f"Control ({len(control)} random neurons, same layers)",
-        f"{correct['control']:.4g}",
-        f"{correct['control'] - correct['original']:+.3g}",
     )
+    for col, label, k in zip(cols, labels, readable):
+        delta = None if k == "original" else f"{correct[k] - correct['original']:+.3g}"
+        col.metric(label, f"{correct[k]:.4g}", delta, help="The correct letter's probability among the options.")
+        col.caption(f"raw share of the vocabulary: {share[k]:.4g} (the options hold {readable[k].options_share:.3g})")
     options = [
-        views.plain(f"{l}. {t}" if t else l)
-        for l, t in zip(prompt.letters, prompt.options or [""] * len(prompt.letters))
+        views.plain(f"{l}. {t}" if t else l) for l, t in zip(readable["original"].letters, readable["original"].options)
     ]
-    options[prompt.correct] += " ✓"
+    options[prompts[0].correct] += " ✓"
     long = pd.DataFrame(
-        [(k, o, float(v)) for k, p in probs.items() for o, v in zip(options, p[0])],
-        columns=["setting", "option", "probability"],
+        [(k, o, p, s) for k, r in readable.items() for o, p, s in zip(options, r.probability, r.vocabulary_share)],
+        columns=["setting", "option", "probability over the options", "raw share of the vocabulary"],
     )
     fig = px.bar(
         long,
         x="option",
-        y="probability",
+        y="probability over the options",
         color="setting",
         barmode="group",
+        hover_data=["raw share of the vocabulary"],
         color_discrete_sequence=["#9aa5b1", "#2f6fdf", "#e8a33d"],
     )
     fig.update_layout(height=320, margin={"l": 40, "r": 10, "t": 10, "b": 40})
     st.plotly_chart(fig, width="stretch", key="probs")
-    rows = [p.correct for p in state.prompts(name, query)]
-    means = {k: float(p[range(len(rows)), rows].mean()) for k, p in probs.items()}
+    views.table(long, key="probs-table")
+    means = {k: float(correct_share(p, np.array([q.correct for q in prompts])).mean()) for k, p in raw.items()}
     st.caption(
-        "Mean P(correct) over the query's templates: "
+        "Probabilities are the option letters' renormalised over the options (they add up to 1); the raw share is the "
+        "letter token's probability among the whole vocabulary. **Control**: the same multipliers applied to as many "
+        "random neurons with the same layers (seeded), so a change the control shows too is not the selection's doing"
+        + (f" ({', '.join(map(views.neuron_label, control))})" if control else "")
+        + ". Mean P(correct) over the query's templates: "
         + " · ".join(f"{k} {v:.4g}" for k, v in means.items())
-        + (f" · control neurons: {', '.join(map(views.neuron_label, control))}" if control else "")
     )
-
-
-def show_answers(query: Query, edit: state.EditKey) -> None:
-    """Free-form greedy answers to the plain question, unedited and edited, on request."""
-    asked = (query.question, edit)
-    if st.button("Generate free-form answers", help="Greedy decoding of the question without options."):
-        st.session_state["answers_for"] = asked
-    if st.session_state.get("answers_for") != asked:
-        return
-    left, right = st.columns(2)
-    with st.spinner("Generating…"):
-        left.markdown("**Unedited**")
-        left.markdown(views.md(state.answer(name, query.question)))
-        right.markdown("**Edited**")
-        right.markdown(views.md(state.answer(name, query.question, edit)))
 
 
 try:
@@ -220,7 +210,9 @@ mult = views.synced(
 )
 right.button("Reset", on_click=reset, args=(default_labels(table),))
 edit = lab_edit.per_neuron(neurons, mult)
-show_probs(query, edit, n_neurons)
+with views.inline_errors(stop=True):
+    show_probs(query, edit)
 lab_edit.take_away(name, edit, [run.name, query.id] if source == "dataset" else ["own-question"])
+lab_evidence.show(name, run, query, edit, mult)
 st.subheader("Free-form answer")
-show_answers(query, state.edit_key(neurons, mult, edit))
+lab_evidence.show_generation(name, query.question, edit)

@@ -18,7 +18,7 @@ predictions, are checkpointed as they finish (`qrcore.evaluation.checkpoint`).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import random
 from typing import NamedTuple
 
@@ -49,6 +49,8 @@ from qrcore.selection import analysis
 from qrcore.selection.qrnca import METHODS
 
 EDITS = {"boost": BOOST, "suppress": SUPPRESS}
+HELD_OUT_EVERY = 5
+"""Every fifth query of each group is held out of its group's neuron set (Table 7)."""
 HELD_ANSWER, HELD_HITS = "@held-out-answer", "@held-out-hits"
 """Suffixes of a held-out query's checkpoint entries (its id alone holds its edits' probabilities)."""
 
@@ -112,15 +114,34 @@ def held_out_activations(
     return [(f[a], f[a + 1 : a + 1 + len(p.letter_ids)]) for a, p in zip(answer_rows, prompts)]
 
 
+def held_out(groups: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Group -> its held-out query ids: every `HELD_OUT_EVERY`th of its ids in their order, the first included."""
+    return {g: list(ids[::HELD_OUT_EVERY]) for g, ids in groups.items()}
+
+
+def read_finished(
+    run: str, db: str | None = None, done_only: bool = False
+) -> tuple[store.RunInfo, dict[str, Query], dict[str, pd.DataFrame]]:
+    """The finished run `run`, its dataset's queries by id (only those the run did, with `done_only`) and its QR
+    neurons per method; a QRNError for an unknown or unfinished run."""
+    with store.connect(db, read_only=True) as con:
+        info = store.finished_run(con, run)
+        done = store.run_groups(con, info.run_id) if done_only else None
+        queries = {
+            q.id: q
+            for q in store.load_queries(con, store.run_dataset_id(con, info.run_id))
+            if done is None or q.id in done
+        }
+        qr = {m: store.read_qr_neurons(con, info.run_id, m) for m in METHODS}
+    return info, queries, qr
+
+
 def plan_evaluation(
     run: str, db: str | None = None, per_group: int | None = None
 ) -> tuple[store.RunInfo, dict[str, Query], dict[str, pd.DataFrame], list[str]]:
     """The finished run, its queries by id, its QR neurons per method and the up to per_group queries of each group
     to edit; a QRNError, before any model is loaded, for a run that cannot be evaluated."""
-    with store.connect(db, read_only=True) as con:
-        info = store.finished_run(con, run)
-        queries = {q.id: q for q in store.load_queries(con, store.run_dataset_id(con, info.run_id))}
-        qr = {m: store.read_qr_neurons(con, info.run_id, m) for m in METHODS}
+    info, queries, qr = read_finished(run, db)
     group = {qid: q.group for qid, q in queries.items()}
     chosen: list[str] = []
     for g in sorted(set(group.values())):
@@ -182,7 +203,8 @@ def _evaluate(
             caches[qid] = prefix_cache(lm, prompts[qid], stems)
         return caches[qid]
 
-    held = [qid for g in sorted(set(group.values())) for qid in [c for c in chosen if group[c] == g][::5]]
+    by_group = {g: [c for c in chosen if group[c] == g] for g in sorted(set(group.values()))}
+    held = [qid for ids in held_out(by_group).values() for qid in ids]
     steps = len(chosen) + len(held)  # each query's edits, then each held-out query's activations (Table 7)
 
     def step(done: int, what: str) -> None:

@@ -83,6 +83,31 @@ def test_query_lab_slider_moves_the_probabilities(browser, server):
     page.close()
 
 
+def test_edit_evidence_scorecard_dose_response_and_streamed_answers(browser, server):
+    page = browser.new_page()
+    open_page(page, server, "lab?mult=0")
+    page.get_by_role("button", name="Measure evidence").click()
+    page.get_by_text("Per-neuron effects").wait_for(timeout=600_000)
+    page.get_by_role("button", name="Generate free-form answers").click()
+    page.get_by_text("Unedited", exact=True).wait_for(timeout=300_000)
+    page.mouse.move(0, 0)  # no tooltip in the screenshot
+    settle(page)
+    assert page.locator("[data-testid=stDataFrame]").count() >= 5  # QR neurons, options, scorecard, flips, effects
+    screenshot(page, "evidence")
+    page.close()
+
+
+def test_group_edit_on_the_heatmap_page(browser, server):
+    page = browser.new_page()
+    open_page(page, server, PAGES["heatmaps"])
+    page.get_by_role("button", name="Suppress the group's neurons (x 0)").click()
+    page.get_by_text("on its held-out queries").wait_for(timeout=600_000)
+    page.mouse.move(0, 0)
+    settle(page)
+    screenshot(page, "group-edit")
+    page.close()
+
+
 def test_model_picker_is_in_the_link_and_the_run_picker_follows(browser, tiny_server):
     page = browser.new_page()
     open_page(page, tiny_server, "")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_driver import APP, PAGES, app_on_copy, button, errors, page
+from app_driver import APP, PAGES, app_on_copy, button, errors, page, typed
 from explorer.figures import bin_heatmap, heatmap_figure
 from explorer.state import START_MODEL
 from markdown_view import shown
@@ -254,14 +253,6 @@ def test_every_page_works_on_the_second_model_of_a_two_model_store(two, name):
 def figures(at: AppTest) -> list[dict]:
     """The plotly figures on the page, as JSON."""
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
-
-
-def typed(value: dict | list) -> np.ndarray:
-    """A plotly JSON array: a list, or a typed array {dtype, bdata (base64), shape}."""
-    if isinstance(value, list):
-        return np.asarray(value)
-    flat = np.frombuffer(base64.b64decode(value["bdata"]), np.dtype(value["dtype"]))
-    return flat.reshape([int(n) for n in str(value.get("shape", len(flat))).split(",")])
 
 
 def test_compare_page_shows_two_models_of_different_depth_side_by_side(two):

@@ -20,6 +20,7 @@ from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
 from qrcore.editing import edits
 from qrcore.editing.edits import load_edit
+from qrcore.editing.readable import renormalise
 from qrcore.editing.scaling import letter_probs
 from qrcore.selection.custom import score_against_run
 from seeded_store import MODEL, QUERIES, RUN, row_counts
@@ -95,10 +96,10 @@ def test_neuron_card_computes_activations_on_demand(db, tiny):
     assert not at.exception and len(at.get("plotly_chart")) == 2
     traces = json.loads(at.get("plotly_chart")[1].proto.spec)["data"]  # y as plotly's typed arrays
     shown = np.concatenate([np.frombuffer(base64.b64decode(t["y"]["bdata"]), t["y"]["dtype"]) for t in traces])
-    from qrcore.selection.activations import answer_activations
+    from qrcore.selection.card import answer_activations
     from qrcore.settings import RunSettings
 
-    want = np.stack(list(answer_activations(tiny("llama"), QUERIES, RunSettings())))[:, 2, 5]
+    want = answer_activations(tiny("llama"), QUERIES, RunSettings())[:, 2, 5]
     np.testing.assert_allclose(np.sort(shown), np.sort(want), rtol=1e-5)
 
 
@@ -244,7 +245,7 @@ def test_per_neuron_slider_edits_one_neuron_and_is_in_the_link(db, tiny):
     assert at.slider(key="each:0:5").value == 2.0
     lm = tiny("llama")
     prompts = NeuronAttribution(lm).prompts(QUERIES[1])
-    want = letter_probs(lm, prompts, {(0, 5): 2.0, (3, 95): 0.0})[0, prompts[0].correct]
+    want = renormalise(letter_probs(lm, prompts, {(0, 5): 2.0, (3, 95): 0.0}))[0, prompts[0].correct]
     assert metric(at, "Edited (2 neurons x their own multipliers)") == f"{want:.4g}"
     again = page("lab", query="sci-2", neurons="0:5,3:95", mult="2", each="3:95*0")
     assert (again.slider(key="each:3:95").value, again.slider(key="each:0:5").value) == (0.0, 2.0)
@@ -261,7 +262,7 @@ def test_edit_exported_in_the_app_gives_the_same_probabilities_in_python(db, tin
     edit = load_edit(path)
     assert dict(edit) == {(0, 5): 0.0, (3, 95): 0.0, (2, 40): 3.0} and edit.fingerprint == lm.fingerprint
     prompts = NeuronAttribution(lm).prompts(QUERIES[3])
-    assert metric(at, "Edited") == f"{letter_probs(lm, prompts, edit)[0, prompts[0].correct]:.4g}"
+    assert metric(at, "Edited") == f"{renormalise(letter_probs(lm, prompts, edit))[0, prompts[0].correct]:.4g}"
 
 
 def test_loading_an_edit_file_sets_neurons_and_multipliers(db, tiny):

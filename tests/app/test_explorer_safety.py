@@ -78,7 +78,9 @@ def test_typed_answer_in_the_error_shows_as_text(db):
 
 
 def test_generated_answer_shows_as_text(db, monkeypatch):
-    monkeypatch.setattr("qrcore.editing.scaling.generate", lambda lm, question, edit=None: f"{question} -> {HOSTILE}")
+    monkeypatch.setattr(
+        "qrcore.editing.streaming.stream", lambda lm, question, edit=None: iter([question, f" -> {HOSTILE}"])
+    )
     at = page("lab", source="custom")
     at.text_input(key="q_text").set_value("Which answer does the generator give here?").run()  # not cached yet
     button(at, "Generate free-form answers").click().run()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from model_hooks import hooks_left
 from qrcore.attribution.ig import NeuronAttribution, TargetProbability, quadrature
 from qrcore.attribution.oracle import ig_prompt_oracle
 from qrcore.data.queries import make_query
@@ -242,9 +243,39 @@ def test_top_down_blocks_grow_from_the_last_layer_and_end_as_attribute(tiny, arc
     assert np.allclose(last.activation, whole.activation)
 
 
+def test_an_interrupted_top_down_attribution_leaves_no_hook_and_the_model_as_it_was(tiny):
+    lm = tiny("llama")
+    attr = NeuronAttribution(lm)
+    whole = attr.attribute(QUERY)
+    steps = attr.attribute_top_down(QUERY, block=1)
+    next(steps)
+    steps.close()  # stopped between blocks, as the lab's page is left after a partial result
+    assert hooks_left(lm.model) == 0
+    packed = []
+
+    def interrupt(_module, _args, _out):
+        if hooks_left(lm.model) > 1:  # a packed pass, with the attribution's hooks on besides this one
+            packed.append(1)
+            if len(packed) == 2:  # the second block's: interrupted inside it, as a stopped process would be
+                raise KeyboardInterrupt
+
+    handle = lm.model.get_output_embeddings().register_forward_hook(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(attr.attribute_top_down(QUERY, block=1))
+    finally:
+        handle.remove()
+    assert len(packed) == 2 and hooks_left(lm.model) == 0
+    assert agreement(attr.attribute(QUERY).ig, whole.ig) < 1e-6
+
+
 def test_bench_top_down_times_the_first_block_against_the_whole(tiny, capsys):
     from qrbench.attribution import bench_top_down
 
     row = bench_top_down(tiny("llama"), n_queries=1, block=1)
-    assert 0 < row["first_block_s"] and 0 < row["first_share"] and 0 <= row["first_block_top20_overlap"] <= 1
-    assert "first block (layers 3-3)" in capsys.readouterr().out
+    assert 0 < row["first_block_s"] < row["top_down_s"] and 0 < row["attribute_s"]
+    assert row["first_share"] == pytest.approx(row["first_block_s"] / row["top_down_s"])
+    assert 0 <= row["first_block_top20_overlap"] <= 1
+    out = capsys.readouterr().out
+    assert "linspace 16 (the authors' rule (linspace 16): no live rule was measured for tiny-llama)" in out
+    assert "first partial result (layers 3-3)" in out and f"the first partial at {row['first_share']:.1%}" in out

@@ -60,7 +60,7 @@ def test_linears_are_restored_when_the_forward_raises(tiny):
 
 def test_the_benchmark_says_when_bfloat16_cannot_be_faster_here(monkeypatch, capsys):
     peaks = {torch.float32: 300e9, torch.bfloat16: 0.3e9}  # this machine's kind: AVX2 only, bf16 on a scalar fallback
-    monkeypatch.setattr(bench, "matmul_peak", lambda dtype, device, **_: peaks[dtype])
+    monkeypatch.setattr("qrcore.attribution.precision.matmul_peak", lambda dtype, device, **_: peaks[dtype])
     assert main(["bench", "precision", "--model", "tiny-llama", "--per-group", "1"]) == 2
     assert capsys.readouterr().err == (
         "qrn: error: bfloat16 products run at 0.3 GFLOP/s on this cpu against 300 in float32 (no AMX or AVX-512 BF16 "

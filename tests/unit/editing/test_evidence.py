@@ -283,7 +283,9 @@ def test_lab_scorecard_of_a_stored_query_asks_the_runs_prompts(tiny, lab_db):
     from seeded_store import RUN
 
     lm, run = tiny("llama"), lab.read_lab(RUN, lab_db)
-    card = lab.query_scorecard(lm, run, "sci-1", controls=5, locality=1, paraphrases=["Plants take in which gas?"])
+    card = lab.query_scorecard(
+        lm, run, "sci-1", edit=lab.ControlledEdit(controls=5), locality=1, paraphrases=["Plants take in which gas?"]
+    )
     assert [(m.name, m.queries) for m in card.measures] == [
         ("reliability", 1),
         ("generalization", 2),  # its options in another order, the paraphrase
@@ -306,7 +308,7 @@ def test_lab_group_edit_uses_the_groups_other_queries_neurons_and_measures_held_
 
     lm, run = tiny("llama"), lab.read_lab(RUN, lab_db)
     assert run.held_out() == {"geography": ["geo-1"], "science": ["sci-1"]}
-    card = lab.group_scorecard(lm, run, "science", controls=3)
+    card = lab.group_scorecard(lm, run, "science", edit=lab.ControlledEdit(controls=3))
     assert set(card.neurons) == set(run.neurons("sci-2")) | set(run.neurons("sci-3"))  # sci-1 is held out
     assert [(m.name, m.queries) for m in card.measures] == [("geography", 1), ("science", 1)]
     assert card.edited == "group science" and card.controls == 3
@@ -338,3 +340,49 @@ def test_qrn_lab_prints_the_scorecard_the_sweep_and_one_line_for_bad_input(lab_d
     assert capsys.readouterr().err == "qrn: error: --controls is 0; it must be at least 1.\n"
     assert main([*args, "--group", "science", "--sweep"]) == 2
     assert "pass --query instead of --group" in capsys.readouterr().err
+
+
+def test_held_out_rule_is_one_function_for_the_lab_and_the_evaluation(lab_db):
+    from qrcore.evaluation import lab
+    from qrcore.evaluation.evaluate import held_out
+    from seeded_store import RUN
+
+    ids = [f"q{i}" for i in range(12)]
+    assert held_out({"g": ids, "h": ids[:3]}) == {"g": ["q0", "q5", "q10"], "h": ["q0"]}
+    run = lab.read_lab(RUN, lab_db)
+    assert run.held_out() == held_out(run.groups())
+
+
+def test_controlled_edit_refuses_bad_values_in_one_line():
+    from qrcore.evaluation.lab import ControlledEdit
+
+    with pytest.raises(QRNError, match=r"^--controls is 0; it must be at least 1\.$"):
+        ControlledEdit(0.0, 0)
+    with pytest.raises(QRNError, match="multiplier nan is not a finite number"):
+        ControlledEdit(float("nan"))
+
+
+def test_lab_edit_of_chosen_neurons_for_a_question_of_ones_own(tiny, lab_db):
+    from qrcore.evaluation import lab
+    from seeded_store import RUN
+
+    lm, run = tiny("llama"), lab.read_lab(RUN, lab_db)
+    own = make_query("Which gas do we breathe out?", ["Carbon dioxide", "Oxygen", "Argon"], "Carbon dioxide")
+    neurons = [(0, 5), (2, 40), (3, 95)]
+    edit = lab.ControlledEdit(0.0, 4, 1)
+    card = lab.edit_scorecard(lm, run, own, neurons, "mine", edit, locality=2)
+    prompts = run.prompter(lm).prompts(own)
+    rel = card.measure("reliability")
+    assert rel.p_after == pytest.approx(slow_share(lm, prompts, evidence.scaled(neurons, 0.0)), rel=1e-4)
+    assert card.measure("locality (other groups)").queries == 2 and card.controls == 4
+    dose = lab.edit_sweep(lm, run, own, {"mine": neurons, "none": []})
+    assert dose.names == ("mine",)  # an empty set is left out
+    at = list(dose.multipliers).index(0.0)
+    assert dose.p_correct[0, at] == pytest.approx(rel.p_after, rel=1e-4)
+    band = lab.control_sweep(lm, run, own, neurons, edit)
+    draws = matched_controls(neurons, evidence.layer_sizes(lm), 4, 1)
+    assert band.names == ("control 1", "control 2", "control 3", "control 4")
+    assert band.p_correct[2, at] == pytest.approx(slow_share(lm, prompts, evidence.scaled(draws[2], 0.0)), rel=1e-4)
+    effects = lab.edit_neuron_effects(lm, run, own, neurons, 0.0)
+    assert effects.p_all == pytest.approx(rel.p_after, rel=1e-4)
+    assert effects.p_alone[1] == pytest.approx(slow_share(lm, prompts, {(2, 40): 0.0}), rel=1e-4)
