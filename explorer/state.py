@@ -44,8 +44,6 @@ MODEL_ENV = "QRN_MODEL"
 START_MODEL = "qwen2.5-coder-1.5b"
 """The model the app starts on: the embedded one that knows the answers (the README's *The models*); the picker
 falls back to the first model with runs when it has none."""
-SHIPPED_ENV = "QRN_SHIPPED"
-"""Set to 0 to skip loading the shipped default run into the store at start-up (tests, benchmarks)."""
 R = TypeVar("R")
 Neuron = tuple[int, int]
 EditKey = tuple[tuple[int, int, float], ...]
@@ -67,9 +65,10 @@ def startup(db: str) -> None:
 
     A first start shows a progress bar while the runs load, instead of a blank page.
     """
-    if os.environ.get(SHIPPED_ENV, "1") == "0":
+    from qrcore.store.shipped import load_shipped_runs, pending, wanted
+
+    if not wanted():
         return
-    from qrcore.store.shipped import load_shipped_runs, pending
 
     with _lock("startup"):
         started = _started()
@@ -315,13 +314,34 @@ def cached_activations(name: str, run_id: str) -> np.ndarray | None:
 def compute_activations(
     name: str, run_id: str, queries: list[Query], settings: RunSettings, progress: Progress
 ) -> np.ndarray:
-    """`qrcore.selection.card.answer_activations` of model `name` over the run's queries (in order), kept for later cards."""
-    from qrcore.selection.card import answer_activations
+    """`qrcore.selection.activations.answer_activations` of model `name` over the run's queries (in order), stacked and
+    kept for later cards."""
+    from qrcore.selection.activations import answer_activations
 
     if (name, run_id) not in _activations():
         with _lock(f"model:{name}"):
-            _activations()[(name, run_id)] = answer_activations(model(name), queries, settings, progress)
+            _activations()[(name, run_id)] = np.stack(
+                list(answer_activations(model(name), queries, settings, progress))
+            )
     return _activations()[(name, run_id)]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def text_ids(name: str, text: str) -> tuple[int, ...]:
+    """`text` as model `name`'s token ids."""
+    return tuple(model(name).tokenizer.encode(text))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def token_activations(name: str, ids: tuple[int, ...], layer: int, neuron: int) -> tuple[list[str], np.ndarray]:
+    """Each token's text (`qrcore.model.tokens.token_texts`) and the neuron's activation f on it under model `name`
+    (`qrcore.selection.activations.token_activations`); QRNError for no tokens, too many or a neuron out of range."""
+    from qrcore.model.tokens import token_texts
+    from qrcore.selection.activations import token_activations as activations
+
+    with _lock(f"model:{name}"):
+        lm = model(name)
+        return token_texts(lm.tokenizer, list(ids)), activations(lm, ids, layer, neuron)
 
 
 # The query lab's evidence (issue 25): `qrcore.evaluation.lab` on the run's stored queries, cached per store stamp.

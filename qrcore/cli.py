@@ -338,6 +338,7 @@ def cmd_lab(args: argparse.Namespace) -> None:
         info.query(args.query)
     else:
         info.group(args.group)
+    edit = lab.ControlledEdit(args.multiplier, args.controls, args.seed)
     lm = _load(args)
     if args.sweep:
         dose = lab.query_sweep(lm, info, args.query)
@@ -367,9 +368,7 @@ def cmd_lab(args: argparse.Namespace) -> None:
                 info,
                 args.query,
                 args.method,
-                args.multiplier,
-                args.controls,
-                args.seed,
+                edit,
                 args.locality,
                 args.paraphrase,
                 args.top,
@@ -377,9 +376,7 @@ def cmd_lab(args: argparse.Namespace) -> None:
                 progress,
             )
         else:
-            card = lab.group_scorecard(
-                lm, info, args.group, args.method, args.multiplier, args.controls, args.seed, progress=progress
-            )
+            card = lab.group_scorecard(lm, info, args.group, method=args.method, edit=edit, progress=progress)
     _print_scorecard(card)
 
 

@@ -96,10 +96,10 @@ def test_neuron_card_computes_activations_on_demand(db, tiny):
     assert not at.exception and len(at.get("plotly_chart")) == 2
     traces = json.loads(at.get("plotly_chart")[1].proto.spec)["data"]  # y as plotly's typed arrays
     shown = np.concatenate([np.frombuffer(base64.b64decode(t["y"]["bdata"]), t["y"]["dtype"]) for t in traces])
-    from qrcore.selection.card import answer_activations
+    from qrcore.selection.activations import answer_activations
     from qrcore.settings import RunSettings
 
-    want = answer_activations(tiny("llama"), QUERIES, RunSettings())[:, 2, 5]
+    want = np.stack(list(answer_activations(tiny("llama"), QUERIES, RunSettings())))[:, 2, 5]
     np.testing.assert_allclose(np.sort(shown), np.sort(want), rtol=1e-5)
 
 
