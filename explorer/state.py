@@ -12,6 +12,7 @@ a first start shows its progress bar within seconds.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import closing
 import os
 from pathlib import Path
 import tempfile
@@ -23,7 +24,7 @@ import pandas as pd
 import streamlit as st
 
 from qrcore import store
-from qrcore.attribution.results import QueryAttribution
+from qrcore.attribution.results import PartialAttribution, QueryAttribution
 from qrcore.data.datasets import import_file
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.data.queries import Query
@@ -34,6 +35,7 @@ from qrcore.settings import RunSettings
 if TYPE_CHECKING:
     import duckdb
 
+    from qrcore.attribution.precision import Bf16Choice
     from qrcore.attribution.prefixes import PackedPrefix
     from qrcore.editing.evidence import DoseResponse, NeuronEffects, Scorecard
     from qrcore.evaluation.lab import ControlledEdit, LabRun
@@ -263,6 +265,56 @@ def attribution(name: str, query: Query, settings: RunSettings = RunSettings()) 
         )
     bar.empty()
     return result
+
+
+@st.cache_resource(show_spinner=False)
+def bf16_choice(name: str) -> Bf16Choice:
+    """Whether model `name`'s live attribution multiplies in bfloat16 here: the matmul peaks, measured once a process,
+    and the model's measured agreement (`qrcore.attribution.precision.choose_bf16`)."""
+    from qrcore.attribution.precision import measured_bf16_choice
+
+    return measured_bf16_choice(name, model(name).device)
+
+
+@st.cache_resource
+def _finished() -> dict[tuple[str, Query, RunSettings, bool], QueryAttribution]:
+    """Attributions that `attribution_as_it_comes` ran to the end, by (model, query, settings, bfloat16 products)."""
+    return {}
+
+
+FINISHED = 32
+"""Most finished attributions `_finished` keeps; the oldest goes first."""
+
+
+def attribution_as_it_comes(
+    name: str, query: Query, settings: RunSettings, bf16: bool, show: Callable[[PartialAttribution], None]
+) -> QueryAttribution:
+    """`attribution` layer block by layer block from the top (`NeuronAttribution.attribute_top_down`), each partial
+    result handed to `show` as it finishes, in bfloat16 products where `bf16`; a finished one is kept and returned at
+    once.
+
+    Leaving the page or changing the question stops the script inside `show`: the block's hooks are already removed
+    (each block removes its own before its result comes out), the generator is closed, the model's lock released and
+    nothing is kept.
+    """
+    from qrcore.attribution.ig import NeuronAttribution, live_block
+    from qrcore.attribution.precision import chosen_precision
+
+    key = (name, query, settings, bf16)
+    if key not in _finished():
+        lm = model(name)
+        attr = NeuronAttribution(lm, settings.attribution, settings.prompt)
+        with (
+            _lock(f"model:{name}"),
+            chosen_precision(lm.model, bf16),
+            closing(attr.attribute_top_down(query, live_block(len(attr.sites)))) as parts,
+        ):
+            for part in parts:
+                show(part)
+        while len(_finished()) >= FINISHED:
+            _finished().pop(next(iter(_finished())))
+        _finished()[key] = part.attribution
+    return _finished()[key]
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -138,7 +138,7 @@ def cmd_bench_precision(args: argparse.Namespace) -> None:
     from qrbench.attribution import bench_precision
 
     _at_least_one(args, "per-group", "steps")
-    bench_precision(_load(args), per_group=args.per_group, steps=args.steps)
+    bench_precision(_load(args), per_group=args.per_group, steps=args.steps, save=args.save)
 
 
 def cmd_bench_top_down(args: argparse.Namespace) -> None:
@@ -166,12 +166,23 @@ def cmd_bench_evaluation(args: argparse.Namespace) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    """RunSettings from the `_run_args` arguments; the settings dataclasses check the values (QRNError)."""
+    """RunSettings from the `_run_args` arguments; the settings dataclasses check the values (QRNError). With
+    --live-rule (qrn run) the attribution is the model's live rule, so the run's settings and key record it."""
+    from qrcore.attribution.live_rule import live_rule
     from qrcore.settings import AttributionSettings, PromptSettings, QRNCASettings, RunSettings
 
+    attribution = AttributionSettings(args.steps, args.riemann)
+    if getattr(args, "live_rule", False):
+        if attribution != AttributionSettings():
+            raise QRNError(
+                "--live-rule sets the rule and its points from the model's measurement; leave out --riemann and --steps."
+            )
+        rule = live_rule(args.model)
+        attribution = rule.settings
+        print(f"live rule of {args.model}: {rule.why}")
     return RunSettings(
         PromptSettings(args.templates, args.seed),
-        AttributionSettings(args.steps, args.riemann),
+        attribution,
         QRNCASettings(t=args.t, u=args.u, v=args.v, cluster=args.cluster, z=args.z),
     )
 
@@ -599,6 +610,12 @@ def build_parser() -> argparse.ArgumentParser:
         "finished query too: copy the folder to another machine and the same command resumes the run there",
     )
     _run_args(p)
+    p.add_argument(
+        "--live-rule",
+        action="store_true",
+        help="integrate Eq. 5 with the model's live rule (qrcore/data/live_rules.json: the cheapest rule measured to "
+        "keep the authors' QR neurons; the authors' rule where none does) instead of --riemann/--steps",
+    )
     _model_args(p)
     _db_arg(p)
     p.set_defaults(func=cmd_run, device=None)  # None: cpu, or each launched process's own accelerate device
@@ -710,6 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _per_group_arg(p, "built-in domain queries (6 groups)", default=5)
     _steps_arg(p)
+    p.add_argument(
+        "--save", action="store_true", help="record the agreement as the model's, for the query lab's bfloat16 choice"
+    )
     _model_args(p)
     p.set_defaults(func=cmd_bench_precision)
     p = bench.add_parser(
@@ -725,7 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_quadrature)
     p = bench.add_parser("top-down", help="results as they come: the first layer block's time against the full result")
     p.add_argument("--queries", type=int, default=2, help="built-in domain queries")
-    p.add_argument("--block", type=int, default=4, help="layers per block, from the top")
+    p.add_argument("--block", type=int, help="layers per block, from the top (default the query lab's: a seventh)")
     _model_args(p)
     p.set_defaults(func=cmd_bench_top_down)
     p = bench.add_parser("evaluation", help="the evaluation's edits one forward each vs packed, seconds per query")

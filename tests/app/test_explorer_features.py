@@ -208,14 +208,18 @@ def test_query_lab_shows_the_querys_template_consistency(db):
 
 
 def test_custom_question_gets_qrnca_against_the_run(db, tiny, monkeypatch):
+    from explorer import state
+
     steps = []
-    attribute = NeuronAttribution.attribute
-    monkeypatch.setattr(
-        NeuronAttribution,
-        "attribute",
-        lambda self, *a, **k: steps.append(self.settings.steps) or attribute(self, *a, **k),
-    )
-    st.cache_data.clear()  # the same question attributed by an earlier test would come from the cache
+    for method in ("attribute", "attribute_top_down"):  # the preview, then IG layer blocks from the top
+        run = getattr(NeuronAttribution, method)
+        monkeypatch.setattr(
+            NeuronAttribution,
+            method,
+            lambda self, *a, run=run, **k: steps.append(self.settings.steps) or run(self, *a, **k),
+        )
+    st.cache_data.clear()  # the same question attributed by an earlier test would come from the caches
+    state._finished().clear()
     at = page("lab", source="custom")
     button(at, "Run QRNCA").click().run()
     assert not at.exception and not at.error, errors(at)
