@@ -4,14 +4,13 @@ answers and the heatmap page's group edit show the engine's numbers (`qrcore.eva
 
 from __future__ import annotations
 
-import base64
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from app_driver import button, errors, page
+from app_driver import button, errors, page, typed
 from explorer import views
 from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
@@ -38,13 +37,6 @@ def figure(at, trace: str) -> dict:
     """The page's plotly figure holding a trace named `trace`."""
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     return next(s for s in specs if any(t.get("name") == trace for t in s["data"]))
-
-
-def values(data: object) -> np.ndarray:
-    """A plotly trace's numbers as an array, whether listed or typed (plotly's {"dtype", "bdata"} encoding)."""
-    if isinstance(data, dict):
-        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"])
-    return np.asarray(data, np.float64)
 
 
 def measured(db, controls: int = 4, locality: int = 2):
@@ -93,7 +85,7 @@ def test_scorecard_shows_the_engines_measures_beside_their_controls(db, engine):
     assert "4 seeded draws" in captions and "same layers and count per layer" in captions
     controls = figure(at, "the edit")
     boxes = [t for t in controls["data"] if t["type"] == "box"]
-    np.testing.assert_allclose(values(boxes[0]["x"]), card.measures[0].test.controls, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(typed(boxes[0]["x"]), card.measures[0].test.controls, rtol=1e-4, atol=1e-7)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["n-gram entropy, unedited"] == f"{card.fluency.entropy_before:.3f}"
     assert metrics["n-gram entropy, edited"] == f"{card.fluency.entropy_after:.3f}"
@@ -113,10 +105,10 @@ def test_dose_response_plot_and_flips_are_the_engines(db, engine):
     fig = figure(at, "selected")
     traces = {t.get("name"): t for t in fig["data"]}
     for name, p in zip(dose.names, dose.p_correct):
-        np.testing.assert_allclose(values(traces[name]["y"]), p, rtol=1e-4, atol=1e-7, err_msg=name)
-    np.testing.assert_allclose(values(traces["selected"]["x"]), dose.multipliers)
+        np.testing.assert_allclose(typed(traces[name]["y"]), p, rtol=1e-4, atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(typed(traces["selected"]["x"]), dose.multipliers)
     low = next(t for t in fig["data"] if t.get("fill") == "tonexty")
-    np.testing.assert_allclose(values(low["y"]), np.percentile(band.p_correct, 5, axis=0), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(typed(low["y"]), np.percentile(band.p_correct, 5, axis=0), rtol=1e-4, atol=1e-7)
     assert low["name"] == "controls, 5-95% of 4 draws"
     flips = frame(at, "set")
     pd.testing.assert_frame_equal(
