@@ -338,14 +338,18 @@ def stability_text(stays: int, of: int) -> str:
     return f"{stays}/{of}" if of else "–"
 
 
-def with_stability(frame: pd.DataFrame, run: Run, query_id: str) -> pd.DataFrame:
-    """`frame` (a query's neurons: layer, neuron) plus a `stability` column for those that are its QR neurons."""
+def with_stability(frame: pd.DataFrame, run: Run, query_id: str | None = None) -> pd.DataFrame:
+    """`frame` (neurons: layer, neuron, and the query_id of each row unless `query_id` names the one query) plus a
+    `stability` column (`stability_text`) for the rows that are a QR neuron of their query, '' for the others."""
     rows = state.stability(run.id).neurons
-    rows = rows.loc[rows["query_id"] == query_id]
     text = {
-        (l, n): stability_text(s, o) for l, n, s, o in zip(rows["layer"], rows["neuron"], rows["stays"], rows["of"])
+        (q, l, n): stability_text(s, o)
+        for q, l, n, s, o in zip(rows["query_id"], rows["layer"], rows["neuron"], rows["stays"], rows["of"])
     }
-    return frame.assign(stability=[text.get((int(l), int(n)), "") for l, n in zip(frame["layer"], frame["neuron"])])
+    queries = frame["query_id"] if query_id is None else [query_id] * len(frame)
+    return frame.assign(
+        stability=[text.get((q, int(l), int(n)), "") for q, l, n in zip(queries, frame["layer"], frame["neuron"])]
+    )
 
 
 def query_url(run: Run, query_id: str) -> str:

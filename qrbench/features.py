@@ -3,7 +3,8 @@
 Measured on the shipped default runs (loaded into a temporary store) and on a synthetic run of the default model's
 shape (30 x 1536 neurons, three templates' IG per stored row, as `qrn run` stores it now), without a model: every
 timed step reads the store or scores arrays. Targets: card under 1 s, threshold change under 1 s, custom-question
-scoring under 0.5 s on top of its attribution.
+scoring under 0.5 s on top of its attribution; the Search page's answer under 1 s on the shipped runs
+(`explorer.bench_search`, with their models).
 """
 
 from __future__ import annotations
@@ -121,4 +122,8 @@ def bench_features(repeats: int = 7) -> pd.DataFrame:
         rows.append({"run": f"{SYNTHETIC_RUN} (660 queries)", **bench_run(synthetic, SYNTHETIC_RUN, repeats)})
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    from explorer.bench_search import bench_search
+
+    print("\nThe Search page's answer, the whole page re-run after a new search (ms; target under 1 s):")
+    print(bench_search(min(repeats, 5)).to_string(index=False, float_format=lambda v: f"{v:.0f}"))
     return table

@@ -25,6 +25,7 @@ PAGES = {
     "methods": "methods",
     "compare": "compare",
     "data": "data",
+    "search": "search?q=+Paris&by=token",
 }
 """Screenshot name -> URL path (the default page is served at /)."""
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"

@@ -38,8 +38,9 @@ done = state.read(store.done_query_ids, run.id)
 queries = {qid: q for qid, q in views.run_queries(run).items() if qid in done}
 
 stability = state.stability(run.id).neurons
-stability = stability.loc[(stability["layer"] == layer) & (stability["neuron"] == index)].set_index("query_id")
-covered = stability.loc[stability["of"] > 0, "stability"]
+covered = stability.loc[
+    (stability["layer"] == layer) & (stability["neuron"] == index) & (stability["of"] > 0), "stability"
+]
 
 cols = st.columns(6)
 cols[0].metric("Cluster frequency", f"{card.frequency:.0%}", help=f"In {card.n_clusters} of the run's clusters.")
@@ -90,13 +91,14 @@ right.plotly_chart(
 )
 
 st.subheader("Queries whose coarse cluster holds it")
-table = card.queries.assign(
-    question=card.queries["query_id"].map(lambda q: queries[q].question if q in queries else ""),
-    stability=[
-        views.stability_text(stability.at[q, "stays"], stability.at[q, "of"]) if q in stability.index else ""
-        for q in card.queries["query_id"]
-    ],
-)
+table = views.with_stability(
+    card.queries.assign(
+        question=card.queries["query_id"].map(lambda q: queries[q].question if q in queries else ""),
+        layer=layer,
+        neuron=index,
+    ),
+    run,
+).drop(columns=["layer", "neuron"])
 views.table(
     table,
     column_config={
