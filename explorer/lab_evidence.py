@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from explorer import state, views
+from qrcore.data.queries import Query
 from qrcore.editing.controls import matched_controls
 from qrcore.editing.evidence import MEASURES, DoseResponse, NeuronEffects, Scorecard
 from qrcore.editing.fluency import ngram_entropy
@@ -116,13 +117,16 @@ def show_scorecard(card: Scorecard, meaning: Callable[[str], str], key: str) -> 
 
 
 def show_fluency(card: Scorecard, control: float) -> None:
-    """The fluency row: the answers before and after with their n-gram entropy, and the control draw's entropy."""
+    """The fluency row: the n-gram entropy of the answers before and after, and of the answer under the lab's random
+    control (`control_edit`)."""
     f = card.fluency
+    if f is None:
+        raise ValueError("show_fluency needs a scorecard computed with its fluency (with_fluency=True)")
     st.markdown(f"**fluency**: {FLUENCY}.")
     cols = st.columns(3)
     cols[0].metric("n-gram entropy, unedited", f"{f.entropy_before:.3f}")
     cols[1].metric("n-gram entropy, edited", f"{f.entropy_after:.3f}", f"{f.entropy_after - f.entropy_before:+.3f}")
-    cols[2].metric("n-gram entropy, control draw 1", f"{control:.3f}", f"{control - f.entropy_before:+.3f}")
+    cols[2].metric("n-gram entropy, random control", f"{control:.3f}", f"{control - f.entropy_before:+.3f}")
 
 
 def dose_figure(dose: DoseResponse, band: DoseResponse) -> go.Figure:
@@ -170,7 +174,7 @@ def effects_table(effects: NeuronEffects) -> pd.DataFrame:
     return frame.rename(columns={"p_alone": "P, this neuron alone", "change": "change alone"})
 
 
-def show(name: str, run: views.Run | None, query, edit: dict[Neuron, float], mult: float) -> None:
+def show(name: str, run: views.Run | None, query: Query, edit: dict[Neuron, float], mult: float) -> None:
     """The evidence of the lab's edit, measured on the button: its scorecard, its dose-response and each neuron's own
     effect."""
     st.subheader("Evidence that the edit is real")
