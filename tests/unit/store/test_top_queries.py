@@ -92,3 +92,44 @@ def test_a_stored_run_without_top_queries_gets_them_from_a_later_export(seeded_t
         assert store.has_runs(con, tmp_path / "new") and not store.import_runs(con, tmp_path / "new")
         assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
     assert top_rows(other, run_id)[0].equals(top_rows(db, run_id)[0])
+
+
+def test_shipped_smollm2_runs_carry_their_top_queries(tmp_path):
+    from qrcore.selection.activations import TOP_QUERIES
+    from qrcore.store.shipped import SHIPPED
+
+    db = tmp_path / "shipped.duckdb"
+    with store.connect(db) as con:
+        store.import_runs(con, SHIPPED)
+        runs = store.list_runs(con).set_index("name")
+        for name in ("domain-smollm2", "language-smollm2"):
+            info = store.run_info(con, name)
+            rows, done = store.read_top_queries(con, info.run_id)
+            assert (
+                sorted(done) == sorted(store.done_query_ids(con, info.run_id)) and len(done) == runs.at[name, "n_done"]
+            )
+            assert len(rows) == info.n_layers * info.n_neurons * TOP_QUERIES
+            assert set(rows["query_id"]) <= set(done)
+
+
+@pytest.mark.slow
+def test_shipped_top_queries_match_a_recomputed_query(smollm2, tmp_path):
+    """One shipped query recomputed on SmolLM2: where it is stored its activation is the same, and where it is not,
+    every kept query of that neuron is at least as active."""
+    from qrcore.selection.activations import answer_activations
+    from qrcore.store.shipped import SHIPPED
+
+    db = tmp_path / "shipped.duckdb"
+    with store.connect(db) as con:
+        store.import_runs(con, SHIPPED)
+        info = store.run_info(con, "language-smollm2")
+        query = store.load_queries(con, store.run_dataset_id(con, info.run_id))[0]
+        rows, _ = store.read_top_queries(con, info.run_id)
+    f = next(answer_activations(smollm2, [query], info.settings))  # (layers, neurons)
+    mine = rows.loc[rows["query_id"] == query.id]
+    assert len(mine) > 0
+    np.testing.assert_allclose(mine["activation"], f[mine["layer"], mine["neuron"]], rtol=1e-3, atol=1e-4)
+    lowest = rows.groupby(["layer", "neuron"])["activation"].min()
+    absent = ~lowest.index.isin(list(zip(mine["layer"], mine["neuron"])))
+    layer, neuron = np.array(lowest.index[absent].tolist()).T
+    assert (lowest[absent].to_numpy() >= f[layer, neuron] - 1e-4).all()
