@@ -20,6 +20,7 @@ import time
 from explorer.figures import bin_heatmap, heatmap_figure
 from qrbench.store import RUN_NAME, build_synthetic_store, median_ms
 from qrcore import store
+from qrcore.evaluation import run_analyses
 
 APP = Path(__file__).resolve().parent / "app.py"
 EDIT_NEURONS = 10
@@ -119,7 +120,7 @@ def bench_heatmap(db_path: str | os.PathLike, repeats: int = 7) -> dict[str, flo
 
     def fetch_bin_draw() -> None:
         with store.connect(db_path, read_only=True) as con:
-            matrix = store.heatmap(con, run_id, group)
+            matrix = run_analyses.heatmap(con, run_id, group)
         heatmap_figure(bin_heatmap(matrix), title=group).to_json()
 
     out = {"heatmap_ms": median_ms(fetch_bin_draw, repeats)}

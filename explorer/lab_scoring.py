@@ -20,6 +20,7 @@ from qrcore.attribution.live_rule import AUTHORS, label, live_rule
 from qrcore.attribution.results import PartialAttribution, QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from qrcore.evaluation import run_analyses
 from qrcore.selection.consistency import dense_consistency
 from qrcore.selection.custom import score_against_run
 from qrcore.selection.qrnca import query_na
@@ -60,7 +61,7 @@ def custom_qr_table(run: views.Run | None, name: str, query: Query) -> pd.DataFr
             "so this is NA without ICA or common neurons; pick or compute a run of the app's model for QRNCA."
         )
         return top.assign(rank=range(1, len(top) + 1))[COLUMNS]
-    counts, n_clusters = state.read(store.read_cluster_counts, run.id)
+    counts, n_clusters = state.read(store.cluster_counts, run.id)
     s = settings.qrnca
     rows = score_against_run(result, counts, n_clusters, s)
     kept = rows.loc[rows["kept"]].sort_values("naica_rank")
@@ -133,7 +134,7 @@ def run_query_consistency(run: views.Run, query_id: str) -> None:
         )
         return
     try:
-        table = state.read(store.read_template_consistency, run.id).set_index("query_id")
+        table = state.read(run_analyses.template_consistency, run.id).set_index("query_id")
     except QRNError as err:
         st.error(str(err))
         return

@@ -12,6 +12,7 @@ import streamlit as st
 from explorer import state, views
 from qrcore import store
 from qrcore.errors import QRNError
+from qrcore.evaluation import run_analyses
 from qrcore.selection import analysis, live
 from qrcore.selection.live import LiveQRNCA
 from qrcore.settings import QRNCASettings
@@ -102,11 +103,11 @@ def controls(run: views.Run) -> LiveQRNCA | None:
         )
         st.caption(_limits(s, has_ig, fixed_t))
         try:
-            result = state.read(store.qrnca_at, run.id, t, u, int(v))
+            result = state.read(run_analyses.qrnca_at, run.id, t, u, int(v))
         except QRNError as err:
             st.error(str(err))
             return None
-        base = state.read(store.qrnca_at, run.id, s.t, s.u, s.v)
+        base = state.read(run_analyses.qrnca_at, run.id, s.t, s.u, s.v)
         columns = st.columns([1, 1, 1, 1], vertical_alignment="bottom")
         columns[0].metric("Common neurons (Table 3)", len(result.common), len(result.common) - len(base.common))
         columns[1].metric(
@@ -151,6 +152,6 @@ def heatmap(result: LiveQRNCA, group: str, run: views.Run) -> np.ndarray:
 
 
 def query_rows(result: LiveQRNCA, query_id: str) -> pd.DataFrame:
-    """One query's rows at the live thresholds, as `store.query_neurons` gives them at the run's."""
+    """One query's rows at the live thresholds, as `run_analyses.query_neurons` gives them at the run's."""
     rows = result.rows.loc[result.rows["query_id"] == query_id].drop(columns="query_id")
     return rows.sort_values(["naica", "layer", "neuron"], ascending=[False, True, True], ignore_index=True)

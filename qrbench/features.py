@@ -20,6 +20,8 @@ from qrbench.store import median_ms
 from qrcore import store
 from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
+from qrcore.evaluation import run_analyses
+from qrcore.runs import storing
 from qrcore.selection import qrnca
 from qrcore.selection.custom import score_against_run
 from qrcore.settings import RunSettings
@@ -78,7 +80,7 @@ def build_template_store(path: str | os.PathLike, n_queries: int = 660, groups: 
             pd.concat([qrnca.sparsify(a, settings.qrnca) for a in attrs]),
             pd.concat([qrnca.top_activations(a) for a in attrs]),
         )
-        store.finalize_run(con, run_id, seed=seed)
+        storing.finalize_run(con, run_id, seed=seed)
 
 
 def bench_run(path: str | os.PathLike, run: str, repeats: int) -> dict[str, float]:
@@ -89,24 +91,24 @@ def bench_run(path: str | os.PathLike, run: str, repeats: int) -> dict[str, floa
             return reader(con, *args)
 
     info = read(store.run_info, run)
-    stats = read(store.read_common_neurons, run)
+    stats = read(run_analyses.common_neurons, run)
     neuron = (int(stats["layer"].iloc[0]), int(stats["neuron"].iloc[0])) if len(stats) else (0, 0)
     visits = iter(THRESHOLDS * (repeats + 1))
     rows, _ = read(store.stored_rows, run)
-    counts, n_clusters = read(store.read_cluster_counts, run)
+    counts, n_clusters = read(store.cluster_counts, run)
     custom = synthetic_attribution("custom", np.random.default_rng(1))
     out = {
         "rows": len(rows),
         "queries": info.n_clusters,
-        "card_ms": median_ms(lambda: read(store.neuron_card, run, *neuron), repeats),
-        "thresholds_ms": median_ms(lambda: read(store.qrnca_at, run, *next(visits)), repeats),
+        "card_ms": median_ms(lambda: read(run_analyses.neuron_card, run, *neuron), repeats),
+        "thresholds_ms": median_ms(lambda: read(run_analyses.qrnca_at, run, *next(visits)), repeats),
         "custom_ms": median_ms(lambda: score_against_run(custom, counts, n_clusters, info.settings.qrnca), repeats),
         "custom_with_counts_ms": median_ms(
-            lambda: score_against_run(custom, *read(store.read_cluster_counts, run), info.settings.qrnca), repeats
+            lambda: score_against_run(custom, *read(store.cluster_counts, run), info.settings.qrnca), repeats
         ),
     }
     if read(store.has_template_ig, run):
-        out["consistency_ms"] = median_ms(lambda: read(store.read_template_consistency, run), repeats)
+        out["consistency_ms"] = median_ms(lambda: read(run_analyses.template_consistency, run), repeats)
     return out
 
 

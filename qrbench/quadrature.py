@@ -132,7 +132,7 @@ def live_rule(table: pd.DataFrame) -> LiveRule:
 
 def _own_run(con, name: str, lm: LoadedModel) -> store.RunInfo:
     """The finished run `name`, computed by `lm` under the authors' rule; one line otherwise."""
-    info = store.finished_run(con, name)
+    info = store.complete_run(con, name)
     store.require_model(info, lm.spec.name, lm.fingerprint)
     if info.settings.attribution != AUTHORS:
         raise QRNError(f"run {info.name!r} was computed with {label(info.settings.attribution)}, not the authors' rule")

@@ -16,10 +16,13 @@ import pandas as pd
 from qrcore import store
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from qrcore.evaluation import run_analyses
+from qrcore.runs import storing
 from qrcore.selection import qrnca
 from qrcore.settings import RunSettings
 from qrcore.store.checksums import failing_block
 from qrcore.store.connection import BLOCK_SIZE
+from qrcore.store.sql import one_row
 
 RUN_NAME = "synthetic"
 COMMON_POOL = 20
@@ -92,7 +95,7 @@ def build_synthetic_store(
         dataset_id = store.upsert_dataset(con, f"synthetic-{n_queries}", "bench_store", queries)
         run_id = store.get_or_create_run(con, RUN_NAME, model_id, dataset_id, s)
         store.write_rows(con, run_id, results, sparse, top)
-        store.finalize_run(con, run_id, seed=seed)
+        storing.finalize_run(con, run_id, seed=seed)
         for method in ("qrnca", "kn", "activation", "random"):
             rows = pd.DataFrame(
                 {
@@ -108,19 +111,19 @@ def build_synthetic_store(
 def bench_store(path: str | os.PathLike, repeats: int = 7, out: TextIO | None = sys.stdout) -> pd.DataFrame:
     """Median milliseconds of each explorer reader on the store's synthetic run (one warm-up, then `repeats` runs)."""
     with store.connect(path, read_only=True) as con:
-        block_size = con.execute(BLOCK_SIZE).fetchone()[0]
+        block_size = one_row(con, BLOCK_SIZE)[0]
         info = store.run_info(con, RUN_NAME)
         group = store.heatmap_groups(con, info.run_id)[0]
-        query = store.read_qr_neurons(con, info.run_id, "qrnca")["query_id"].iloc[0]
+        query = store.qr_neurons(con, info.run_id, "qrnca")["query_id"].iloc[0]
         cases: dict[str, Callable[[], object]] = {
             "list_runs": lambda: store.list_runs(con),
-            "heatmap (one group)": lambda: store.heatmap(con, info.run_id, group),
+            "heatmap (one group)": lambda: run_analyses.heatmap(con, info.run_id, group),
             "heatmap_groups": lambda: store.heatmap_groups(con, info.run_id),
-            "overlap": lambda: store.overlap(con, info.run_id, "qrnca"),
-            "layer_distribution": lambda: store.read_layer_distribution(con, info.run_id, "qrnca"),
-            "common_neurons": lambda: store.read_common_neurons(con, info.run_id),
-            "query_neurons": lambda: store.query_neurons(con, info.run_id, query),
-            "qr_neurons (one query)": lambda: store.read_qr_neurons(con, info.run_id, "qrnca", query),
+            "overlap": lambda: run_analyses.overlap(con, info.run_id, "qrnca"),
+            "layer_distribution": lambda: run_analyses.layer_distribution(con, info.run_id, "qrnca"),
+            "common_neurons": lambda: run_analyses.common_neurons(con, info.run_id),
+            "query_neurons": lambda: run_analyses.query_neurons(con, info.run_id, query),
+            "qr_neurons (one query)": lambda: store.qr_neurons(con, info.run_id, "qrnca", query),
             "evaluations": lambda: store.evaluations(con, info.run_id),
         }
         rows = [(name, median_ms(fn, repeats)) for name, fn in cases.items()]

@@ -117,7 +117,7 @@ def tables(run: str, db: str | os.PathLike | None = None) -> dict[str, pd.DataFr
     from qrcore.evaluation.report import run_tables
 
     with store.connect(db, read_only=True) as con:
-        return run_tables(con, store.finished_run(con, run))[0]
+        return run_tables(con, store.complete_run(con, run))[0]
 
 
 def qr_neurons(run: str, db: str | os.PathLike | None = None, method: str = "qrnca") -> pd.DataFrame:
@@ -125,7 +125,7 @@ def qr_neurons(run: str, db: str | os.PathLike | None = None, method: str = "qrn
     from qrcore import store
 
     with store.connect(db, read_only=True) as con:
-        return store.read_qr_neurons(con, store.finished_run(con, run).run_id, method)
+        return store.qr_neurons(con, store.complete_run(con, run).run_id, method)
 
 
 def score_against_run(lm: LoadedModel, query: Query, run: str, db: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -135,9 +135,9 @@ def score_against_run(lm: LoadedModel, query: Query, run: str, db: str | os.Path
     from qrcore.selection.custom import score_against_run as score
 
     with store.connect(db, read_only=True) as con:
-        info = store.finished_run(con, run)
+        info = store.complete_run(con, run)
         store.require_model(info, lm.spec.name, lm.fingerprint)
-        counts, n_clusters = store.read_cluster_counts(con, info.run_id)
+        counts, n_clusters = store.cluster_counts(con, info.run_id)
     return score(attribute(lm, query, info.settings), counts, n_clusters, info.settings.qrnca)
 
 

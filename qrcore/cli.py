@@ -326,7 +326,7 @@ def cmd_stability(args: argparse.Namespace) -> None:
 
     _at_least_one(args, "per-group")
     with store.connect(args.db, read_only=True) as con:
-        info = store.finished_run(con, args.run)  # an unknown or unfinished run fails before the model loads
+        info = store.complete_run(con, args.run)  # an unknown or unfinished run fails before the model loads
     lm = _load(args)
     store.require_model(info, lm.spec.name, lm.fingerprint)
     with _bar("perturbed runs", "query") as progress:

@@ -21,6 +21,9 @@ above-threshold scores summed (the authors' code); "sum" = the templates' scores
 NORMALISERS = ("cluster_sum", "all_sum", "max_abs")
 """Z of Eq. 5: "cluster_sum" = the sum of the cluster's scores (the authors' code); "all_sum" = the sum over all
 neurons (the text); "max_abs" = the largest absolute score (this project before it followed the code)."""
+METHODS = ("qrnca", "random", "activation", "kn", "qrnca_no_ica", "qrnca_with_common")
+"""QRNCA, the Sec. 5.1 baselines (random, activation, kn = Knowledge Neuron*) and two ablations: the ids a run's
+QR neurons are stored under."""
 LEGACY = {"attribution": {"riemann": "right"}, "qrnca": {"cluster": "sum", "z": "max_abs"}}
 """What a run stored before these settings existed computed; `RunSettings.from_json` fills them in for it."""
 

@@ -11,6 +11,7 @@ from qrcore import store
 from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.model.spec import LoadedModel
+from qrcore.runs import storing
 from qrcore.settings import RunSettings
 from qrcore.store import connection
 
@@ -99,9 +100,9 @@ def write_run(
     False (as a killed run leaves it); returns its id."""
     run_id = store.get_or_create_run(con, name, model_id, dataset_id, settings)
     for attr in attributions:
-        store.write_query(con, run_id, attr, settings.qrnca)
+        storing.write_query(con, run_id, attr, settings.qrnca)
     if finish:
-        store.finalize_run(con, run_id)
+        storing.finalize_run(con, run_id)
     return run_id
 
 

@@ -6,11 +6,12 @@ import streamlit as st
 
 from explorer import state, thresholds, views
 from qrcore import store
+from qrcore.evaluation import run_analyses
 
 st.title("Common neurons")
 run = views.require_run()
 at = thresholds.controls(run)
-common = state.read(store.read_common_neurons, run.id) if at is None else at.common
+common = state.read(run_analyses.common_neurons, run.id) if at is None else at.common
 u = state.read(store.run_info, run.id).settings.qrnca.u if at is None else at.settings.u
 st.caption(
     f"Neurons in more than u = {u:.0%} of the run's clusters (one coarse cluster per query). "
@@ -27,7 +28,9 @@ views.neuron_table(
 st.subheader("Why a query's neurons are (not) QR neurons")
 query = views.pick_query(views.run_queries(run))
 with views.inline_errors():
-    rows = state.read(store.query_neurons, run.id, query.id) if at is None else thresholds.query_rows(at, query.id)
+    rows = (
+        state.read(run_analyses.query_neurons, run.id, query.id) if at is None else thresholds.query_rows(at, query.id)
+    )
     rows = rows.sort_values("na", ascending=False, ignore_index=True)
     if at is None:  # the stored rows (with IG); stability is of the run's own QR neurons, not of those at others
         rows = views.with_stability(rows.assign(ig=rows["ig"].map(views.ig_text)), run, query.id)

@@ -11,7 +11,7 @@ import streamlit as st
 from explorer import state, views
 from explorer.figures import bin_heatmap, heatmap_figure
 from qrcore import store
-from qrcore.evaluation import report
+from qrcore.evaluation import report, run_analyses
 from qrcore.selection.analysis import LOCALISATION, relative_depth
 
 COLUMNS = 256
@@ -50,7 +50,7 @@ def pick_run(runs: pd.DataFrame, name: str, dataset: str) -> views.Run:
 
 def layer_shares(run: views.Run, method: str, group: str) -> pd.DataFrame:
     """The run's share of QR neurons per layer for `group` and as the mean over groups, with each layer's depth."""
-    share = state.read(store.read_layer_distribution, run.id, method)  # (groups, layers)
+    share = state.read(run_analyses.layer_distribution, run.id, method)  # (groups, layers)
     lines = pd.DataFrame({views.group_label(group): share.loc[group], "mean over groups": share.mean(axis=0)})
     lines = lines.assign(layer=range(run.n_layers), depth=relative_depth(run.n_layers))
     return lines.melt(id_vars=["layer", "depth"], var_name="groups", value_name="share").assign(model=run.model)
@@ -98,7 +98,7 @@ right.plotly_chart(
 
 st.subheader("How concentrated the QR neurons are")
 method = views.pick_method()
-summary = pd.DataFrame({r.model: state.read(store.read_localisation, r.id, method) for r in (a, b)}).rename(
+summary = pd.DataFrame({r.model: state.read(run_analyses.localisation, r.id, method) for r in (a, b)}).rename(
     index=LOCALISATION
 )
 st.dataframe(summary.style.format("{:.4g}"), width="stretch")
@@ -110,7 +110,7 @@ group = views.synced(
 )
 st.caption("NAICA summed over the group's queries, each model on its own layer x neuron grid and colour scale.")
 for column, r in zip(st.columns(2), (a, b)):
-    binned = bin_heatmap(state.read(store.heatmap, r.id, group), COLUMNS)
+    binned = bin_heatmap(state.read(run_analyses.heatmap, r.id, group), COLUMNS)
     column.plotly_chart(
         heatmap_figure(
             binned,
@@ -123,7 +123,7 @@ for column, r in zip(st.columns(2), (a, b)):
 
 st.subheader("Overlap between groups")
 for column, r in zip(st.columns(2), (a, b)):
-    overlap = state.read(store.overlap, r.id, method).rename(index=views.group_label, columns=views.group_label)
+    overlap = state.read(run_analyses.overlap, r.id, method).rename(index=views.group_label, columns=views.group_label)
     overlap = overlap.rename(index=views.plain, columns=views.plain)
     column.plotly_chart(
         px.imshow(

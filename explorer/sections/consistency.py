@@ -10,6 +10,7 @@ import streamlit as st
 
 from explorer import state, thresholds, views
 from qrcore import store
+from qrcore.evaluation import run_analyses
 from qrcore.selection.live import template_above
 
 st.title("Template consistency")
@@ -54,7 +55,7 @@ if not state.read(store.has_template_ig, run.id):
     st.stop()
 s = state.read(store.run_info, run.id).settings.qrnca
 t = thresholds.t_slider(s)
-table = state.read(store.read_template_consistency, run.id, t)
+table = state.read(run_analyses.template_consistency, run.id, t)
 queries = views.run_queries(run)
 
 left, right = st.columns([3, 2])
@@ -110,7 +111,7 @@ views.table(
 
 st.subheader("One query's templates")
 query = views.pick_query({q: queries[q] for q in table["query_id"] if q in queries})
-rows = state.read(store.query_neurons, run.id, query.id)
+rows = state.read(run_analyses.query_neurons, run.id, query.id)
 above = template_above(np.stack(rows["ig"].to_numpy()), np.zeros(len(rows), int), t)  # (rows, templates)
 cluster = rows.assign(**{f"template {p + 1}": above[:, p] for p in range(above.shape[1])})
 cluster = cluster.loc[

@@ -9,6 +9,7 @@ import streamlit as st
 from explorer import state, thresholds, views
 from qrcore import store
 from qrcore.editing import edits
+from qrcore.evaluation import run_analyses
 
 SETS = {"query": "a query's QR neurons", "group": "a group's QR neurons", "common": "the common neurons"}
 
@@ -16,7 +17,7 @@ st.title("Take it away")
 run = views.require_run()
 at = thresholds.controls(run)
 kind = views.synced(st.radio, "Neuron set", "set", options=list(SETS), format_func=SETS.__getitem__, horizontal=True)
-qr = state.read(store.read_qr_neurons, run.id) if at is None else at.qr
+qr = state.read(store.qr_neurons, run.id) if at is None else at.qr
 if kind == "query":
     query = views.pick_query(views.run_queries(run))
     neurons = qr.loc[qr["query_id"] == query.id, ["layer", "neuron", "score"]]
@@ -33,7 +34,7 @@ elif kind == "group":
         ["group", group],
     )
 else:
-    common = state.read(store.read_common_neurons, run.id) if at is None else at.common
+    common = state.read(run_analyses.common_neurons, run.id) if at is None else at.common
     neurons = common.assign(score=common["frequency"])[["layer", "neuron", "score"]]
     name, score, names = "common neurons", "the share of all clusters that hold it", ["common"]
 if at is not None:

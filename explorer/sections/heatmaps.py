@@ -10,6 +10,7 @@ import streamlit as st
 from explorer import lab_evidence, state, thresholds, views
 from explorer.figures import MAX_COLS, bin_heatmap, clipped, color_limit, heatmap_figure
 from qrcore import store
+from qrcore.evaluation import run_analyses
 from qrcore.selection.topk import top_neurons
 
 MODES = ("one group", "side by side", "difference")
@@ -76,7 +77,7 @@ st.caption(
 
 def view(name: str) -> np.ndarray:
     """The group's map restricted to the chosen layers (at the live thresholds, if they differ from the run's)."""
-    full = state.read(store.heatmap, run.id, name) if at is None else thresholds.heatmap(at, name, run)
+    full = state.read(run_analyses.heatmap, run.id, name) if at is None else thresholds.heatmap(at, name, run)
     return full[lo : hi + 1]
 
 

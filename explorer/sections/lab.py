@@ -47,7 +47,7 @@ def qr_table(query: Query) -> pd.DataFrame:
     """The query's QR neurons: from the run for a dataset query, scored against the run for a custom one."""
     if source == "dataset":
         lab_scoring.run_query_consistency(run, query.id)
-        qr = state.read(store.read_qr_neurons, run.id, "qrnca", query.id)[["rank", "layer", "neuron", "score"]]
+        qr = state.read(store.qr_neurons, run.id, "qrnca", query.id)[["rank", "layer", "neuron", "score"]]
         return views.with_stability(qr, run, query.id)
     done = st.session_state.setdefault("attributed", set())
     if st.button("Run QRNCA", type="primary", help="Attribute every neuron (integrated gradients, Eq. 5)."):

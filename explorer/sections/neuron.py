@@ -10,6 +10,7 @@ import streamlit as st
 from explorer import firing, lab_edit, state, views
 from qrcore import store
 from qrcore.errors import QRNError
+from qrcore.evaluation import run_analyses
 
 # Tokens shown at each end of the vocabulary projection.
 TOKENS = 10
@@ -18,15 +19,15 @@ st.title("Neuron card")
 run = views.require_run()
 unavailable = run.model_unavailable()
 if "neuron" not in st.session_state and "neuron" not in st.query_params:
-    common = state.read(store.read_common_neurons, run.id)
-    first = common if not common.empty else state.read(store.read_qr_neurons, run.id)
+    common = state.read(run_analyses.common_neurons, run.id)
+    first = common if not common.empty else state.read(store.qr_neurons, run.id)
     st.session_state["neuron"] = (
         views.neuron_label((int(first["layer"].iloc[0]), int(first["neuron"].iloc[0]))) if not first.empty else "0:0"
     )
 text = views.synced(st.text_input, "Neuron (layer:index)", "neuron", help="For example 12:345; tables link here.")
 try:
     layer, index = views.parse_neuron(text.strip())
-    card = state.read(store.neuron_card, run.id, layer, index)
+    card = state.read(run_analyses.neuron_card, run.id, layer, index)
 except QRNError as err:  # a subclass of ValueError
     st.error(views.md(err))
     st.stop()

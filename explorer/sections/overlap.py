@@ -6,7 +6,7 @@ import plotly.express as px
 import streamlit as st
 
 from explorer import state, views
-from qrcore import store
+from qrcore.evaluation import run_analyses
 from qrcore.selection import qrnca
 
 st.title("Overlap and layers")
@@ -14,7 +14,7 @@ run = views.require_run()
 method = views.pick_method()
 left, right = st.columns(2)
 
-overlap = state.read(store.overlap, run.id, method)
+overlap = state.read(run_analyses.overlap, run.id, method)
 left.subheader("Overlap rate (Jaccard) between groups")
 left.plotly_chart(
     px.imshow(
@@ -31,7 +31,7 @@ left.plotly_chart(
     key="overlap",
 )
 
-share = state.read(store.read_layer_distribution, run.id, method)
+share = state.read(run_analyses.layer_distribution, run.id, method)
 long = share.reset_index().melt(id_vars="group_name", var_name="layer", value_name="share")
 long["group_name"] = long["group_name"].map(views.group_label).map(views.plain)
 right.subheader("Share of QR neurons per layer")

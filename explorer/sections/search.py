@@ -17,7 +17,7 @@ ALL_GROUPS = "all groups"
 
 def qr_counts(run: views.Run, method: str, neurons: pd.DataFrame) -> list[int]:
     """For each (layer, neuron) row: of how many of the run's queries it is a QR neuron by `method`."""
-    qr = state.read(store.read_qr_neurons, run.id, method)
+    qr = state.read(store.qr_neurons, run.id, method)
     counts = qr.groupby(["layer", "neuron"]).size()
     return [int(counts.get((int(l), int(n)), 0)) for l, n in zip(neurons["layer"], neurons["neuron"])]
 
@@ -65,7 +65,7 @@ def question_hits(run: views.Run, text: str, group: str, method: str) -> None:
         column_config={"lab": st.column_config.LinkColumn("query lab", display_text="open in the lab")},
     )
     st.subheader(f"Their QR neurons by {views.md(METHOD_NAMES[method])}")
-    qr = state.read(store.read_qr_neurons, run.id, method)
+    qr = state.read(store.qr_neurons, run.id, method)
     views.neuron_table(qr.loc[qr["query_id"].isin([q.id for q in hits])], run)
 
 

@@ -125,14 +125,14 @@ def read_finished(
     """The finished run `run`, its dataset's queries by id (only those the run did, with `done_only`) and its QR
     neurons per method; a QRNError for an unknown or unfinished run."""
     with store.connect(db, read_only=True) as con:
-        info = store.finished_run(con, run)
+        info = store.complete_run(con, run)
         done = store.run_groups(con, info.run_id) if done_only else None
         queries = {
             q.id: q
             for q in store.load_queries(con, store.run_dataset_id(con, info.run_id))
             if done is None or q.id in done
         }
-        qr = {m: store.read_qr_neurons(con, info.run_id, m) for m in METHODS}
+        qr = {m: store.qr_neurons(con, info.run_id, m) for m in METHODS}
     return info, queries, qr
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 from qrcore import store
 from qrcore.atomic import files_into
 from qrcore.errors import QRNError
+from qrcore.evaluation import run_analyses
 from qrcore.markdown import escaped
 from qrcore.names import safe_name
 from qrcore.outputs import make_folder
@@ -90,7 +91,7 @@ def run_tables(con: duckdb.DuckDBPyConnection, info: store.RunInfo) -> tuple[dic
     evals = store.evaluations(con, info.run_id)
     tables = {
         "accuracy": accuracy_table(store.group_accuracy(con, info.run_id)),
-        "qr_neurons": analysis.qr_counts(store.read_qr_neurons(con, info.run_id), store.run_groups(con, info.run_id)),
+        "qr_neurons": analysis.qr_counts(store.qr_neurons(con, info.run_id), store.run_groups(con, info.run_id)),
     }
     stability = stability_table(con, info)
     if not stability.empty:
@@ -134,9 +135,9 @@ def write_report(run: str, db: str | None, out: str) -> Report:
     edit tables (an evaluation of a 1.5B model's set takes hours, and these tables are useful before it ends).
     """
     with store.connect(db, read_only=True) as con:
-        info = store.finished_run(con, run)
+        info = store.complete_run(con, run)
         tables, missing = run_tables(con, info)
-        n_common = len(store.read_common_neurons(con, info.run_id))
+        n_common = len(run_analyses.common_neurons(con, info.run_id))
     title = [
         f"# Run {escaped(info.name)}",
         "",
@@ -174,7 +175,7 @@ def write_comparison(runs: list[str], db: str | None, out: str) -> Report:
     out/<run>_vs_<run>/: how concentrated their QR neurons are (`analysis.localisation`), then accuracy, Table 3,
     PCR, changes, flip rates and prediction; the numbers behind the README's tables of both models."""
     with store.connect(db, read_only=True) as con:
-        infos = [store.finished_run(con, run) for run in runs]
+        infos = [store.complete_run(con, run) for run in runs]
         names = [info.name for info in infos]
         if len(set(names)) < len(names):
             raise QRNError(f"runs to compare must differ, and {', '.join(names)} repeats one; name two or more runs")
@@ -186,8 +187,8 @@ def write_comparison(runs: list[str], db: str | None, out: str) -> Report:
                 + "; pick runs of one dataset"
             )
         each = {info.name: run_tables(con, info) for info in infos}
-        common = [len(store.read_common_neurons(con, info.run_id)) for info in infos]
-        localised = pd.DataFrame({info.name: store.read_localisation(con, info.run_id) for info in infos})
+        common = [len(run_analyses.common_neurons(con, info.run_id)) for info in infos]
+        localised = pd.DataFrame({info.name: run_analyses.localisation(con, info.run_id) for info in infos})
     runs_table = pd.DataFrame(
         {
             "run": names,

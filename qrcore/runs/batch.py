@@ -14,6 +14,7 @@ from qrcore.errors import QRNError
 from qrcore.model.spec import LoadedModel
 from qrcore.names import check_name, safe_name
 from qrcore.progress import Progress
+from qrcore.runs import storing
 from qrcore.settings import RunSettings
 
 
@@ -126,9 +127,9 @@ def run_dataset(
         for i, q in enumerate(todo, 1):
             result = attr.attribute(q)
             with store.connect(db) as con:
-                store.write_query(con, run_id, result, settings.qrnca)
+                storing.write_query(con, run_id, result, settings.qrnca)
             if progress:
                 progress(len(done) + i, len(queries), q.id)
         with store.connect(db) as con:
-            store.finalize_run(con, run_id, seed=settings.prompt.seed)
+            storing.finalize_run(con, run_id, seed=settings.prompt.seed)
     return run_id

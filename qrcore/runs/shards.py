@@ -30,6 +30,7 @@ from qrcore.errors import QRNError
 from qrcore.model.load import cache_dir
 from qrcore.model.spec import LoadedModel
 from qrcore.names import check_name
+from qrcore.runs import storing
 from qrcore.selection import qrnca
 from qrcore.settings import QRNCASettings, RunSettings
 from qrcore.store.schema import CODE_VERSION
@@ -201,7 +202,7 @@ def merge_into(con: duckdb.DuckDBPyConnection, folder: Path) -> tuple[str, int]:
         if todo:
             store.write_rows(con, run_id, *read_shards(folder, manifest, todo))
         if todo or store.run_info(con, run_id).status != "finished":
-            store.finalize_run(con, run_id, seed=RunSettings.from_json(manifest["settings"]).prompt.seed)
+            storing.finalize_run(con, run_id, seed=RunSettings.from_json(manifest["settings"]).prompt.seed)
     return run_id, len(todo)
 
 

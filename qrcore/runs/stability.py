@@ -43,7 +43,7 @@ def perturb(lm: LoadedModel, run: str, db: str | None, per_group: int, progress:
     from qrcore.runs.batch import run_dataset
 
     with store.connect(db, read_only=True) as con:
-        info = store.finished_run(con, run)
+        info = store.complete_run(con, run)
         store.require_model(info, lm.spec.name, lm.fingerprint)
         runs = store.list_runs(con)
     dataset = runs.loc[runs["run_id"] == info.run_id, "dataset"].iloc[0]

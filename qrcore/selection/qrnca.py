@@ -23,10 +23,8 @@ import pandas as pd
 from qrcore.attribution.results import QueryAttribution
 from qrcore.selection import analysis
 from qrcore.selection.topk import top_neurons
-from qrcore.settings import QRNCASettings
+from qrcore.settings import METHODS, QRNCASettings
 
-METHODS = ("qrnca", "random", "activation", "kn", "qrnca_no_ica", "qrnca_with_common")
-"""QRNCA, the Sec. 5.1 baselines (random, activation, kn = Knowledge Neuron*) and two ablations."""
 METHOD_NAMES = {
     "qrnca": "QRNCA",
     "random": "Random",
@@ -116,12 +114,12 @@ def cluster_counts(sparse: pd.DataFrame) -> pd.DataFrame:
     return counts.astype(np.int64).rename("n_clusters").reset_index()
 
 
-def ica(n_in: np.ndarray, n_clusters: int) -> np.ndarray:
+def ica(n_in: np.ndarray | int, n_clusters: int) -> np.ndarray:
     """Inverse cluster attribution, Eq. 6: ICA(n) = ln(|C| / (count_n + 1)), low for neurons found in many clusters."""
     return np.log(n_clusters / (np.asarray(n_in, dtype=np.float64) + 1.0))
 
 
-def is_common(n_in: np.ndarray, n_clusters: int, u: float) -> np.ndarray:
+def is_common(n_in: np.ndarray | int, n_clusters: int, u: float) -> np.ndarray:
     """Common neurons (Sec. 4.4): in more than u x |C| clusters (u x |C| rounded to 9 decimals against float noise)."""
     return np.asarray(n_in) > round(u * n_clusters, 9)
 

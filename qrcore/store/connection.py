@@ -39,6 +39,7 @@ from qrcore.store.checksums import HEADERS as DUCKDB_HEADERS
 from qrcore.store.checksums import failing_block
 import qrcore.store.schema as schema  # schema.SCHEMA_VERSION looked up at each call: tests raise it
 from qrcore.store.schema import APP, SELECT_META, create, migrate, remove_stale_temps
+from qrcore.store.sql import one_row
 
 DEFAULT_DB = "cache/qrn.duckdb"
 DB_ENV = "QRN_DB"
@@ -268,10 +269,10 @@ def _check_blocks(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     if version in _SOUND:
         return
     try:
-        last = con.execute(LAST_CATALOG_BLOCK).fetchone()[0]
+        last = one_row(con, LAST_CATALOG_BLOCK)[0]
         for (table,) in con.execute(BASE_TABLES).fetchall():
-            last = max(last, con.execute(LAST_TABLE_BLOCK, [table]).fetchone()[0])
-        block_size = con.execute(BLOCK_SIZE).fetchone()[0]
+            last = max(last, one_row(con, LAST_TABLE_BLOCK, [table])[0])
+        block_size = one_row(con, BLOCK_SIZE)[0]
     except duckdb.Error as err:
         raise _damaged(path, f"its tables cannot be read ({str(err).splitlines()[0]})") from None
     needed = DUCKDB_HEADERS + (last + 1) * block_size

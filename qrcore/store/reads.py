@@ -1,10 +1,12 @@
-"""Readers for the command line and the explorer. They take a run's id or its name; most need the run-level results
-that `writes.finalize_run` stores."""
+"""Readers: the stored rows of models, datasets, runs and their results, as DataFrames, for the later stages, the
+command line and the explorer (which compute from them: `qrcore.evaluation.run_analyses`). They take a run's id or
+its name; most need the run-level results that `writes.write_run_results` stores."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 import json
+from typing import cast
 
 import duckdb
 import numpy as np
@@ -12,8 +14,8 @@ import pandas as pd
 
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.selection import analysis, card, consistency, live, qrnca
-from qrcore.settings import RunSettings
+from qrcore.settings import METHODS, RunSettings
+from qrcore.store.sql import one_row
 
 FIND_DATASET = "SELECT dataset_id FROM datasets WHERE dataset_id = ? OR name = ?"
 SELECT_QUERIES = """SELECT query_id, group_name, question, answer, distractors_json, relation, prompts_json,
@@ -50,7 +52,8 @@ GROUP_ACCURACY = """SELECT q.group_name, count(*) AS queries, avg(r.accuracy) AS
     WHERE r.run_id = ? GROUP BY q.group_name ORDER BY q.group_name"""
 SELECT_EVALUATIONS = """SELECT method, evaluation, group_name, metric, value FROM evaluations WHERE run_id = ?
     ORDER BY evaluation, method, group_name, metric"""
-# Readers of the explorer's neuron cards, live thresholds, template consistency and exports.
+SELECT_ATTRIBUTIONS = "SELECT query_id, layer, neuron, na, in_cluster FROM attributions WHERE run_id = ?"
+SELECT_TOP = "SELECT query_id, layer, neuron, activation FROM top_activations WHERE run_id = ?"
 STORED_ROWS = "SELECT query_id, layer, neuron, na, in_cluster, ig FROM attributions WHERE run_id = ? ORDER BY query_id"
 COUNT_NO_IG = "SELECT count(*) FILTER (WHERE ig IS NULL), count(*) FROM attributions WHERE run_id = ?"
 RUN_COUNTS = "SELECT layer, neuron, n_clusters FROM neuron_stats WHERE run_id = ?"
@@ -131,11 +134,12 @@ def run_info(con: duckdb.DuckDBPyConnection, run: str) -> RunInfo:
     )
 
 
-def finished_run(con: duckdb.DuckDBPyConnection, run: str) -> RunInfo:
-    """`run_info` of a run whose every query is stored and finalized; QRNError naming its progress otherwise."""
+def complete_run(con: duckdb.DuckDBPyConnection, run: str) -> RunInfo:
+    """`run_info` of a run whose every query is stored and whose run-level results were computed after the last one
+    (status 'finished'); QRNError naming its progress otherwise."""
     info = run_info(con, run)
     if info.status != "finished":
-        done, total = con.execute(RUN_PROGRESS, [info.run_id]).fetchone()
+        done, total = one_row(con, RUN_PROGRESS, [info.run_id])
         raise QRNError(
             f"run {info.name!r} is unfinished ({done} of {total} queries done); "
             "finish it first: the same qrn run again resumes it"
@@ -154,7 +158,7 @@ def require_model(info: RunInfo, name: str, fingerprint: str) -> None:
 
 def run_dataset_id(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
     """The dataset id of a run."""
-    return con.execute(RUN_DATASET, [run_id]).fetchone()[0]
+    return one_row(con, RUN_DATASET, [run_id])[0]
 
 
 def list_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
@@ -162,76 +166,47 @@ def list_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute(LIST_RUNS).df()
 
 
-def heatmap(con: duckdb.DuckDBPyConnection, run_id: str, group: str) -> np.ndarray:
-    """Fig. 5: the (layers, neurons) float32 map of NAICA summed over the group's queries."""
-    info = finished(con, run_id)
+def heatmap_rows(con: duckdb.DuckDBPyConnection, run_id: str, group: str) -> pd.DataFrame:
+    """Fig. 5's stored rows of a group (layer, neuron, score): NAICA summed over the group's queries, nonzero only."""
+    info = run_with_results(con, run_id)
     rows = con.execute(SELECT_HEATMAP, [info.run_id, group]).df()
     if rows.empty and group not in heatmap_groups(con, info.run_id):
         raise QRNError(
             f"run {info.name!r} has no group {group!r}; groups: {', '.join(heatmap_groups(con, info.run_id))}"
         )
-    return analysis.to_dense(rows, info.n_layers, info.n_neurons)
+    return rows
 
 
 def heatmap_groups(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
-    """The groups that have a heatmap in a finished run, sorted."""
-    return [row[0] for row in con.execute(HEATMAP_GROUPS, [finished(con, run_id).run_id]).fetchall()]
+    """The groups that have a heatmap in a run with results, sorted."""
+    return [row[0] for row in con.execute(HEATMAP_GROUPS, [run_with_results(con, run_id).run_id]).fetchall()]
 
 
-def overlap(con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca") -> pd.DataFrame:
-    """Fig. 2a: group x group Jaccard overlap of the groups' QR neurons (`analysis.overlap_matrix`)."""
-    info = finished(con, run_id)
-    return analysis.overlap_matrix(read_qr_neurons(con, info.run_id, method), run_groups(con, info.run_id))
+def common_neuron_counts(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
+    """Sec. 4.4: the stored rows (layer, neuron, n_clusters) of the run's common neurons, unordered."""
+    return con.execute(SELECT_COMMON, [run_with_results(con, run_id).run_id]).df()
 
 
-def read_layer_distribution(con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca") -> pd.DataFrame:
-    """Fig. 2b: per group, the share of its QR neurons in each layer (`analysis.layer_distribution`)."""
-    info = finished(con, run_id)
-    return analysis.layer_distribution(
-        read_qr_neurons(con, info.run_id, method), run_groups(con, info.run_id), info.n_layers
-    )
-
-
-def read_localisation(con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca") -> dict[str, float]:
-    """How concentrated the run's QR neurons are (`analysis.localisation`)."""
-    info = finished(con, run_id)
-    return analysis.localisation(
-        read_qr_neurons(con, info.run_id, method), run_groups(con, info.run_id), info.n_layers, info.n_neurons
-    )
-
-
-def read_common_neurons(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
-    """Sec. 4.4: the run's common neurons (layer, neuron, n_clusters, frequency), most frequent first."""
-    info = finished(con, run_id)
-    rows = con.execute(SELECT_COMMON, [info.run_id]).df()
-    return qrnca.common_neurons(rows, info.n_clusters, info.settings.qrnca.u)
-
-
-def query_neurons(con: duckdb.DuckDBPyConnection, run_id: str, query_id: str) -> pd.DataFrame:
-    """Every stored neuron of one query with NA, cluster count, ICA, common flag, NAICA, and why it is (not) a QR neuron.
-
-    Columns of `qrnca.explain`, sorted by NAICA (highest first); `kept` rows are the query's QRNCA neurons.
-    """
-    info = finished(con, run_id)
+def query_rows(con: duckdb.DuckDBPyConnection, run_id: str, query_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One query's stored rows (query_id, layer, neuron, na, in_cluster, ig) and its neurons' stats (layer, neuron,
+    n_clusters, ica, is_common); QRNError for a query without rows or computed after the run's results."""
+    info = run_with_results(con, run_id)
     sparse = con.execute(QUERY_ATTRIBUTIONS, [info.run_id, query_id]).df()
     if sparse.empty:
         raise QRNError(f"run {info.name!r} has no stored neurons for query {query_id!r}; pick a query of its dataset")
     stats = con.execute(QUERY_STATS, [info.run_id, query_id]).df()
     if len(stats) < len(sparse):
         raise QRNError(f"query {query_id!r} was computed after run {info.name!r} was finalized; finalize it again")
-    rows = qrnca.explain(qrnca.naica(sparse, stats), info.settings.qrnca.v)
-    return rows.drop(columns="query_id").sort_values(
-        ["naica", "layer", "neuron"], ascending=[False, True, True], ignore_index=True
-    )
+    return sparse, stats
 
 
-def read_qr_neurons(
+def qr_neurons(
     con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrnca", query_id: str | None = None
 ) -> pd.DataFrame:
-    """QR neurons of a finished run by `method` (query_id, rank, layer, neuron, score), of one query or all."""
-    if method not in qrnca.METHODS:
-        raise QRNError(f"unknown method {method!r}; choose one of {', '.join(qrnca.METHODS)}")
-    run_id = finished(con, run_id).run_id
+    """QR neurons of a run with results by `method` (query_id, rank, layer, neuron, score), of one query or all."""
+    if method not in METHODS:
+        raise QRNError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    run_id = run_with_results(con, run_id).run_id
     if query_id is None:
         return con.execute(SELECT_QR, [run_id, method]).df()
     return con.execute(SELECT_QR_QUERY, [run_id, method, query_id]).df()
@@ -262,65 +237,46 @@ def stored_rows(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[pd.DataFra
     return rows, ig.flatten().to_numpy().astype(np.float32, copy=False).reshape(len(ig), -1)
 
 
+def attribution_rows(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
+    """A run's stored rows without their IG (query_id, layer, neuron, na, in_cluster), unordered."""
+    return con.execute(SELECT_ATTRIBUTIONS, [run_info(con, run_id).run_id]).df()
+
+
+def top_activation_rows(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
+    """A run's stored top activations (query_id, layer, neuron, activation), unordered."""
+    return con.execute(SELECT_TOP, [run_info(con, run_id).run_id]).df()
+
+
 def has_template_ig(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
     """Whether every stored row of the run keeps its templates' IG (runs stored before schema 2 do not)."""
-    missing, total = con.execute(COUNT_NO_IG, [run_info(con, run_id).run_id]).fetchone()
+    missing, total = one_row(con, COUNT_NO_IG, [run_info(con, run_id).run_id])
     return total > 0 and missing == 0
 
 
-def qrnca_at(con: duckdb.DuckDBPyConnection, run_id: str, t: float, u: float, v: int) -> live.LiveQRNCA:
-    """The run's QRNCA results at thresholds t, u, v, recomputed from its stored rows (`qrcore.selection.live`); nothing is written."""
-    info = finished(con, run_id)
-    rows, ig = stored_rows(con, info.run_id)
-    return live.at_thresholds(rows, ig, run_groups(con, info.run_id), info.settings.qrnca, t, u, v)
-
-
-def read_template_consistency(con: duckdb.DuckDBPyConnection, run_id: str, t: float | None = None) -> pd.DataFrame:
-    """Per query of the run: `consistency.template_consistency` at t (default the run's) with its group_name.
-
-    QRNError for a run without per-template IG, or for t below the run's storage floor.
-    """
-    info = finished(con, run_id)
-    t = live.check_t(info.settings.qrnca, info.settings.qrnca.t if t is None else t)
-    rows, ig = stored_rows(con, info.run_id)
-    if ig is None:
-        raise QRNError(
-            f"run {info.name!r} was stored without per-template IG (before store schema 2), so template "
-            "consistency is not available for it; recompute the run with `qrn run` to see it."
-        )
-    out = consistency.template_consistency(rows["query_id"], ig, t)
-    return out.assign(group_name=out["query_id"].map(run_groups(con, info.run_id)))
-
-
-def read_cluster_counts(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[pd.DataFrame, int]:
+def cluster_counts(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[pd.DataFrame, int]:
     """The run's cluster count per stored neuron (layer, neuron, n_clusters) and its number of clusters |C|."""
-    info = finished(con, run_id)
-    return con.execute(RUN_COUNTS, [info.run_id]).df(), info.n_clusters
+    info = run_with_results(con, run_id)
+    return con.execute(RUN_COUNTS, [info.run_id]).df(), cast(int, info.n_clusters)  # run_with_results checked it
 
 
 def run_model(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[str, str]:
     """(fingerprint, name) of the model a run was computed with."""
-    return con.execute(RUN_MODEL, [run_info(con, run_id).run_id]).fetchone()
+    fingerprint, name = one_row(con, RUN_MODEL, [run_info(con, run_id).run_id])
+    return fingerprint, name
 
 
-def neuron_card(con: duckdb.DuckDBPyConnection, run_id: str, layer: int, neuron: int) -> card.NeuronCard:
-    """One neuron of a finished run (`card.build_card`); QRNError for a neuron outside the run's model."""
-    info = finished(con, run_id)
-    card.check_neuron(layer, neuron, info.n_layers, info.n_neurons)
-    args = [info.run_id, layer, neuron]
-    return card.build_card(
-        layer,
-        neuron,
-        con.execute(NEURON_ROWS, args).df(),
-        con.execute(NEURON_QR, args).df(),
-        con.execute(NEURON_TOP, args).df(),
-        run_groups(con, info.run_id),
-        info.settings.qrnca.u,
-    )
+def neuron_rows(
+    con: duckdb.DuckDBPyConnection, run_id: str, layer: int, neuron: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One neuron's stored rows: its attributions (query_id, na, in_cluster), the queries it is a QRNCA neuron of
+    (query_id, rank) and its top activations (query_id, activation)."""
+    args = [run_with_results(con, run_id).run_id, layer, neuron]
+    return con.execute(NEURON_ROWS, args).df(), con.execute(NEURON_QR, args).df(), con.execute(NEURON_TOP, args).df()
 
 
-def finished(con: duckdb.DuckDBPyConnection, run_id: str) -> RunInfo:
-    """`run_info`, requiring the run-level results that `finalize_run` writes."""
+def run_with_results(con: duckdb.DuckDBPyConnection, run_id: str) -> RunInfo:
+    """`run_info` of a run whose run-level results are stored (`finalize_run` ran at least once; queries added
+    since are not in them, `complete_run` checks that); QRNError otherwise."""
     info = run_info(con, run_id)
     if info.n_clusters is None:
         raise QRNError(f"run {info.name!r} has no run-level results yet; they are computed when its run finishes")

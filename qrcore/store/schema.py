@@ -63,7 +63,7 @@ SCHEMA_V1 = [
     # neuron_stats: per stored neuron of a finished run, cluster count, ICA (Eq. 6) and the common flag.
     """CREATE TABLE neuron_stats (run_id VARCHAR NOT NULL, layer SMALLINT NOT NULL, neuron INTEGER NOT NULL,
         n_clusters INTEGER NOT NULL, ica DOUBLE NOT NULL, is_common BOOLEAN NOT NULL)""",
-    # qr_neurons: the selected neurons of every query by every method of qrnca.METHODS.
+    # qr_neurons: the selected neurons of every query by every method of settings.METHODS.
     """CREATE TABLE qr_neurons (run_id VARCHAR NOT NULL, method VARCHAR NOT NULL, query_id VARCHAR NOT NULL,
         rank SMALLINT NOT NULL, layer SMALLINT NOT NULL, neuron INTEGER NOT NULL, score DOUBLE)""",
     # heatmaps: NAICA summed per group, layer and neuron (Fig. 5), non-zero cells only.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -58,3 +59,11 @@ def execute_with(con: duckdb.DuckDBPyConnection, sql: str, frame: pd.DataFrame, 
             con.unregister(FRAME)
         except duckdb.TransactionException:
             pass  # the statement failed inside a transaction: its own error is the one raised
+
+
+def one_row(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] = ()) -> tuple[Any, ...]:
+    """The row of a statement that always returns one (an aggregate, a pragma, or a key the caller found)."""
+    row = con.execute(sql, list(params)).fetchone()
+    if row is None:
+        raise LookupError(f"no row from {sql.split(chr(10))[0]!r}")
+    return row

@@ -21,7 +21,7 @@ from qrcore.errors import QRNError
 from qrcore.names import check_name
 from qrcore.outputs import make_folder
 from qrcore.progress import Progress
-from qrcore.store.reads import finished_run
+from qrcore.store.reads import complete_run
 from qrcore.store.sql import transaction
 
 EXPORT_TABLES = (
@@ -76,7 +76,7 @@ EXPORTED_TOP_QUERIES = "SELECT DISTINCT run_id FROM read_parquet(?)"
 
 def export_runs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], folder: str | os.PathLike) -> dict[str, int]:
     """Write every row of the given runs (and their models, datasets and queries) as one Parquet file per table."""
-    ids = [finished_run(con, r).run_id for r in runs]
+    ids = [complete_run(con, r).run_id for r in runs]
     counts = {}
     with files_into(make_folder(folder)) as out:  # a full disk leaves no partial export
         for table, sql in EXPORT_SELECT.items():

@@ -14,12 +14,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
-from qrcore.selection import qrnca
-from qrcore.settings import QRNCASettings, RunSettings
-from qrcore.store.reads import FIND_DATASET, RUN_GROUPS, run_info
+from qrcore.settings import RunSettings
+from qrcore.store.reads import FIND_DATASET
 from qrcore.store.schema import CODE_VERSION
 import qrcore.store.sql as sql  # sql.execute_with looked up at each call: tests make it fail midway
 from qrcore.store.sql import FRAME, transaction
@@ -41,8 +39,6 @@ INSERT_ATTRIBUTIONS = f"INSERT INTO attributions SELECT ?, query_id, layer, neur
 INSERT_TOP = f"INSERT INTO top_activations SELECT ?, query_id, layer, neuron, activation FROM {FRAME}"
 INSERT_RESULTS = f"INSERT INTO query_results SELECT ?, query_id, correct_prob, accuracy, seconds FROM {FRAME}"
 MARK_RUNNING = "UPDATE runs SET status = 'running', finished = NULL WHERE run_id = ? AND status <> 'running'"
-SELECT_ATTRIBUTIONS = "SELECT query_id, layer, neuron, na, in_cluster FROM attributions WHERE run_id = ?"
-SELECT_TOP = "SELECT query_id, layer, neuron, activation FROM top_activations WHERE run_id = ?"
 DELETE_DERIVED = [f"DELETE FROM {table} WHERE run_id = ?" for table in ("neuron_stats", "qr_neurons", "heatmaps")]
 INSERT_STATS = f"INSERT INTO neuron_stats SELECT ?, layer, neuron, n_clusters, ica, is_common FROM {FRAME}"
 INSERT_QR = f"INSERT INTO qr_neurons SELECT ?, method, query_id, rank, layer, neuron, score FROM {FRAME}"
@@ -158,25 +154,12 @@ def store_run(
         return get_or_create_run(con, name, model_id, dataset_id, settings, code_version)
 
 
-def write_query(con: duckdb.DuckDBPyConnection, run_id: str, attr: QueryAttribution, settings: QRNCASettings) -> None:
-    """Store one query's result, sparse attributions (`qrnca.sparsify` with the run's settings) and top activations."""
-    results = pd.DataFrame(
-        {
-            "query_id": [attr.query_id],
-            "correct_prob": [attr.correct_prob],
-            "accuracy": [attr.accuracy],
-            "seconds": [attr.seconds],
-        }
-    )
-    write_rows(con, run_id, results, qrnca.sparsify(attr, settings), qrnca.top_activations(attr))
-
-
 def write_rows(
     con: duckdb.DuckDBPyConnection, run_id: str, results: pd.DataFrame, sparse: pd.DataFrame, top: pd.DataFrame
 ) -> None:
     """Replace the rows of the queries in `results` in one transaction: all of them are stored, or none.
 
-    `results` (query_id, correct_prob, accuracy, seconds), `sparse` (`qrnca.sparsify` rows) and `top`
+    `results` (query_id, correct_prob, accuracy, seconds), `sparse` (`qrcore.selection.qrnca.sparsify` rows) and `top`
     (`top_activations` rows) may hold many queries, for bulk loads.
     """
     with transaction(con):
@@ -188,24 +171,26 @@ def write_rows(
         con.execute(MARK_RUNNING, [run_id])
 
 
-def finalize_run(con: duckdb.DuckDBPyConnection, run_id: str, seed: int = 0) -> None:
-    """Compute the run's neuron stats, QR neurons of every method and group heatmaps, and mark it finished.
+def write_run_results(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    stats: pd.DataFrame,
+    qr: pd.DataFrame,
+    heatmaps: pd.DataFrame,
+    n_clusters: int,
+) -> None:
+    """Replace a run's run-level results in one transaction and mark it finished with |C| = n_clusters.
 
-    |C| is the number of done queries. The numbers are computed first (seconds for 10,000 queries), then
-    written in one transaction that replaces earlier ones. `seed` seeds the random baseline.
+    `stats` (layer, neuron, n_clusters, ica, is_common), `qr` (method, query_id, rank, layer, neuron, score) and
+    `heatmaps` (group_name, layer, neuron, score), as `qrcore.selection.qrnca.run_results` computes them.
     """
-    info = run_info(con, run_id)
-    groups = dict(con.execute(RUN_GROUPS, [info.run_id]).fetchall())
-    sparse = con.execute(SELECT_ATTRIBUTIONS, [info.run_id]).df()
-    top = con.execute(SELECT_TOP, [info.run_id]).df()
-    results = qrnca.run_results(sparse, top, groups, info.settings.qrnca, (info.n_layers, info.n_neurons), seed)
     with transaction(con):
         for statement in DELETE_DERIVED:
-            con.execute(statement, [info.run_id])
-        sql.execute_with(con, INSERT_STATS, results.stats, info.run_id)
-        sql.execute_with(con, INSERT_QR, results.qr, info.run_id)
-        sql.execute_with(con, INSERT_HEATMAPS, results.heatmaps, info.run_id)
-        con.execute(MARK_FINISHED, [len(groups), info.run_id])
+            con.execute(statement, [run_id])
+        sql.execute_with(con, INSERT_STATS, stats, run_id)
+        sql.execute_with(con, INSERT_QR, qr, run_id)
+        sql.execute_with(con, INSERT_HEATMAPS, heatmaps, run_id)
+        con.execute(MARK_FINISHED, [n_clusters, run_id])
 
 
 def write_evaluations(

@@ -22,6 +22,7 @@ from qrcore.editing import edits
 from qrcore.editing.edits import load_edit
 from qrcore.editing.readable import renormalise
 from qrcore.editing.scaling import letter_probs
+from qrcore.evaluation import run_analyses
 from qrcore.selection.custom import score_against_run
 from seeded_store import MODEL, QUERIES, RUN, row_counts
 
@@ -55,7 +56,7 @@ def metric(at, label_start: str) -> str:
 def live(db: Path, t: float, u: float, v: int):
     """What the engine computes at these thresholds."""
     with store.connect(db, read_only=True) as con:
-        return store.qrnca_at(con, RUN, t, u, v)
+        return run_analyses.qrnca_at(con, RUN, t, u, v)
 
 
 # Neuron card
@@ -65,7 +66,7 @@ def test_neuron_card_shows_the_neuron_of_the_link(db):
     at = page("neuron", neuron="1:50")
     assert not at.exception and not at.error, errors(at)
     with store.connect(db, read_only=True) as con:
-        card = store.neuron_card(con, RUN, 1, 50)
+        card = run_analyses.neuron_card(con, RUN, 1, 50)
     assert metric(at, "Cluster frequency") == f"{card.frequency:.0%}" == "100%"
     assert metric(at, "Common neuron") == "yes"
     tables = [d.value for d in at.dataframe]
@@ -169,7 +170,7 @@ def test_template_consistency_page_per_group_and_per_query(db):
     at = page("consistency", query="geo-2")
     assert not at.exception and not at.error, errors(at)
     with store.connect(db, read_only=True) as con:
-        want = store.read_template_consistency(con, RUN).set_index("query_id")
+        want = run_analyses.template_consistency(con, RUN).set_index("query_id")
     table = next(d.value for d in at.dataframe if "agreement" in d.value.columns and "question" in d.value.columns)
     np.testing.assert_allclose(table.set_index("query_id")["agreement"], want.loc[table["query_id"], "agreement"])
     assert 0 < want["agreement"].mean() < 1
@@ -200,7 +201,7 @@ def test_query_lab_shows_the_querys_template_consistency(db):
     at = page("lab", query="geo-1")
     line = next(c.value for c in at.caption if c.value.startswith("Template consistency at t = 0.2"))
     with store.connect(db, read_only=True) as con:
-        row = store.read_template_consistency(con, RUN).set_index("query_id").loc["geo-1"]
+        row = run_analyses.template_consistency(con, RUN).set_index("query_id").loc["geo-1"]
     assert f"agree {row['agreement']:.2f}" in line
 
 
@@ -229,7 +230,7 @@ def test_custom_question_gets_qrnca_against_the_run(db, tiny, monkeypatch):
     assert any("QRNCA against run tiny-run" in c and "6 clusters and this question's, 7 in all" in c for c in captions)
     lm = tiny("llama")
     with store.connect(db, read_only=True) as con:
-        counts, n = store.read_cluster_counts(con, RUN)
+        counts, n = store.cluster_counts(con, RUN)
         settings = store.run_info(con, RUN).settings
     query = at.session_state["attributed"].copy().pop()
     rows = score_against_run(
@@ -327,7 +328,7 @@ def test_neuron_sets_download_as_json_and_csv(db, downloads, tmp_path, params, s
     at = page("export", **params)
     assert not at.exception and not at.error, errors(at)
     with store.connect(db, read_only=True) as con:
-        qr, common = store.read_qr_neurons(con, RUN), store.read_common_neurons(con, RUN)
+        qr, common = store.qr_neurons(con, RUN), run_analyses.common_neurons(con, RUN)
     want = {
         "common neurons": common,
         "QR neurons of query sci-3": qr.loc[qr["query_id"] == "sci-3"],

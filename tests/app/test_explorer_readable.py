@@ -16,6 +16,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from app_driver import errors, page, plot_strings
 from explorer.figures import bin_heatmap, color_limit
 from qrcore import store
+from qrcore.evaluation import run_analyses
 from qrcore.runs.stability import SEPARATOR, perturbed_settings, run_stability, stability_table
 from qrcore.selection.search import first_token, neurons_for_token, token_scores
 from qrcore.settings import RunSettings
@@ -129,7 +130,7 @@ def test_heatmap_colour_bar_says_where_it_clips(db):
     at = page("heatmaps", group="science")
     assert not at.exception and not at.error, errors(at)
     with store.connect(db, read_only=True) as con:
-        binned = bin_heatmap(store.heatmap(con, RUN, "science"), 256)
+        binned = bin_heatmap(run_analyses.heatmap(con, RUN, "science"), 256)
     zmax, top = color_limit([binned.values]), float(np.abs(binned.values).max())
     assert top > zmax  # the seeded map has cells beyond the 95th percentile
     assert colorbar(at) == f"NAICA<br>clipped at ±{zmax:.3g}<br>(cells up to {top:.3g})"
@@ -218,7 +219,7 @@ def test_search_by_question_links_queries_and_their_qr_neurons(db):
     assert list(queries["query_id"]) == ["geo-1"]
     assert queries["lab"].iloc[0] == f"lab?source=dataset&query=geo-1&model={MODEL}&run={RUN}"
     with store.connect(db, read_only=True) as con:
-        want = store.read_qr_neurons(con, RUN, "qrnca", "geo-1")
+        want = store.qr_neurons(con, RUN, "qrnca", "geo-1")
     assert list(zip(neurons["layer"], neurons["neuron"])) == list(zip(want["layer"], want["neuron"]))
     assert page("search", q="capital", by="question", search_group="science").dataframe == []
 

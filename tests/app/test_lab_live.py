@@ -72,7 +72,7 @@ def qr_shown(at) -> list[tuple[int, int]]:
 def qr_expected(tiny, db, query, rule: AttributionSettings) -> list[tuple[int, int]]:
     """The question's QR neurons against the run, attributed whole under `rule`."""
     with store.connect(db, read_only=True) as con:
-        counts, n = store.read_cluster_counts(con, RUN)
+        counts, n = store.cluster_counts(con, RUN)
         settings = store.run_info(con, RUN).settings
     result = NeuronAttribution(tiny("llama"), rule, settings.prompt).attribute(query)
     rows = score_against_run(result, counts, n, settings.qrnca)

@@ -18,6 +18,7 @@ from explorer import lab_scoring, views
 from explorer.state import START_MODEL
 from markdown_view import rendered, shown
 from qrcore import cli, store
+from qrcore.evaluation import run_analyses
 from qrcore.selection.custom import score_against_run
 from seeded_store import DEEP_MODEL, DEEP_RUN, MODEL, QUERIES, RUN, seed_store
 
@@ -88,7 +89,7 @@ def test_a_card_link_opens_that_models_neuron_in_a_new_tab(two):
     assert card.sidebar.selectbox(key="run").value == DEEP_RUN
     layer, index = views.parse_neuron(params["neuron"])
     with store.connect(two, read_only=True) as con:
-        want = store.neuron_card(con, DEEP_RUN, layer, index)
+        want = run_analyses.neuron_card(con, DEEP_RUN, layer, index)
     frequency = next(m.value for m in card.metric if m.label == "Cluster frequency")
     assert frequency == f"{want.frequency:.0%}" and want.frequency > 0
     assert (card.query_params["model"], card.query_params["run"]) == (DEEP_MODEL, DEEP_RUN)
@@ -113,7 +114,7 @@ def test_edit_it_in_the_lab_edits_the_cards_neuron_alone_and_keeps_model_and_run
 def lab_defaults(db: Path, query: str) -> str:
     """The neurons the lab selects for a query of RUN when it opens: its 10 best QR neurons."""
     with store.connect(db, read_only=True) as con:
-        qr = store.read_qr_neurons(con, RUN, "qrnca", query)
+        qr = store.qr_neurons(con, RUN, "qrnca", query)
     return ",".join(f"{l}:{n}" for l, n in zip(qr["layer"], qr["neuron"]))
 
 

@@ -75,7 +75,7 @@ def test_two_processes_store_what_one_process_does(two, tiny, tmp_path):
             np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(), err_msg=column)
     with store.connect(db, read_only=True) as con:
         info = store.run_info(con, run_id)
-        assert info.status == "finished" and info.n_clusters == 6 and len(store.read_qr_neurons(con, run_id)) > 0
+        assert info.status == "finished" and info.n_clusters == 6 and len(store.qr_neurons(con, run_id)) > 0
 
 
 def test_killed_run_resumes_with_nothing_lost_or_twice(tiny, tmp_path):

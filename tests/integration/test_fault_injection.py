@@ -26,7 +26,7 @@ import pytest
 from qrcore import store
 from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
-from qrcore.runs import shards
+from qrcore.runs import shards, storing
 from qrcore.selection import qrnca
 from qrcore.settings import RunSettings
 from qrcore.store import schema
@@ -175,7 +175,7 @@ def write_all(db: Path, run_id: str, report: int | None = None) -> None:
     for q in QUERIES:
         if q.id not in done:
             with store.connect(db) as con:
-                store.write_query(con, run_id, attribution(q), SETTINGS.qrnca)
+                storing.write_query(con, run_id, attribution(q), SETTINGS.qrnca)
             if report is not None:
                 os.write(report, f"{q.id}\n".encode())
 
@@ -183,7 +183,7 @@ def write_all(db: Path, run_id: str, report: int | None = None) -> None:
 def finalize(db: Path, run_id: str) -> None:
     """finalize_run on a connection of its own."""
     with store.connect(db) as con:
-        store.finalize_run(con, run_id)
+        storing.finalize_run(con, run_id)
 
 
 def digest(path: Path) -> str:

@@ -98,12 +98,40 @@ def test_stages_import_only_from_earlier_stages():
     assert backward_imports() == []
 
 
+def add_import(monkeypatch: pytest.MonkeyPatch, importer: str, target: str) -> None:
+    """Make `imported` say that `importer` also imports `target`, to test the checks themselves."""
+    real = imported
+    monkeypatch.setitem(globals(), "imported", lambda m, known: real(m, known) | ({target} if m == importer else set()))
+
+
 def test_a_backward_stage_import_is_caught(monkeypatch):
     """The check itself: an attribution module that imports the selection stage (as precision.py once did) fails."""
-    real = imported
-    monkeypatch.setitem(
-        globals(),
-        "imported",
-        lambda m, known: real(m, known) | ({"qrcore.selection.qrnca"} if m == "qrcore.attribution.ig" else set()),
-    )
+    add_import(monkeypatch, "qrcore.attribution.ig", "qrcore.selection.qrnca")
     assert backward_imports() == ["qrcore.attribution.ig -> qrcore.selection.qrnca"]
+
+
+COMPUTING = ("attribution", "selection", "editing")
+"""The stages that compute; the store only reads and writes rows, so it imports none of them (and, by the stage
+order, no later stage): what it writes is computed in `qrcore.runs`, what is drawn from its rows in `qrcore.evaluation`."""
+
+
+def store_imports_of_computing_stages() -> list[str]:
+    """Every import of a computing stage by a store module, as 'importer -> imported'."""
+    known = set(module_names("qrcore"))
+    return [
+        f"{module} -> {target}"
+        for module in sorted(known)
+        if stage(module) == STAGES.index("store")
+        for target in sorted(imported(module, known))
+        if (there := stage(target)) is not None and STAGES[there] in COMPUTING
+    ]
+
+
+def test_the_store_imports_no_stage_that_computes():
+    assert store_imports_of_computing_stages() == []
+
+
+def test_a_store_import_of_a_computing_stage_is_caught(monkeypatch):
+    """The check itself: a store reader that imports the selection stage (as reads.py once did) fails."""
+    add_import(monkeypatch, "qrcore.store.reads", "qrcore.selection.live")
+    assert store_imports_of_computing_stages() == ["qrcore.store.reads -> qrcore.selection.live"]

@@ -18,7 +18,7 @@ from qrcore.attribution.ig import NeuronAttribution
 from qrcore.data.queries import Query
 from qrcore.editing.scaling import SUPPRESS, correct_probs, letter_probs
 from qrcore.errors import QRNError
-from qrcore.evaluation import evaluate
+from qrcore.evaluation import evaluate, run_analyses
 from qrcore.evaluation.evaluate import evaluate_run
 from qrcore.evaluation.report import write_report
 from qrcore.runs.batch import run_dataset
@@ -51,8 +51,8 @@ def test_run_stores_every_query_and_run_level_results(finished):
         info = store.run_info(con, run_id)
         assert info.status == "finished" and info.n_clusters == 6
         assert store.heatmap_groups(con, run_id) == ["biology", "physics"]
-        assert store.heatmap(con, run_id, "biology").shape == (4, 96)
-        qr = store.read_qr_neurons(con, run_id)
+        assert run_analyses.heatmap(con, run_id, "biology").shape == (4, 96)
+        qr = store.qr_neurons(con, run_id)
         assert set(qr["query_id"]) <= store.done_query_ids(con, run_id) and len(qr) > 0
 
 
@@ -127,7 +127,7 @@ def test_stored_changes_and_flips_equal_each_query_edited_alone_on_whole_prompts
     frame = evaluate_run(lm, run_id, db)
     with store.connect(db, read_only=True) as con:
         queries = {q.id: q for q in store.load_queries(con, store.run_dataset_id(con, run_id))}
-        qr = store.read_qr_neurons(con, run_id, "qrnca")
+        qr = store.qr_neurons(con, run_id, "qrnca")
     attr = NeuronAttribution(lm)
     changes, before, after, correct = [], [], [], []
     for qid, part in qr.groupby("query_id"):
@@ -216,13 +216,13 @@ def test_export_and_import_round_trip(finished, tmp_path):
     db, run_id = finished
     with store.connect(db, read_only=True) as con:
         counts = store.export_runs(con, [run_id], tmp_path / "export")
-        expected = store.heatmap(con, run_id, "physics")
+        expected = run_analyses.heatmap(con, run_id, "physics")
     assert counts["runs"] == 1 and counts["queries"] == 6
     fresh = str(tmp_path / "fresh.duckdb")
     with store.connect(fresh) as con:
         assert store.import_runs(con, tmp_path / "export") is True
         assert store.import_runs(con, tmp_path / "export") is False  # already there: nothing doubled
-        assert np.array_equal(store.heatmap(con, run_id, "physics"), expected)
+        assert np.array_equal(run_analyses.heatmap(con, run_id, "physics"), expected)
 
 
 def test_import_loads_only_missing_runs_and_renames_one_whose_name_is_taken(finished, tmp_path):
@@ -248,7 +248,7 @@ def test_import_loads_only_missing_runs_and_renames_one_whose_name_is_taken(fini
         for run in (run_id, other):
             count = con.execute("SELECT count(*) FROM query_results WHERE run_id = ?", [run]).fetchone()[0]
             assert count == 6 and len(store.group_accuracy(con, run)) == results  # nothing doubled
-        assert np.array_equal(store.heatmap(con, other, "physics"), store.heatmap(con, run_id, "physics"))
+        assert np.array_equal(run_analyses.heatmap(con, other, "physics"), run_analyses.heatmap(con, run_id, "physics"))
         assert store.import_runs(con, tmp_path / "both") is False
 
 

@@ -18,6 +18,7 @@ from qrcore import store
 from qrcore.cli import main
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from qrcore.evaluation import run_analyses
 from qrcore.model import load
 from qrcore.model.load import load_model
 from qrcore.model.spec import DEFAULT_MODEL, ModelSpec
@@ -152,8 +153,8 @@ def test_import_of_an_exported_folder_loads_its_runs_once(work, capsys):
     ):
         assert list(store.list_runs(con)["name"]) == [RUN]
         assert (
-            store.heatmap(con, store.run_info(con, RUN).run_id, "science")
-            == store.heatmap(old, store.run_info(old, RUN).run_id, "science")
+            run_analyses.heatmap(con, store.run_info(con, RUN).run_id, "science")
+            == run_analyses.heatmap(old, store.run_info(old, RUN).run_id, "science")
         ).all()
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from qrcore import store
 from qrcore.cli import main
+from qrcore.evaluation import run_analyses
 from qrcore.evaluation.report import COMPARED, write_comparison, write_report
 from tests.seeded_store import DEEP_RUN, RUN, seed_store
 
@@ -31,7 +32,7 @@ def test_comparison_puts_each_runs_own_numbers_side_by_side(seeded_two, tmp_path
             assert np.allclose(side.loc[mine.index].to_numpy(), mine.to_numpy(), equal_nan=True), (run, name)
     localisation = pd.read_csv(folder / "localisation.csv").set_index("QR neurons")
     with store.connect(seeded_two, read_only=True) as con:
-        deep = store.read_localisation(con, store.run_info(con, DEEP_RUN).run_id)
+        deep = run_analyses.localisation(con, store.run_info(con, DEEP_RUN).run_id)
     assert np.isclose(
         localisation.loc["mean relative depth of QR neurons (0 first layer, 1 last)", DEEP_RUN], deep["mean_depth"]
     )

@@ -10,6 +10,7 @@ import pytest
 
 from qrcore import store
 from qrcore.errors import QRNError
+from qrcore.evaluation import run_analyses
 from qrcore.selection import live, qrnca
 from qrcore.selection.consistency import dense_consistency, template_consistency
 from qrcore.selection.custom import score_against_run
@@ -100,14 +101,14 @@ def test_live_thresholds_equal_a_run_computed_with_them(tmp_path):
     path = open_store(tmp_path, attributions(), base=RunSettings(), other=RunSettings(qrnca=other))
     with store.connect(path, read_only=True) as con:
         for name, (t, u, v) in {"base": (0.2, 0.3, 20), "other": (0.35, 0.5, 5)}.items():
-            got = store.qrnca_at(con, "base", t, u, v)
-            want_qr = store.read_qr_neurons(con, name)
+            got = run_analyses.qrnca_at(con, "base", t, u, v)
+            want_qr = store.qr_neurons(con, name)
             pd.testing.assert_frame_equal(got.qr.reset_index(drop=True), want_qr, check_dtype=False, atol=1e-6)
-            pd.testing.assert_frame_equal(got.common, store.read_common_neurons(con, name), check_dtype=False)
+            pd.testing.assert_frame_equal(got.common, run_analyses.common_neurons(con, name), check_dtype=False)
             for group in store.heatmap_groups(con, name):
                 part = got.heat.loc[got.heat["group_name"] == group]
                 np.testing.assert_allclose(
-                    store.heatmap(con, name, group)[part["layer"], part["neuron"]], part["score"], rtol=1e-5
+                    run_analyses.heatmap(con, name, group)[part["layer"], part["neuron"]], part["score"], rtol=1e-5
                 )
             assert got.qr_per_query.sum() == len(want_qr) and len(got.qr_per_query) == len(QUERIES)
             kept = got.rows.loc[got.rows["kept"]]
@@ -141,7 +142,7 @@ def test_template_consistency_from_the_store_equals_the_full_attribution(tmp_pat
     with store.connect(path, read_only=True) as con:
         assert store.has_template_ig(con, "base")
         for t in (0.2, 0.4):
-            table = store.read_template_consistency(con, "base", t).set_index("query_id")
+            table = run_analyses.template_consistency(con, "base", t).set_index("query_id")
             for a in attrs:
                 want = dense_consistency(a.query_id, a.ig, t)
                 assert table.loc[a.query_id, ["cluster", "in_all", "agreement"]].tolist() == pytest.approx(
@@ -150,20 +151,20 @@ def test_template_consistency_from_the_store_equals_the_full_attribution(tmp_pat
         assert set(table["group_name"]) == {"science", "geography"}
         assert 0 < table["agreement"].mean() < 1  # the templates agree in part
         with pytest.raises(QRNError, match=r"^t = 0.01 is outside"):
-            store.read_template_consistency(con, "base", 0.01)
+            run_analyses.template_consistency(con, "base", 0.01)
         con.close()
     with store.connect(path) as con:
         con.execute("UPDATE attributions SET ig = NULL")
         assert not store.has_template_ig(con, "base")
         with pytest.raises(QRNError, match="stored without per-template IG .* not available for it; recompute"):
-            store.read_template_consistency(con, "base")
+            run_analyses.template_consistency(con, "base")
 
 
 def test_custom_question_gets_the_qr_neurons_it_would_get_as_one_more_run_query(tmp_path):
     attrs = attributions()
     path = open_store(tmp_path, attrs[:-1], run=RunSettings())
     with store.connect(path, read_only=True) as con:
-        counts, n_clusters = store.read_cluster_counts(con, "run")
+        counts, n_clusters = store.cluster_counts(con, "run")
     rows = score_against_run(attrs[-1], counts, n_clusters, QRNCASettings())
     both = pd.concat([qrnca.sparsify(a, QRNCASettings()).drop(columns="ig") for a in attrs], ignore_index=True)
     groups = {q.id: q.group for q in QUERIES}
@@ -183,15 +184,15 @@ def test_neuron_card_from_the_store(tmp_path):
     attrs = attributions()
     path = open_store(tmp_path, attrs, run=RunSettings())
     with store.connect(path, read_only=True) as con:
-        card = store.neuron_card(con, "run", 1, 50)
+        card = run_analyses.neuron_card(con, "run", 1, 50)
         stats = con.execute(
             "SELECT n_clusters, ica, is_common FROM neuron_stats WHERE layer = 1 AND neuron = 50"
         ).fetchone()
-        qr = store.read_qr_neurons(con, "run")
+        qr = store.qr_neurons(con, "run")
         with pytest.raises(QRNError, match=r"^neuron 4:0 is outside this run's model \(layers 0-3, neurons 0-95\)"):
-            store.neuron_card(con, "run", 4, 0)
+            run_analyses.neuron_card(con, "run", 4, 0)
         with pytest.raises(QRNError, match=r"neurons 0-95\)"):
-            store.neuron_card(con, "run", 0, 96)
+            run_analyses.neuron_card(con, "run", 0, 96)
     assert (card.n_clusters, card.ica, card.is_common) == (stats[0], pytest.approx(stats[1]), stats[2])
     assert card.frequency == stats[0] / len(QUERIES) and card.is_common  # (1, 50) is in every query's cluster
     assert sorted(card.queries["query_id"]) == sorted(q.id for q in QUERIES)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from qrcore import store
+from qrcore.evaluation import run_analyses
 from qrcore.store.shipped import SHIPPED, load_shipped_runs
 
 
@@ -32,7 +33,7 @@ def test_shipped_runs_cover_whole_builtin_datasets(seeded):
             info = store.run_info(con, name)
             assert (info.n_layers, info.n_neurons) == SHAPES[runs.loc[name, "model"]]
             groups = store.heatmap_groups(con, info.run_id)
-            assert len(groups) == 6 and all(store.heatmap(con, info.run_id, g).any() for g in groups)
+            assert len(groups) == 6 and all(run_analyses.heatmap(con, info.run_id, g).any() for g in groups)
         ids = {n: store.run_info(con, n).run_id for n in runs.index}
         assert all(not store.evaluations(con, ids[n]).empty for n in runs.index)
         for dataset in ("domain", "language"):  # both models on the same questions: the compare page's pairs
@@ -65,7 +66,7 @@ def test_recomputed_sample_matches_shipped_attributions(seeded, run, model):
         assert lm.fingerprint == info.model_id
         queries = {q.id: q for q in store.load_queries(con, store.run_dataset_id(con, info.run_id))}
         qid = sorted(store.done_query_ids(con, info.run_id))[0]
-        shipped = store.query_neurons(con, info.run_id, qid)
+        shipped = run_analyses.query_neurons(con, info.run_id, qid)
     fresh = NeuronAttribution(lm, info.settings.attribution, info.settings.prompt).attribute(queries[qid])
     na = query_na(fresh.ig, info.settings.qrnca).na  # (layers, neurons)
     recomputed = na[shipped["layer"].to_numpy(), shipped["neuron"].to_numpy()]

@@ -16,6 +16,8 @@ from qrcore import store
 from qrcore.attribution.results import QueryAttribution
 from qrcore.data.queries import Query
 from qrcore.errors import QRNError
+from qrcore.evaluation import run_analyses
+from qrcore.runs import storing
 from qrcore.selection import analysis, qrnca
 from qrcore.settings import QRNCASettings, RunSettings
 from qrcore.store import connection, schema, sql, writes
@@ -70,8 +72,8 @@ def finished_run(path: Path) -> str:
     with store.connect(path) as con:
         run_id = new_run(con)
         for query_id in NA:
-            store.write_query(con, run_id, attribution(query_id), SETTINGS.qrnca)
-        store.finalize_run(con, run_id)
+            storing.write_query(con, run_id, attribution(query_id), SETTINGS.qrnca)
+        storing.finalize_run(con, run_id)
     return run_id
 
 
@@ -310,12 +312,12 @@ def test_write_query_is_all_or_nothing(db, monkeypatch):
         run_id = new_run(con)
         monkeypatch.setattr(sql, "execute_with", fail_on_results)
         with pytest.raises(RuntimeError, match="disk full"):
-            store.write_query(con, run_id, attribution("q1"), SETTINGS.qrnca)
+            storing.write_query(con, run_id, attribution("q1"), SETTINGS.qrnca)
         assert counts(con) == (0, 0, 0)
         assert store.done_query_ids(con, run_id) == set()
         monkeypatch.setattr(sql, "execute_with", real)
-        store.write_query(con, run_id, attribution("q1"), SETTINGS.qrnca)
-        store.write_query(con, run_id, attribution("q1"), SETTINGS.qrnca)  # a rewrite replaces, never duplicates
+        storing.write_query(con, run_id, attribution("q1"), SETTINGS.qrnca)
+        storing.write_query(con, run_id, attribution("q1"), SETTINGS.qrnca)  # a rewrite replaces, never duplicates
         assert counts(con) == (1, 4, 6)
         assert store.done_query_ids(con, run_id) == {"q1"}
         assert con.execute(
@@ -345,10 +347,10 @@ def test_readers_need_a_finalized_run(db):
     with store.connect(db) as con:
         new_run(con)
         with pytest.raises(QRNError) as err:
-            store.heatmap(con, "r1", "g1")
+            run_analyses.heatmap(con, "r1", "g1")
         assert str(err.value) == "run 'r1' has no run-level results yet; they are computed when its run finishes"
         with pytest.raises(QRNError, match="no run 'r9' in this store; stored runs: r1"):
-            store.overlap(con, "r9")
+            run_analyses.overlap(con, "r9")
 
 
 def test_finalize_writes_qr_neurons_stats_and_heatmaps(db):
@@ -358,7 +360,7 @@ def test_finalize_writes_qr_neurons_stats_and_heatmaps(db):
         assert runs[["name", "model", "dataset", "status", "n_done", "n_queries"]].values.tolist() == [
             ["r1", "tiny", "tiny", "finished", 5, 5]
         ]
-        qr = store.read_qr_neurons(con, "r1", "qrnca")
+        qr = store.qr_neurons(con, "r1", "qrnca")
         assert list(zip(qr["query_id"], qr["rank"], qr["layer"], qr["neuron"])) == [
             ("q1", 1, 0, 1),
             ("q2", 1, 1, 1),
@@ -379,32 +381,32 @@ def test_finalize_writes_qr_neurons_stats_and_heatmaps(db):
             ("qrnca_with_common", 9),
             ("random", 6),
         ]
-        assert store.read_common_neurons(con, run_id).to_dict("records") == [
+        assert run_analyses.common_neurons(con, run_id).to_dict("records") == [
             {"layer": 0, "neuron": 0, "n_clusters": 3, "frequency": 0.6}
         ]
         assert store.heatmap_groups(con, run_id) == ["g1", "g2"]
-        assert store.heatmap(con, run_id, "g1") == pytest.approx(
+        assert run_analyses.heatmap(con, run_id, "g1") == pytest.approx(
             np.array([[2 * log(5 / 4), 0.6 * log(5 / 3), 0.0], [0.3 * log(5 / 3), 0.5 * log(5 / 3), 0.0]])
         )
         with pytest.raises(QRNError, match="run 'r1' has no group 'g7'; groups: g1, g2"):
-            store.heatmap(con, run_id, "g7")
+            run_analyses.heatmap(con, run_id, "g7")
         # Readers use qrcore.selection.analysis on the stored QR neurons.
-        pd.testing.assert_frame_equal(store.overlap(con, run_id), analysis.overlap_matrix(qr, GROUP))
-        assert store.overlap(con, run_id).loc["g1", "g2"] == pytest.approx(2 / 4)  # {B, D} vs {B, C, D, E}
+        pd.testing.assert_frame_equal(run_analyses.overlap(con, run_id), analysis.overlap_matrix(qr, GROUP))
+        assert run_analyses.overlap(con, run_id).loc["g1", "g2"] == pytest.approx(2 / 4)  # {B, D} vs {B, C, D, E}
         # g1: B in layer 0, D in layer 1; g2: B in layer 0, C, D, E in layer 1.
-        assert store.read_layer_distribution(con, run_id).to_numpy() == pytest.approx(
+        assert run_analyses.layer_distribution(con, run_id).to_numpy() == pytest.approx(
             np.array([[0.5, 0.5], [0.25, 0.75]])
         )
         with pytest.raises(QRNError, match="unknown method 'best'; choose one of qrnca, random"):
-            store.read_qr_neurons(con, run_id, "best")
+            store.qr_neurons(con, run_id, "best")
 
 
 def test_query_neurons_explain_each_stored_neuron(db):
     run_id = finished_run(db)
     with store.connect(db, read_only=True) as con:
-        rows = store.query_neurons(con, run_id, "q1")
+        rows = run_analyses.query_neurons(con, run_id, "q1")
         with pytest.raises(QRNError, match="run 'r1' has no stored neurons for query 'q9'"):
-            store.query_neurons(con, run_id, "q9")
+            run_analyses.query_neurons(con, run_id, "q9")
     assert rows.columns.tolist() == [
         "layer",
         "neuron",
