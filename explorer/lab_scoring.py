@@ -41,8 +41,8 @@ def custom_qr_table(run: views.Run | None, name: str, query: Query) -> pd.DataFr
 
     A gradient x activation preview (one forward and one backward per template) shows first and is replaced when the
     integrated gradients finish."""
-    scorable = run is not None and run.model_unavailable() is None
-    settings = state.read(store.run_info, run.id).settings if scorable else RunSettings()
+    scored = run if run is not None and run.model_unavailable() is None else None  # the run it is scored against
+    settings = state.read(store.run_info, scored.id).settings if scored else RunSettings()
     live, bf16 = live_setup(name, query)
     placeholder = st.empty()
     with placeholder.container():
@@ -54,20 +54,20 @@ def custom_qr_table(run: views.Run | None, name: str, query: Query) -> pd.DataFr
     )
     placeholder.empty()
     timing = f"{result.seconds:.1f} s with {label(live)}; mean P(correct) {result.correct_prob:.3f}"
-    if not scorable:
+    if scored is None:
         top = pd.DataFrame(top_neurons(query_na(result.ig, settings.qrnca).na, TOP_NA), columns=COLUMNS[1:])
         st.caption(
             f"Top neurons by NA ({timing}). There is no run of {views.md(name)} to score the question against, "
             "so this is NA without ICA or common neurons; pick or compute a run of the app's model for QRNCA."
         )
         return top.assign(rank=range(1, len(top) + 1))[COLUMNS]
-    counts, n_clusters = state.read(store.cluster_counts, run.id)
+    counts, n_clusters = state.read(store.cluster_counts, scored.id)
     s = settings.qrnca
     rows = score_against_run(result, counts, n_clusters, s)
     kept = rows.loc[rows["kept"]].sort_values("naica_rank")
     dropped = int((rows["is_common"] & (rows["naica_rank"] >= 1) & (rows["naica_rank"] <= s.v)).sum())
     st.caption(
-        f"QRNCA against run {views.md(run.name)} ({timing}): its {n_clusters} clusters and this question's, "
+        f"QRNCA against run {views.md(scored.name)} ({timing}): its {n_clusters} clusters and this question's, "
         f"{n_clusters + 1} in all, give ICA (Eq. 6) and the common neurons (in more than u = {s.u:g} of them); "
         f"the QR neurons are the top {s.v} by NA x ICA minus the common ones among them ({dropped}): "
         f"{len(kept)} QR neurons."
@@ -139,7 +139,7 @@ def run_query_consistency(run: views.Run, query_id: str) -> None:
         st.error(str(err))
         return
     if query_id in table.index:
-        consistency_line(table.loc[query_id], state.read(store.run_info, run.id).settings.qrnca.t)
+        consistency_line(table.loc[[query_id]].iloc[0], state.read(store.run_info, run.id).settings.qrnca.t)
 
 
 def consistency_line(row: pd.Series, t: float) -> None:

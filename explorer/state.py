@@ -413,7 +413,7 @@ def _lab_run(db: str, stamp: tuple[int, ...], run: str) -> LabRun:
     return read_lab(run, db)
 
 
-def _bar(label: str) -> tuple[Progress, Callable[[], None]]:
+def _bar(label: str) -> tuple[Progress, Callable[[], object]]:
     """A progress bar made in the calling cached function (so a cache hit replays it) and its clearing."""
     bar = st.progress(0.0, label)
     return lambda done, total, what: bar.progress(done / max(total, 1), f"{label} {what}"), bar.empty

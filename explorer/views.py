@@ -386,6 +386,8 @@ def clickable(fig: go.Figure) -> go.Figure:
     """The heatmap figure with a clickable, nearly invisible marker on every non-zero cell (plotly selects no heatmap
     cell, only points), which hovers like the cell; `clicked_card_link` turns a click into a card link."""
     cells = fig.data[0]
+    if not isinstance(cells, go.Heatmap):
+        raise TypeError(f"clickable takes a heatmap figure, not one of {type(cells).__name__}")
     z = np.asarray(cells.z)  # (layers, bins)
     rows, cols = np.nonzero(z)
     fig.add_trace(
@@ -397,7 +399,7 @@ def clickable(fig: go.Figure) -> go.Figure:
             marker={"size": 10, "opacity": 0.01, "symbol": "square"},
             showlegend=False,
             text=z[rows, cols],
-            hovertemplate=cells.hovertemplate.replace("%{z", "%{text"),
+            hovertemplate=str(cells.hovertemplate).replace("%{z", "%{text"),
         )
     )
     return fig.update_layout(clickmode="event+select", hovermode="closest")

@@ -62,16 +62,16 @@ def bench_quadrature(
     """The rules' table (one `RuleRow` each) on `per_group` queries of each group of a finished run of `lm` in `db`
     (default: its run of the built-in domain set); prints it and the live rule, which `save` records for the lab."""
     with store.connect(db, read_only=True) as con:
-        run = _domain_run(con, lm) if run is None else _own_run(con, run, lm)
-        base, _ = store.stored_rows(con, run.run_id)
-        groups = store.run_groups(con, run.run_id)
-        queries = [q for q in store.load_queries(con, store.run_dataset_id(con, run.run_id)) if q.id in groups]
+        info = _domain_run(con, lm) if run is None else _own_run(con, run, lm)
+        base, _ = store.stored_rows(con, info.run_id)
+        groups = store.run_groups(con, info.run_id)
+        queries = [q for q in store.load_queries(con, store.run_dataset_id(con, info.run_id)) if q.id in groups]
     queries = select_queries(queries, None, per_group)
-    s, shape = run.settings.qrnca, ModelShape.of(lm.model)
+    s, shape = info.settings.qrnca, ModelShape.of(lm.model)
     rules = (AUTHORS, REFERENCE, *CANDIDATES)
     seconds, sparse, igs, flops = {}, {}, {}, {}
     for rule in rules:
-        attr = NeuronAttribution(lm, rule, run.settings.prompt)
+        attr = NeuronAttribution(lm, rule, info.settings.prompt)
         attr.attribute(queries[0])  # warm-up
         start = time.perf_counter()
         results = [attr.attribute(q) for q in queries]
@@ -97,7 +97,7 @@ def bench_quadrature(
         )
     table = pd.DataFrame(rows)
     print(
-        f"model {lm.spec.name}, run {run.name}: {len(queries)} queries ({per_group} per group), "
+        f"model {lm.spec.name}, run {info.name}: {len(queries)} queries ({per_group} per group), "
         f"{torch.get_num_threads()} threads; Jaccard against {label(AUTHORS)} under the run's ICA"
     )
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))

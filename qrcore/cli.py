@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 import json
 import sys
-from typing import TYPE_CHECKING, Callable, NoReturn
+from typing import TYPE_CHECKING, Callable, NoReturn, cast
 
 from qrcore.errors import QRNError
 from qrcore.progress import Progress
@@ -352,7 +352,7 @@ def cmd_lab(args: argparse.Namespace) -> None:
     edit = lab.ControlledEdit(args.multiplier, args.controls, args.seed)
     lm = _load(args)
     if args.sweep:
-        dose = lab.query_sweep(lm, info, args.query)
+        dose = lab.query_sweep(lm, info, cast(str, args.query))  # --sweep without --query was refused above
         print(f"dose-response of query {args.query}: P(correct) (renormalised over the options) per multiplier")
         print(
             dose.table()
@@ -363,7 +363,8 @@ def cmd_lab(args: argparse.Namespace) -> None:
         print(dose.flips().to_string(index=False, float_format="{:.3f}".format))
         return
     if args.per_neuron:
-        effects = lab.query_neuron_effects(lm, info, args.query, args.method, args.multiplier)
+        query = cast(str, args.query)  # --per-neuron without --query was refused above
+        effects = lab.query_neuron_effects(lm, info, query, args.method, args.multiplier)
         print(
             f"each {args.method} neuron of query {args.query} alone x {args.multiplier:g}: P(correct) "
             f"{effects.p_before:.4f} unedited, {effects.p_all:.4f} with all {len(effects.neurons)} together"
@@ -387,7 +388,8 @@ def cmd_lab(args: argparse.Namespace) -> None:
                 progress,
             )
         else:
-            card = lab.group_scorecard(lm, info, args.group, method=args.method, edit=edit, progress=progress)
+            group = cast(str, args.group)  # argparse requires --query or --group
+            card = lab.group_scorecard(lm, info, group, method=args.method, edit=edit, progress=progress)
     _print_scorecard(card)
 
 

@@ -37,7 +37,7 @@ def pick_pair(first: str) -> tuple[views.Run, views.Run]:
     second = views.synced(left.selectbox, "Compare with", "model_b", options=others, among=among)
     among = f"a dataset that {first} and {second} have finished runs on"
     dataset = views.synced(right.selectbox, "Dataset", "dataset", options=sorted(mine & datasets[second]), among=among)
-    return tuple(pick_run(runs, name, dataset) for name in (first, second))
+    return pick_run(runs, first, dataset), pick_run(runs, second, dataset)
 
 
 def pick_run(runs: pd.DataFrame, name: str, dataset: str) -> views.Run:
@@ -128,7 +128,7 @@ for column, r in zip(st.columns(2), (a, b)):
     column.plotly_chart(
         px.imshow(
             overlap,
-            text_auto=".2f",
+            text_auto=".2f",  # pyright: ignore[reportArgumentType]  # plotly takes a format; its hint says bool
             zmin=0,
             zmax=1,
             color_continuous_scale="Blues",

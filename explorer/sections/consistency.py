@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import shlex
 
 import numpy as np
@@ -12,6 +13,12 @@ from explorer import state, thresholds, views
 from qrcore import store
 from qrcore.evaluation import run_analyses
 from qrcore.selection.live import template_above
+
+
+def sizes_text(sizes: Sequence[int]) -> str:
+    """A query's coarse-cluster size per template, as '12 / 9 / 14'."""
+    return " / ".join(map(str, sizes))
+
 
 st.title("Template consistency")
 run = views.require_run()
@@ -99,8 +106,8 @@ right.caption(
 st.subheader("Per query")
 views.table(
     table.assign(
-        question=table["query_id"].map(lambda q: queries[q].question if q in queries else ""),
-        template_sizes=table["template_sizes"].map(lambda n: " / ".join(map(str, n))),
+        question=table["query_id"].map({qid: q.question for qid, q in queries.items()}).fillna(""),
+        template_sizes=table["template_sizes"].map(sizes_text),
     ),
     column_config={
         "agreement": st.column_config.ProgressColumn("agreement", format="%.2f", min_value=0.0, max_value=1.0),
@@ -115,10 +122,11 @@ rows = state.read(run_analyses.query_neurons, run.id, query.id)
 above = template_above(np.stack(rows["ig"].to_numpy()), np.zeros(len(rows), int), t)  # (rows, templates)
 cluster = rows.assign(**{f"template {p + 1}": above[:, p] for p in range(above.shape[1])})
 cluster = cluster.loc[
-    above.any(axis=1), ["layer", "neuron", "na", *[f"template {p + 1}" for p in range(above.shape[1])]]
+    np.asarray(above.any(axis=1), dtype=bool),
+    ["layer", "neuron", "na", *[f"template {p + 1}" for p in range(above.shape[1])]],
 ]
 views.neuron_table(
-    cluster.assign(in_all=above[above.any(axis=1)].all(axis=1)),
+    cluster.assign(in_all=np.asarray(above[above.any(axis=1)].all(axis=1), dtype=bool)),
     run,
     column_config={"na": st.column_config.NumberColumn("NA", format="%.3f")},
 )

@@ -26,7 +26,7 @@ st.subheader("Runs")
 if runs.empty:
     st.info("No runs yet: start one below or with `qrn run`.")
 else:
-    settings = runs["settings_json"].map(lambda text: RunSettings.from_json(text).summary())
+    settings = runs["settings_json"].map(lambda text: RunSettings.from_json(str(text)).summary())
     st.dataframe(
         runs.drop(columns=["run_id", "settings_json"]).assign(settings=settings),
         hide_index=True,
@@ -50,7 +50,7 @@ st.caption(
 )
 upload = st.file_uploader("Dataset file", type=["json", "csv"], key="upload")
 dataset_name = st.text_input("Dataset name", placeholder="the file name without extension", key="dataset_name")
-if st.button("Import", disabled=upload is None):
+if st.button("Import", disabled=upload is None) and upload is not None:
     imported = dataset_name.strip() or Path(upload.name).stem
     try:
         n = state.import_dataset(upload.name, upload.getvalue(), imported)

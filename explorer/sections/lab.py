@@ -32,6 +32,8 @@ source = views.synced(
     horizontal=True,
     format_func={"dataset": "from the run's dataset", "custom": "my own"}.__getitem__,
 )
+from_run = run if source == "dataset" else None
+"""The run whose dataset the question comes from; None for the user's own question."""
 
 
 def custom_query() -> Query:
@@ -45,10 +47,10 @@ def custom_query() -> Query:
 
 def qr_table(query: Query) -> pd.DataFrame:
     """The query's QR neurons: from the run for a dataset query, scored against the run for a custom one."""
-    if source == "dataset":
-        lab_scoring.run_query_consistency(run, query.id)
-        qr = state.read(store.qr_neurons, run.id, "qrnca", query.id)[["rank", "layer", "neuron", "score"]]
-        return views.with_stability(qr, run, query.id)
+    if from_run is not None:
+        lab_scoring.run_query_consistency(from_run, query.id)
+        qr = state.read(store.qr_neurons, from_run.id, "qrnca", query.id)[["rank", "layer", "neuron", "score"]]
+        return views.with_stability(qr, from_run, query.id)
     done = st.session_state.setdefault("attributed", set())
     if st.button("Run QRNCA", type="primary", help="Attribute every neuron (integrated gradients, Eq. 5)."):
         done.add(query)
@@ -173,9 +175,9 @@ def show_probs(query: Query, edit: dict[tuple[int, int], float]) -> None:
 
 
 try:
-    if source == "dataset":
-        store.require_model(state.read(store.run_info, run.id), name, state.model(name).fingerprint)
-        query = views.pick_query(views.run_queries(run))
+    if from_run is not None:
+        store.require_model(state.read(store.run_info, from_run.id), name, state.model(name).fingerprint)
+        query = views.pick_query(views.run_queries(from_run))
     else:
         query = custom_query()
     state.prompts(name, query)
@@ -212,7 +214,7 @@ right.button("Reset", on_click=reset, args=(default_labels(table),))
 edit = lab_edit.per_neuron(neurons, mult)
 with views.inline_errors(stop=True):
     show_probs(query, edit)
-lab_edit.take_away(name, edit, [run.name, query.id] if source == "dataset" else ["own-question"])
+lab_edit.take_away(name, edit, [from_run.name, query.id] if from_run else ["own-question"])
 lab_evidence.show(name, run, query, edit, mult)
 st.subheader("Free-form answer")
 lab_evidence.show_generation(name, query.question, edit)

@@ -26,7 +26,7 @@ def show(table: pd.DataFrame, rows: pd.DataFrame, x: str, label: str, key: str, 
     table = views.method_names(table)
     style = table.style.format("{:.3f}", na_rep="–")
     left.dataframe(style.highlight_max(axis=0, color="#d6e4ff") if higher_is_better else style, width="stretch")
-    names = rows["method"].map(lambda m: qrnca.METHOD_NAMES.get(m, m))
+    names = rows["method"].replace(qrnca.METHOD_NAMES)
     shown = rows.assign(**{x: rows[x].map(views.group_label).map(views.plain), "method": names.map(views.plain)})
     fig = px.bar(
         shown,

@@ -94,7 +94,7 @@ right.plotly_chart(
 st.subheader("Queries whose coarse cluster holds it")
 table = views.with_stability(
     card.queries.assign(
-        question=card.queries["query_id"].map(lambda q: queries[q].question if q in queries else ""),
+        question=card.queries["query_id"].map({qid: q.question for qid, q in queries.items()}).fillna(""),
         layer=layer,
         neuron=index,
     ),

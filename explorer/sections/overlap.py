@@ -21,7 +21,7 @@ left.plotly_chart(
         overlap.rename(index=views.group_label, columns=views.group_label).rename(
             index=views.plain, columns=views.plain
         ),
-        text_auto=".2f",
+        text_auto=".2f",  # pyright: ignore[reportArgumentType]  # plotly takes a format; its hint says bool
         zmin=0,
         zmax=1,
         color_continuous_scale="Blues",
@@ -36,16 +36,11 @@ long = share.reset_index().melt(id_vars="group_name", var_name="layer", value_na
 long["group_name"] = long["group_name"].map(views.group_label).map(views.plain)
 right.subheader("Share of QR neurons per layer")
 style = right.radio("Draw as", ("lines", "bars"), horizontal=True, key="layer_style")
-draw = px.line if style == "lines" else px.bar
+labels = {"group_name": "group"}
 right.plotly_chart(
-    draw(
-        long,
-        x="layer",
-        y="share",
-        color="group_name",
-        labels={"group_name": "group"},
-        **({"markers": True} if style == "lines" else {"barmode": "group"}),
-    ),
+    px.line(long, x="layer", y="share", color="group_name", labels=labels, markers=True)
+    if style == "lines"
+    else px.bar(long, x="layer", y="share", color="group_name", labels=labels, barmode="group"),
     width="stretch",
     key="layers",
 )

@@ -21,7 +21,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
@@ -185,7 +185,7 @@ class NeuronAttribution:
         return QueryAttribution(
             query.id,
             np.stack(igs),
-            np.mean(acts, axis=0, dtype=np.float32),
+            np.stack(acts).mean(axis=0, dtype=np.float32),
             float(np.mean(probs)),
             float(np.mean(hits)),
             time.perf_counter() - start,
@@ -251,7 +251,7 @@ class NeuronAttribution:
         grads = torch.autograd.grad(p, xs)  # chunk x (m, neurons)
         return (f0[chunk] * torch.stack([weights @ g for g in grads])).float()  # (chunk, neurons)
 
-    def attribute_top_down(self, query: Query, block: int = 4) -> Iterator[PartialAttribution]:
+    def attribute_top_down(self, query: Query, block: int = 4) -> Generator[PartialAttribution, None, None]:
         """The query's attribution `block` layers at a time from the top down, each step with the IG so far (layers not
         yet attributed are 0); the last step equals `attribute()`.
 
@@ -306,7 +306,8 @@ class NeuronAttribution:
             logits = model(
                 ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], past_key_values=cache, use_cache=True
             ).logits[:, -1]  # (prompts, vocab)
-        p = sum(TargetProbability.apply(logits[i : i + 1], q.target_id).sum() for i, q in enumerate(prompts))
+        p = torch.stack([TargetProbability.apply(logits[i : i + 1], q.target_id).sum() for i, q in enumerate(prompts)])
+        p = p.sum()  # the prompts' target probabilities: each prompt's gradient is its own
         grads = torch.autograd.grad(p, [offsets[s.layer] for s in self.sites])  # layers x (prompts, 1, neurons)
         f0 = torch.stack([f_rec[s.layer] for s in self.sites], dim=1)  # (prompts, layers, neurons)
         ig = (f0 * torch.stack([g[:, -1].to(f0.device) for g in grads], dim=1)).float()  # (prompts, layers, neurons)

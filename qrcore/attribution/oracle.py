@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -52,7 +54,7 @@ def held_out_oracle(lm: LoadedModel, prompt: ChoicePrompt) -> tuple[np.ndarray, 
     neurons): one full forward of the prompt, then one of prompt + letter per letter."""
     sites = ffn_sites(lm.model)
 
-    def last_f(ids: list[int]) -> np.ndarray:
+    def last_f(ids: Sequence[int]) -> np.ndarray:
         return clean_pass(lm.model, sites, torch.tensor([ids], device=lm.device))[1].float().cpu().numpy()  # (L, N)
 
     return last_f(prompt.input_ids), np.stack([last_f([*prompt.input_ids, letter]) for letter in prompt.letter_ids])
@@ -61,5 +63,8 @@ def held_out_oracle(lm: LoadedModel, prompt: ChoicePrompt) -> tuple[np.ndarray, 
 def prefix_cache_oracle(lm: LoadedModel, prompts: list[ChoicePrompt]) -> PackedPrefix:
     """The prompts' prefix keys/values, each whole prefix in a forward of its own, laid one after another."""
     each = [prefix_kv(lm.model, torch.tensor([p.input_ids[:-1]], device=lm.device)) for p in prompts]
-    kv = [tuple(torch.cat([e[i][t] for e in each], dim=2) for t in (0, 1)) for i in range(len(each[0]))]
+    kv = [
+        (torch.cat([e[i][0] for e in each], dim=2), torch.cat([e[i][1] for e in each], dim=2))
+        for i in range(len(each[0]))
+    ]
     return PackedPrefix(kv, [len(p.input_ids) - 1 for p in prompts])

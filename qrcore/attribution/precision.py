@@ -73,7 +73,7 @@ def bfloat16_matmuls(model: torch.nn.Module) -> Iterator[None]:
         for m in linears:
             weight = m.weight.detach().to(torch.bfloat16)  # (out, in)
             bias = None if m.bias is None else m.bias.detach().to(torch.bfloat16)  # (out,)
-            m.forward = lambda x, w=weight, b=bias: F.linear(x.to(torch.bfloat16), w, b).float()
+            setattr(m, "forward", lambda x, w=weight, b=bias: F.linear(x.to(torch.bfloat16), w, b).float())
         yield
     finally:
         for m in linears:

@@ -29,7 +29,7 @@ class PackedPrefix:
 
     def __add__(self, other: PackedPrefix) -> PackedPrefix:
         """Both prefixes' prompts, this one's first (one packed forward can then run them all)."""
-        kv = [tuple(torch.cat([a[i], b[i]], dim=2) for i in (0, 1)) for a, b in zip(self.kv, other.kv)]
+        kv = [(torch.cat([a[0], b[0]], dim=2), torch.cat([a[1], b[1]], dim=2)) for a, b in zip(self.kv, other.kv)]
         return PackedPrefix(kv, self.lengths + other.lengths)
 
     def prompt(self, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -108,7 +108,10 @@ def prefix_cache(lm: LoadedModel, prompts: list[ChoicePrompt], stems: Sequence[P
         query_pos += range(start, len(prefix))
     key_pos += query_pos
     past = (
-        [tuple(torch.cat([s.kv[i][t] for s in used], dim=2) for t in (0, 1)) for i in range(len(used[0].kv))]
+        [
+            (torch.cat([s.kv[i][0] for s in used], dim=2), torch.cat([s.kv[i][1] for s in used], dim=2))
+            for i in range(len(used[0].kv))
+        ]
         if used
         else None
     )

@@ -14,7 +14,7 @@ import numpy as np
 from qrcore.attribution.prefixes import PackedPrefix, PromptStem, prefix_cache
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.editing.scaling import Edit, letter_probs_under
-from qrcore.model.spec import LoadedModel
+from qrcore.model.spec import LoadedModel, unembedding
 from qrcore.progress import Progress
 
 MAX_ELEMENTS = 2**26
@@ -25,7 +25,7 @@ def sizes(lm: LoadedModel) -> tuple[int, int]:
     """(vocabulary, attention heads) of the model: what one packed row costs per logit and per cached key."""
     config = lm.model.config
     heads = getattr(config, "num_attention_heads", None) or config.n_head
-    return lm.model.get_output_embeddings().weight.shape[0], heads
+    return unembedding(lm.model).shape[0], heads
 
 
 def blocks(lengths: Sequence[int], limit: int) -> list[range]:

@@ -18,6 +18,7 @@ from qrcore.errors import QRNError
 from qrcore.model.ffn import ffn_sites, patch_ffn
 from qrcore.model.forward import packed_mask
 from qrcore.model.spec import LoadedModel
+from qrcore.model.tokens import decoded
 
 BOOST, SUPPRESS = 2.0, 0.0
 """The paper's edits: f doubled, f set to zero."""
@@ -179,6 +180,8 @@ def question_ids(lm: LoadedModel, question: str) -> torch.Tensor:
         text = tok.apply_chat_template(
             [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
         )
+        if not isinstance(text, str):
+            raise TypeError(f"{type(tok).__name__}.apply_chat_template gave a {type(text).__name__}, not text")
         ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     else:
         ids = tok(question, return_tensors="pt")["input_ids"]
@@ -190,7 +193,7 @@ def generate(lm: LoadedModel, question: str, edit: Edit | None = None, max_new_t
     tok = lm.tokenizer
     ids = question_ids(lm, question)  # (1, tokens)
     with torch.no_grad(), edited(lm, edit or {}):
-        out = lm.model.generate(
+        out = lm.model.generate(  # pyright: ignore[reportAttributeAccessIssue]  # GenerationMixin: a lazy import
             ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id
         )
-    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    return decoded(tok, out[0, ids.shape[1] :].tolist())

@@ -9,13 +9,15 @@ import torch
 
 from qrcore.editing.scaling import Edit, edited, question_ids
 from qrcore.model.spec import LoadedModel
+from qrcore.model.tokens import decoded
 
 
 def stop_tokens(lm: LoadedModel) -> set[int]:
     """The token ids that end a generation: the generation config's end-of-sequence ids, else the tokenizer's."""
-    eos = lm.model.generation_config.eos_token_id
-    eos = lm.tokenizer.eos_token_id if eos is None else eos
-    return set(eos) if isinstance(eos, list) else {eos}
+    config = lm.model.generation_config
+    eos = config.eos_token_id if config is not None and config.eos_token_id is not None else lm.tokenizer.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    return {int(i) for i in ids if i is not None}
 
 
 def stream(lm: LoadedModel, question: str, edit: Edit | None = None, max_new_tokens: int = 48) -> Iterator[str]:
@@ -39,11 +41,11 @@ def stream(lm: LoadedModel, question: str, edit: Edit | None = None, max_new_tok
         if token in stops:
             break
         tokens.append(token)
-        text = tok.decode(tokens, skip_special_tokens=True).strip()
+        text = decoded(tok, tokens)
         if text.startswith(shown) and not text.endswith("\ufffd"):  # a character's bytes may span tokens
             yield text[len(shown) :]
             shown = text
         step = torch.tensor([[token]], device=lm.device)  # (1, 1)
-    text = tok.decode(tokens, skip_special_tokens=True).strip()
+    text = decoded(tok, tokens)
     if text != shown:
         yield text[len(shown) :]

@@ -7,7 +7,7 @@ import torch
 
 from qrcore.editing.scaling import check_neurons
 from qrcore.model.ffn import ffn_sites
-from qrcore.model.spec import LoadedModel
+from qrcore.model.spec import LoadedModel, unembedding
 from qrcore.model.tokens import token_texts
 
 
@@ -21,7 +21,7 @@ def project_neurons(
     """
     check_neurons(lm, neurons)
     sites = ffn_sites(lm.model)
-    unembed = lm.model.get_output_embeddings().weight  # (vocab, hidden)
+    unembed = unembedding(lm.model)  # (vocab, hidden)
     rows = []
     with torch.no_grad():
         for start in range(0, len(neurons), batch):

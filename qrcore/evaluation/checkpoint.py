@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 import zipfile
 
 import numpy as np
@@ -49,7 +50,8 @@ class EvaluationCheckpoint:
         """Replace the file with `done`, whole: a kill while saving leaves the previous checkpoint."""
         tmp = self.path.with_name(f"{self.path.name}.tmp")
         with open(tmp, "wb") as out:
-            np.savez(out, **{KEY: np.array(self.key)}, **done)
+            arrays: dict[str, Any] = {KEY: np.array(self.key), **done}  # Any: no array is taken for a savez option
+            np.savez(out, **arrays)
         os.replace(tmp, self.path)
 
     def remove(self) -> None:

@@ -18,7 +18,8 @@ predictions, are checkpointed as they finish (`qrcore.evaluation.checkpoint`).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 import random
 from typing import NamedTuple
 
@@ -53,6 +54,43 @@ HELD_OUT_EVERY = 5
 """Every fifth query of each group is held out of its group's neuron set (Table 7)."""
 HELD_ANSWER, HELD_HITS = "@held-out-answer", "@held-out-hits"
 """Suffixes of a held-out query's checkpoint entries (its id alone holds its edits' probabilities)."""
+
+
+@dataclass(frozen=True)
+class EvaluationRow:
+    """One stored evaluation number: `metric` of `evaluation` (suppress, boost, group_prediction, answer_prediction)
+    for `method` over `group_name` ("all" for every group)."""
+
+    method: str
+    evaluation: str
+    group_name: str
+    metric: str
+    value: float
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """What group prediction and Table 7 read of an evaluation: the model's FFN sites and template stems, the
+    held-out queries, every chosen query's prompts and unedited letter probabilities, the groups and QR neurons."""
+
+    lm: LoadedModel
+    sites: list[FFNSite]
+    stems: Sequence[PromptStem | None]
+    queries: list[str]
+    """The held-out query ids (`held_out`)."""
+    prompts: dict[str, list[ChoicePrompt]]
+    before: dict[str, np.ndarray]
+    """Query id -> (templates, options) letter probabilities unedited."""
+    group: dict[str, str]
+    qr: dict[str, pd.DataFrame]
+    """Method -> its QR neurons (query_id, rank, layer, neuron, score)."""
+
+    def __post_init__(self) -> None:
+        missing = [q for q in self.queries if q not in self.prompts or q not in self.before or q not in self.group]
+        if missing:
+            raise ValueError(f"held-out queries without prompts, probabilities or group: {', '.join(missing)}")
+        if set(self.qr) != set(METHODS):
+            raise ValueError(f"QR neurons of {sorted(self.qr)}, not of every method {list(METHODS)}")
 
 
 class EditedQuery(NamedTuple):
@@ -232,12 +270,11 @@ def _evaluate(
         for j, (method, kind, _) in enumerate(edits, start=1):
             edited[method, kind].append(EditedQuery(qid, ctrl, probs[j, :k], probs[0, k:], probs[j, k:]))
         step(i + 1, qid)
-    rows = []
+    rows: list[EvaluationRow] = []
     for method, kind, _ in edits:
         rows += _pcr_and_flip_rows(method, kind, edited[method, kind], before, prompts, group)
-    rows += _prediction_rows(
-        lm, attr.sites, stems, held, prompts, before, group, qr, done, lambda: checkpoint.save(done), step
-    )
+    held_out_inputs = HeldOut(lm, attr.sites, stems, held, prompts, before, group, qr)
+    rows += _prediction_rows(held_out_inputs, done, lambda: checkpoint.save(done), step)
     frame = pd.DataFrame(rows, columns=["method", "evaluation", "group_name", "metric", "value"])
     with store.connect(db) as con:
         store.replace_evaluations(con, info.run_id, frame)
@@ -252,7 +289,7 @@ def _pcr_and_flip_rows(
     before: dict[str, np.ndarray],
     prompts: dict[str, list[ChoicePrompt]],
     group: dict[str, str],
-) -> list[tuple]:
+) -> list[EvaluationRow]:
     """Table 4 (related and unrelated change, PCR; per group and all) and Table 6 (flip rates) of one method's edit."""
 
     def mean_correct(probs: np.ndarray, qid: str) -> float:
@@ -271,9 +308,11 @@ def _pcr_and_flip_rows(
     rows = []
     for g, part in [*rel.groupby("group_name"), ("all", rel)]:
         rows += [
-            (method, kind, g, "related_change", float(part["change"].mean())),
-            (method, kind, g, "unrelated_change", float(part["unrelated"].mean())),
-            (method, kind, g, "pcr", analysis.pcr(part["change"].to_numpy(), part["unrelated"].to_numpy())),
+            EvaluationRow(method, kind, str(g), "related_change", float(part["change"].mean())),
+            EvaluationRow(method, kind, str(g), "unrelated_change", float(part["unrelated"].mean())),
+            EvaluationRow(
+                method, kind, str(g), "pcr", analysis.pcr(part["change"].to_numpy(), part["unrelated"].to_numpy())
+            ),
         ]
     flips = analysis.flip_rates(
         pad_rows(row for e in edited for row in before[e.query]),
@@ -281,8 +320,8 @@ def _pcr_and_flip_rows(
         np.array([p.correct for e in edited for p in prompts[e.query]]),
     )
     return rows + [
-        (method, kind, "all", "correct_to_incorrect", flips.correct_to_incorrect),
-        (method, kind, "all", "incorrect_to_correct", flips.incorrect_to_correct),
+        EvaluationRow(method, kind, "all", "correct_to_incorrect", flips.correct_to_incorrect),
+        EvaluationRow(method, kind, "all", "incorrect_to_correct", flips.incorrect_to_correct),
     ]
 
 
@@ -292,34 +331,33 @@ def _training_sets(qr: pd.DataFrame, group: dict[str, str], held: list[str]) -> 
     return analysis.group_neuron_sets(qr[qr["query_id"].isin(train)], train)
 
 
-def _prediction_rows(lm, sites, stems, held, prompts, before, group, qr, done, save, step) -> list[tuple]:
+def _prediction_rows(
+    h: HeldOut, done: dict[str, np.ndarray], save: Callable[[], None], step: Callable[[int, str], None]
+) -> list[EvaluationRow]:
     """Group prediction and Table 7 of the held-out queries: per method (and group), the predictions' accuracy,
     beside prompt-based accuracy and chance for Table 7. Each held-out query's results go into `done` (the
     checkpoint's entries) and `save()` follows each; `step(done, what)` follows each, counted after the edited ones."""
-    sets = {m: _training_sets(qr[m], group, held) for m in METHODS}
-    by_group = {m: dict(tuple(sets[m].groupby("group_name"))) for m in METHODS}
-    offset = len(prompts)  # the edited queries' steps come first
-    for j, qid in enumerate(held):
+    sets = {m: _training_sets(h.qr[m], h.group, h.queries) for m in METHODS}
+    by_group = {m: {str(g): part for g, part in sets[m].groupby("group_name")} for m in METHODS}
+    offset = len(h.prompts)  # the edited queries' steps come first
+    for j, qid in enumerate(h.queries):
         if f"{qid}{HELD_HITS}" not in done:
-            neuron_sets = [by_group[m].get(group[qid]) for m in METHODS]
-            answer, hits = _held_out_query(lm, sites, stems, prompts[qid], before[qid], neuron_sets)
+            neuron_sets = [by_group[m].get(h.group[qid]) for m in METHODS]
+            answer, hits = _held_out_query(h.lm, h.sites, h.stems, h.prompts[qid], h.before[qid], neuron_sets)
             done[f"{qid}{HELD_ANSWER}"], done[f"{qid}{HELD_HITS}"] = answer, hits
             save()
         step(offset + j + 1, f"held out {qid}")
-    acts = np.stack([done[f"{qid}{HELD_ANSWER}"] for qid in held])  # (held, layers, neurons)
+    acts = np.stack([done[f"{qid}{HELD_ANSWER}"] for qid in h.queries])  # (held, layers, neurons)
+    truth = [h.group[q] for q in h.queries]
     rows = [
-        (
-            method,
-            "group_prediction",
-            "all",
-            "accuracy",
-            analysis.group_prediction(sets[method], acts, [group[q] for q in held]).accuracy,
+        EvaluationRow(
+            method, "group_prediction", "all", "accuracy", analysis.group_prediction(sets[method], acts, truth).accuracy
         )
         for method in METHODS
     ]
     hits = [
-        (group[qid], method, right, prompt_right, chance)
-        for qid in held
+        (h.group[qid], method, right, prompt_right, chance)
+        for qid in h.queries
         for prompt_right, chance, *rights in done[f"{qid}{HELD_HITS}"]
         for method, right in zip(METHODS, rights)
     ]  # one per held-out template and method
@@ -329,7 +367,7 @@ def _prediction_rows(lm, sites, stems, held, prompts, before, group, qr, done, s
         *((("all", m), p) for m, p in frame.groupby("method")),
     ]:
         rows += [
-            (method, "answer_prediction", g, metric, float(part[metric].mean()))
+            EvaluationRow(str(method), "answer_prediction", str(g), metric, float(part[metric].mean()))
             for metric in ("accuracy", "prompt_accuracy", "chance")
         ]
     return rows

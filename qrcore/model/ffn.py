@@ -44,16 +44,24 @@ class FFNSite:
     def value_vectors(self) -> torch.Tensor:
         """(neurons, hidden): what each neuron writes to the residual stream, per unit of activation."""
         w = self.down.weight
+        if not isinstance(w, torch.Tensor):
+            raise TypeError(
+                f"the down projection {type(self.down).__name__} of layer {self.layer} has no weight tensor"
+            )
         # nn.Linear stores (out=hidden, in=neurons); GPT-2's Conv1D stores (in=neurons, out=hidden).
         return w.T if isinstance(self.down, nn.Linear) else w
 
 
-def _out_features(m: nn.Module) -> int | None:
-    """Output width of a Linear or a GPT-2 Conv1D."""
+def _out_features(m: nn.Module, where: str) -> int:
+    """Output width of a Linear or a GPT-2 Conv1D; QRNError naming `where` for another module."""
     if isinstance(m, nn.Linear):
         return m.out_features
     nf = getattr(m, "nf", None)  # transformers.pytorch_utils.Conv1D
-    return int(nf) if nf is not None else None
+    if nf is None:
+        raise QRNError(
+            f"{where}: its up projection {type(m).__name__} is neither a Linear nor a Conv1D; not supported."
+        )
+    return int(nf)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -79,16 +87,17 @@ def _site(layer: int, block: nn.Module, model_name: str) -> FFNSite:
     down = next((children[n] for n in DOWN_NAMES if n in children), None)
     fused = next((children[n] for n in GATE_UP_NAMES if n in children), None)
     up = next((children[n] for n in UP_NAMES if n in children), None)
-    if down is None or (fused is None and up is None):
+    projection = fused if fused is not None else up
+    if down is None or projection is None:
         raise QRNError(
             f"{model_name}: FFN of layer {layer} ({type(mlp).__name__}) has children {sorted(children)}; "
             f"looked for an up projection {UP_NAMES + GATE_UP_NAMES} and a down projection {DOWN_NAMES}. "
             "This architecture is not supported."
         )
+    width = _out_features(projection, f"{model_name}: FFN of layer {layer}")
     if fused is not None:  # Phi-3: output is [gate | up]; f is the second half.
-        width = _out_features(fused) // 2
-        return FFNSite(layer, fused, width, width, down)
-    return FFNSite(layer, up, 0, _out_features(up), down)
+        return FFNSite(layer, fused, width // 2, width // 2, down)
+    return FFNSite(layer, projection, 0, width, down)
 
 
 def ffn_sites(model: nn.Module) -> list[FFNSite]:

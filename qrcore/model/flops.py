@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from qrcore.model.ffn import decoder_layers
+from qrcore.model.spec import unembedding
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class ModelShape:
     """Entries of the LM head (vocabulary x hidden)."""
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> "ModelShape":
+    def of(cls, model: PreTrainedModel) -> ModelShape:
         """The shape of a loaded causal LM."""
         config = model.config
         heads = getattr(config, "num_attention_heads", None) or config.n_head
@@ -37,10 +42,10 @@ class ModelShape:
         return cls(
             tuple(sum(p.numel() for p in block.parameters() if p.ndim == 2) for block in decoder_layers(model)),
             heads * head_dim,
-            model.get_output_embeddings().weight.numel(),
+            unembedding(model).numel(),
         )
 
-    def forward(self, rows: list[int], keys: list[int], head_rows: int) -> int:
+    def forward(self, rows: list[int], keys: list[float], head_rows: int) -> float:
         """Forward FLOPs when layer k runs rows[k] positions that each attend to keys[k] positions, and the LM head
         runs head_rows positions."""
         layers = sum(2 * r * w + 4 * r * k * self.attention_width for r, w, k in zip(rows, self.layer_weights, keys))
@@ -75,7 +80,7 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        a @ b
+        _ = a @ b  # timed
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)

@@ -5,15 +5,18 @@ attention that exploits that mask's shape."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 from qrcore.model.ffn import FFNSite, decoder_layers, forward_hooks, patch_ffn
 
 
-def clean_pass(model: torch.nn.Module, sites: list[FFNSite], ids: torch.Tensor, cache: DynamicCache | None = None):
+def clean_pass(model: PreTrainedModel, sites: list[FFNSite], ids: torch.Tensor, cache: DynamicCache | None = None):
     """Unedited forward of `ids` (after `cache`, if given).
 
     Returns the output, f at the last position (layers, neurons) and each decoder layer's input there (layers, hidden).
@@ -36,10 +39,10 @@ def clean_pass(model: torch.nn.Module, sites: list[FFNSite], ids: torch.Tensor, 
 
 
 def prefix_kv(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     prefix_ids: torch.Tensor,
     past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    **inputs: torch.Tensor,
+    **inputs: torch.Tensor | dict[str, torch.Tensor],
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Keys and values of every layer for the positions before the answer position, computed once.
 
@@ -50,7 +53,15 @@ def prefix_kv(
     cache = DynamicCache(past) if past else DynamicCache()
     with torch.no_grad():  # logits of the prefix are unused
         model(prefix_ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **inputs)
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return [_keys_values(layer) for layer in cache.layers]
+
+
+def _keys_values(layer: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys, values) of one filled attention layer of a DynamicCache."""
+    keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+    if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+        raise TypeError(f"cache layer {type(layer).__name__} holds no keys and values after the forward")
+    return keys, values
 
 
 def packed_mask(config, lengths: list[int], rows: list[int], dtype: torch.dtype, device: torch.device):
@@ -137,16 +148,16 @@ def packed_attention_forward(
     k_pre, k_own = key[:, :, None, :p], key[:, :, None, p:]  # (b, kv heads, 1, P | n, d)
     v_pre, v_own = value[:, :, None, :p], value[:, :, None, p:]
     mask = attention_mask[:, :, None]  # (b | 1, 1, 1, n, P + n)
-    scaling = d**-0.5 if scaling is None else scaling
-    pre = (q @ k_pre.transpose(-1, -2)) * scaling + mask[..., :p]  # (b, kv heads, group, n, P)
-    own = (q * k_own).sum(-1, keepdim=True) * scaling + mask[..., p:].diagonal(dim1=-2, dim2=-1)[..., None]
+    scale: float = d**-0.5 if scaling is None else scaling
+    pre = (q @ k_pre.transpose(-1, -2)) * scale + mask[..., :p]  # (b, kv heads, group, n, P)
+    own = (q * k_own).sum(-1, keepdim=True) * scale + mask[..., p:].diagonal(dim1=-2, dim2=-1)[..., None]
     w = torch.cat([pre, own], dim=-1).softmax(-1, dtype=torch.float32).to(query.dtype)  # (b, kv heads, group, n, P + 1)
     out = w[..., :p] @ v_pre + w[..., p:] * v_own  # (b, kv heads, group, n, d)
     return out.reshape(b, heads, n, d).transpose(1, 2), None  # (b, n, heads, d)
 
 
 @contextmanager
-def packed_attention(model: torch.nn.Module) -> Iterator[None]:
+def packed_attention(model: PreTrainedModel) -> Iterator[None]:
     """Within the block, the model's attention layers run `packed_attention_forward`; restored in `finally`.
 
     Only for forwards whose mask is a `packed_mask`. Models whose attention has logit soft-capping or sinks keep theirs.

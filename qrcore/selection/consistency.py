@@ -11,6 +11,7 @@ from __future__ import annotations
 from itertools import combinations
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from qrcore.selection.live import template_above
@@ -28,7 +29,7 @@ def template_consistency(query_ids: pd.Series, ig: np.ndarray, t: float) -> pd.D
     above = template_above(ig, codes, t)  # (rows, templates)
     n = len(ids)
 
-    def count(mask: np.ndarray) -> np.ndarray:
+    def count(mask: npt.ArrayLike) -> np.ndarray:
         return np.bincount(codes, weights=mask, minlength=n)  # (queries,)
 
     union = count(above.any(axis=1))  # (queries,)

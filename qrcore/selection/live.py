@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -143,14 +144,19 @@ def _scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(rows,) float64 score before Z and (rows,) bool coarse cluster at threshold t, as `qrnca.query_na` forms them."""
     if cluster == "template":
+        if ig is None:
+            raise QRNError(
+                "the template cluster needs each template's IG, which this run did not store (before store schema 2); "
+                "recompute it with `qrn run`"
+            )
         above = template_above(ig, codes, t)  # (rows, templates)
-        in_cluster = above.any(axis=1)
+        in_cluster = np.asarray(above.any(axis=1))  # (rows,)
         total = ig.sum(axis=1, dtype=np.float64)
         return np.where(in_cluster, (ig * above).sum(axis=1, dtype=np.float64), total), in_cluster
     total = ig.sum(axis=1, dtype=np.float64) if ig is not None else rows["na"].to_numpy(np.float64)
     return total, total > t * _per_query(total, codes, "max")
 
 
-def _per_query(values: np.ndarray, codes: np.ndarray, how: str) -> np.ndarray:
+def _per_query(values: np.ndarray, codes: np.ndarray, how: Literal["sum", "max"]) -> np.ndarray:
     """(rows,) the sum or max of `values` over each row's query."""
     return pd.Series(values).groupby(codes, sort=False).transform(how).to_numpy(np.float64)

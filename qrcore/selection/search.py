@@ -36,8 +36,9 @@ def token_scores(lm: LoadedModel, token_id: int) -> np.ndarray:
     import torch
 
     from qrcore.model.ffn import ffn_sites
+    from qrcore.model.spec import unembedding
 
-    unembed = lm.model.get_output_embeddings().weight[token_id]  # (hidden,)
+    unembed = unembedding(lm.model)[token_id]  # (hidden,)
     with torch.no_grad():
         rows = [site.value_vectors().to(unembed.dtype) @ unembed for site in ffn_sites(lm.model)]  # (neurons,) each
     return torch.stack(rows).float().cpu().numpy()

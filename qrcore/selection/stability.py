@@ -127,7 +127,7 @@ def _neuron_stability(
 def _qr_sets(rows: pd.DataFrame, groups: Mapping[str, str], s: QRNCASettings) -> dict[str, frozenset]:
     """Each query's QR neurons (Sec. 4.5) as a set of (layer, neuron)."""
     qr = qrnca.qr_neurons(rows, groups, s)
-    return {qid: frozenset(zip(g["layer"], g["neuron"])) for qid, g in qr.groupby("query_id", sort=False)}
+    return {str(qid): frozenset(zip(g["layer"], g["neuron"])) for qid, g in qr.groupby("query_id", sort=False)}
 
 
 def _cluster_sets(rows: pd.DataFrame) -> dict[str, frozenset]:
