@@ -114,8 +114,19 @@ def top_queries(run: views.Run, neuron: tuple[int, int], queries: dict[str, Quer
             st.rerun()
 
 
+def top_query(run: views.Run, neuron: tuple[int, int], queries: dict[str, Query]) -> str | None:
+    """The query of the neuron's highest activation, stored or computed; None when neither is there yet."""
+    stored = state.read(store.neuron_top_queries, run.id, *neuron)
+    known = [q for q in stored["query_id"] if q in queries]
+    if known:
+        return known[0]
+    acts = state.cached_activations(run.model, run.id)
+    return list(queries)[int(np.argmax(acts[:, neuron[0], neuron[1]]))] if acts is not None and queries else None
+
+
 def token_view(run: views.Run, neuron: tuple[int, int], queries: dict[str, Query], unavailable: str | None) -> None:
-    """The neuron's activation on every token of a query's prompt (a template of it) or of typed text."""
+    """The neuron's activation on every token of a query's prompt (a template of it; its top query first) or of typed
+    text."""
     st.subheader("Its activation on every token")
     if unavailable:
         st.caption(f"Needs the run's model: {unavailable}")
@@ -124,9 +135,11 @@ def token_view(run: views.Run, neuron: tuple[int, int], queries: dict[str, Query
     source = left.radio("Prompt", list(SOURCES), format_func=SOURCES.__getitem__, key="fire_source")
     with views.inline_errors():
         if source == "query" and queries:
+            options = list(queries)
             qid = right.selectbox(
                 "Query",
-                list(queries),
+                options,
+                index=options.index(top_query(run, neuron, queries) or options[0]),
                 format_func=lambda q: f"{q} · {queries[q].question}",
                 key="fire_query",
             )

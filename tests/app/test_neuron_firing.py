@@ -43,6 +43,7 @@ def test_card_shows_the_stored_top_queries(db, tiny):
     np.testing.assert_allclose(table["activation"], want["activation"], rtol=1e-6)
     assert table["question"].tolist() == [next(q.question for q in QUERIES if q.id == i) for i in table["query_id"]]
     assert any("among 6 of its 6 queries" in c.value for c in at.caption)
+    assert at.selectbox(key="fire_query").value == want["query_id"].iloc[0]  # the per-token view starts on it
 
 
 @pytest.fixture
