@@ -16,7 +16,7 @@ from qrcore.data.queries import Query
 from qrcore.editing.controls import matched_controls
 from qrcore.editing.evidence import MEASURES, DoseResponse, NeuronEffects, Scorecard
 from qrcore.editing.fluency import ngram_entropy
-from qrcore.evaluation.lab import ControlledEdit
+from qrcore.evaluation.lab import ControlledEdit, LabRun
 from qrcore.selection.qrnca import METHOD_NAMES
 from qrcore.selection.topk import top_neurons
 
@@ -32,7 +32,9 @@ CONTROL = (
     "renormalised over the option letters, mean over the prompts."
 )
 SELECTED = "selected"
-"""The dose-response's name for the lab's selected neurons."""
+"""The dose-response's name for the neurons measured."""
+SELECTION = "the selection"
+"""The evidence's choice of the lab's selected neurons (the others are methods' QR neurons of the query)."""
 EVIDENCE_FOR = "evidence_for"
 """Session key: the edit whose evidence was asked for by the button (its numbers are shown while it stays)."""
 GENERATED = "generated"
@@ -174,6 +176,13 @@ def effects_table(effects: NeuronEffects) -> pd.DataFrame:
     return frame.rename(columns={"p_alone": "P, this neuron alone", "change": "change alone"})
 
 
+def candidates(lab: LabRun, query: Query, edit: dict[Neuron, float]) -> dict[str, tuple[Neuron, ...]]:
+    """The neuron sets the evidence can measure: the lab's selection, then each method's QR neurons of a stored query
+    (methods without any left out), by the paper's names."""
+    stored = {METHOD_NAMES[m]: tuple(lab.neurons(query.id, m)) for m in lab.qr} if query.id in lab.queries else {}
+    return {SELECTION: tuple(sorted(edit)), **{k: v for k, v in stored.items() if v}}
+
+
 def show(name: str, run: views.Run | None, query: Query, edit: dict[Neuron, float], mult: float) -> None:
     """The evidence of the lab's edit, measured on the button: its scorecard, its dose-response and each neuron's own
     effect."""
@@ -186,17 +195,25 @@ def show(name: str, run: views.Run | None, query: Query, edit: dict[Neuron, floa
     if run is None:
         st.info("The evidence asks the run's queries for locality: pick a run in the sidebar.")
         return
-    if not edit:
+    lab = state.lab_run(run.name)
+    whose = candidates(lab, query, edit)
+    pick = st.selectbox(
+        "Neurons measured",
+        list(whose),
+        key="evidence_whose",
+        help="The selection above, or a method's QR neurons of this query, scaled by the selection's multiplier.",
+    )
+    neurons = whose[pick]
+    if not neurons:
         st.info("Select neurons to edit to measure their evidence.")
         return
-    if len(set(edit.values())) > 1:
+    if pick == SELECTION and len(set(edit.values())) > 1:
         st.info(
             "The evidence measures one multiplier for every selected neuron: press *All follow the selection's "
             "multiplier* above to measure this selection."
         )
         return
     controls, locality = edit_settings()
-    neurons = tuple(sorted(edit))
     controlled = ControlledEdit(mult, controls, 0)
     asked = (name, run.name, query, neurons, controlled, locality)
     if st.button("Measure evidence", type="primary", help="Forward passes of the edit and every control draw."):
@@ -208,15 +225,14 @@ def show(name: str, run: views.Run | None, query: Query, edit: dict[Neuron, floa
         )
         return
     with views.inline_errors():
-        lab = state.lab_run(run.name)
         card = state.scorecard(name, run.name, query, neurons, controlled, locality)
         show_scorecard(card, MEANINGS.__getitem__, "evidence")
-        control = state.answer(name, query.question, state.edit_key(list(control_edit(name, edit)), mult))
+        control = state.answer(
+            name, query.question, state.edit_key(list(control_edit(name, dict.fromkeys(neurons, mult))), mult)
+        )
         show_fluency(card, ngram_entropy(control))
         st.markdown("**Dose-response**: P(correct) as the multiplier moves, beside the controls' band.")
-        sets = {SELECTED: list(neurons)}
-        if query.id in lab.queries:
-            sets |= {METHOD_NAMES[m]: lab.neurons(query.id, m) for m in lab.qr}
+        sets = {SELECTED: list(neurons), **{k: list(v) for k, v in whose.items() if k != SELECTION}}
         dose, band = state.sweeps(
             name, run.name, query, tuple((k, tuple(v)) for k, v in sets.items()), neurons, controlled
         )
@@ -228,7 +244,7 @@ def show(name: str, run: views.Run | None, query: Query, edit: dict[Neuron, floa
         )
         effects = state.neuron_effects(name, run.name, query, neurons, mult)
         st.markdown(
-            f"**Per-neuron effects**: each selected neuron alone x {mult:g}. P(correct) {effects.p_before:.4f} "
+            f"**Per-neuron effects**: each measured neuron alone x {mult:g}. P(correct) {effects.p_before:.4f} "
             f"unedited, {effects.p_all:.4f} with all {len(neurons)} together."
         )
         views.table(effects_table(effects), key="effects")

@@ -19,7 +19,7 @@ from qrcore.editing.controls import matched_controls
 from qrcore.editing.evidence import MEASURES
 from qrcore.editing.readable import OptionProbs
 from qrcore.editing.scaling import generate, letter_probs
-from qrcore.evaluation import lab, run_analyses
+from qrcore.evaluation import lab
 from qrcore.selection.qrnca import METHOD_NAMES
 from qrcore.selection.topk import top_neurons
 from seeded_store import QUERIES, RUN
@@ -189,7 +189,7 @@ def test_heatmap_group_edit_shows_accuracy_per_group_held_out_beside_controls(db
     neurons = None
     if source == "top":
         with store.connect(db, read_only=True) as con:
-            science = run_analyses.heatmap(con, run.info.run_id, "science")
+            science = store.heatmap(con, run.info.run_id, "science")
         neurons = [(l, n) for l, n, s in top_neurons(science, 5) if s > 0]
     card = lab.group_scorecard(lm, run, "science", neurons, edit=lab.ControlledEdit(0.0, 3, 0))
     shown, want = frame(at, "measure"), card.table()
@@ -214,3 +214,17 @@ def test_evidence_of_a_question_of_ones_own_is_measured_against_the_run(db, tiny
     shown = frame(at, "measure")
     np.testing.assert_allclose(shown["P after"], card.table()["p_after"], rtol=1e-4, atol=1e-7)
     assert list(frame(at, "set")["set"]) == ["selected"]  # no stored QR neurons of any method for it
+
+
+def test_a_baselines_neurons_of_the_query_are_measured_on_request(db, tiny):
+    lm, run = tiny("llama"), lab.read_lab(RUN, str(db))
+    method = next(m for m in ("kn", "random", "activation") if run.neurons("sci-1", m))
+    at = page("lab", **LINK)
+    assert at.selectbox(key="evidence_whose").options[0] == "the selection"
+    at.selectbox(key="evidence_whose").set_value(METHOD_NAMES[method])
+    at.number_input(key="evidence_controls").set_value(3).run()
+    button(at, "Measure evidence").click().run()
+    assert not at.exception and not at.error, errors(at)
+    card = lab.query_scorecard(lm, run, "sci-1", method, lab.ControlledEdit(0.0, 3, 0), 5)
+    np.testing.assert_allclose(frame(at, "measure")["P after"], card.table()["p_after"], rtol=1e-4, atol=1e-7)
+    assert len(frame(at, "layer")) == len(run.neurons("sci-1", method))  # its neurons, each alone
