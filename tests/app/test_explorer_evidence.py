@@ -20,6 +20,7 @@ from qrcore.editing.evidence import MEASURES
 from qrcore.editing.readable import OptionProbs
 from qrcore.editing.scaling import generate, letter_probs
 from qrcore.evaluation import lab
+from qrcore.evaluation.run_analyses import heatmap
 from qrcore.selection.qrnca import METHOD_NAMES
 from qrcore.selection.topk import top_neurons
 from seeded_store import QUERIES, RUN
@@ -189,7 +190,7 @@ def test_heatmap_group_edit_shows_accuracy_per_group_held_out_beside_controls(db
     neurons = None
     if source == "top":
         with store.connect(db, read_only=True) as con:
-            science = store.heatmap(con, run.info.run_id, "science")
+            science = heatmap(con, run.info.run_id, "science")
         neurons = [(l, n) for l, n, s in top_neurons(science, 5) if s > 0]
     card = lab.group_scorecard(lm, run, "science", neurons, edit=lab.ControlledEdit(0.0, 3, 0))
     shown, want = frame(at, "measure"), card.table()
