@@ -347,7 +347,7 @@ def cmd_lab(args: argparse.Namespace) -> None:
     info.check_method(args.method)
     if args.query is not None:
         info.query(args.query)
-    else:
+    elif args.group is not None:
         info.group(args.group)
     edit = lab.ControlledEdit(args.multiplier, args.controls, args.seed)
     lm = _load(args)

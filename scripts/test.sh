@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set everything up from nothing and run the whole test suite (fast tests, the real model, the browser).
+# Set everything up from nothing, lint and type-check, and run the test suite tier by tier (unit, integration, app,
+# slow), printing each tier's time; with arguments, pytest runs just those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,4 +9,17 @@ if [ ! -x /usr/bin/chromium ]; then           # the browser test drives Debian's
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 .venv/bin/ruff check . && .venv/bin/ruff format --check .   # lint, import order and format (pyproject.toml [tool.ruff])
-exec .venv/bin/python -m pytest -q "$@"
+.venv/bin/basedpyright                         # types, basic mode over qrcore, qrbench, explorer (pyproject.toml)
+[ $# -eq 0 ] || exec .venv/bin/python -m pytest -q "$@"   # given arguments: just those tests
+failed=0
+tier() {  # name, then pytest's arguments: one tier of the suite, then its time
+    local name=$1 start=$SECONDS
+    shift
+    .venv/bin/python -m pytest -q "$@" || failed=1
+    echo "== $name tier: $((SECONDS - start)) s"
+}
+tier unit tests/unit -m "not slow and not integration"   # tiny inputs, no process or browser: under a minute
+tier integration tests/unit tests/integration -m "integration and not slow"   # pipelines, processes, many forwards
+tier app tests/app -m "not slow"                   # the explorer through streamlit's AppTest
+tier slow tests -m slow                            # the real models, a browser, fault injection
+exit $failed

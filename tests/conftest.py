@@ -142,3 +142,11 @@ def browser(server: str):
         page.close()
         yield context
         chromium.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration is in the integration tier (`-m integration`), beside the unit tests marked
+    so because they need seconds of model forwards or processes."""
+    for item in items:
+        if item.path.is_relative_to(REPO / "tests" / "integration"):
+            item.add_marker(pytest.mark.integration)

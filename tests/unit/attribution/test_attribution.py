@@ -14,6 +14,8 @@ from qrcore.editing.scaling import letter_probs
 from qrcore.model.tiny import ARCHITECTURES
 from qrcore.settings import GRADIENT_X_ACTIVATION, RIEMANN, AttributionSettings
 
+pytestmark = pytest.mark.integration  # the fast path against its oracle on up to five architectures: seconds each
+
 QUERY = make_query("What is the capital of France?", ["Berlin", "Paris", "Rome", "Madrid"], "Paris")
 
 

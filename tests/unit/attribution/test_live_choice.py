@@ -97,6 +97,7 @@ def test_a_models_rule_and_bf16_agreement_are_saved_side_by_side(tmp_path):
         Bf16Agreement(1.2, 0.9, "x")
 
 
+@pytest.mark.integration  # attributions in both precisions: seconds
 def test_chosen_precision_is_bf16_products_where_chosen_and_exact_elsewhere(tiny):
     lm = tiny("gemma3")
     attr = NeuronAttribution(lm)
@@ -114,6 +115,7 @@ def test_the_labs_blocks_are_sevenths_of_the_layers():
     assert [live_block(n) for n in (1, 4, 7, 8, 28, 30)] == [1, 1, 1, 2, 4, 5]
 
 
+@pytest.mark.integration  # a whole `qrn run`
 def test_qrn_run_with_the_live_rule_records_it_in_the_runs_settings(tmp_path, monkeypatch, capsys):
     rules = tmp_path / "live_rules.json"
     save_live_rule("tiny-llama", LiveRule(GL8, "gauss_legendre 8: measured"), rules)

@@ -33,6 +33,7 @@ def test_each_product_is_of_bfloat16_operands_accumulated_in_float32(tiny):
         assert not torch.equal(y, x @ linear.weight.T)
 
 
+@pytest.mark.integration  # full attributions in both precisions: seconds
 def test_mixed_precision_stays_close_to_the_exact_path_and_leaves_it_as_it_was(tiny):
     # tiny gemma3: its random logits are far enough apart for bfloat16 rounding not to reorder them (tiny llama's
     # near-flat logits are not a fair case for any precision)

@@ -51,6 +51,7 @@ def test_a_saved_live_rule_is_read_back_per_model(tmp_path):
     assert live_rule_for("smollm2", path).is_authors and not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.integration  # the quadrature benchmark on a tiny run: tens of attributions
 def test_bench_quadrature_on_a_tiny_run(tiny, tmp_path, capsys, monkeypatch):
     lm, db = tiny("llama"), str(tmp_path / "q.duckdb")
     run_dataset(lm, "domain", db, name="r", groups=["biology", "physics"], per_group=2)

@@ -52,6 +52,7 @@ def test_blocks_join_queries_up_to_the_key_limit():
     assert packing.blocks([3, 3], 100) == [range(0, 2)] and packing.blocks([], 10) == []
 
 
+@pytest.mark.integration  # one plain forward per edit on three architectures: seconds
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
 def test_packed_edits_match_one_plain_forward_per_edit(tiny, arch, monkeypatch):
     """Every edit of every prompt, chunked two edits a forward, against `letter_probs` without a cache, edit by edit."""
@@ -159,6 +160,7 @@ def test_scorecard_control_and_p_value_against_a_hand_computed_case(tiny, monkey
         evidence.scorecard(lm, {"locality (same group)": [attr.prompts(OTHER)]}, NEURONS, 0.0)
 
 
+@pytest.mark.integration  # a scorecard beside its plain forwards: seconds
 def test_scorecard_on_a_tiny_model_matches_the_plain_forwards(tiny):
     lm = tiny("llama")
     attr = NeuronAttribution(lm)
@@ -231,6 +233,7 @@ def test_dose_response_on_a_tiny_model_is_the_unedited_model_at_1(tiny):
     assert dose.p_correct[0, 0] == pytest.approx(slow_share(lm, prompts, evidence.scaled(NEURONS, 0.0)), rel=1e-4)
 
 
+@pytest.mark.integration  # one forward per neuron beside the plain ones: seconds
 def test_neuron_effects_are_each_neuron_edited_alone(tiny):
     lm = tiny("gemma3")
     prompts = NeuronAttribution(lm).prompts(QUERY)
@@ -316,6 +319,7 @@ def test_lab_group_edit_uses_the_groups_other_queries_neurons_and_measures_held_
         lab.group_scorecard(lm, run, "art")
 
 
+@pytest.mark.integration  # several `qrn lab` commands
 def test_qrn_lab_prints_the_scorecard_the_sweep_and_one_line_for_bad_input(lab_db, capsys, monkeypatch):
     from qrcore.cli import main
     from seeded_store import RUN
@@ -362,6 +366,7 @@ def test_controlled_edit_refuses_bad_values_in_one_line():
         ControlledEdit(float("nan"))
 
 
+@pytest.mark.integration  # attributes a question, then scores the edit: seconds
 def test_lab_edit_of_chosen_neurons_for_a_question_of_ones_own(tiny, lab_db):
     from qrcore.evaluation import lab
     from seeded_store import RUN

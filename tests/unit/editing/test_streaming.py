@@ -7,6 +7,8 @@ import pytest
 from qrcore.editing.scaling import generate
 from qrcore.editing.streaming import stream
 
+pytestmark = pytest.mark.integration  # token-by-token generation beside generate on two architectures: seconds each
+
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 @pytest.mark.parametrize("edit", [None, {(0, 5): 0.0, (1, 50): 3.0, (3, 7): -1.0}])

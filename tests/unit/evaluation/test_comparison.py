@@ -6,12 +6,15 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from qrcore import store
 from qrcore.cli import main
 from qrcore.evaluation import run_analyses
 from qrcore.evaluation.report import COMPARED, write_comparison, write_report
 from tests.seeded_store import DEEP_RUN, RUN, seed_store
+
+pytestmark = pytest.mark.integration  # two attributed runs built first: seconds
 
 
 def test_comparison_puts_each_runs_own_numbers_side_by_side(seeded_two, tmp_path):

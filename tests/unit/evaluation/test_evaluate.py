@@ -12,6 +12,10 @@ from qrcore.attribution.prefixes import prefix_cache
 from qrcore.data.queries import make_query
 from qrcore.evaluation.evaluate import held_out_activations
 
+pytestmark = (
+    pytest.mark.integration
+)  # packed and plain forwards on three architectures, the evaluation benchmark: seconds each
+
 QUERY = make_query("Which gas do plants take in?", ["Oxygen", "Carbon dioxide", "Nitrogen", "Helium"], "Carbon dioxide")
 OTHER = make_query("Which planet is largest?", ["Mars", "Jupiter", "Venus", "Mercury"], "Jupiter")
 

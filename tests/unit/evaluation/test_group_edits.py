@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.integration  # every group's scorecard on a seeded run: seconds each
+
 
 @pytest.fixture(scope="module")
 def lab_db(tmp_path_factory, tiny) -> str:

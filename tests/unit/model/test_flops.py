@@ -33,6 +33,7 @@ def test_matmul_peak_is_a_positive_rate():
     assert matmul_peak(torch.float32, torch.device("cpu"), size=256, repeats=1) > 1e8
 
 
+@pytest.mark.integration  # the attribution benchmark: timed attributions
 def test_bench_attribution_prints_each_path_against_the_peak(tiny, capsys):
     from qrbench.attribution import bench_attribution
 

@@ -114,6 +114,7 @@ def test_a_disk_too_full_to_join_the_chunks_is_one_line_before_anything_is_writt
     assert not cache.exists() and converted == []
 
 
+@pytest.mark.integration  # converts a model: seconds
 def test_a_disk_too_full_for_the_converted_model_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("QRN_CACHE", str(tmp_path / "cache"))
     full_disk(monkeypatch, free=300 * 2**20)  # SmolLM2 de-quantized is 513 MiB of float32 weights

@@ -73,6 +73,7 @@ def test_fewer_queries_than_k_keeps_them_all():
         top.add("c", np.zeros((2, 2), np.float32))
 
 
+@pytest.mark.integration  # a stored run's activations beside plain forwards on three architectures: seconds
 @pytest.mark.parametrize("arch", ["llama", "phi3", "gpt2"])
 def test_stored_activation_is_the_plain_forwards_f_at_the_answer_position(tiny, arch):
     lm = tiny(arch)
@@ -109,6 +110,7 @@ def test_token_activations_refuse_bad_input(tiny):
         token_activations(lm, [1, 2], 4, 0)
 
 
+@pytest.mark.integration  # two `qrn activations` runs over a stored run
 def test_qrn_activations_rows_resume_where_a_killed_one_stopped(tiny, tmp_path):
     lm = tiny("llama")
     db = tmp_path / "qrn.duckdb"
@@ -146,6 +148,7 @@ def test_qrn_activations_refuses_another_model_before_computing(tiny, tmp_path):
         assert store.read_top_queries(con, plan_activations(RUN, db).info.run_id)[1] == []
 
 
+@pytest.mark.integration  # two `qrn activations` runs over a stored run
 def test_qrn_activations_command_stores_then_has_nothing_to_do(tiny, tmp_path, capsys):
     from qrcore.cli import main
 
