@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 import json
+from pathlib import Path
 import sys
 from typing import TYPE_CHECKING, Callable, NoReturn, cast
 
@@ -14,7 +15,9 @@ from qrcore.progress import Progress
 
 if TYPE_CHECKING:
     from qrcore.editing.evidence import Scorecard
+    from qrcore.evaluation.lab import ControlledEdit, LabRun
     from qrcore.evaluation.report import Report
+    from qrcore.model.spec import LoadedModel
 
 
 class Parser(argparse.ArgumentParser):
@@ -239,7 +242,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     """Validate a dataset file and store it under a name, or load the runs of a `qrn export` folder."""
-    from pathlib import Path
 
     from qrcore import store
     from qrcore.data.datasets import dataset_stats, import_file
@@ -341,8 +343,10 @@ def cmd_lab(args: argparse.Namespace) -> None:
     from qrcore.evaluation import lab
 
     _at_least_one(args, "controls", "top")
-    if args.group is not None and (args.sweep or args.per_neuron):
+    if args.query is None and (args.sweep or args.per_neuron):
         raise QRNError("--sweep and --per-neuron edit one query's neurons; pass --query instead of --group")
+    if args.out is not None and not args.every_group:
+        raise QRNError("--out writes the table of --every-group; pass --every-group or leave --out out")
     info = lab.read_lab(args.run, args.db)  # an unknown or unfinished run, query, group or method fails before loading
     info.check_method(args.method)
     if args.query is not None:
@@ -350,7 +354,11 @@ def cmd_lab(args: argparse.Namespace) -> None:
     elif args.group is not None:
         info.group(args.group)
     edit = lab.ControlledEdit(args.multiplier, args.controls, args.seed)
+    out = _csv_out(args.out) if args.out else None
     lm = _load(args)
+    if args.every_group:
+        _print_group_matrix(lm, info, args.method, edit, out)
+        return
     if args.sweep:
         dose = lab.query_sweep(lm, info, cast(str, args.query))  # --sweep without --query was refused above
         print(f"dose-response of query {args.query}: P(correct) (renormalised over the options) per multiplier")
@@ -391,6 +399,35 @@ def cmd_lab(args: argparse.Namespace) -> None:
             group = cast(str, args.group)  # argparse requires --query or --group
             card = lab.group_scorecard(lm, info, group, method=args.method, edit=edit, progress=progress)
     _print_scorecard(card)
+
+
+def _csv_out(out: str) -> Path:
+    """--out: a .csv file in a folder that exists (checked before the model loads)."""
+    path = Path(out)
+    if path.suffix != ".csv" or not path.parent.is_dir():
+        raise QRNError(f"--out {out} must be a .csv file in a folder that exists; make the folder or pick another path")
+    return path
+
+
+def _print_group_matrix(lm: LoadedModel, info: LabRun, method: str, edit: ControlledEdit, out: Path | None) -> None:
+    """Each group's neurons edited in turn: every group's change (and `out` as CSV), then the diagonal beside the
+    other groups' mean."""
+    from qrcore.atomic import files_into
+    from qrcore.evaluation import group_edits
+
+    with _bar("group edits", "group") as progress:
+        matrix = group_edits.group_edit_matrix(lm, info, method=method, edit=edit, progress=progress)
+    print(
+        f"{info.info.name}: each group's {method} neurons x {edit.multiplier:g}, P(correct) change on every group's "
+        f"held-out queries (rows: edited; columns: measured); control: {edit.controls} matched random draws"
+    )
+    print(matrix.pivot(index="edited", columns="measured", values="change").to_string(float_format="{:+.4f}".format))
+    print("\nthe edited group's own change beside its controls' 95% interval, and the other groups' mean change")
+    print(group_edits.diagonal(matrix).to_string(float_format="{:+.4f}".format))
+    if out is not None:
+        with files_into(out.parent) as tmp:
+            matrix.to_csv(tmp / out.name, index=False)
+        print(f"wrote {out}")
 
 
 def _print_scorecard(card: Scorecard) -> None:
@@ -444,7 +481,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_bench_store(args: argparse.Namespace) -> None:
     """Reader latency on a synthetic 10,000-query store of a 32 x 11008 model."""
-    from pathlib import Path
     import tempfile
 
     from qrbench.store import bench_store, build_synthetic_store
@@ -493,7 +529,6 @@ MAX_PORT = 65535
 def cmd_explore(args: argparse.Namespace) -> None:
     """Start the Streamlit explorer on localhost, from the source tree or the installed package alike."""
     import os
-    from pathlib import Path
     import subprocess
     import tomllib
 
@@ -672,6 +707,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--query", help="a query of the run: its QR neurons edited (reliability, generalization, locality)"
     )
     target.add_argument(
+        "--every-group",
+        action="store_true",
+        help="each group of the run edited in turn: the matrix of changes per edited and measured group",
+    )
+    target.add_argument(
         "--group", help="a group of the run: its queries' QR neurons edited, accuracy per group held out"
     )
     p.add_argument(
@@ -687,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fluency", action="store_true", help="generate a free-form answer before and after (slow)")
     p.add_argument("--sweep", action="store_true", help="dose-response of every method's neurons instead")
     p.add_argument("--per-neuron", action="store_true", help="each neuron edited alone instead")
+    p.add_argument("--out", help="with --every-group: the matrix also written to this .csv file")
     _seed_arg(p)
     _model_args(p)
     _db_arg(p)
