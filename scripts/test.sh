@@ -9,7 +9,7 @@ if [ ! -x /usr/bin/chromium ]; then           # the browser test drives Debian's
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 .venv/bin/ruff check . && .venv/bin/ruff format --check .   # lint, import order and format (pyproject.toml [tool.ruff])
-.venv/bin/basedpyright                         # types, basic mode over qrcore, qrbench, explorer (pyproject.toml)
+.venv/bin/basedpyright -p pyproject.toml       # types, basic mode over qrcore, qrbench, explorer (pyproject.toml)
 [ $# -eq 0 ] || exec .venv/bin/python -m pytest -q "$@"   # given arguments: just those tests
 failed=0
 tier() {  # name, then pytest's arguments: one tier of the suite, then its time
