@@ -49,9 +49,13 @@ def seeded(tmp_path_factory, tiny) -> Path:
     return path
 
 
+TYPED = {"search": {"q": HOSTILE, "by": "question"}}
+"""What a page shows only once the user types it: the search page's caption quotes the searched text."""
+
+
 @pytest.mark.parametrize("name", [p for p in PAGES if p != "data"])
 def test_names_questions_and_options_show_as_text(db, name):
-    at = page(name, mode="side by side")
+    at = page(name, mode="side by side", **TYPED.get(name, {}))
     assert assert_shown_as_text(at) > 0  # the page does show the hostile text, as text
     assert not at.error, errors(at)
 

@@ -48,7 +48,9 @@ def test_card_shows_the_stored_top_queries(db, tiny):
 
 @pytest.fixture
 def computed():
-    """The activations the card computes are kept per process; they are dropped after the test for the next ones."""
+    """The activations the card computes are kept per process (other modules' cards compute them for the same run
+    id): dropped before the test and after it, for the next ones."""
+    state._activations().clear()
     yield
     state._activations().clear()
 
