@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import os
+from urllib.parse import urlencode
 
 import pytest
 
@@ -31,15 +32,23 @@ def hostile_server_store(tmp_path_factory, tiny) -> Iterator[None]:
         os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
+SAFETY_PATHS = {
+    "heatmaps": f"{PAGES['heatmaps']}?mode=side+by+side",
+    "search": f"search?{urlencode({'q': HOSTILE, 'by': 'question'})}",
+}
+"""Pages opened where they show user text: both groups' heatmaps; a question search for the hostile text, which the
+search page quotes (it shows the run's name nowhere else)."""
+
+
 @pytest.mark.parametrize("name", PAGES)
 def test_no_image_or_link_is_made_from_user_text(browser, server, name):
     page = browser.new_page()
     fetched: list[str] = []
     page.on("request", lambda request: fetched.append(request.url))
-    open_page(page, server, PAGES[name] + ("?mode=side+by+side" if name == "heatmaps" else ""))
+    open_page(page, server, SAFETY_PATHS.get(name, PAGES[name]))
     targets = page.evaluate(LINKS)
     assert not [t for t in targets if "127.0.0.1:9" in t or "example.com" in t or t.startswith("mailto:")], targets
     assert not [url for url in fetched if url.startswith(URL)], fetched
-    if name != "data":  # the run's name in the sidebar's picker, at least, shows as written
+    if name != "data":  # user text shows somewhere as written (not made a link or an image)
         assert "![x](http://127.0.0.1:9/x.png)" in page.inner_text("body").replace("\u2060", "")
     page.close()
