@@ -453,13 +453,23 @@ def _print_scorecard(card: Scorecard) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    """Write a run's tables (accuracy, QR neurons, PCR, flip rates, prediction), or several runs' side by side."""
+    """Write a run's tables (accuracy, QR neurons, PCR, flip rates, prediction; with --vocab Table 5, from the run's
+    model), or several runs' side by side."""
+    from qrcore import store
     from qrcore.evaluation.report import write_comparison, write_report
 
-    one = len(args.run) == 1
-    _print_report(
-        write_report(args.run[0], args.db, args.out) if one else write_comparison(args.run, args.db, args.out)
-    )
+    if len(args.run) > 1:
+        if args.vocab:
+            raise QRNError("--vocab is for one run's report; name one --run")
+        _print_report(write_comparison(args.run, args.db, args.out))
+        return
+    lm = None
+    if args.vocab:
+        with store.connect(args.db, read_only=True) as con:
+            info = store.complete_run(con, args.run[0])  # an unknown run fails before the model loads
+        lm = _load(args)
+        store.require_model(info, lm.spec.name, lm.fingerprint)
+    _print_report(write_report(args.run[0], args.db, args.out, lm))
 
 
 def _print_report(report: Report) -> None:
@@ -737,6 +747,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--run", required=True, action="append", help="a run; given twice or more, the runs side by side (one dataset)"
     )
+    p.add_argument(
+        "--vocab",
+        action="store_true",
+        help="also Table 5: the top vocabulary tokens of the common neurons and of each group's most shared QR "
+        "neurons (loads the run's model: give its --model)",
+    )
+    _model_args(p)
     _out_arg(p)
     _db_arg(p)
     p.set_defaults(func=cmd_report)

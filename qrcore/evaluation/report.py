@@ -1,15 +1,18 @@
-"""`qrn report`: a run's tables (accuracy, PCR, flip rates, answer and group prediction) as Markdown and CSV files."""
+"""`qrn report`: a run's tables (accuracy, PCR, flip rates, answer and group prediction, with a model the vocabulary
+projections of Table 5) as Markdown and CSV files."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pandas as pd
 
 from qrcore import store
 from qrcore.atomic import files_into
+from qrcore.editing.vocab import project_neurons
 from qrcore.errors import QRNError
 from qrcore.evaluation import run_analyses
 from qrcore.markdown import escaped
@@ -18,6 +21,9 @@ from qrcore.outputs import make_folder
 from qrcore.runs.stability import stability_table
 from qrcore.selection import analysis
 from qrcore.selection.qrnca import METHOD_NAMES, METHODS
+
+if TYPE_CHECKING:
+    from qrcore.model.spec import LoadedModel
 
 
 def markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
@@ -110,6 +116,39 @@ def run_tables(con: duckdb.DuckDBPyConnection, info: store.RunInfo) -> tuple[dic
     }, None
 
 
+VOCAB_TOKENS = 8
+"""Tokens shown per neuron in Table 5's projections."""
+SHARED_PER_GROUP = 3
+"""Table 5's neurons of each group: its QR neurons shared by the most of its queries."""
+
+
+def with_tokens(lm: LoadedModel, neurons: pd.DataFrame) -> pd.DataFrame:
+    """`neurons` (layer and neuron columns) with `tokens`: its top `VOCAB_TOKENS` vocabulary tokens (Table 5), quoted."""
+    pairs = list(zip(neurons["layer"].astype(int), neurons["neuron"].astype(int)))
+    projected = project_neurons(lm, pairs, VOCAB_TOKENS)
+    return neurons.reset_index(drop=True).assign(tokens=[" ".join(map(repr, t)) for t in projected["tokens"]])
+
+
+def vocabulary_tables(lm: LoadedModel, con: duckdb.DuckDBPyConnection, info: store.RunInfo) -> dict[str, pd.DataFrame]:
+    """Table 5 for a run, from its own model: the top tokens of the common neurons (`common_vocab`), and of each group's
+    `SHARED_PER_GROUP` QR neurons that most of its queries share (`group_vocab`, with how many queries have each)."""
+    store.require_model(info, lm.spec.name, lm.fingerprint)
+    common = run_analyses.common_neurons(con, info.run_id)[["layer", "neuron", "n_clusters", "frequency"]]
+    groups = store.run_groups(con, info.run_id)
+    qr = store.qr_neurons(con, info.run_id)
+    shared = (
+        qr.assign(group_name=qr["query_id"].map(groups))
+        .groupby(["group_name", "layer", "neuron"])
+        .size()
+        .rename("queries")
+        .reset_index()
+        .sort_values(["group_name", "queries", "layer", "neuron"], ascending=[True, False, True, True])
+        .groupby("group_name")
+        .head(SHARED_PER_GROUP)
+    )
+    return {"common_vocab": with_tokens(lm, common), "group_vocab": with_tokens(lm, shared)}
+
+
 FLOAT_FORMATS = {"localisation": ".3g"}
 """Tables whose numbers need other than two decimals in report.md (a share of all neurons can be 0.001)."""
 
@@ -127,9 +166,9 @@ def write_tables(folder: Path, title: list[str], tables: dict[str, pd.DataFrame]
     return Report([folder / "report.md", *(folder / f"{name}.csv" for name in tables)], missing)
 
 
-def write_report(run: str, db: str | None, out: str) -> Report:
+def write_report(run: str, db: str | None, out: str, lm: LoadedModel | None = None) -> Report:
     """Write report.md and one CSV per table under out/<run name>/ (`safe_name`: a name stored by an older qrn that
-    breaks the name rule cannot leave `out`).
+    breaks the name rule cannot leave `out`); with the run's model `lm`, Table 5's projections too.
 
     A run without evaluations still gets its accuracy and QR neuron counts; `missing` then says how to add the
     edit tables (an evaluation of a 1.5B model's set takes hours, and these tables are useful before it ends).
@@ -137,6 +176,8 @@ def write_report(run: str, db: str | None, out: str) -> Report:
     with store.connect(db, read_only=True) as con:
         info = store.complete_run(con, run)
         tables, missing = run_tables(con, info)
+        if lm is not None:
+            tables |= vocabulary_tables(lm, con, info)
         n_common = len(run_analyses.common_neurons(con, info.run_id))
     title = [
         f"# Run {escaped(info.name)}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -118,3 +119,27 @@ def test_a_shipped_run_named_on_a_new_store_loads_the_shipped_runs_first(tmp_pat
     with duckdb.connect(str(db), read_only=True) as con:
         names = {n for (n,) in con.execute("SELECT name FROM runs").fetchall()}
     assert {"domain-smollm2", "domain-qwen2", "language-smollm2", "language-qwen2"} <= names
+
+
+def test_report_vocab_table_5_on_a_shipped_run_and_its_refusals(tmp_path, monkeypatch, capsys):
+    """`qrn report --vocab`: Table 5 from the run's own model; two runs, or a run of another model, get one line."""
+    monkeypatch.setenv("QRN_DB", str(tmp_path / "qrn.duckdb"))
+    monkeypatch.setenv("QRN_SHIPPED", "1")
+    out = tmp_path / "rep"
+    two = ["report", "--vocab", "--run", "domain-smollm2", "--run", "domain-qwen2", "--out", str(out)]
+    assert main(two) == 2
+    assert "--vocab is for one run's report; name one --run" in capsys.readouterr().err
+    assert main(["report", "--vocab", "--run", "domain-qwen2", "--out", str(out)]) == 2
+    assert "was computed with model qwen2.5-coder-1.5b" in capsys.readouterr().err
+    assert not (out / "domain-qwen2").exists()
+    assert main(["report", "--vocab", "--run", "domain-smollm2", "--out", str(out)]) == 0
+    common = pd.read_csv(out / "domain-smollm2" / "common_vocab.csv")
+    assert len(common) > 0 and common["tokens"].str.len().gt(0).all()
+    assert set(pd.read_csv(out / "domain-smollm2" / "group_vocab.csv")["group_name"]) == {
+        "biology",
+        "chemistry",
+        "computer_science",
+        "geography",
+        "mathematics",
+        "physics",
+    }

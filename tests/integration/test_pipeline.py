@@ -17,6 +17,7 @@ from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
 from qrcore.data.queries import Query
 from qrcore.editing.scaling import SUPPRESS, correct_probs, letter_probs
+from qrcore.editing.vocab import project_neurons
 from qrcore.errors import QRNError
 from qrcore.evaluation import evaluate, run_analyses
 from qrcore.evaluation.evaluate import evaluate_run
@@ -117,6 +118,37 @@ def test_evaluations_and_report(finished, tiny, tmp_path):
     assert "IG m=16 (linspace points); cluster t=0.2 (template), Z=cluster_sum; common u=0.3; top-v=20" in report
     assert r"| Knowledge Neuron\* | boost |" in report and "| kn |" not in report  # the paper's names for readers
     assert "\nkn,boost," in (tmp_path / "r" / "pcr.csv").read_text()  # the ids for programs
+
+
+def test_report_with_the_model_has_table_5_of_common_and_most_shared_qr_neurons(finished, tiny, tmp_path):
+    db, run_id = finished
+    lm = tiny("llama")
+    write_report(run_id, db, str(tmp_path), lm)
+    common = pd.read_csv(tmp_path / "r" / "common_vocab.csv")
+    shared = pd.read_csv(tmp_path / "r" / "group_vocab.csv")
+    with store.connect(db, read_only=True) as con:
+        expected_common = run_analyses.common_neurons(con, run_id)
+        qr = store.qr_neurons(con, run_id)
+        groups = store.run_groups(con, run_id)
+    assert common[["layer", "neuron"]].values.tolist() == expected_common[["layer", "neuron"]].values.tolist()
+    for group, rows in shared.groupby("group_name"):
+        own = qr[qr["query_id"].map(groups) == group]
+        counts = own.groupby(["layer", "neuron"]).size()
+        assert len(rows) == min(3, len(counts))
+        assert rows["queries"].tolist() == sorted(counts, reverse=True)[: len(rows)]  # the most shared first
+        for row in rows.itertuples():
+            assert counts[(row.layer, row.neuron)] == row.queries
+    neurons = list(zip(shared["layer"], shared["neuron"]))
+    projected = project_neurons(lm, [(int(l), int(n)) for l, n in neurons], 8)
+    assert shared["tokens"].tolist() == [" ".join(map(repr, t)) for t in projected["tokens"]]
+    assert "## group_vocab" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_report_with_another_model_is_refused_before_writing(finished, tiny, tmp_path):
+    db, run_id = finished
+    with pytest.raises(QRNError, match="was computed with model .*use the run's model"):
+        write_report(run_id, db, str(tmp_path), tiny("qwen2"))
+    assert not (tmp_path / "r").exists()
 
 
 def test_stored_changes_and_flips_equal_each_query_edited_alone_on_whole_prompts(finished, tiny):
