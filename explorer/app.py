@@ -20,6 +20,7 @@ pages = [
     st.Page(PAGES / "lab.py", title="Query lab", icon=":material/science:", url_path="lab"),
     st.Page(PAGES / "methods.py", title="Methods", icon=":material/leaderboard:", url_path="methods"),
     st.Page(PAGES / "compare.py", title="Compare models", icon=":material/compare:", url_path="compare"),
+    st.Page(PAGES / "contrast.py", title="Contrasts", icon=":material/contrast:", url_path="contrast"),
     st.Page(PAGES / "neuron.py", title="Neuron card", icon=":material/memory:", url_path="neuron"),
     st.Page(PAGES / "search.py", title="Search", icon=":material/search:", url_path="search"),
     st.Page(PAGES / "consistency.py", title="Template consistency", icon=":material/rule:", url_path="consistency"),

@@ -10,6 +10,7 @@ The public API, for notebooks (`import qrcore as qr`):
     qr.evaluate(lm, "demo")                          # PCR (Table 4), flips (Table 6), prediction (Table 7)
     qr.tables("demo")["qr_neurons"]                  # the report's tables as DataFrames
     qr.qr_neurons("demo")                            # every query's QR neurons (or a baseline's: method=)
+    qr.contrast("demo", "biology", "physics")        # the neurons that separate two groups (mean NAICA, Eq. 7)
     qr.score_against_run(lm, q, "demo")              # a question of your own: its QR neurons against the run
     probs = qr.letter_probs(lm, qr.prompts(lm, q), {(3, 17): 0.0})   # option probabilities under an edit
     qr.save_edit("edit.json", lm, {(3, 17): 0.0})    # an edit file the explorer and `qr.load_edit` read
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from qrcore.data.prompts import ChoicePrompt
     from qrcore.data.queries import Query
     from qrcore.model.spec import LoadedModel
+    from qrcore.selection.contrast import ContrastScore
     from qrcore.settings import RunSettings
 
 __version__ = "0.1.0"
@@ -62,7 +64,11 @@ _LAZY = {
 """Public names imported from their submodule on first use: name -> (module, attribute; None for the module)."""
 
 __all__ = sorted(
-    [*_LAZY, "load", "prompts", "attribute", "tables", "qr_neurons", "score_against_run", "save_edit", "__version__"]
+    [
+        *_LAZY,
+        *["load", "prompts", "attribute", "tables", "qr_neurons", "contrast", "score_against_run", "save_edit"],
+        "__version__",
+    ]
 )
 
 
@@ -126,6 +132,19 @@ def qr_neurons(run: str, db: str | os.PathLike | None = None, method: str = "qrn
 
     with store.connect(db, read_only=True) as con:
         return store.qr_neurons(con, store.complete_run(con, run).run_id, method)
+
+
+def contrast(
+    run: str, first: str, second: str, by: ContrastScore = "naica", db: str | os.PathLike | None = None
+) -> pd.DataFrame:
+    """The neurons that separate two groups of a finished run, most separating first: each group's mean NAICA (Eq. 7;
+    by="na": NA, Eq. 5) over its queries and cluster share, and `difference` = first minus second."""
+    from qrcore import store
+    from qrcore.evaluation.run_analyses import group_contrast
+    from qrcore.selection.contrast import Pair
+
+    with store.connect(db, read_only=True) as con:
+        return group_contrast(con, store.complete_run(con, run).run_id, Pair(first, second), by)
 
 
 def score_against_run(lm: LoadedModel, query: Query, run: str, db: str | os.PathLike | None = None) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from repo import REPO
 from seeded_store import MODEL
 
 APP = REPO / "explorer" / "app.py"
-PAGES = ("heatmaps", "overlap", "common", "lab", "methods", "compare", "data", "search")
+PAGES = ("heatmaps", "overlap", "common", "lab", "methods", "compare", "contrast", "data", "search")
 
 
 def page(name: str, sidebar: bool = False, **params: str) -> AppTest:

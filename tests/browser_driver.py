@@ -24,6 +24,7 @@ PAGES = {
     "lab": "lab",
     "methods": "methods",
     "compare": "compare",
+    "contrast": "contrast",
     "data": "data",
     "search": "search?q=+Paris&by=token",
 }

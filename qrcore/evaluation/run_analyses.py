@@ -1,6 +1,6 @@
 """A run's figures and tables computed from its stored rows (`qrcore.store` reads, the selection stage computes):
 Fig. 5 heatmaps, Fig. 2 overlap and layer shares, localisation, common neurons, one query's neurons, QRNCA at other
-thresholds, template consistency and neuron cards. Nothing is written."""
+thresholds, template consistency, contrasts of two groups and neuron cards. Nothing is written."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 
 from qrcore import store
 from qrcore.errors import QRNError
-from qrcore.selection import analysis, card, consistency, live, qrnca
+from qrcore.selection import analysis, card, consistency, contrast, live, qrnca
 
 
 def heatmap(con: duckdb.DuckDBPyConnection, run_id: str, group: str) -> np.ndarray:
@@ -39,6 +39,18 @@ def localisation(con: duckdb.DuckDBPyConnection, run_id: str, method: str = "qrn
     info = store.run_with_results(con, run_id)
     qr, groups = store.qr_neurons(con, info.run_id, method), store.run_groups(con, info.run_id)
     return analysis.localisation(qr, groups, info.n_layers, info.n_neurons)
+
+
+def group_contrast(
+    con: duckdb.DuckDBPyConnection, run_id: str, pair: contrast.Pair, by: contrast.ContrastScore = "naica"
+) -> pd.DataFrame:
+    """The neurons that separate two groups of a run, most separating first (`contrast.contrast` of its stored rows)."""
+    info = store.run_with_results(con, run_id)
+    groups = store.run_groups(con, info.run_id)
+    pair.check(groups)
+    counts, n_clusters = store.cluster_counts(con, info.run_id)
+    means = contrast.group_means(store.attribution_rows(con, info.run_id), counts, n_clusters, groups)
+    return contrast.contrast(means, pair, by)
 
 
 def common_neurons(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:

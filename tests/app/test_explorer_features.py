@@ -14,7 +14,7 @@ import pytest
 import streamlit as st
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
-from app_driver import button, errors, page
+from app_driver import button, errors, page, plot_strings
 from markdown_view import shown
 from qrcore import store
 from qrcore.attribution.ig import NeuronAttribution
@@ -23,8 +23,9 @@ from qrcore.editing.edits import load_edit
 from qrcore.editing.readable import renormalise
 from qrcore.editing.scaling import letter_probs
 from qrcore.evaluation import run_analyses
+from qrcore.selection.contrast import Pair
 from qrcore.selection.custom import score_against_run
-from seeded_store import MODEL, QUERIES, RUN, row_counts
+from seeded_store import DEEP_MODEL, DEEP_RUN, MODEL, QUERIES, RUN, row_counts
 
 
 @pytest.fixture
@@ -348,3 +349,33 @@ def test_neuron_set_at_live_thresholds(db, downloads):
     _, meta, table = edits.parse(download(at, downloads, "Download CSV"), "csv")
     assert meta["set"] == "common neurons at t=0.2, u=0.9, v=20"
     assert len(table) == len(live(db, 0.2, 0.9, 20).common)
+
+
+# Contrasts
+
+
+@pytest.mark.parametrize("by", ["na", "naica"])
+def test_contrast_page_lists_the_engines_most_separating_neurons_toward_each_group(two, by):
+    at = page("contrast", group="science", group_b="geography", by=by)
+    assert not at.exception and not at.error, errors(at)
+    with store.connect(two, read_only=True) as con:
+        rows = run_analyses.group_contrast(con, RUN, Pair("science", "geography"), by)
+    first, second = [d.value for d in at.dataframe][:2]
+    for shown_rows, expected in ((first, rows[rows["difference"] > 0]), (second, rows[rows["difference"] < 0])):
+        expected = expected.head(20)
+        assert shown_rows[["layer", "neuron"]].values.tolist() == expected[["layer", "neuron"]].values.tolist()
+        np.testing.assert_allclose(shown_rows["difference"], expected["difference"])
+    assert (first["difference"] > 0).all() and (second["difference"] < 0).all()
+    assert f"{'NAICA' if by == 'naica' else 'NA'} · science" in first.columns
+    assert at.query_params["by"] == by and len(at.get("plotly_chart")) == 1
+    assert at.query_params["beside"] == DEEP_RUN  # another model's run of the dataset, by relative depth
+    strings = plot_strings(at)
+    assert any(MODEL in s for s in strings) and any(DEEP_MODEL in s for s in strings), strings
+
+
+def test_contrast_page_refuses_a_link_that_names_one_group_twice(db):
+    at = page("contrast", group="science", group_b="science")
+    assert not at.exception and not at.error, errors(at)
+    assert at.query_params["group_b"] == "geography"  # replaced by the other group, with a notice
+    notices = [shown(w.value) for w in at.warning]
+    assert notices == ["?group_b=science in the link is not another group of run tiny-run; showing geography instead."]

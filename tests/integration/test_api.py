@@ -41,6 +41,10 @@ def test_a_notebook_on_a_tiny_model(tmp_path):
     assert {"accuracy", "qr_neurons", "stability"} <= set(tables) and "pcr" not in tables
     neurons = qr.qr_neurons("demo", db)
     assert set(neurons["query_id"]) <= set(qr.qr_neurons("demo", db, method="kn")["query_id"]) | {None}
+    separating = qr.contrast("demo", "biology", "physics", db=db)
+    assert separating["difference"].abs().is_monotonic_decreasing and separating["difference"].iloc[0] != 0
+    with pytest.raises(qr.QRNError, match="the run has no group 'chemistry'"):
+        qr.contrast("demo", "biology", "chemistry", db=db)
     mine = qr.score_against_run(lm, q, "demo", db)
     assert mine["kept"].sum() >= 1 and list(mine["naica"]) == sorted(mine["naica"], reverse=True)
     layer, neuron = int(neurons["layer"].iloc[0]), int(neurons["neuron"].iloc[0])

@@ -24,6 +24,7 @@ from qrcore.evaluation.evaluate import evaluate_run
 from qrcore.evaluation.report import write_report
 from qrcore.runs.batch import run_dataset
 from qrcore.selection import analysis
+from qrcore.selection.contrast import Pair
 from qrcore.settings import QRNCASettings, RunSettings
 
 
@@ -149,6 +150,20 @@ def test_report_with_another_model_is_refused_before_writing(finished, tiny, tmp
     with pytest.raises(QRNError, match="was computed with model .*use the run's model"):
         write_report(run_id, db, str(tmp_path), tiny("qwen2"))
     assert not (tmp_path / "r").exists()
+
+
+def test_group_contrast_by_naica_is_the_difference_of_the_groups_heatmaps_per_query(finished):
+    """Oracle: Fig. 5's stored heatmaps (NAICA summed over a group's queries), each divided by its group's size."""
+    db, run_id = finished
+    with store.connect(db, read_only=True) as con:
+        got = run_analyses.group_contrast(con, run_id, Pair("biology", "physics"), "naica")
+        expected = run_analyses.heatmap(con, run_id, "biology") / 3 - run_analyses.heatmap(con, run_id, "physics") / 3
+        with pytest.raises(QRNError, match="the run has no group 'chemistry'; groups: biology, physics"):
+            run_analyses.group_contrast(con, run_id, Pair("biology", "chemistry"))
+    layers, neurons = got["layer"].to_numpy(), got["neuron"].to_numpy()
+    np.testing.assert_allclose(got["difference"], expected[layers, neurons], rtol=1e-5, atol=1e-7)
+    assert np.count_nonzero(expected) == np.count_nonzero(got["difference"])  # no separating neuron left out
+    assert got["difference"].abs().is_monotonic_decreasing
 
 
 def test_stored_changes_and_flips_equal_each_query_edited_alone_on_whole_prompts(finished, tiny):
