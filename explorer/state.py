@@ -199,9 +199,8 @@ def start_run(name: str, dataset: str, run_name: str | None, per_group: int | No
 
 def shape(name: str) -> tuple[int, int]:
     """(layers, neurons per layer) of model `name`."""
-    from qrcore.model.ffn import ffn_sites
 
-    sites = ffn_sites(model(name).model)
+    sites = model(name).sites
     return len(sites), sites[0].n_neurons
 
 

@@ -164,8 +164,9 @@ def bench_precision(lm: LoadedModel, per_group: int = 5, steps: int = 16, save: 
     per query each way, their ratio, and the agreement of coarse clusters, QR neurons and scores; `save` records the
     agreement as the model's (`qrcore.attribution.live_rule`), which the query lab's choice of bfloat16 reads."""
     from qrcore.attribution.live_rule import LIVE_RULES, Bf16Agreement, save_bf16_agreement
-    from qrcore.attribution.precision import bfloat16_matmuls, matmul_peaks
+    from qrcore.attribution.precision import matmul_peaks
     from qrcore.data.datasets import load_builtin
+    from qrcore.model.interventions import bfloat16_matmuls
     from qrcore.runs.batch import select_queries
 
     fp32, bf16 = matmul_peaks(lm.device)

@@ -22,7 +22,6 @@ from qrcore.editing.scaling import (
     one_thread,
 )
 from qrcore.evaluation.evaluate import held_out_activations
-from qrcore.model.ffn import ffn_sites
 from qrcore.model.spec import LoadedModel
 from qrcore.selection.qrnca import METHODS
 
@@ -43,7 +42,7 @@ def bench_evaluation(lm: LoadedModel, n_queries: int = 4, seed: int = 0) -> dict
     attr = NeuronAttribution(lm)
     domain = load_builtin("domain")
     queries = domain[:: len(domain) // n_queries][:n_queries]
-    sizes = [s.n_neurons for s in ffn_sites(lm.model)]
+    sizes = [s.n_neurons for s in lm.sites]
     rng = random.Random(seed)
 
     def random_edit(mult: float) -> dict[tuple[int, int], float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qrcore.model.forward import PACKED
+from qrcore.model.interventions import PACKED
 
 
 def hooks_left(model: torch.nn.Module) -> int:

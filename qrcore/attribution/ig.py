@@ -18,7 +18,6 @@ give every layer's gradient. `qrcore.attribution.oracle` keeps the textbook algo
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 import time
 from typing import Callable, Generator, Sequence
@@ -31,8 +30,9 @@ from qrcore.attribution.prefixes import PromptStem, prefix_cache, prompt_stem
 from qrcore.attribution.results import PartialAttribution, QueryAttribution
 from qrcore.data.prompts import ChoicePrompt, query_prompts
 from qrcore.data.queries import Query
-from qrcore.model.ffn import decoder_layers, ffn_sites, forward_hooks, patch_ffn
-from qrcore.model.forward import clean_pass, packed_attention, packed_mask, prefix_kv
+from qrcore.model.ffn import decoder_layers
+from qrcore.model.forward import clean_pass, packed_mask, prefix_kv
+from qrcore.model.interventions import enter_at_layer, packed_attention, patch_ffn
 from qrcore.model.memory import check_pass_memory
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
@@ -123,7 +123,7 @@ class NeuronAttribution:
         self.lm = lm
         self.settings = settings
         self.prompt_settings = prompt_settings
-        self.sites = ffn_sites(lm.model)
+        self.sites = lm.sites
         self.blocks = decoder_layers(lm.model)
         self.max_copies = max_copies
         """Most scaled copies in one pass; layers are split into passes to bound memory."""
@@ -316,52 +316,6 @@ class NeuronAttribution:
             (ig[i].cpu().numpy(), f0[i].float().cpu().numpy(), probs[i, list(q.letter_ids)].cpu().numpy())
             for i, q in enumerate(prompts)
         ]
-
-
-def _shrink(value, n: int, prefix: int, rows: int):
-    """Cut a decoder layer's argument from n packed copies to the first `rows`: masks, positions, rotary tables."""
-    if isinstance(value, (tuple, list)):
-        return type(value)(_shrink(v, n, prefix, rows) for v in value)
-    if isinstance(value, dict):
-        return {k: _shrink(v, n, prefix, rows) for k, v in value.items()}
-    if not isinstance(value, torch.Tensor):
-        return value
-    if value.ndim == 4 and tuple(value.shape[-2:]) == (n, prefix + n):
-        return value[..., :rows, : prefix + rows]  # attention mask
-    if value.ndim <= 2 and value.shape[-1] == n:
-        return value[..., :rows]  # position ids, cache positions
-    if value.ndim == 3 and value.shape[1] == n:
-        return value[:, :rows]  # rotary cos / sin
-    return value
-
-
-@contextmanager
-def enter_at_layer(blocks: torch.nn.ModuleList, h0: torch.Tensor, chunk: range, steps: int, prefix: int):
-    """Copies patched at layer l join the packed sequence only at layer l, from the clean residual h0[l].
-
-    Below l they would equal the clean run, so computing them there is wasted work; this halves the cost.
-    Rows stay ordered by patch layer, so layer l sees the copies of layers a..l, its own m copies last.
-    """
-    a, b, n = chunk.start, chunk.stop, len(chunk) * steps
-
-    def make_hook(k: int):
-        def hook(_module, args, kwargs):
-            in_args = bool(args)
-            hidden = args[0] if in_args else kwargs["hidden_states"]  # (1, rows in, hidden)
-            kept = hidden[:, : max(0, min(k, b) - a) * steps]
-            if k < b:  # below the chunk: a stand-in block of clean rows, dropped at layer a
-                kept = torch.cat([kept, h0[k].expand(1, steps, -1)], dim=1)
-            rows = kept.shape[1]
-            rest = tuple(_shrink(v, n, prefix, rows) for v in args[1:])
-            kwargs = {k2: _shrink(v, n, prefix, rows) for k2, v in kwargs.items() if k2 != "hidden_states"}
-            if in_args:
-                return (kept, *rest), kwargs
-            return rest, {**kwargs, "hidden_states": kept}
-
-        return hook
-
-    with forward_hooks(((block, make_hook(k)) for k, block in enumerate(blocks)), pre=True):
-        yield
 
 
 def answer_activation(lm: LoadedModel, attr: NeuronAttribution, prompts) -> np.ndarray:

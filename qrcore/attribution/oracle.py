@@ -18,8 +18,9 @@ import torch
 from qrcore.attribution.ig import quadrature
 from qrcore.attribution.prefixes import PackedPrefix
 from qrcore.data.prompts import ChoicePrompt
-from qrcore.model.ffn import ffn_sites, patch_ffn
+from qrcore.model.ffn import ffn_sites
 from qrcore.model.forward import clean_pass, prefix_kv
+from qrcore.model.interventions import patch_ffn
 from qrcore.model.spec import LoadedModel
 from qrcore.settings import AttributionSettings
 
@@ -52,7 +53,7 @@ def ig_prompt_oracle(
 def held_out_oracle(lm: LoadedModel, prompt: ChoicePrompt) -> tuple[np.ndarray, np.ndarray]:
     """f at the prompt's answer position (layers, neurons) and at each option letter appended to it (options, layers,
     neurons): one full forward of the prompt, then one of prompt + letter per letter."""
-    sites = ffn_sites(lm.model)
+    sites = lm.sites
 
     def last_f(ids: Sequence[int]) -> np.ndarray:
         return clean_pass(lm.model, sites, torch.tensor([ids], device=lm.device))[1].float().cpu().numpy()  # (L, N)

@@ -12,15 +12,14 @@ with float32 meets the live criterion (`qrcore.attribution.live_rule`); elsewher
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from qrcore.attribution.live_rule import LIVE_JACCARD, Bf16Agreement, bf16_agreement
 from qrcore.model.flops import matmul_peak
+from qrcore.model.interventions import bfloat16_matmuls
 
 BF16_SPEEDUP = 1.5
 """bfloat16 products are used only where their measured peak is at least this many times the float32 peak."""
@@ -63,18 +62,3 @@ def measured_bf16_choice(model: str, device: torch.device) -> Bf16Choice:
 def chosen_precision(model: torch.nn.Module, bf16: bool):
     """`bfloat16_matmuls(model)` where `bf16`, else a block that changes nothing."""
     return bfloat16_matmuls(model) if bf16 else nullcontext()
-
-
-@contextmanager
-def bfloat16_matmuls(model: torch.nn.Module) -> Iterator[None]:
-    """Every nn.Linear of `model` computes in bfloat16 and returns float32 while inside; restored in `finally`."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    try:
-        for m in linears:
-            weight = m.weight.detach().to(torch.bfloat16)  # (out, in)
-            bias = None if m.bias is None else m.bias.detach().to(torch.bfloat16)  # (out,)
-            setattr(m, "forward", lambda x, w=weight, b=bias: F.linear(x.to(torch.bfloat16), w, b).float())
-        yield
-    finally:
-        for m in linears:
-            m.__dict__.pop("forward", None)

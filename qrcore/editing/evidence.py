@@ -24,7 +24,6 @@ from qrcore.editing.packing import MAX_ELEMENTS, probs_under_edits
 from qrcore.editing.readable import answered_right, correct_share, margin
 from qrcore.editing.scaling import Edit
 from qrcore.errors import QRNError
-from qrcore.model.ffn import ffn_sites
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
 
@@ -43,7 +42,7 @@ Queries = Sequence[Sequence[ChoicePrompt]]
 
 def layer_sizes(lm: LoadedModel) -> list[int]:
     """Neurons of each layer's FFN."""
-    return [site.n_neurons for site in ffn_sites(lm.model)]
+    return [site.n_neurons for site in lm.sites]
 
 
 def scaled(neurons: Sequence[Neuron], multiplier: float) -> Edit:

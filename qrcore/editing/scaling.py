@@ -4,7 +4,6 @@ the option probabilities or the free-form answer that follow. 0 suppresses, 1 le
 
 from __future__ import annotations
 
-from collections import defaultdict
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -15,8 +14,8 @@ from qrcore.attribution.prefixes import PackedPrefix
 from qrcore.data.prompts import ChoicePrompt
 from qrcore.editing.edits import check_model
 from qrcore.errors import QRNError
-from qrcore.model.ffn import ffn_sites, patch_ffn
 from qrcore.model.forward import packed_mask
+from qrcore.model.interventions import LAST, Scale, scaled
 from qrcore.model.spec import LoadedModel
 from qrcore.model.tokens import decoded
 
@@ -29,7 +28,7 @@ Edit = Mapping[tuple[int, int], float]
 
 def check_neurons(lm: LoadedModel, neurons: Iterable[tuple[int, int]]) -> None:
     """Raise a one-line QRNError for a layer or neuron index outside the model."""
-    sites = ffn_sites(lm.model)
+    sites = lm.sites
     for layer, neuron in neurons:
         if not 0 <= layer < len(sites):
             raise QRNError(f"layer {layer} is out of range; this model has layers 0-{len(sites) - 1}.")
@@ -39,23 +38,16 @@ def check_neurons(lm: LoadedModel, neurons: Iterable[tuple[int, int]]) -> None:
             )
 
 
-def _by_layer(lm: LoadedModel, edits: Sequence[Edit]) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """layer -> (rows, neurons, multipliers) of every edited neuron, row r holding edits[r]; checked against the model."""
-    entries: dict[int, list[tuple[int, int, float]]] = defaultdict(list)
+def _scales(lm: LoadedModel, edits: Sequence[Edit], packed: bool) -> list[Scale]:
+    """The edits as `Scale`s, each checked against the model: at the last position, or with `packed` edits[r] at
+    packed row r."""
+    scales = []
     for row, edit in enumerate(edits):
         check_model(edit, lm.fingerprint, lm.spec.name)
         check_neurons(lm, edit)
-        for (layer, neuron), mult in edit.items():
-            entries[layer].append((row, neuron, mult))
-    device = lm.device
-    return {
-        layer: (
-            torch.tensor([e[0] for e in part], device=device),
-            torch.tensor([e[1] for e in part], device=device),
-            torch.tensor([e[2] for e in part], device=device),
-        )
-        for layer, part in entries.items()
-    }
+        position = row if packed else LAST
+        scales += [Scale(layer, neuron, float(mult), position) for (layer, neuron), mult in edit.items()]
+    return scales
 
 
 @contextmanager
@@ -65,30 +57,14 @@ def edited(lm: LoadedModel, edit: Edit) -> Iterator[None]:
     During generation with a cache each step's input is the last position, so generated tokens are edited too.
     An edit loaded from a file (`qrcore.editing.edits.load_edit`) must have been made for this model.
     """
-    by_layer = _by_layer(lm, [edit])
-
-    def apply(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (batch, seq, neurons)
-        _, neurons, mults = by_layer[layer]
-        last = f[:, -1:].clone()  # (batch, 1, neurons)
-        last[..., neurons] = last[..., neurons] * mults.to(f.dtype)
-        return torch.cat([f[:, :-1], last], dim=1)
-
-    with patch_ffn(lm.model, apply, layers=sorted(by_layer)):
+    with scaled(lm.model, _scales(lm, [edit], packed=False), lm.sites):
         yield
 
 
 @contextmanager
 def edited_rows(lm: LoadedModel, edits: Sequence[Edit]) -> Iterator[None]:
     """Within the block, packed row r of a forward of shape (1, len(edits)) has edits[r] applied to its f."""
-    by_layer = _by_layer(lm, edits)
-
-    def apply(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (1, rows, neurons)
-        rows, neurons, mults = by_layer[layer]
-        out = f.clone()
-        out[0, rows, neurons] = out[0, rows, neurons] * mults.to(f.dtype)
-        return out
-
-    with patch_ffn(lm.model, apply, layers=sorted(by_layer)):
+    with scaled(lm.model, _scales(lm, edits, packed=True), lm.sites):
         yield
 
 

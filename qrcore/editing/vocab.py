@@ -6,7 +6,6 @@ import pandas as pd
 import torch
 
 from qrcore.editing.scaling import check_neurons
-from qrcore.model.ffn import ffn_sites
 from qrcore.model.spec import LoadedModel, unembedding
 from qrcore.model.tokens import token_texts
 
@@ -20,7 +19,7 @@ def project_neurons(
     largest=False, the bottom k (the tokens the neuron pushes down most, lowest first).
     """
     check_neurons(lm, neurons)
-    sites = ffn_sites(lm.model)
+    sites = lm.sites
     unembed = unembedding(lm.model)  # (vocab, hidden)
     rows = []
     with torch.no_grad():

@@ -42,8 +42,9 @@ from qrcore.editing.scaling import (
 )
 from qrcore.errors import QRNError
 from qrcore.evaluation.checkpoint import EvaluationCheckpoint
-from qrcore.model.ffn import FFNSite, patch_ffn
+from qrcore.model.ffn import FFNSite
 from qrcore.model.forward import causal_mask
+from qrcore.model.interventions import patch_ffn
 from qrcore.model.spec import LoadedModel
 from qrcore.progress import Progress
 from qrcore.selection import analysis

@@ -8,9 +8,8 @@ modules and shapes, never by matching the model's name.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
@@ -104,47 +103,3 @@ def ffn_sites(model: nn.Module) -> list[FFNSite]:
     """One FFNSite per decoder layer, bottom to top."""
     name = type(model).__name__
     return [_site(i, block, name) for i, block in enumerate(decoder_layers(model))]
-
-
-@contextmanager
-def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]], pre: bool = False) -> Iterator[None]:
-    """Within the block, each (module, hook) is registered: a forward hook, or with `pre` a forward pre-hook that
-    also receives the keyword arguments. All are removed in `finally`, also when the forward raises."""
-    handles = []
-    try:
-        for module, hook in hooks:
-            if pre:
-                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-            else:
-                handles.append(module.register_forward_hook(hook))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextmanager
-def patch_ffn(
-    model: nn.Module, fn: ActivationFn, layers: list[int] | None = None, sites: list[FFNSite] | None = None
-) -> Iterator[list[FFNSite]]:
-    """Within the block, every forward replaces f of the chosen layers by fn(layer, f).
-
-    Hooks are removed in `finally`, also when the forward raises.
-    """
-    sites = sites or ffn_sites(model)
-    chosen = sites if layers is None else [sites[i] for i in layers]
-
-    def make_hook(site: FFNSite):
-        def hook(_module, _inputs, output):
-            f = output[..., site.offset : site.offset + site.n_neurons]  # (batch, seq, neurons)
-            new = fn(site.layer, f)
-            if new is f:
-                return None
-            if site.offset == 0 and site.n_neurons == output.shape[-1]:
-                return new
-            return torch.cat([output[..., : site.offset], new, output[..., site.offset + site.n_neurons :]], dim=-1)
-
-        return hook
-
-    with forward_hooks((site.module, make_hook(site)) for site in chosen):
-        yield sites

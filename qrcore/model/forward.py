@@ -4,8 +4,7 @@ attention that exploits that mask's shape."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -13,7 +12,8 @@ from transformers import DynamicCache
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-from qrcore.model.ffn import FFNSite, decoder_layers, forward_hooks, patch_ffn
+from qrcore.model.ffn import FFNSite, decoder_layers
+from qrcore.model.interventions import forward_hooks, patch_ffn
 
 
 def clean_pass(model: PreTrainedModel, sites: list[FFNSite], ids: torch.Tensor, cache: DynamicCache | None = None):
@@ -122,56 +122,3 @@ def by_layer_type(config, build):
         return build(None)
     window = getattr(config, "sliding_window", None)
     return {t: build(window if "sliding" in t else None) for t in set(types)}
-
-
-PACKED = "qrn_packed"
-"""The name under which `packed_attention_forward` is registered with transformers' AttentionInterface."""
-
-
-def packed_attention_forward(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor,
-    scaling: float | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """Attention of n packed rows under a `packed_mask` mask: each row sees the cached prefix and only itself.
-
-    Generic attention scores every row against every packed row and masks all but one, O(n^2); here each row's own
-    key is one dot product, O(n). The prefix part keeps the mask (several prefixes, sliding windows).
-    """
-    b, heads, n, d = query.shape
-    kv_heads, p = key.shape[1], key.shape[2] - n
-    q = query.reshape(b, kv_heads, heads // kv_heads, n, d)  # (b, kv heads, group, n, d)
-    k_pre, k_own = key[:, :, None, :p], key[:, :, None, p:]  # (b, kv heads, 1, P | n, d)
-    v_pre, v_own = value[:, :, None, :p], value[:, :, None, p:]
-    mask = attention_mask[:, :, None]  # (b | 1, 1, 1, n, P + n)
-    scale: float = d**-0.5 if scaling is None else scaling
-    pre = (q @ k_pre.transpose(-1, -2)) * scale + mask[..., :p]  # (b, kv heads, group, n, P)
-    own = (q * k_own).sum(-1, keepdim=True) * scale + mask[..., p:].diagonal(dim1=-2, dim2=-1)[..., None]
-    w = torch.cat([pre, own], dim=-1).softmax(-1, dtype=torch.float32).to(query.dtype)  # (b, kv heads, group, n, P + 1)
-    out = w[..., :p] @ v_pre + w[..., p:] * v_own  # (b, kv heads, group, n, d)
-    return out.reshape(b, heads, n, d).transpose(1, 2), None  # (b, n, heads, d)
-
-
-@contextmanager
-def packed_attention(model: PreTrainedModel) -> Iterator[None]:
-    """Within the block, the model's attention layers run `packed_attention_forward`; restored in `finally`.
-
-    Only for forwards whose mask is a `packed_mask`. Models whose attention has logit soft-capping or sinks keep theirs.
-    """
-    from transformers import AttentionInterface  # here, not at the top: it loads transformers' model registry
-
-    AttentionInterface.register(PACKED, packed_attention_forward)
-    config = model.config
-    if getattr(config, "attn_logit_softcapping", None) or any(hasattr(m, "sinks") for m in model.modules()):
-        yield
-        return
-    before = config._attn_implementation
-    try:
-        config._attn_implementation = PACKED
-        yield
-    finally:
-        config._attn_implementation = before

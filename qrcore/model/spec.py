@@ -4,13 +4,14 @@ the fingerprint that identifies its weights in the store."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 import hashlib
 import json
 from typing import TYPE_CHECKING
 
 import torch
 
-from qrcore.model.ffn import ffn_sites
+from qrcore.model.ffn import FFNSite, ffn_sites
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -50,9 +51,14 @@ class LoadedModel:
         """Device of the input embeddings (where inputs go)."""
         return input_embedding(self.model).weight.device
 
+    @cached_property
+    def sites(self) -> list[FFNSite]:
+        """The FFN site of every decoder layer (`ffn_sites`), found once per loaded model."""
+        return ffn_sites(self.model)
+
     def store_row(self) -> dict[str, str | int]:
         """The model as the store records it: the arguments of `store.upsert_model` by name."""
-        sites = ffn_sites(self.model)
+        sites = self.sites
         return {
             "model_id": self.fingerprint,
             "name": self.spec.name,

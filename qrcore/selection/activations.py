@@ -143,7 +143,8 @@ def top_queries(
 def neuron_trace(model: torch.nn.Module, layer: int, neuron: int) -> Iterator[list[torch.Tensor]]:
     """Within the block, every forward appends the neuron's f at every position, (batch, seq), to the yielded list;
     the hook is removed in `finally` (`forward_hooks`)."""
-    from qrcore.model.ffn import ffn_sites, forward_hooks
+    from qrcore.model.ffn import ffn_sites
+    from qrcore.model.interventions import forward_hooks
 
     site = ffn_sites(model)[layer]
     seen: list[torch.Tensor] = []

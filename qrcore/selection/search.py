@@ -35,12 +35,11 @@ def token_scores(lm: LoadedModel, token_id: int) -> np.ndarray:
     """(layers, neurons): each FFN neuron's value vector dotted with the token's unembedding row."""
     import torch
 
-    from qrcore.model.ffn import ffn_sites
     from qrcore.model.spec import unembedding
 
     unembed = unembedding(lm.model)[token_id]  # (hidden,)
     with torch.no_grad():
-        rows = [site.value_vectors().to(unembed.dtype) @ unembed for site in ffn_sites(lm.model)]  # (neurons,) each
+        rows = [site.value_vectors().to(unembed.dtype) @ unembed for site in lm.sites]  # (neurons,) each
     return torch.stack(rows).float().cpu().numpy()
 
 

@@ -18,9 +18,10 @@ from qrcore.attribution.live_rule import (
     save_bf16_agreement,
     save_live_rule,
 )
-from qrcore.attribution.precision import bfloat16_matmuls, choose_bf16, chosen_precision
+from qrcore.attribution.precision import choose_bf16, chosen_precision
 from qrcore.cli import main
 from qrcore.data.queries import make_query
+from qrcore.model.interventions import bfloat16_matmuls
 from qrcore.settings import AttributionSettings
 
 GL8 = AttributionSettings(8, "gauss_legendre")

@@ -8,9 +8,9 @@ import torch
 
 from qrbench import attribution as bench
 from qrcore.attribution.ig import NeuronAttribution
-from qrcore.attribution.precision import bfloat16_matmuls
 from qrcore.cli import main
 from qrcore.data.queries import make_query
+from qrcore.model.interventions import bfloat16_matmuls
 from qrcore.settings import QRNCASettings
 
 QUERIES = [

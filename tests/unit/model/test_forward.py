@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from qrcore.model.forward import packed_attention_forward, packed_mask
+from qrcore.model.forward import packed_mask
+from qrcore.model.interventions import packed_attention_forward
 
 
 @pytest.mark.parametrize("window", [None, 3])
