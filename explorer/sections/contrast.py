@@ -51,6 +51,8 @@ rows = state.read(run_analyses.group_contrast, run.id, pair, by)
 
 def readable(part: pd.DataFrame) -> pd.DataFrame:
     """The contrast rows with their columns named for the page."""
+    first_columns = ["layer", "neuron", "difference"]
+    part = part[first_columns + [c for c in part.columns if c not in first_columns]]  # the ranking column first
     return part.head(SHOWN).rename(
         columns={
             f"{by}_{first}": f"{SCORE_NAMES[by].split(' ')[0]} · {shown_first}",
