@@ -22,6 +22,7 @@ from qrcore import store
 from qrcore.data.queries import Query
 from qrcore.editing import edits
 from qrcore.errors import QRNError
+from qrcore.model.tokens import quoted
 from qrcore.selection import qrnca
 
 SYNCED = "_synced_keys"
@@ -320,7 +321,7 @@ def with_tokens(frame: pd.DataFrame, name: str, k: int = 8) -> pd.DataFrame:
         return frame
     neurons = tuple(zip(frame["layer"].astype(int), frame["neuron"].astype(int)))
     tokens = state.vocab_tokens(name, neurons, k)
-    return frame.assign(tokens=[" ".join(repr(t) for t in tokens[n]) for n in neurons])
+    return frame.assign(tokens=[quoted(tokens[n]) for n in neurons])
 
 
 def pick_method(where: Any = st) -> str:
@@ -471,7 +472,7 @@ def neuron_table(frame: pd.DataFrame, run: Run | None, **kwargs: Any) -> None:
 def hover_labels(name: str, neurons: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
     """Hover text per neuron: its top vocabulary tokens under model `name`, HTML-escaped for plotly."""
     tokens = state.vocab_tokens(name, tuple(neurons))
-    return {n: "tokens: " + plain(" ".join(repr(t) for t in tokens[n])) for n in neurons}
+    return {n: "tokens: " + plain(quoted(tokens[n])) for n in neurons}
 
 
 def flip_cases(flips: pd.DataFrame) -> pd.DataFrame:

@@ -466,9 +466,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     lm = None
     if args.vocab:
         with store.connect(args.db, read_only=True) as con:
-            info = store.complete_run(con, args.run[0])  # an unknown run fails before the model loads
-        lm = _load(args)
-        store.require_model(info, lm.spec.name, lm.fingerprint)
+            store.complete_run(con, args.run[0])  # an unknown run fails before the model loads
+        lm = _load(args)  # another model than the run's is refused before anything is written (vocabulary_tables)
     _print_report(write_report(args.run[0], args.db, args.out, lm))
 
 

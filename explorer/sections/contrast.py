@@ -55,8 +55,8 @@ def readable(part: pd.DataFrame) -> pd.DataFrame:
     part = part[first_columns + [c for c in part.columns if c not in first_columns]]  # the ranking column first
     return part.head(SHOWN).rename(
         columns={
-            f"{by}_{first}": f"{SCORE_NAMES[by].split(' ')[0]} · {shown_first}",
-            f"{by}_{second}": f"{SCORE_NAMES[by].split(' ')[0]} · {shown_second}",
+            f"{by}_{first}": f"{by.upper()} · {shown_first}",
+            f"{by}_{second}": f"{by.upper()} · {shown_second}",
             f"cluster_share_{first}": f"cluster · {shown_first}",
             f"cluster_share_{second}": f"cluster · {shown_second}",
         }

@@ -16,6 +16,7 @@ from qrcore.editing.vocab import project_neurons
 from qrcore.errors import QRNError
 from qrcore.evaluation import run_analyses
 from qrcore.markdown import escaped
+from qrcore.model.tokens import quoted
 from qrcore.names import safe_name
 from qrcore.outputs import make_folder
 from qrcore.runs.stability import stability_table
@@ -126,7 +127,7 @@ def with_tokens(lm: LoadedModel, neurons: pd.DataFrame) -> pd.DataFrame:
     """`neurons` (layer and neuron columns) with `tokens`: its top `VOCAB_TOKENS` vocabulary tokens (Table 5), quoted."""
     pairs = list(zip(neurons["layer"].astype(int), neurons["neuron"].astype(int)))
     projected = project_neurons(lm, pairs, VOCAB_TOKENS)
-    return neurons.reset_index(drop=True).assign(tokens=[" ".join(map(repr, t)) for t in projected["tokens"]])
+    return neurons.reset_index(drop=True).assign(tokens=[quoted(t) for t in projected["tokens"]])
 
 
 def vocabulary_tables(lm: LoadedModel, con: duckdb.DuckDBPyConnection, info: store.RunInfo) -> dict[str, pd.DataFrame]:

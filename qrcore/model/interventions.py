@@ -56,20 +56,20 @@ def scaled(model: nn.Module, scales: Sequence[Scale], sites: list[FFNSite] | Non
     """Within the block, every forward multiplies f at each `Scale`'s layer, position and neuron (positions beyond a
     forward's length, as in generation steps with a cache, are skipped there). A (position, neuron) given twice in a
     layer keeps the later multiplier."""
+    sites = sites or ffn_sites(model)
     by_layer: dict[int, list[Scale]] = defaultdict(list)
     for s in scales:
         by_layer[s.layer].append(s)
-    tables = {
-        layer: (
-            torch.tensor([s.position for s in part]),  # (edits,)
-            torch.tensor([s.neuron for s in part]),  # (edits,)
-            torch.tensor([s.multiplier for s in part]),  # (edits,)
+    tables = {}  # layer -> (positions, neurons, multipliers), each (edits,) on that layer's device, made once
+    for layer, part in by_layer.items():
+        device = next(sites[layer].module.parameters()).device
+        tables[layer] = tuple(
+            torch.tensor([getattr(s, name) for s in part], device=device)
+            for name in ("position", "neuron", "multiplier")
         )
-        for layer, part in by_layer.items()
-    }
 
     def apply(layer: int, f: torch.Tensor) -> torch.Tensor:  # f: (batch, seq, neurons)
-        positions, neurons, mults = (t.to(f.device) for t in tables[layer])
+        positions, neurons, mults = tables[layer]
         inside = (positions < f.shape[1]) & (positions >= -f.shape[1])  # (edits,)
         positions, neurons, mults = positions[inside], neurons[inside], mults[inside]
         out = f.clone()

@@ -51,6 +51,11 @@ def is_byte_level(tokenizer) -> bool:
     return hasattr(tokenizer, "byte_decoder")  # a slow GPT-2-style tokenizer
 
 
+def quoted(tokens: list[str]) -> str:
+    """Tokens as one line of Python literals ('Paris' ' Paris'), so spaces, empty and byte tokens stay visible."""
+    return " ".join(map(repr, tokens))
+
+
 def token_texts(tokenizer, ids: list[int]) -> list[str]:
     """Each token's own text: its bytes for a byte-level tokenizer (partial UTF-8 as <0xXX>), else its decoding, or
     its raw spelling (SentencePiece's <0xE6>) where decoding it alone gives only '�'."""

@@ -141,7 +141,7 @@ def test_report_with_the_model_has_table_5_of_common_and_most_shared_qr_neurons(
             assert counts[(row.layer, row.neuron)] == row.queries
     neurons = list(zip(shared["layer"], shared["neuron"]))
     projected = project_neurons(lm, [(int(l), int(n)) for l, n in neurons], 8)
-    assert shared["tokens"].tolist() == [" ".join(map(repr, t)) for t in projected["tokens"]]
+    assert shared["tokens"].tolist() == [" ".join(repr(t) for t in tokens) for tokens in projected["tokens"]]
     assert "## group_vocab" in (tmp_path / "r" / "report.md").read_text()
 
 
